@@ -1,0 +1,202 @@
+"""The in-memory image container every stage passes along."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+REQUIRED_META = ("Metadata_Plate", "Metadata_Well", "Metadata_Site")
+
+
+def _as_float_tensor(x, name: str) -> torch.Tensor:
+    t = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
+    if t.ndim != 4:
+        raise ValueError(f"{name} must have shape (N, C, H, W); got {tuple(t.shape)}")
+    t = t.to(torch.float32)
+    if not torch.isfinite(t).all():
+        bad = int((~torch.isfinite(t)).sum())
+        raise ValueError(f"{name} contains {bad} NaN/inf values")
+    return t
+
+
+def _as_labels(y, n: int, n_classes: int, name: str) -> torch.Tensor:
+    t = torch.as_tensor(np.asarray(y) if not isinstance(y, torch.Tensor) else y)
+    if t.ndim != 1 or t.shape[0] != n:
+        raise ValueError(f"{name} must have shape ({n},); got {tuple(t.shape)}")
+    if t.is_floating_point():
+        if not torch.equal(t, t.round()):
+            raise ValueError(f"{name} must be integers")
+    t = t.to(torch.int64)
+    if n and (int(t.min()) < 0 or int(t.max()) >= n_classes):
+        raise ValueError(
+            f"{name} must lie in [0, {n_classes - 1}] for {n_classes} classes; "
+            f"got values in [{int(t.min())}, {int(t.max())}]"
+        )
+    return t
+
+
+@dataclass
+class ImageSet:
+    """Images with their channel names, labels and per-image metadata.
+
+    Parameters
+    ----------
+    images : torch.Tensor, shape (N, C, H, W), float32
+        Intensities, usually rescaled to [0, 1] per image and channel.
+    channels : sequence of str, length C
+        Stain names, unique (e.g. ``["DNA", "ER", "RNA", "AGP", "Mito"]``).
+    labels : torch.Tensor, shape (N,), int64
+        Class index of every image.
+    classes : sequence of str
+        Class names; ``labels`` index into it.
+    meta : pandas.DataFrame, N rows
+        CellProfiler-style metadata; must hold ``Metadata_Plate``, ``Metadata_Well``,
+        ``Metadata_Site``. A ``Metadata_Class`` column (class name) is added if missing.
+    counterfactuals : torch.Tensor, shape (N, C, H, W), optional
+        The same cells as they would look in ``counterfactual_labels``' class.
+    counterfactual_labels : torch.Tensor, shape (N,), optional
+        Class of every counterfactual (required with ``counterfactuals``).
+    signal_masks : torch.Tensor, shape (N, C, H, W), bool, optional
+        Where the class difference was planted (ground truth for localisation).
+    objects : dict of str to numpy.ndarray, shape (N, H, W), int32, optional
+        Label images of segmented objects (``"nuclei"``, ``"cells"``); 0 is background.
+    """
+
+    images: torch.Tensor
+    channels: Sequence[str]
+    labels: torch.Tensor
+    classes: Sequence[str]
+    meta: pd.DataFrame
+    counterfactuals: torch.Tensor | None = None
+    counterfactual_labels: torch.Tensor | None = None
+    signal_masks: torch.Tensor | None = None
+    objects: dict[str, np.ndarray] | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        self.images = _as_float_tensor(self.images, "images")
+        n, c, h, w = self.images.shape
+        self.channels = [str(ch) for ch in self.channels]
+        if len(self.channels) != c:
+            raise ValueError(
+                f"images have {c} channels but {len(self.channels)} channel names were given: {self.channels}"
+            )
+        dupes = sorted({ch for ch in self.channels if self.channels.count(ch) > 1})
+        if dupes:
+            raise ValueError(f"channel names must be unique; repeated: {dupes}")
+        self.classes = [str(k) for k in self.classes]
+        if len(self.classes) < 1 or len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"classes must be non-empty and unique; got {self.classes}")
+        self.labels = _as_labels(self.labels, n, len(self.classes), "labels")
+        if not isinstance(self.meta, pd.DataFrame):
+            raise TypeError("meta must be a pandas DataFrame")
+        if len(self.meta) != n:
+            raise ValueError(f"meta has {len(self.meta)} rows but there are {n} images")
+        missing = [col for col in REQUIRED_META if col not in self.meta.columns]
+        if missing:
+            raise ValueError(f"meta is missing required columns {missing}")
+        self.meta = self.meta.reset_index(drop=True).copy()
+        if "Metadata_Class" not in self.meta.columns:
+            self.meta["Metadata_Class"] = [self.classes[i] for i in self.labels.tolist()]
+        if self.counterfactuals is not None:
+            self.counterfactuals = _as_float_tensor(self.counterfactuals, "counterfactuals")
+            if self.counterfactuals.shape != self.images.shape:
+                raise ValueError(
+                    "counterfactuals must match images in shape: "
+                    f"{tuple(self.counterfactuals.shape)} vs {tuple(self.images.shape)}"
+                )
+            if self.counterfactual_labels is None:
+                raise ValueError("counterfactual_labels are required with counterfactuals")
+            self.counterfactual_labels = _as_labels(
+                self.counterfactual_labels, n, len(self.classes), "counterfactual_labels"
+            )
+        elif self.counterfactual_labels is not None:
+            self.counterfactual_labels = _as_labels(
+                self.counterfactual_labels, n, len(self.classes), "counterfactual_labels"
+            )
+        if self.signal_masks is not None:
+            m = torch.as_tensor(np.asarray(self.signal_masks) if not isinstance(self.signal_masks, torch.Tensor) else self.signal_masks)
+            if m.shape != self.images.shape:
+                raise ValueError(
+                    f"signal_masks must match images in shape: {tuple(m.shape)} vs {tuple(self.images.shape)}"
+                )
+            self.signal_masks = m.to(torch.bool)
+        if self.objects is not None:
+            for name, lab in self.objects.items():
+                lab = np.asarray(lab)
+                if lab.shape != (n, h, w):
+                    raise ValueError(f"objects[{name!r}] must have shape {(n, h, w)}; got {lab.shape}")
+                self.objects[name] = lab.astype(np.int32, copy=False)
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return tuple(self.images.shape)  # type: ignore[return-value]
+
+    def channel_index(self, names: str | Sequence[str]) -> list[int]:
+        """Indices of the named channels; raises naming the unknown ones."""
+        names = [names] if isinstance(names, str) else list(names)
+        unknown = [nm for nm in names if nm not in self.channels]
+        if unknown:
+            raise KeyError(f"unknown channel names {unknown}; this set has {list(self.channels)}")
+        return [self.channels.index(nm) for nm in names]
+
+    def subset(self, index) -> "ImageSet":
+        """A new ImageSet holding the images at ``index`` (ints or a boolean mask)."""
+        idx = torch.as_tensor(np.asarray(index))
+        if idx.dtype == torch.bool:
+            idx = torch.nonzero(idx, as_tuple=False).flatten()
+        idx = idx.to(torch.int64)
+        take = lambda t: None if t is None else t[idx]  # noqa: E731
+        return ImageSet(
+            images=self.images[idx],
+            channels=list(self.channels),
+            labels=self.labels[idx],
+            classes=list(self.classes),
+            meta=self.meta.iloc[idx.numpy()].reset_index(drop=True),
+            counterfactuals=take(self.counterfactuals),
+            counterfactual_labels=take(self.counterfactual_labels),
+            signal_masks=take(self.signal_masks),
+            objects=None if self.objects is None else {k: v[idx.numpy()] for k, v in self.objects.items()},
+        )
+
+    def select_channels(self, names: Sequence[str]) -> "ImageSet":
+        """A new ImageSet with only the named channels, in the given order."""
+        ci = self.channel_index(names)
+        pick = lambda t: None if t is None else t[:, ci]  # noqa: E731
+        return ImageSet(
+            images=self.images[:, ci],
+            channels=[self.channels[i] for i in ci],
+            labels=self.labels,
+            classes=list(self.classes),
+            meta=self.meta,
+            counterfactuals=pick(self.counterfactuals),
+            counterfactual_labels=self.counterfactual_labels,
+            signal_masks=pick(self.signal_masks),
+            objects=self.objects,
+        )
+
+    def summary(self) -> pd.DataFrame:
+        """Tidy per-class, per-channel intensity summary (mean, sd, n_images, n_wells)."""
+        rows = []
+        arr = self.images.numpy()
+        for k, cls in enumerate(self.classes):
+            sel = (self.labels == k).numpy()
+            n_wells = int(self.meta.loc[sel, ["Metadata_Plate", "Metadata_Well"]].drop_duplicates().shape[0])
+            for ci, ch in enumerate(self.channels):
+                vals = arr[sel, ci]
+                rows.append(
+                    dict(
+                        class_name=cls,
+                        channel=ch,
+                        n_images=int(sel.sum()),
+                        n_wells=n_wells,
+                        mean_intensity=float(vals.mean()) if vals.size else float("nan"),
+                        sd_intensity=float(vals.std()) if vals.size else float("nan"),
+                    )
+                )
+        return pd.DataFrame(rows)

@@ -1,0 +1,252 @@
+"""Readers for images listed in CellProfiler LoadData CSVs, NumPy and Zarr arrays; tiling."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from chanstat.data.imageset import REQUIRED_META, ImageSet
+
+LOADDATA_FILE = {
+    prefix: re.compile(rf"^(?:Image_)?FileName_{prefix}(?P<channel>[A-Za-z0-9]+)$") for prefix in ("Orig", "Corr", "")
+}
+
+
+def rescale_percentiles(image: np.ndarray, low: float = 1.0, high: float = 99.5) -> np.ndarray:
+    """Clip every channel of one image to its [low, high] percentiles and map that range to [0, 1].
+
+    Parameters
+    ----------
+    image : array, shape (C, H, W), any numeric dtype (e.g. uint16 camera counts).
+    low, high : percentiles (0-100) computed per channel of this image only.
+
+    Returns
+    -------
+    float32 array of the same shape, values in [0, 1]. A flat channel becomes 0.
+    """
+    if not 0 <= low < high <= 100:
+        raise ValueError(f"need 0 <= low < high <= 100; got {low}, {high}")
+    img = np.asarray(image, dtype=np.float32)
+    lo = np.percentile(img, low, axis=(-2, -1), keepdims=True)
+    hi = np.percentile(img, high, axis=(-2, -1), keepdims=True)
+    span = np.where(hi > lo, hi - lo, 1.0)
+    return np.clip((img - lo) / span, 0.0, 1.0).astype(np.float32)
+
+
+def loaddata_channels(columns: Sequence[str]) -> list[str]:
+    """Channel tokens named by ``FileName_Orig<Ch>`` columns of a LoadData table, in order.
+
+    ``Orig`` columns win; without them ``Corr`` ones, then plain ``FileName_<Ch>``
+    (illumination functions, ``FileName_Illum*``, are never images).
+    """
+    for prefix, pattern in LOADDATA_FILE.items():
+        tokens = [m.group("channel") for c in columns if (m := pattern.match(c))]
+        tokens = [t for t in tokens if not t.startswith(("Illum", "Orig", "Corr"))] if prefix == "" else tokens
+        if tokens:
+            return tokens
+    return []
+
+
+def read_loaddata(
+    csv: str | Path,
+    channels: Sequence[str] | None = None,
+    channel_map: Mapping[str, str] | None = None,
+    label_column: str | None = None,
+    rescale: tuple[float, float] | None = (1.0, 99.5),
+    progress: bool = False,
+) -> ImageSet:
+    """Read the images listed in a CellProfiler LoadData CSV.
+
+    Parameters
+    ----------
+    csv : LoadData table: one row per field of view, ``FileName_Orig<Ch>`` and
+        ``PathName_Orig<Ch>`` per channel (``Corr`` prefixes work too) and ``Metadata_*``
+        columns. Relative ``PathName`` values are relative to the CSV's folder.
+    channels : stain names to keep, in this order (after ``channel_map``); default all.
+    channel_map : renames LoadData channel tokens, e.g. ``{"1": "Brightfield", "5": "DNA"}``.
+    label_column : metadata column holding the class of each field; default one class
+        ``"unlabelled"``.
+    rescale : per-image, per-channel percentile clipping (see :func:`rescale_percentiles`);
+        ``None`` keeps raw intensities (as float32).
+
+    Returns
+    -------
+    ImageSet with images (N, C, H, W) float32.
+    """
+    import tifffile
+    from tqdm.auto import tqdm
+
+    csv = Path(csv)
+    if not csv.exists():
+        raise FileNotFoundError(f"LoadData CSV not found: {csv}")
+    table = pd.read_csv(csv)
+    tokens = loaddata_channels(table.columns)
+    if not tokens:
+        raise ValueError(f"{csv} has no FileName_Orig<Channel> columns; columns are {list(table.columns)}")
+    channel_map = dict(channel_map or {})
+    names = [channel_map.get(t, t) for t in tokens]
+    wanted = list(channels) if channels is not None else names
+    unknown = [c for c in wanted if c not in names]
+    if unknown:
+        raise ValueError(f"unknown channel names {unknown}; {csv.name} has {names} (after channel_map)")
+    token_of = {n: t for n, t in zip(names, tokens)}
+    missing_meta = [c for c in REQUIRED_META if c not in table.columns]
+    if missing_meta:
+        raise ValueError(f"{csv} is missing metadata columns {missing_meta}")
+    if label_column is not None and label_column not in table.columns:
+        raise ValueError(f"label column {label_column!r} not in {csv}")
+
+    def column(kind: str, token: str) -> str:
+        for prefix in ("Orig", "Corr", ""):
+            for lead in ("", "Image_"):
+                name = f"{lead}{kind}_{prefix}{token}"
+                if name in table.columns:
+                    return name
+        raise ValueError(f"{csv} lacks the {kind} column for channel {token!r}")
+
+    images = []
+    for _, row in tqdm(table.iterrows(), total=len(table), desc="reading fields", disable=not progress):
+        planes = []
+        for name in wanted:
+            token = token_of[name]
+            folder = Path(str(row[column("PathName", token)]))
+            folder = folder if folder.is_absolute() else (csv.parent / folder)
+            path = folder / str(row[column("FileName", token)])
+            if not path.exists():
+                raise FileNotFoundError(f"image for channel {name} not found: {path}")
+            plane = tifffile.imread(path)
+            if plane.ndim != 2:
+                raise ValueError(f"{path} is not a single 2-D plane (shape {plane.shape})")
+            if planes and plane.shape != planes[0].shape:
+                raise ValueError(f"{path} has shape {plane.shape}, other channels {planes[0].shape}")
+            planes.append(plane)
+        stack = np.stack(planes).astype(np.float32)
+        images.append(rescale_percentiles(stack, *rescale) if rescale else stack)
+    meta = table[[c for c in table.columns if c.startswith("Metadata_")]].copy()
+    if label_column is None:
+        classes, labels = ["unlabelled"], np.zeros(len(table), dtype=int)
+    else:
+        codes, uniques = pd.factorize(table[label_column].astype(str), sort=True)
+        classes, labels = list(uniques), codes
+    return ImageSet(images=np.stack(images), channels=wanted, labels=labels, classes=classes, meta=meta)
+
+
+def tile(
+    imageset: ImageSet,
+    size: int,
+    stride: int | None = None,
+    min_foreground: float | None = None,
+    foreground_channel: str | None = None,
+    foreground_threshold: float = 0.2,
+) -> ImageSet:
+    """Cut every image into ``size`` x ``size`` crops that keep their metadata.
+
+    Parameters
+    ----------
+    size : crop height and width in pixels.
+    stride : step between crops (default ``size``: no overlap).
+    min_foreground : keep only crops where at least this fraction of pixels of
+        ``foreground_channel`` exceed ``foreground_threshold`` (e.g. 0.02 on DNA drops empty crops).
+    foreground_channel : channel for ``min_foreground`` (default the first).
+
+    Returns
+    -------
+    ImageSet of crops; meta gains ``Metadata_TileY``, ``Metadata_TileX`` (top-left pixel) and
+    ``Metadata_SourceImage`` (index of the image it came from).
+    """
+    stride = stride or size
+    n, c, h, w = imageset.shape
+    if size > min(h, w):
+        raise ValueError(f"tile size {size} exceeds image size {(h, w)}")
+    fg = imageset.channel_index(foreground_channel)[0] if foreground_channel else 0
+    picks: list[tuple[int, int, int]] = []
+    for i in range(n):
+        for y in range(0, h - size + 1, stride):
+            for x in range(0, w - size + 1, stride):
+                if min_foreground is not None:
+                    crop = imageset.images[i, fg, y : y + size, x : x + size]
+                    if float((crop > foreground_threshold).float().mean()) < min_foreground:
+                        continue
+                picks.append((i, y, x))
+    if not picks:
+        raise ValueError("no tiles left after the foreground filter; lower min_foreground")
+
+    def cut(t):
+        if t is None:
+            return None
+        return np.stack([np.asarray(t[i, ..., y : y + size, x : x + size]) for i, y, x in picks])
+
+    src = np.array([p[0] for p in picks])
+    meta = imageset.meta.iloc[src].reset_index(drop=True)
+    meta["Metadata_TileY"] = [p[1] for p in picks]
+    meta["Metadata_TileX"] = [p[2] for p in picks]
+    meta["Metadata_SourceImage"] = src
+    return ImageSet(
+        images=cut(imageset.images),
+        channels=list(imageset.channels),
+        labels=imageset.labels.numpy()[src],
+        classes=list(imageset.classes),
+        meta=meta,
+        counterfactuals=cut(imageset.counterfactuals),
+        counterfactual_labels=None if imageset.counterfactual_labels is None else imageset.counterfactual_labels.numpy()[src],
+        signal_masks=cut(imageset.signal_masks),
+        objects=None if imageset.objects is None else {k: cut(v) for k, v in imageset.objects.items()},
+    )
+
+
+def from_arrays(
+    images: np.ndarray,
+    channels: Sequence[str],
+    labels: Sequence[int] | None = None,
+    classes: Sequence[str] | None = None,
+    meta: pd.DataFrame | None = None,
+) -> ImageSet:
+    """An ImageSet from an in-memory (N, C, H, W) array; metadata defaults to one well per image."""
+    images = np.asarray(images)
+    n = images.shape[0] if images.ndim == 4 else 0
+    if images.ndim != 4:
+        raise ValueError(f"images must have shape (N, C, H, W); got {images.shape}")
+    labels = np.zeros(n, dtype=int) if labels is None else np.asarray(labels)
+    classes = list(classes) if classes is not None else [str(k) for k in range(int(labels.max()) + 1 if n else 1)]
+    if meta is None:
+        meta = pd.DataFrame(
+            {"Metadata_Plate": "plate", "Metadata_Well": [f"w{i}" for i in range(n)], "Metadata_Site": 1}
+        )
+    return ImageSet(images=images, channels=channels, labels=labels, classes=classes, meta=meta)
+
+
+def read_numpy(path: str | Path, channels: Sequence[str], **kwargs) -> ImageSet:
+    """Images from ``.npy`` (the array) or ``.npz`` (keys ``images`` and optionally ``labels``)."""
+    path = Path(path)
+    data = np.load(path)
+    if isinstance(data, np.lib.npyio.NpzFile):
+        if "images" not in data:
+            raise ValueError(f"{path} has no 'images' array; it has {list(data.keys())}")
+        kwargs.setdefault("labels", data["labels"] if "labels" in data else None)
+        data = data["images"]
+    return from_arrays(data, channels, **kwargs)
+
+
+def read_zarr(path: str | Path, channels: Sequence[str] | None = None, array: str = "images", **kwargs) -> ImageSet:
+    """Images from a Zarr group (array ``images``; channel names from its ``channels`` attribute)."""
+    from chanstat.io import read_arrays, read_group_attrs
+
+    arrays, attrs = read_arrays(path, [array])
+    names = channels or attrs[array].get("channels") or read_group_attrs(path).get("channels")
+    if names is None:
+        raise ValueError(f"{path}: give channel names (no 'channels' attribute stored)")
+    return from_arrays(arrays[array], names, **kwargs)
+
+
+READERS = {".csv": read_loaddata, ".npy": read_numpy, ".npz": read_numpy, ".zarr": read_zarr}
+
+
+def read(path: str | Path, **kwargs) -> ImageSet:
+    """Read images by file type: LoadData ``.csv``, ``.npy``/``.npz``, or ``.zarr``."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in READERS:
+        raise ValueError(f"cannot read {path}: known types are {sorted(READERS)}")
+    return READERS[suffix](path, **kwargs)
