@@ -31,10 +31,13 @@ def tiny_synthetic():
 
 @pytest.fixture(scope="session")
 def trained_model(tiny_synthetic):
+    import torch
+
     from chanstat.models import VGGClassifier, train
 
+    torch.manual_seed(0)
     model = VGGClassifier(in_channels=len(tiny_synthetic.channels), n_classes=len(tiny_synthetic.classes))
-    train(model, tiny_synthetic, epochs=30, batch_size=16, lr=3e-3, patience=6, min_epochs=15, seed=0, progress=False)
+    train(model, tiny_synthetic, epochs=40, batch_size=8, lr=2e-3, patience=10, min_epochs=20, seed=0, progress=False)
     return model.eval()
 
 

@@ -42,7 +42,7 @@ def test_run_refuses_existing_directory(tmp_path):
 
 def test_quick_merge_and_missing_config(tmp_path):
     cfg = pipeline.load_config(ROOT / "analyses" / "demo.toml", quick=True)
-    assert "quick" not in cfg and cfg["model"]["batch_size"] == 16
+    assert "quick" not in cfg and cfg["model"]["batch_size"] == 8
     with pytest.raises(FileNotFoundError):
         pipeline.load_config(tmp_path / "nope.toml")
 
