@@ -1,0 +1,355 @@
+"""``attribute``: validate inputs once, then run a registered method chunk by chunk."""
+from __future__ import annotations
+
+import inspect
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from chanstat.attribution.maps import AGGREGATIONS, aggregate_channels
+from chanstat.attribution.registry import METHODS, AttributionBatch, MethodSpec, get_method
+
+#: Images per chunk when ``batch_size`` is not given. Integrated gradients evaluates
+#: ``chunk * steps_per_pass`` images per forward pass, so this also bounds its memory.
+DEFAULT_BATCH_SIZE = 32
+
+#: Captum notices about things chanstat does on purpose (inputs without requires_grad, hooks
+#: on ReLUs); silenced so real warnings stay visible.
+_CAPTUM_NOTICES = (
+    r"Input Tensor \d+ did not already require gradients",
+    r"Setting forward, backward hooks and attributes on non-linear",
+    r"Setting backward hooks on ReLU activations",
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# input checks
+# ---------------------------------------------------------------------------------------------
+def as_images(x: Any, name: str) -> torch.Tensor:
+    """A float32 CPU-or-device tensor of shape (N, C, H, W) with finite values, or a clear error."""
+    if isinstance(x, np.ndarray):
+        if x.dtype.kind not in "biuf":
+            raise TypeError(f"{name} must hold real numbers; got dtype {x.dtype}")
+        t = torch.from_numpy(np.ascontiguousarray(x))
+    elif isinstance(x, torch.Tensor):
+        if x.is_complex():
+            raise TypeError(f"{name} must hold real numbers; got dtype {x.dtype}")
+        t = x.detach()
+    else:
+        raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray; got {type(x).__name__}")
+    if t.ndim != 4:
+        hint = " (a single image? add a batch axis: x[None])" if t.ndim == 3 else ""
+        raise ValueError(f"{name} must have shape (N, C, H, W); got {tuple(t.shape)}{hint}")
+    if t.shape[0] == 0:
+        raise ValueError(f"{name} holds no images (N = 0)")
+    t = t.to(torch.float32)
+    # one float64 reduction instead of an element-wise mask: the sum is non-finite exactly when
+    # some value is NaN/inf (float32 values cannot overflow a float64 sum)
+    if not bool(torch.isfinite(t.sum(dtype=torch.float64))):
+        bad = ~torch.isfinite(t)
+        samples = torch.nonzero(bad.flatten(1).any(dim=1)).flatten().tolist()
+        raise ValueError(
+            f"{name} contains {int(bad.sum())} NaN/inf values (in samples {samples[:10]}"
+            f"{' ...' if len(samples) > 10 else ''})"
+        )
+    return t
+
+
+def as_targets(y: Any, n: int, name: str) -> torch.Tensor:
+    """An int64 tensor of shape (n,) from an int, a sequence, an array or a tensor."""
+    if isinstance(y, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a class index or one per sample; got a bool")
+    if isinstance(y, (int, np.integer)):
+        return torch.full((n,), int(y), dtype=torch.int64)
+    if isinstance(y, torch.Tensor):
+        t = y.detach().cpu()
+    else:
+        try:
+            t = torch.as_tensor(np.asarray(y))
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"{name} must be an int or a sequence of ints; got {type(y).__name__}") from exc
+    if t.ndim == 0:
+        t = t.reshape(1).expand(n)
+    if t.ndim != 1 or t.shape[0] != n:
+        raise ValueError(f"{name} must be an int or have shape ({n},) (one per sample); got shape {tuple(t.shape)}")
+    if t.is_floating_point():
+        if not bool(torch.isfinite(t).all()) or not torch.equal(t, t.round()):
+            raise ValueError(f"{name} must hold integer class indices; got {t[:5].tolist()} ...")
+    elif t.dtype == torch.bool or t.is_complex():
+        raise TypeError(f"{name} must hold integer class indices; got dtype {t.dtype}")
+    return t.to(torch.int64).contiguous()
+
+
+def model_device(model: nn.Module | None) -> torch.device:
+    """Device of the model's first parameter (or buffer); CPU for parameter-free models."""
+    if model is None:
+        return torch.device("cpu")
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+class _ForwardGuard:
+    """Checks the model's forward passes during attribution, at no extra compute.
+
+    Instead of a probe forward pass before the work, hooks on the model check each real
+    forward pass: the output must be (batch, n_classes) scores with a column for every class
+    asked about. The check runs before Captum indexes the output with the targets, so an
+    out-of-range class is a clear error (not a CUDA device-side assert). ``failed_inside``
+    tells whether an exception came from inside the model's own forward (then the inputs did
+    not fit it).
+    """
+
+    def __init__(self, model: nn.Module, needed: dict[str, torch.Tensor | None]) -> None:
+        self.model = model
+        self.limits = {name: int(t.max()) for name, t in needed.items() if t is not None}
+        self.running = 0
+        self.handles: list = []
+
+    def _pre(self, module, args) -> None:
+        self.running += 1
+
+    def _post(self, module, args, output) -> None:
+        self.running -= 1
+        if not isinstance(output, torch.Tensor) or output.ndim != 2:
+            shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+            raise ValueError(f"model must return class scores of shape (N, n_classes); got {shape}")
+        n_classes = int(output.shape[1])
+        for name, top in self.limits.items():
+            if top >= n_classes:
+                raise ValueError(
+                    f"{name} must lie in [0, {n_classes - 1}] for a model with {n_classes} outputs; got {top}"
+                )
+
+    @property
+    def failed_inside(self) -> bool:
+        return self.running > 0
+
+    def __enter__(self) -> "_ForwardGuard":
+        self.handles = [self.model.register_forward_pre_hook(self._pre), self.model.register_forward_hook(self._post)]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def _check_nonnegative(t: torch.Tensor | None, name: str) -> None:
+    if t is not None and int(t.min()) < 0:
+        raise ValueError(f"{name} must hold class indices >= 0; got {int(t.min())}")
+
+
+def resolve_layer(model: nn.Module, layer: nn.Module | str | None) -> nn.Module:
+    """The layer for Grad-CAM methods: a module of ``model``, a dotted name, or the default
+    (:func:`chanstat.models.default_cam_layer`, the last ``nn.Conv2d``)."""
+    if layer is None:
+        from chanstat.models import default_cam_layer
+
+        return default_cam_layer(model)
+    if isinstance(layer, str):
+        try:
+            return model.get_submodule(layer)
+        except AttributeError:
+            convs = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+            raise ValueError(f"model has no layer named {layer!r}; its Conv2d layers are {convs}") from None
+    if isinstance(layer, nn.Module):
+        if not any(m is layer for m in model.modules()):
+            raise ValueError("layer is not a submodule of model")
+        return layer
+    raise TypeError(f"layer must be an nn.Module, a dotted layer name or None; got {type(layer).__name__}")
+
+
+def _check_options(spec: MethodSpec, options: dict) -> None:
+    params = inspect.signature(spec.fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    known = [name for name, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(
+            f"method {spec.name!r} does not take option(s) {unknown}; "
+            f"its options are {known if known else 'none'}"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# the public entry point
+# ---------------------------------------------------------------------------------------------
+def attribute(
+    model: nn.Module | None,
+    inputs,
+    target,
+    method: str,
+    counterfactuals=None,
+    counterfactual_target=None,
+    aggregate: str | None = None,
+    layer: nn.Module | str | None = None,
+    batch_size: int | None = None,
+    progress: bool = False,
+    **method_options,
+) -> torch.Tensor:
+    """Per-channel attribution maps of a classifier's decision.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Classifier mapping (N, C, H, W) images to (N, n_classes) scores. It runs in eval mode
+        on its own device (the device of its parameters); its train/eval mode is restored
+        afterwards. May be None for the model-free baselines (``residual``, ``random``).
+    inputs : torch.Tensor or numpy.ndarray, shape (N, C, H, W)
+        Real images.
+    target : int or sequence/array/tensor of shape (N,)
+        Class of the real images: the class vanilla methods explain. Ignored (may be None) by
+        discriminative methods, which explain ``counterfactual_target``, and by the model-free
+        baselines.
+    method : str
+        A key of :data:`chanstat.attribution.METHODS`, e.g. ``"ig"``, ``"d_ig"``, ``"gradcam"``.
+    counterfactuals : torch.Tensor or numpy.ndarray, shape (N, C, H, W), optional
+        The same images as they would look in the other class; required by methods with
+        ``needs_counterfactual`` (``d_*`` and ``residual``); ignored by the others.
+    counterfactual_target : int or shape (N,), optional
+        Class of each counterfactual; required by the ``d_*`` methods.
+    aggregate : {None, "mean", "sum", "max", "abs_mean", "abs_sum", "abs_max"}
+        None keeps one map per channel, (N, C, H, W), for channel-resolving methods; any other
+        value combines channels with :func:`aggregate_channels` into (N, 1, H, W).
+        Channel-agnostic methods (``resolves_channels=False``) always give (N, 1, H, W).
+    layer : torch.nn.Module or str, optional
+        Convolutional layer for the Grad-CAM family (default: the model's last Conv2d).
+    batch_size : int, optional
+        Images per chunk (default 32). Each chunk goes to the model's device and its maps come
+        back to the CPU, so memory stays bounded for any N.
+    progress : bool
+        Show a progress bar over chunks.
+    **method_options
+        Passed to the method, e.g. ``n_steps`` and ``steps_per_pass`` for ``ig``/``d_ig``,
+        ``relu``/``interpolate_mode`` for ``gradcam``, ``sigma``/``seed`` for ``random``.
+
+    Returns
+    -------
+    torch.Tensor, float32, on the CPU, shape (N, C, H, W) or (N, 1, H, W).
+    Each sample's map depends only on that sample (never on the rest of the batch).
+
+    Raises
+    ------
+    ValueError
+        Unknown method (the known ones are listed), wrong shapes or channel count, NaN/inf in
+        the images, missing counterfactuals or counterfactual classes, class indices out of
+        range, unknown options.
+    """
+    spec = get_method(method)
+    if aggregate is not None and aggregate not in AGGREGATIONS:
+        raise ValueError(f"unknown aggregate {aggregate!r}; choose None or one of {', '.join(AGGREGATIONS)}")
+    if batch_size is not None and (not isinstance(batch_size, (int, np.integer)) or batch_size < 1):
+        raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
+    _check_options(spec, method_options)
+    if layer is not None and not spec.uses_layer:
+        cam = [name for name, s in METHODS.items() if s.uses_layer]
+        raise ValueError(f"method {spec.name!r} does not use a layer; layer= applies to {cam}")
+    if spec.uses_model and not isinstance(model, nn.Module):
+        raise TypeError(f"method {spec.name!r} needs a torch.nn.Module model; got {type(model).__name__}")
+
+    x = as_images(inputs, "inputs")
+    n = x.shape[0]
+    # only what the method uses is checked and moved; the rest is ignored
+    x_cf = y = y_cf = None
+    if spec.needs_counterfactual:
+        if counterfactuals is None:
+            raise ValueError(
+                f"method {spec.name!r} needs counterfactuals= (the same images as they would look in the "
+                f"other class, shape {tuple(x.shape)})"
+            )
+        x_cf = as_images(counterfactuals, "counterfactuals")
+        if x_cf.shape != x.shape:
+            raise ValueError(
+                f"counterfactuals must have the same shape as inputs; got {tuple(x_cf.shape)} vs {tuple(x.shape)}"
+            )
+    if spec.explains == "real":
+        if target is None:
+            raise ValueError(f"method {spec.name!r} needs target= (the class of each real image)")
+        y = as_targets(target, n, "target")
+        _check_nonnegative(y, "target")
+    if spec.explains == "counterfactual":
+        if counterfactual_target is None:
+            raise ValueError(f"method {spec.name!r} needs counterfactual_target= (the class of each counterfactual)")
+        y_cf = as_targets(counterfactual_target, n, "counterfactual_target")
+        _check_nonnegative(y_cf, "counterfactual_target")
+
+    device = model_device(model)
+    chunk = int(batch_size or DEFAULT_BATCH_SIZE)
+    # eval mode for the computation; remember exactly which submodules were training
+    training = [m for m in model.modules() if m.training] if isinstance(model, nn.Module) else []
+    try:
+        if isinstance(model, nn.Module):
+            if training:
+                model.eval()
+            declared = getattr(model, "in_channels", None)
+            if spec.uses_model and isinstance(declared, int) and declared != x.shape[1]:
+                raise ValueError(f"model expects {declared} input channels; inputs have {x.shape[1]}")
+        layer_module = resolve_layer(model, layer) if spec.uses_layer else None
+
+        result: torch.Tensor | None = None
+        starts = range(0, n, chunk)
+        if progress:
+            starts = tqdm(starts, desc=f"attribute {spec.name}", leave=False)
+        for start in starts:
+            stop = min(start + chunk, n)
+            batch = AttributionBatch(
+                inputs=_chunk(x, start, stop, device),
+                target=_chunk(y, start, stop, device),
+                counterfactuals=_chunk(x_cf, start, stop, device),
+                counterfactual_target=_chunk(y_cf, start, stop, device),
+                layer=layer_module,
+            )
+            maps = _run_method(spec, model, batch, method_options, y, y_cf)
+            maps = _check_output(spec, maps, batch.inputs.shape)
+            if aggregate is not None:
+                maps = aggregate_channels(maps, aggregate)
+            maps = maps.detach().to("cpu", torch.float32)
+            if result is None:
+                result = torch.empty((n,) + tuple(maps.shape[1:]), dtype=torch.float32)
+            result[start:stop] = maps
+    finally:
+        for module in training:
+            module.training = True
+    assert result is not None
+    return result
+
+
+def _run_method(spec: MethodSpec, model, batch: AttributionBatch, options: dict, y, y_cf) -> torch.Tensor:
+    with warnings.catch_warnings():
+        for message in _CAPTUM_NOTICES:
+            warnings.filterwarnings("ignore", message=message, category=UserWarning)
+        if not spec.uses_model:
+            return spec.fn(model, batch, **options)
+        guard = _ForwardGuard(model, {"target": y, "counterfactual_target": y_cf})
+        try:
+            with guard:
+                return spec.fn(model, batch, **options)
+        except ValueError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - re-raised with the likely cause named
+            if not guard.failed_inside:
+                raise
+            raise ValueError(
+                f"model could not process inputs of shape (N, {', '.join(map(str, batch.inputs.shape[1:]))}): "
+                f"{type(exc).__name__}: {exc}. Does the model expect a different number of channels or size?"
+            ) from exc
+
+
+def _chunk(t: torch.Tensor | None, start: int, stop: int, device: torch.device) -> torch.Tensor | None:
+    return None if t is None else t[start:stop].to(device, non_blocking=True)
+
+
+def _check_output(spec: MethodSpec, maps: torch.Tensor, input_shape: torch.Size) -> torch.Tensor:
+    n, c, h, w = input_shape
+    expected = (n, c if spec.resolves_channels else 1, h, w)
+    if not isinstance(maps, torch.Tensor) or tuple(maps.shape) != expected:
+        got = tuple(maps.shape) if isinstance(maps, torch.Tensor) else type(maps).__name__
+        raise RuntimeError(f"method {spec.name!r} returned {got}; its registry entry promises {expected}")
+    return maps

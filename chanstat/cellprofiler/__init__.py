@@ -1,0 +1,54 @@
+"""CellProfiler link: read tables, parse feature names, find differing features, group by channel.
+
+- :func:`read` — ExportToSpreadsheet folders, ExportToDatabase SQLite, Parquet/CSV profiles.
+- :func:`parse_features` — ``Compartment_Category_Feature_Channel`` names -> tidy parts.
+- :func:`differential` — Welch t and Mann-Whitney per feature, BH/BY q-values, Hedges' g,
+  at the well level (cells aggregated by median) or the cell level.
+- :func:`channel_enrichment`, :func:`permutation_enrichment`, :func:`compartment_channel_table`
+  — which channels hold the differing features.
+- :func:`concordance`, :func:`channel_ranks` — agreement with the attribution's channel ranking.
+- :func:`measure_synthetic` — CellProfiler-style features of labelled images (cp-measure).
+
+This package never imports torch. Its names load on first use, so that ``chanstat --help``
+(which imports :mod:`chanstat.cellprofiler.cli`) stays fast.
+"""
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "read": "readers",
+    "parse_features": "names",
+    "resolve_channel": "names",
+    "STAINS": "names",
+    "feature_columns": "profiles",
+    "aggregate_wells": "profiles",
+    "differential": "feature_tests",
+    "fdr": "feature_tests",
+    "hedges_g": "feature_tests",
+    "welch": "feature_tests",
+    "channel_enrichment": "enrichment",
+    "permutation_enrichment": "enrichment",
+    "compartment_channel_table": "enrichment",
+    "feature_channels": "enrichment",
+    "concordance": "rank_agreement",
+    "channel_ranks": "rank_agreement",
+    "kendall_tau_b": "rank_agreement",
+    "spearman_rho": "rank_agreement",
+    "measure_synthetic": "measure",
+    "DEFAULT_MEASUREMENTS": "measure",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f"chanstat.cellprofiler.{_EXPORTS[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'chanstat.cellprofiler' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

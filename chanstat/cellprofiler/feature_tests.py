@@ -1,0 +1,400 @@
+"""Which CellProfiler features differ between two conditions, feature by feature.
+
+Per feature: Welch's t-test and the Mann-Whitney U test (case vs control), Benjamini-Hochberg
+(or Benjamini-Yekutieli) q-values over features, and Hedges' g with a confidence interval.
+The unit of replication is the well: per-cell tables are aggregated to well medians first
+(``level="well"``), unless ``level="cell"`` is asked for explicitly (then a warning says that
+cells of one well are not independent). All statistics are computed for all features at
+once with array operations; features are grouped only by their pattern of missing values.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from chanstat.cellprofiler.names import parse_features
+from chanstat.cellprofiler.profiles import (
+    aggregate_wells,
+    check_numeric,
+    check_unique_columns,
+    feature_columns,
+    resolve_well_columns,
+)
+
+MAD_TO_SD = 1.4826  # MAD of a normal sample x 1.4826 estimates its standard deviation
+_FDR = {"fdr_bh": "bh", "bh": "bh", "fdr_by": "by", "by": "by"}
+
+#: Columns of the table :func:`differential` returns, in order.
+COLUMNS = (
+    "feature", "compartment", "category", "measurement", "channels", "status", "n_case", "n_control",
+    "mean_case", "mean_control", "median_case", "median_control", "statistic", "dof", "p_value", "q_value",
+    "effect_size", "ci_low", "ci_high", "mw_statistic", "mw_p_value", "mw_q_value", "significant",
+    "level", "case", "control",
+)
+
+
+@dataclass
+class Prepared:
+    """Case/control matrices after selection, aggregation and normalisation (internal)."""
+
+    values: np.ndarray  # (n_units, n_features) float64
+    is_case: np.ndarray  # (n_units,) bool
+    features: list[str]
+    units: pd.DataFrame  # metadata of the units (wells or cells)
+    level: str
+    case: list[str]
+    control: list[str]
+
+
+def _as_list(value, what: str) -> list[str]:
+    if value is None:
+        raise ValueError(f"{what} must be given")
+    values = [value] if isinstance(value, (str, int, float, np.generic)) else list(value)
+    if not values:
+        raise ValueError(f"{what} must not be empty")
+    return [str(v) for v in values]
+
+
+def fdr(p_values: np.ndarray, method: str = "fdr_bh") -> np.ndarray:
+    """Benjamini-Hochberg (``"fdr_bh"``) or Benjamini-Yekutieli (``"fdr_by"``) q-values.
+
+    NaN p-values stay NaN and do not count towards the number of tests.
+    """
+    if method not in _FDR:
+        raise ValueError(f"method must be one of {sorted(_FDR)}; got {method!r}")
+    p = np.asarray(p_values, dtype=float)
+    q = np.full(p.shape, np.nan)
+    ok = np.isfinite(p)
+    if ok.any():
+        q[ok] = stats.false_discovery_control(p[ok], method=_FDR[method])
+    return q
+
+
+def prepare(
+    df: pd.DataFrame,
+    by: str,
+    case,
+    control,
+    level: str = "well",
+    features: Sequence[str] | None = None,
+    normalize: bool | str | None = None,
+    well_columns: Sequence[str] | None = None,
+    plate_column: str = "Metadata_Plate",
+    warn: bool = True,
+) -> Prepared:
+    """Select, aggregate and normalise: the shared first half of the differential analyses."""
+    check_unique_columns(df)
+    if by not in df.columns:
+        raise ValueError(f"group column {by!r} is not in the table; Metadata columns: "
+                         f"{[c for c in df.columns if str(c).startswith('Metadata_')][:20]}")
+    if level not in ("well", "cell"):
+        raise ValueError(f"level must be 'well' or 'cell'; got {level!r}")
+    cases, controls = _as_list(case, "case"), _as_list(control, "control")
+    overlap = sorted(set(cases) & set(controls))
+    if overlap:
+        raise ValueError(f"{overlap} are both case and control")
+    labels = df[by].astype("string")
+    present = set(labels.dropna().unique().tolist())
+    for what, values in (("case", cases), ("control", controls)):
+        absent = [v for v in values if v not in present]
+        if absent:
+            shown = sorted(present)[:15]
+            raise ValueError(f"{what} group(s) {absent} not found in column {by!r}; it holds {len(present)} "
+                             f"values, e.g. {shown}")
+
+    if features is None:
+        features = feature_columns(df.columns)
+        if not features:
+            raise ValueError("the table has no CellProfiler feature columns (Compartment_Category_...); "
+                             "pass features= explicitly")
+    else:
+        features = [features] if isinstance(features, str) else [str(f) for f in features]
+        if not features:
+            raise ValueError("features is empty")
+        dupes = sorted({f for f in features if features.count(f) > 1})
+        if dupes:
+            raise ValueError(f"features lists {dupes[:10]} more than once")
+        missing = [f for f in features if f not in df.columns]
+        if len(missing) == len(features):
+            raise ValueError(f"none of the {len(features)} requested features is a column of the table "
+                             f"(no overlapping features; e.g. {missing[:5]})")
+        if missing:
+            raise ValueError(f"{len(missing)} requested features are not columns of the table: {missing[:10]}")
+    if by in features:
+        raise ValueError(f"the group column {by!r} cannot also be a feature")
+    check_numeric(df, features)
+
+    rows = labels.isin(cases + controls).fillna(False).to_numpy(bool)
+    sub = df.loc[rows]
+    wells = resolve_well_columns(df.columns, well_columns)
+    if level == "well":
+        if not wells:
+            raise ValueError("level='well' needs well columns (Metadata_Plate, Metadata_Well) or well_columns=...; "
+                             "use level='cell' to test objects as replicates")
+        n_groups = sub.groupby(wells + [by], dropna=False).ngroups
+        n_wells = sub[wells].drop_duplicates().shape[0]
+        if n_groups != n_wells:
+            raise ValueError(f"some wells hold both case and control rows in {by!r}; cannot aggregate to wells")
+        units = aggregate_wells(sub, features=features, well_columns=wells, keep=[by])
+    else:
+        units = sub.reset_index(drop=True)
+    unit_labels = units[by].astype("string").to_numpy() if by in units.columns else None
+    if unit_labels is None:
+        raise ValueError(f"group column {by!r} varies within wells; cannot aggregate to wells")
+    is_case = np.isin(unit_labels, cases)
+    n_case, n_control = int(is_case.sum()), int((~is_case).sum())
+    if level == "well":
+        if min(n_case, n_control) < 2:
+            raise ValueError(
+                f"level='well' needs at least 2 wells per group; case has {n_case}, control {n_control}. "
+                "With a single well per condition, well and treatment effects cannot be separated; "
+                "level='cell' runs anyway (with a warning)"
+            )
+    elif warn:
+        _warn_cell_level(sub, by, cases, controls, wells, n_case, n_control)
+
+    values = np.array(units[features].to_numpy(dtype=float, na_value=np.nan), dtype=float, copy=True)
+    values[~np.isfinite(values)] = np.nan  # inf from CellProfiler divisions by zero
+    prepared = Prepared(values, is_case, list(features), units.drop(columns=features), level, cases, controls)
+    if normalize:
+        method = "robust_z" if normalize is True else normalize
+        if method != "robust_z":
+            raise ValueError(f"normalize must be None, True or 'robust_z'; got {normalize!r}")
+        _robust_z(prepared, plate_column)
+    return prepared
+
+
+def _warn_cell_level(sub, by, cases, controls, wells, n_case, n_control) -> None:
+    msg = (f"level='cell' treats {n_case} case and {n_control} control objects as independent replicates; "
+           "objects of one well share its treatment, plating and imaging, so p-values are too small")
+    if wells:
+        per_group = sub.assign(_is_case=sub[by].astype("string").isin(cases)).groupby("_is_case")[wells].apply(
+            lambda g: g.drop_duplicates().shape[0]
+        )
+        single = [("case" if k else "control") for k, n in sorted(per_group.items(), reverse=True) if n == 1]
+        if single:
+            where = {name: sub.loc[sub[by].astype("string").isin(vals), wells].drop_duplicates().astype(str)
+                     .agg("/".join, axis=1).tolist() for name, vals in (("case", cases), ("control", controls))}
+            msg += (f"; only one well per condition for {' and '.join(single)} ({where}): differences mix the "
+                    "treatment with well-to-well variation")
+    else:
+        msg += "; the table has no well columns, so the number of wells is unknown"
+    warnings.warn(msg, UserWarning, stacklevel=4)  # point at the caller of differential()
+
+
+def _robust_z(prepared: Prepared, plate_column: str) -> None:
+    """Per plate: (x - median of controls) / (1.4826 x MAD of controls), in place."""
+    units = prepared.units
+    plates = units[plate_column].astype("string").fillna("<NA>").to_numpy() if plate_column in units.columns else np.zeros(len(units))
+    x = prepared.values
+    for plate in pd.unique(plates):
+        on_plate = plates == plate
+        ctrl = x[on_plate & ~prepared.is_case]
+        if ctrl.shape[0] == 0:
+            raise ValueError(f"plate {plate!r} has no control units to normalise against")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
+            med = np.nanmedian(ctrl, axis=0)
+            mad = np.nanmedian(np.abs(ctrl - med), axis=0) * MAD_TO_SD
+        scale = np.where(mad > 0, mad, np.nan)  # a zero MAD leaves no scale: NaN, reported later
+        x[on_plate] = (x[on_plate] - med) / scale
+
+
+def _nan_groups(mask: np.ndarray, extra: np.ndarray | None = None) -> list[np.ndarray]:
+    """Column indices grouped by identical missing-value pattern (and ``extra`` key)."""
+    packed = np.packbits(mask, axis=0)
+    key = packed.T if extra is None else np.column_stack([packed.T, extra.astype(np.uint8)])
+    _, inverse = np.unique(key, axis=0, return_inverse=True)
+    inverse = np.asarray(inverse).ravel()
+    return [np.flatnonzero(inverse == g) for g in range(inverse.max() + 1)] if inverse.size else []
+
+
+def hedges_g(case: np.ndarray, control: np.ndarray, confidence: float = 0.95):
+    """Hedges' g (case - control) and its confidence interval, per column, NaN-aware.
+
+    Uses the pooled standard deviation, the small-sample correction
+    ``1 - 3 / (4 (n1 + n2) - 9)`` and the Hedges-Olkin standard error
+    ``sqrt((n1 + n2) / (n1 n2) + g^2 / (2 (n1 + n2)))`` with a t quantile on n1 + n2 - 2
+    degrees of freedom (as pingouin's ``compute_effsize``/``compute_esci``).
+
+    Returns
+    -------
+    g, ci_low, ci_high : arrays of shape (n_columns,)
+    """
+    n1 = np.sum(np.isfinite(case), axis=0).astype(float)
+    n2 = np.sum(np.isfinite(control), axis=0).astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        m1, m2 = np.nanmean(case, axis=0), np.nanmean(control, axis=0)
+        v1, v2 = np.nanvar(case, axis=0, ddof=1), np.nanvar(control, axis=0, ddof=1)
+        pooled = np.sqrt(((n1 - 1) * v1 + (n2 - 1) * v2) / (n1 + n2 - 2))
+        g = (m1 - m2) / pooled * (1 - 3 / (4 * (n1 + n2) - 9))
+        se = np.sqrt((n1 + n2) / (n1 * n2) + g**2 / (2 * (n1 + n2)))
+        crit = np.abs(stats.t.ppf((1 - confidence) / 2, n1 + n2 - 2))
+    return g, g - crit * se, g + crit * se
+
+
+def welch(case: np.ndarray, control: np.ndarray):
+    """Welch's t-test per column, NaN-aware (NaNs dropped column by column).
+
+    Returns ``t, dof, p`` (two-sided), equal to ``scipy.stats.ttest_ind(..., equal_var=False)``
+    on each column's non-missing values. Used for permutation loops, where speed matters.
+    """
+    n1 = np.sum(np.isfinite(case), axis=0).astype(float)
+    n2 = np.sum(np.isfinite(control), axis=0).astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        v1 = np.nanvar(case, axis=0, ddof=1) / n1
+        v2 = np.nanvar(control, axis=0, ddof=1) / n2
+        t = (np.nanmean(case, axis=0) - np.nanmean(control, axis=0)) / np.sqrt(v1 + v2)
+        dof = (v1 + v2) ** 2 / (v1**2 / (n1 - 1) + v2**2 / (n2 - 1))
+        p = 2 * stats.t.sf(np.abs(t), dof)
+    return t, dof, p
+
+
+def _tests(values: np.ndarray, is_case: np.ndarray, cols: np.ndarray):
+    """Welch and Mann-Whitney for the tested columns, via scipy, grouped by NaN pattern."""
+    x1, x2 = values[is_case][:, cols], values[~is_case][:, cols]
+    k = len(cols)
+    t, dof, p, u, pu = (np.full(k, np.nan) for _ in range(5))
+    mask = np.isnan(np.vstack([x1, x2]))
+    # scipy's Mann-Whitney 'auto' picks the exact test for small samples without ties; the
+    # choice is made once per call, so columns with and without ties go in separate calls.
+    both = np.vstack([x1, x2])
+    srt = np.sort(both, axis=0)
+    ties = np.any((np.diff(srt, axis=0) == 0), axis=0)
+    n_case = x1.shape[0]
+    for group in _nan_groups(mask, ties):
+        keep = ~mask[:, group[0]]
+        a, b = both[:n_case][keep[:n_case]][:, group], both[n_case:][keep[n_case:]][:, group]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # constant-in-both-groups columns
+            res = stats.ttest_ind(a, b, axis=0, equal_var=False)
+            mw = stats.mannwhitneyu(a, b, axis=0)
+        t[group], p[group], dof[group] = res.statistic, res.pvalue, res.df
+        u[group], pu[group] = mw.statistic, mw.pvalue
+    return t, dof, p, u, pu
+
+
+def _status(values: np.ndarray, is_case: np.ndarray) -> np.ndarray:
+    n1 = np.sum(np.isfinite(values[is_case]), axis=0)
+    n2 = np.sum(np.isfinite(values[~is_case]), axis=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        spread = np.nanmax(values, axis=0) - np.nanmin(values, axis=0)
+    status = np.full(values.shape[1], "tested", dtype=object)
+    status[(n1 < 2) | (n2 < 2)] = "too_few_values"
+    status[spread == 0] = "constant"
+    status[(n1 + n2) == 0] = "all_nan"
+    return status
+
+
+def differential(
+    df: pd.DataFrame,
+    by: str,
+    case,
+    control,
+    level: str = "well",
+    features: Sequence[str] | None = None,
+    normalize: bool | str | None = None,
+    method: str = "fdr_bh",
+    *,
+    alpha: float = 0.05,
+    confidence: float = 0.95,
+    well_columns: Sequence[str] | None = None,
+    plate_column: str = "Metadata_Plate",
+    channel_map: Mapping[str, str] | None = None,
+) -> pd.DataFrame:
+    """Test every feature for a difference between ``case`` and ``control``.
+
+    Parameters
+    ----------
+    df : wide table (rows = objects or wells) with ``Metadata_*`` columns and features, e.g.
+        from :func:`~chanstat.cellprofiler.read`.
+    by : column holding the condition (e.g. ``"Metadata_broad_sample"``).
+    case, control : value (or list of values) of ``by`` for each group; compared as strings.
+    level : ``"well"`` (default): objects are aggregated to well medians and wells are the
+        replicates (needs >= 2 wells per group); ``"cell"``: every row is a replicate (warns).
+    features : feature columns; default every CellProfiler measurement column
+        (:func:`~chanstat.cellprofiler.feature_columns`).
+    normalize : ``None`` (default) or ``"robust_z"``/``True``: per plate, subtract the control
+        median and divide by 1.4826 x the control MAD, after aggregation.
+    method : multiple-testing correction over features, ``"fdr_bh"`` (Benjamini-Hochberg) or
+        ``"fdr_by"`` (Benjamini-Yekutieli, valid under any dependence).
+    alpha : q-value threshold of the ``significant`` column (Welch test).
+    confidence : level of the Hedges' g interval.
+    well_columns, plate_column : the well key (default ``Metadata_Plate`` + ``Metadata_Well``)
+        and the plate used by ``normalize``.
+    channel_map : passed to :func:`~chanstat.cellprofiler.parse_features`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per feature (input order), columns :data:`COLUMNS`:
+        ``feature``, ``compartment``, ``category``, ``measurement``, ``channels`` (parsed name);
+        ``status`` — ``"tested"``, or why the feature was dropped (``"constant"``,
+        ``"all_nan"``, ``"too_few_values"``: fewer than 2 values in a group; statistics NaN);
+        ``n_case``, ``n_control`` (non-missing units); group ``mean_*``, ``median_*``;
+        ``statistic`` (Welch t, case - control), ``dof`` (Welch-Satterthwaite), ``p_value``,
+        ``q_value``; ``effect_size`` (Hedges' g) with ``ci_low``, ``ci_high``;
+        ``mw_statistic`` (Mann-Whitney U of the case group), ``mw_p_value``, ``mw_q_value``;
+        ``significant`` (``q_value < alpha``); ``level``, ``case``, ``control``.
+
+    Raises
+    ------
+    ValueError
+        Absent group, missing/non-numeric/duplicate feature columns, fewer than 2 wells per
+        group at the well level, a case also listed as control.
+    """
+    prepared = prepare(df, by, case, control, level, features, normalize, well_columns, plate_column)
+    return _differential_table(prepared, method, alpha, confidence, channel_map)
+
+
+def _differential_table(prepared: Prepared, method: str, alpha: float, confidence: float, channel_map) -> pd.DataFrame:
+    if method not in _FDR:
+        raise ValueError(f"method must be 'fdr_bh' or 'fdr_by'; got {method!r}")
+    if not 0 < alpha < 1 or not 0 < confidence < 1:
+        raise ValueError("alpha and confidence must lie in (0, 1)")
+    x, is_case = prepared.values, prepared.is_case
+    status = _status(x, is_case)
+    tested = np.flatnonzero(status == "tested")
+    nf = x.shape[1]
+    t, dof, p, u, pu = (np.full(nf, np.nan) for _ in range(5))
+    if tested.size:
+        t[tested], dof[tested], p[tested], u[tested], pu[tested] = _tests(x, is_case, tested)
+    g, lo, hi = hedges_g(x[is_case], x[~is_case], confidence)
+    g[status != "tested"] = lo[status != "tested"] = hi[status != "tested"] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        summaries = dict(
+            mean_case=np.nanmean(x[is_case], axis=0), mean_control=np.nanmean(x[~is_case], axis=0),
+            median_case=np.nanmedian(x[is_case], axis=0), median_control=np.nanmedian(x[~is_case], axis=0),
+        )
+    q = fdr(p, method)
+    parsed = parse_features(prepared.features, channel_map=channel_map)
+    out = pd.DataFrame(
+        dict(
+            feature=prepared.features,
+            compartment=parsed["compartment"].to_numpy(),
+            category=parsed["category"].to_numpy(),
+            measurement=parsed["measurement"].to_numpy(),
+            channels=parsed["channels"].tolist(),
+            status=status.astype(str),
+            n_case=np.sum(np.isfinite(x[is_case]), axis=0),
+            n_control=np.sum(np.isfinite(x[~is_case]), axis=0),
+            **summaries,
+            statistic=t, dof=dof, p_value=p, q_value=q,
+            effect_size=g, ci_low=lo, ci_high=hi,
+            mw_statistic=u, mw_p_value=pu, mw_q_value=fdr(pu, method),
+            significant=np.nan_to_num(q, nan=1.0) < alpha,
+            level=prepared.level,
+            case="|".join(prepared.case),
+            control="|".join(prepared.control),
+        )
+    )
+    return out[list(COLUMNS)]

@@ -1,0 +1,187 @@
+"""What a report cell shows: figures, tables, notes — each as a rich output bundle.
+
+Every output carries the representations both renderers need: HTML for the web page, PNG for
+figures (inlined as base64 by nbconvert and Quarto), and for tables a small JSON form
+(:data:`TABLE_MIME`) from which the Typst/PDF writer builds a real ``#table``. Notes carry
+Markdown, which the PDF writer turns into Typst.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+TABLE_MIME = "application/vnd.chanstat.table+json"
+#: Notes carry this mime type too, so tests and the PDF writer can tell them from prose.
+NOTE_MIME = "application/vnd.chanstat.note+json"
+
+FIGURE_DPI = 110
+
+
+def _display(bundle: dict, metadata: dict | None = None) -> None:
+    from IPython.display import display
+
+    display(bundle, raw=True, metadata=metadata or {})
+
+
+# ---- numbers ------------------------------------------------------------------------------
+def format_value(value: Any, digits: int = 3) -> str:
+    """How the report writes one table cell.
+
+    Floats get ``digits`` significant digits (``f"{x:.3g}"``, so p-values below 1e-4 appear as
+    ``1.23e-05``); NaN and None become an en dash; booleans ``yes``/``no``; sequences are joined
+    with ", ".
+    """
+    if value is None:
+        return "–"
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        v = float(value)
+        if math.isnan(v):
+            return "–"
+        if math.isinf(v):
+            return "∞" if v > 0 else "−∞"
+        return f"{v:.{digits}g}"
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return ", ".join(format_value(v, digits) for v in value)
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {format_value(v, digits)}" for k, v in value.items())
+    try:
+        if pd.isna(value):
+            return "–"
+    except (TypeError, ValueError):
+        pass
+    return str(value)
+
+
+# ---- figures ------------------------------------------------------------------------------
+def show_figure(fig, dpi: int = FIGURE_DPI, caption: str | None = None, alt: str | None = None) -> None:
+    """Show a matplotlib figure as an inline PNG (``alt``: its text description in HTML)."""
+    buf = io.BytesIO()
+    # figures laid out by hand (panel mosaics) say so; the others are trimmed to their contents
+    tight = None if getattr(fig, "chanstat_fixed_layout", False) else "tight"
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches=tight, facecolor="white")
+    data = buf.getvalue()
+    if alt is None:  # the figure's own titles say what it shows
+        titles = [fig._suptitle.get_text()] if getattr(fig, "_suptitle", None) else []
+        titles += [ax.get_title() for ax in fig.axes if ax.get_title()]
+        alt = "; ".join(dict.fromkeys(titles)) or caption or "figure"
+    width, height = png_size(data)
+    bundle = {"image/png": base64.b64encode(data).decode("ascii"), "text/plain": caption or "<figure>"}
+    # display at the figure's natural size (CSS px) so text stays the size it was drawn at
+    _display(bundle, metadata={"image/png": {"width": width, "height": height, "alt": alt}})
+    if caption:
+        show_markdown(f"*{caption}*")
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    """(width, height) in pixels from a PNG's IHDR chunk."""
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
+        raise ValueError("not a PNG image")
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+# ---- text ---------------------------------------------------------------------------------
+def show_markdown(text: str) -> None:
+    _display({"text/markdown": text, "text/plain": text})
+
+
+def show_code(text: str, language: str = "", summary: str | None = None) -> None:
+    """A block of code or configuration; in HTML folded under ``summary`` when one is given."""
+    pre = f'<pre class="chanstat-code">{html.escape(text)}</pre>'
+    page = f"<details><summary>{html.escape(summary)}</summary>{pre}</details>" if summary else pre
+    fence = "~~~~"
+    md = (f"{summary}\n\n" if summary else "") + f"{fence}{language}\n{text.rstrip()}\n{fence}"
+    _display({"text/html": page, "text/markdown": md, "text/plain": text})
+
+
+def note(text_markdown: str, kind: str = "info", text_html: str | None = None) -> None:
+    """A highlighted note (``kind``: ``"missing"``, ``"info"``, ``"error"``)."""
+    from chanstat.report.markdown import markdown_to_html
+
+    body = text_html if text_html is not None else markdown_to_html(text_markdown)
+    _display({
+        "text/html": f'<div class="chanstat-note chanstat-{kind}">{body}</div>',
+        "text/markdown": f"> {text_markdown}",
+        "text/plain": text_markdown,
+        NOTE_MIME: {"kind": kind, "text": text_markdown},
+    })
+
+
+def missing_note(files: Sequence[str], stage: str | None = None, what: str | None = None) -> None:
+    """The note a section shows when the files it needs are absent."""
+    names = ", ".join(f"`{f}`" for f in files)
+    stage_txt = f" (written by the `{stage}` stage)" if stage and stage != "run" else ""
+    tail = f" — {what}" if what else ""
+    note(f"**Stage not run:** {names} missing{stage_txt}{tail}.", kind="missing")
+
+
+# ---- tables -------------------------------------------------------------------------------
+def show_table(
+    df: pd.DataFrame,
+    caption: str | None = None,
+    max_rows: int | None = 40,
+    bold_rows: Iterable[bool] | None = None,
+    digits: int = 3,
+    index: bool = False,
+    max_text: int = 80,
+) -> None:
+    """Show a DataFrame as a real table (HTML ``<table>`` and a Typst table in the PDF).
+
+    Parameters
+    ----------
+    df : the table; cells are written with :func:`format_value`.
+    caption : shown above the table.
+    max_rows : rows shown; when the table is longer a line says how many were left out.
+    bold_rows : one flag per row; flagged rows are emphasised (e.g. the primary test).
+    index : include the index as leading column(s).
+    max_text : longer cell texts are cut (the HTML keeps the whole text as a tooltip).
+    """
+    if index:
+        df = df.reset_index()
+    n_total = len(df)
+    flags = list(bold_rows) if bold_rows is not None else [False] * n_total
+    if len(flags) != n_total:
+        raise ValueError(f"bold_rows has {len(flags)} flags for a table of {n_total} rows")
+    if max_rows is not None and n_total > max_rows:
+        df = df.iloc[:max_rows]
+        flags = flags[:max_rows]
+    columns = [str(c) for c in df.columns]
+    full = [[format_value(v, digits) for v in row] for row in df.itertuples(index=False, name=None)]
+    rows = [[v if len(v) <= max_text else v[: max_text - 1] + "…" for v in row] for row in full]
+    numeric = [pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]) for c in df.columns]
+    footer = f"Showing {len(rows)} of {n_total} rows." if len(rows) < n_total else None
+
+    parts = []
+    if caption:
+        parts.append(f'<p class="chanstat-caption">{html.escape(caption)}</p>')
+    parts.append('<div class="chanstat-table-wrap"><table class="chanstat-table">')
+    parts.append("<thead><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in columns) + "</tr></thead><tbody>")
+    for row, whole, flag in zip(rows, full, flags):
+        cls = ' class="chanstat-emph"' if flag else ""
+        cells = "".join(
+            f'<td class="num">{html.escape(v)}</td>' if num
+            else (f'<td title="{html.escape(w)}">{html.escape(v)}</td>' if v != w
+                  else f'<td class="nw">{html.escape(v)}</td>' if len(v) <= 32 else f"<td>{html.escape(v)}</td>")
+            for v, w, num in zip(row, whole, numeric)
+        )
+        parts.append(f"<tr{cls}>{cells}</tr>")
+    parts.append("</tbody></table></div>")
+    if footer:
+        parts.append(f'<p class="chanstat-table-footer">{footer}</p>')
+    _display({
+        "text/html": "".join(parts),
+        "text/plain": df.to_string(index=False),
+        TABLE_MIME: {
+            "caption": caption, "columns": columns, "rows": rows, "bold_rows": [bool(f) for f in flags],
+            "numeric": numeric, "footer": footer,
+        },
+    })

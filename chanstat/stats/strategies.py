@@ -1,0 +1,164 @@
+"""Paired comparison of DAC scores between mask strategies and between attribution methods."""
+from __future__ import annotations
+
+from itertools import combinations
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from chanstat.stats.bootstrap import bootstrap_unit_means, percentile_interval
+from chanstat.stats.design import PLATE_COLUMN, WELL_COLUMNS, as_tuple, require_columns, resolve_unit, unit_columns
+from chanstat.stats.inference import ADJUSTMENTS, wilcoxon_paired
+
+COLUMNS = (
+    "comparison",
+    "method",
+    "strategy",
+    "channel",
+    "a",
+    "b",
+    "mean_a",
+    "mean_b",
+    "estimate",
+    "ci_low",
+    "ci_high",
+    "statistic",
+    "p_value",
+    "p_adj",
+    "p_adj_method",
+    "effect_size",
+    "effect_size_name",
+    "unit",
+    "n_units",
+    "note",
+)
+
+
+def compare_strategies(
+    dac_scores: pd.DataFrame,
+    value: str = "dac",
+    sample: str = "sample",
+    method: str = "method",
+    strategy: str = "strategy",
+    channel: str = "channel",
+    well: Sequence[str] = WELL_COLUMNS,
+    plate: str | None = PLATE_COLUMN,
+    unit: str = "auto",
+    padjust: str = "holm",
+    n_boot: int = 2000,
+    ci: float = 0.95,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Paired Wilcoxon comparisons of DAC scores between strategies and between methods.
+
+    Two families of comparisons:
+
+    * ``comparison="strategy"``: for each method and channel value, every pair of strategies
+      that both have scores for that channel (``aggregate``, ``joint`` and ``per_channel`` share
+      ``channel="all"``; ``single_channel`` rows are compared only with strategies that score
+      the same channel).
+    * ``comparison="method"``: for each strategy and channel value, every pair of methods.
+
+    Scores are paired by sample. With ``unit="auto"`` (default) each well's samples are
+    averaged first (images in a well are not independent), so a pair is a well; the ``well``
+    columns must then be in the table (merge ``meta.parquet`` in) or an error names them.
+
+    Parameters
+    ----------
+    dac_scores : DataFrame with columns ``sample``, ``method``, ``strategy``, ``channel``,
+        ``dac`` (one row each), plus the well columns unless ``unit="image"``.
+    value, sample, method, strategy, channel : column names.
+    well, plate, unit : unit of replication, as in :func:`chanstat.stats.test_channels`.
+    padjust : adjustment of ``p_adj`` (``"holm"`` or ``"fdr_bh"``) within each comparison
+        family (one method's strategy pairs, or one strategy's method pairs, per channel).
+    n_boot, ci, seed : bootstrap (over units) of the mean paired difference.
+
+    Returns
+    -------
+    DataFrame, one row per compared pair:
+
+    ``comparison``
+        ``"strategy"`` or ``"method"``.
+    ``method``, ``strategy``, ``channel``
+        what is held fixed (the compared dimension holds ``"*"``).
+    ``a``, ``b``
+        the compared strategies (or methods).
+    ``mean_a``, ``mean_b``, ``estimate``
+        mean DAC of a and b over paired units, and the mean of ``a - b``.
+    ``ci_low``, ``ci_high``
+        percentile bootstrap interval of ``estimate`` (resampling units).
+    ``statistic``, ``p_value``, ``p_adj``, ``p_adj_method``
+        Wilcoxon signed-rank W, its two-sided p-value, adjusted p-value.
+    ``effect_size``, ``effect_size_name``
+        matched-pairs rank-biserial correlation (positive: a > b).
+    ``unit``, ``n_units``
+        unit of replication and number of pairs.
+    ``note``
+        e.g. fewer than 2 pairs.
+    """
+    if not isinstance(dac_scores, pd.DataFrame):
+        raise TypeError(f"compare_strategies: expected a DataFrame; got {type(dac_scores).__name__}")
+    if dac_scores.empty:
+        raise ValueError("compare_strategies: the table is empty")
+    require_columns(dac_scores, [value, sample, method, strategy, channel], "compare_strategies")
+    if padjust not in ADJUSTMENTS:
+        raise ValueError(f"padjust must be one of {sorted(ADJUSTMENTS)}; got {padjust!r}")
+    vals = pd.to_numeric(dac_scores[value], errors="coerce").to_numpy(float, na_value=np.nan)
+    if not np.isfinite(vals).all():
+        raise ValueError(f"compare_strategies: column {value!r} holds {int((~np.isfinite(vals)).sum())} NaN/inf values")
+    well = as_tuple(well)
+    unit = resolve_unit(dac_scores, unit, well, plate, "compare_strategies")
+    ucols = list(unit_columns(unit, well, plate)) or [sample]
+    keys = [method, strategy, channel]
+    dup = dac_scores.duplicated(keys + [sample])
+    if dup.any():
+        first = dac_scores.loc[dup, keys + [sample]].iloc[0].to_dict()
+        raise ValueError(f"compare_strategies: more than one score for {first}")
+    unit_means = dac_scores.groupby(keys + ucols, sort=False, observed=True, dropna=False)[value].mean().reset_index()
+    unit_means["_unit"] = unit_means[ucols].astype(str).agg("/".join, axis=1)
+    rng = np.random.default_rng(seed)
+    rows = []
+    families = (("strategy", strategy, [method, channel]), ("method", method, [strategy, channel]))
+    for label, compared, fixed in families:
+        for fixed_values, part in unit_means.groupby(fixed, sort=False, observed=True):
+            wide = part.pivot_table(index="_unit", columns=compared, values=value, observed=True, sort=False)
+            levels = list(wide.columns)
+            family_rows = []
+            for a, b in combinations(levels, 2):
+                pair = wide[[a, b]].dropna()
+                n = len(pair)
+                fixed_map = dict(zip(fixed, fixed_values))
+                row = {
+                    "comparison": label,
+                    "method": fixed_map.get(method, "*"),
+                    "strategy": fixed_map.get(strategy, "*"),
+                    "channel": fixed_map[channel],
+                    "a": a,
+                    "b": b,
+                    "unit": unit,
+                    "n_units": n,
+                    "effect_size_name": "rank_biserial",
+                    "note": "",
+                }
+                if n < 2:
+                    row.update(mean_a=np.nan, mean_b=np.nan, estimate=np.nan, ci_low=np.nan, ci_high=np.nan,
+                               statistic=np.nan, p_value=np.nan, effect_size=np.nan,
+                               note=f"only {n} paired {unit}(s); no test")
+                else:
+                    xa, xb = pair[a].to_numpy(float), pair[b].to_numpy(float)
+                    res = wilcoxon_paired(xa, xb)
+                    diff = (xa - xb)[:, None]
+                    low, high = percentile_interval(bootstrap_unit_means(diff, n_boot, rng), ci)
+                    row.update(mean_a=xa.mean(), mean_b=xb.mean(), estimate=float(diff.mean()),
+                               ci_low=float(low[0]), ci_high=float(high[0]), statistic=res.statistic,
+                               p_value=res.p, effect_size=res.effect_size)
+                family_rows.append(row)
+            p_adj = ADJUSTMENTS[padjust](np.array([r["p_value"] for r in family_rows], dtype=float))
+            for r, q in zip(family_rows, p_adj):
+                r["p_adj"] = q
+                r["p_adj_method"] = padjust
+            rows.extend(family_rows)
+    if not rows:
+        return pd.DataFrame(columns=list(COLUMNS))
+    return pd.DataFrame(rows)[list(COLUMNS)]

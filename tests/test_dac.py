@@ -1,0 +1,470 @@
+"""DAC engine: smoothing vs scipy, schedules, curves vs a per-mask reference, properties, errors.
+
+The reference (``reference_dac`` below) is the straightforward loop: one mask at a time,
+scipy binary closing and Gaussian per mask, one forward pass per mask at batch size one.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy import ndimage as ndi
+from torch import nn
+
+from chanstat.dac import (
+    STRATEGIES,
+    dac,
+    gaussian_blur,
+    grey_closing,
+    rank_fractions,
+    smoothing_sweep,
+    structuring_element,
+    value_thresholds,
+)
+from chanstat.dac.scoring import curve_area
+from chanstat.dac.thresholds import element_ranks, selection_counts
+
+ALL_STRATEGIES = ["aggregate", "joint", "per_channel", "single_channel"]
+
+
+# --------------------------------------------------------------------------- the reference
+
+
+def binary_closing(mask: np.ndarray, element: np.ndarray | None) -> np.ndarray:
+    """Closing whose borders neither grow nor erode (OpenCV's default border rule)."""
+    if element is None:
+        return mask.copy()
+    dilated = ndi.binary_dilation(mask, structure=element, border_value=0)
+    return ndi.binary_erosion(dilated, structure=element, border_value=1)
+
+
+def blur_reference(mask: np.ndarray, sigma: float) -> np.ndarray:
+    if sigma == 0:
+        return mask.astype(np.float64)
+    return ndi.gaussian_filter(mask.astype(np.float64), sigma, mode="mirror", truncate=2.5)
+
+
+def select(values: np.ndarray, schedule: str, steps: int, k: int) -> np.ndarray:
+    """Elements of one ranking group (any shape, >= 0) selected at step ``k``."""
+    flat = values.reshape(-1)
+    if schedule == "value":
+        if k == steps:
+            return np.ones(values.shape, bool)
+        peak = flat.max()
+        normalised = flat / peak if peak > 0 else np.zeros_like(flat)
+        return (normalised > np.float32(1.0 - k / steps)).reshape(values.shape)
+    n = int(np.rint(rank_fractions(steps)[k] * flat.size))
+    order = np.argsort(flat, kind="stable")  # of equal values the lower index ranks lower
+    chosen = np.zeros(flat.size, bool)
+    if n:
+        chosen[order[flat.size - n :]] = True
+    return chosen.reshape(values.shape)
+
+
+def reference_dac(model, real, counterfactual, attributions, target, strategy, steps, schedule="value",
+                  closing=10, closing_shape="ellipse", sigma=2.0):
+    """``mask_size`` and ``score`` arrays of shape (N, K, steps + 1)."""
+    real = torch.as_tensor(real, dtype=torch.float32)
+    counterfactual = torch.as_tensor(counterfactual, dtype=torch.float32)
+    magnitude = torch.as_tensor(attributions, dtype=torch.float32).abs()
+    element = structuring_element(closing, closing_shape) if closing > 1 else None
+    n, c = real.shape[:2]
+    sizes, scores = [], []
+    with torch.no_grad():
+        for i in range(n):
+            x, xc, y = real[i : i + 1], counterfactual[i : i + 1], int(target[i])
+            p_cf = torch.softmax(model(xc), 1)[0, y].item()
+            if strategy == "aggregate":
+                planes, curves = magnitude[i].sum(0, keepdim=True).numpy(), [[0]]
+            elif strategy == "single_channel":
+                planes, curves = magnitude[i].numpy(), [[k] for k in range(c)]
+            else:
+                planes, curves = magnitude[i].numpy(), [list(range(c))]
+            sample_sizes, sample_scores = [], []
+            for curve in curves:
+                curve_sizes, curve_scores = [], []
+                for k in range(steps + 1):
+                    if strategy == "joint":
+                        chosen = select(planes, schedule, steps, k)
+                    else:
+                        chosen = np.stack([select(p, schedule, steps, k) for p in planes])
+                    closed = np.stack([binary_closing(chosen[p], element) for p in curve])
+                    hybrid = xc.clone()
+                    for plane, closed_plane in zip(curve, closed):
+                        weight = torch.as_tensor(blur_reference(closed_plane, sigma), dtype=torch.float32)
+                        for ch in (range(c) if strategy == "aggregate" else [plane]):
+                            hybrid[0, ch] = weight * x[0, ch] + (1 - weight) * xc[0, ch]
+                    curve_sizes.append(closed.sum() / closed.size)
+                    curve_scores.append(torch.softmax(model(hybrid), 1)[0, y].item() - p_cf)
+                sample_sizes.append(curve_sizes)
+                sample_scores.append(curve_scores)
+            sizes.append(sample_sizes)
+            scores.append(sample_scores)
+    return np.asarray(sizes), np.asarray(scores)
+
+
+def as_arrays(curves: pd.DataFrame, strategy: str, n_steps: int):
+    part = curves[curves["strategy"] == strategy]
+    n_samples = part["sample"].nunique()
+    return (part["mask_size"].to_numpy().reshape(n_samples, -1, n_steps),
+            part["score"].to_numpy().reshape(n_samples, -1, n_steps))
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+class TinyNet(nn.Module):
+    """A small CNN with a spatially structured decision (not just a mean)."""
+
+    def __init__(self, channels: int, classes: int = 2):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, 6, 3, padding=1)
+        self.pool = nn.AdaptiveMaxPool2d(2)
+        self.head = nn.Linear(24, classes)
+
+    def forward(self, x):
+        return self.head(self.pool(torch.relu(self.conv(x))).flatten(1))
+
+
+@pytest.fixture(scope="module")
+def toy():
+    """Three pairs of 3-channel 14 x 17 images (non-square), channel-resolved maps with ties."""
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    model = TinyNet(3).eval()
+    for p in model.parameters():
+        p.data *= 3.0  # decisive probabilities, so scores move
+    real = torch.rand(3, 3, 14, 17, generator=g)
+    counterfactual = torch.rand(3, 3, 14, 17, generator=g)
+    maps = torch.randn(3, 3, 14, 17, generator=g)
+    maps[0, 1] = 0.0  # an all-zero channel
+    maps[1, :, :4] = 0.5  # a plateau of ties
+    maps = (maps * 4).round() / 4  # many ties everywhere
+    target = torch.tensor([0, 1, 0])
+    return model, real, counterfactual, maps, target
+
+
+# --------------------------------------------------------------------------- morphology
+
+
+def test_structuring_elements():
+    assert structuring_element(0).tolist() == [[True]]
+    assert structuring_element(1, "square").tolist() == [[True]]
+    square = structuring_element(4, "square")
+    assert square.shape == (4, 4) and square.all()
+    odd = structuring_element(11)
+    assert np.array_equal(odd, odd[::-1]) and np.array_equal(odd, odd[:, ::-1])  # (the raster is not transposable)
+    assert odd[5].all() and odd[:, 5].all() and not odd[0, 0]
+    even = structuring_element(10)
+    assert even.shape == (10, 10) and even[5].all() and even[:, 5].all()
+    assert not even[0, 0] and even[0].sum() == 1  # one pixel at the top, as the raster ellipse
+    with pytest.raises(ValueError, match="closing_shape"):
+        structuring_element(5, "diamond")
+    with pytest.raises(ValueError, match="non-negative integer"):
+        structuring_element(-1)
+
+
+@pytest.mark.parametrize("shape", ["ellipse", "square"])
+@pytest.mark.parametrize("size", [2, 3, 7, 10])
+def test_grey_closing_thresholds_to_binary_closing(shape, size):
+    """One grey-level closing, thresholded anywhere, equals the binary closing of that threshold."""
+    rng = np.random.default_rng(size)
+    maps = ndi.gaussian_filter(rng.random((2, 23, 29)), (0, 1.2, 1.2)).astype(np.float32)
+    element = structuring_element(size, shape)
+    closed = grey_closing(torch.from_numpy(maps), element).numpy()
+    differing = 0
+    for threshold in np.quantile(maps, np.linspace(0.02, 0.98, 25)):
+        for p in range(len(maps)):
+            expected = binary_closing(maps[p] > threshold, element)
+            differing += int((expected != (closed[p] > threshold)).sum())
+    assert differing == 0
+
+
+def test_closing_borders_neither_grow_nor_erode():
+    element = structuring_element(10)
+    full = torch.ones(1, 12, 15)
+    assert torch.equal(grey_closing(full, element), full)
+    empty = torch.zeros(1, 12, 15)
+    assert torch.equal(grey_closing(empty, element), empty)
+    ranks = torch.arange(180, dtype=torch.float32).reshape(1, 12, 15)
+    assert torch.all(grey_closing(ranks, element) >= ranks)  # extensive
+    assert torch.equal(grey_closing(ranks, None), ranks)
+
+
+@pytest.mark.parametrize("shape", [(3, 20, 31), (1, 200, 140), (2, 3, 5)])
+@pytest.mark.parametrize("sigma", [0.7, 2.0])
+def test_gaussian_blur_matches_scipy(shape, sigma):
+    """Dense (small sides) and tiled (long sides) paths both equal scipy's mirrored Gaussian."""
+    masks = (torch.rand(*shape, generator=torch.Generator().manual_seed(1)) > 0.6).float()
+    ours = gaussian_blur(masks, sigma).numpy()
+    expected = np.stack([blur_reference(m.numpy(), sigma) for m in masks])
+    np.testing.assert_allclose(ours, expected, atol=1e-6)
+    full = gaussian_blur(torch.ones(shape), sigma)
+    np.testing.assert_allclose(full.numpy(), 1.0, atol=1e-6)
+    assert torch.equal(gaussian_blur(masks, 0), masks)
+    with pytest.raises(ValueError, match="sigma"):
+        gaussian_blur(masks, -1.0)
+
+
+# --------------------------------------------------------------------------- schedules
+
+
+def test_schedules():
+    t = value_thresholds(200)
+    assert len(t) == 201 and t[0] == 1.0 and t[-1] == 0.0 and np.all(np.diff(t) < 0)
+    q = rank_fractions(200)
+    assert len(q) == 201 and q[0] == 0 and q[-1] == 1 and np.all(np.diff(q) > 0)
+    assert np.diff(q)[0] < np.diff(q)[-1] / 4  # finer at small masks
+    for steps in (1, 0, 2.5, True):
+        with pytest.raises(ValueError, match="steps must be an integer >= 2"):
+            value_thresholds(steps)
+
+
+def test_ranks_break_ties_by_position_and_rank_counts_never_jump():
+    values = torch.tensor([[0.5, 0.5, 0.2, 0.5, 0.9, 0.0]])
+    assert element_ranks(values).tolist() == [[2.0, 3.0, 1.0, 4.0, 5.0, 0.0]]
+    flat = torch.zeros(1, 100)  # all tied
+    counts, fractions = selection_counts(flat, "rank", 10)
+    assert counts[0].tolist() == np.rint(fractions * 100).astype(int).tolist()
+    counts, _ = selection_counts(flat, "value", 10)  # a value threshold takes ties together
+    assert counts[0, :-1].sum() == 0 and counts[0, -1] == 100
+
+
+# --------------------------------------------------------------------------- engine vs reference
+
+
+@pytest.mark.parametrize("strategy", ALL_STRATEGIES)
+@pytest.mark.parametrize(
+    "schedule,closing,shape,sigma",
+    [("value", 10, "ellipse", 2.0), ("rank", 4, "square", 1.0), ("value", 0, "ellipse", 0.0), ("rank", 5, "ellipse", 0.0)],
+)
+def test_engine_matches_per_mask_reference(toy, strategy, schedule, closing, shape, sigma):
+    model, real, counterfactual, maps, target = toy
+    steps = 8
+    result = dac(model, real, counterfactual, maps, target, strategy=strategy, steps=steps, schedule=schedule,
+                 closing=closing, closing_shape=shape, sigma=sigma, batch_size=5)
+    size, score = as_arrays(result.curves, strategy, steps + 1)
+    ref_size, ref_score = reference_dac(model, real, counterfactual, maps, target, strategy, steps, schedule,
+                                        closing, shape, sigma)
+    np.testing.assert_array_equal(size, ref_size)
+    np.testing.assert_allclose(score, ref_score, atol=2e-6)
+    stats = result.stats[strategy]
+    assert stats["forward_passes"] < stats["hybrids"]  # empty/full/repeated masks were skipped
+
+
+def test_numpy_inputs_and_channel_agnostic_maps(toy):
+    model, real, counterfactual, maps, target = toy
+    agnostic = maps.abs().sum(1, keepdim=True)
+    from_numpy = dac(model, real.numpy(), counterfactual.numpy(), agnostic.numpy(), target.numpy(), steps=6)
+    from_torch = dac(model, real, counterfactual, maps, target, steps=6)
+    pd.testing.assert_frame_equal(from_numpy.curves, from_torch.curves, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- properties
+
+
+def test_curves_monotone_from_empty_to_full(toy):
+    model, real, counterfactual, maps, target = toy
+    for schedule in ("value", "rank"):
+        result = dac(model, real, counterfactual, maps, target, strategy=ALL_STRATEGIES, steps=10, schedule=schedule,
+                     channels=["a", "b", "c"])
+        curves = result.curves
+        assert set(curves["strategy"]) == set(ALL_STRATEGIES)
+        assert set(curves.loc[curves["strategy"] == "single_channel", "channel"]) == {"a", "b", "c"}
+        for _, part in curves.groupby(["sample", "strategy", "channel"]):
+            part = part.sort_values("step")
+            size = part["mask_size"].to_numpy()
+            assert size[0] == 0.0 and size[-1] == 1.0
+            assert np.all(np.diff(size) >= 0)
+            assert part["score"].iloc[0] == 0.0  # empty mask: the counterfactual itself
+        with torch.no_grad():
+            p_real = torch.softmax(model(real), 1)[torch.arange(3), target]
+            p_cf = torch.softmax(model(counterfactual), 1)[torch.arange(3), target]
+        last = curves[(curves["step"] == 10) & (curves["strategy"] != "single_channel")]
+        expected = (p_real - p_cf).numpy()[last["sample"].to_numpy()]
+        np.testing.assert_allclose(last["score"].to_numpy(), expected, atol=1e-6)
+
+
+def test_dac_is_area_under_interpolated_curve(toy):
+    model, real, counterfactual, maps, target = toy
+    result = dac(model, real, counterfactual, maps, target, strategy="joint", steps=12)
+    size, score = as_arrays(result.curves, "joint", 13)
+    grid = np.linspace(0, 1, 1001)
+    for i in range(3):
+        expected = np.trapezoid(np.interp(grid, size[i, 0], score[i, 0]), grid)
+        assert result.scores["dac"].iloc[i] == pytest.approx(expected, abs=1e-12)
+    mean_curve = np.mean([np.interp(grid, size[i, 0], score[i, 0]) for i in range(3)], axis=0)
+    assert result.scores["dac"].mean() == pytest.approx(np.trapezoid(mean_curve, grid), abs=1e-12)
+    # a straight line from (0, 0) to (1, 1) has area 1/2 wherever its points lie
+    line = np.array([[0.0, 0.1, 0.1, 0.7, 1.0]])
+    assert curve_area(line, line)[0] == pytest.approx(0.5)
+    mean = result.mean_curves(grid_points=11)
+    assert list(mean.columns) == ["strategy", "channel", "mask_size", "score", "score_sd", "n"]
+    assert len(mean) == 11 and mean["n"].eq(3).all()
+
+
+def test_samples_are_independent_of_their_batch(toy):
+    model, real, counterfactual, maps, target = toy
+    together = dac(model, real, counterfactual, maps, target, strategy=ALL_STRATEGIES, steps=6, batch_size=7)
+    alone = dac(model, real[1:2], counterfactual[1:2], maps[1:2], target[1:2], strategy=ALL_STRATEGIES, steps=6)
+    mine = together.scores[together.scores["sample"] == 1].reset_index(drop=True)
+    np.testing.assert_allclose(mine["dac"], alone.scores["dac"], atol=1e-6)
+
+
+def test_residual_of_single_channel_change_scores_zero_elsewhere(toy):
+    """Counterfactual differing only in channel k: single-channel DAC of the others is exactly 0."""
+    model, real, _, _, target = toy
+    counterfactual = real.clone()
+    counterfactual[:, 2] = torch.rand(3, 14, 17, generator=torch.Generator().manual_seed(5))
+    residual = (real - counterfactual).abs()
+    result = dac(model, real, counterfactual, residual, target, strategy="single_channel", steps=10,
+                 channels=["DNA", "ER", "Mito"])
+    scores = result.scores.set_index(["sample", "channel"])["dac"]
+    assert np.all(scores.xs("DNA", level="channel") == 0) and np.all(scores.xs("ER", level="channel") == 0)
+    assert scores.xs("Mito", level="channel").abs().max() > 1e-4
+    # channels without residual need one forward pass each (the full mask), not one per step
+    assert result.stats["single_channel"]["forward_passes"] <= 3 * (2 + 11)
+
+
+def test_training_mode_restored(toy):
+    model, real, counterfactual, maps, target = toy
+    model.train()
+    try:
+        a = dac(model, real, counterfactual, maps, target, steps=4)
+        assert model.training
+    finally:
+        model.eval()
+    b = dac(model, real, counterfactual, maps, target, steps=4)
+    pd.testing.assert_frame_equal(a.scores, b.scores)
+
+
+# --------------------------------------------------------------------------- optimal / minimal masks
+
+
+class ChannelMeanNet(nn.Module):
+    """Logit of class 1 = 40 * (mean of channel 0 - 0.5): a known, monotone decision."""
+
+    def forward(self, x):
+        z = 40 * (x[:, 0].mean(dim=(1, 2)) - 0.5)
+        return torch.stack([torch.zeros_like(z), z], 1)
+
+
+def test_optimal_and_minimal_masks():
+    h = w = 12
+    real = torch.ones(2, 2, h, w)  # class 1 (mean 1)
+    counterfactual = torch.zeros(2, 2, h, w)  # class 0
+    maps = torch.rand(2, 2, h, w, generator=torch.Generator().manual_seed(0))
+    target = torch.tensor([1, 1])
+    result = dac(ChannelMeanNet(), real, counterfactual, maps, target, strategy=["aggregate", "single_channel"],
+                 steps=20, closing=0, sigma=0, return_masks=True)
+    agg = result.curves[result.curves["strategy"] == "aggregate"]
+    for sample, part in agg.groupby("sample"):
+        part = part.sort_values("step")
+        # flips once more than half of channel 0 is pasted
+        first = part.loc[part["mask_size"] > 0.5, "step"].min()
+        row = result.minimal[(result.minimal["sample"] == sample) & (result.minimal["strategy"] == "aggregate")].iloc[0]
+        assert row["flipped"] and row["step"] == first
+        distance = part["mask_size"] ** 2 + (1 - part["score"]) ** 2
+        best = result.optimal[(result.optimal["sample"] == sample) & (result.optimal["strategy"] == "aggregate")]
+        assert best["step"].iloc[0] == part["step"].to_numpy()[np.argmin(distance.to_numpy())]
+        mask = result.optimal_masks["aggregate"][sample]
+        assert mask.shape == (1, h, w) and mask.mean() == pytest.approx(best["mask_size"].iloc[0])
+    # channel 1 does not enter the decision: its single-channel hybrids never flip
+    never = result.never_flipped
+    assert set(never["channel"]) == {"1"} and len(never) == 2
+    single = result.minimal_masks["single_channel"]
+    assert single.shape == (2, 2, h, w) and np.isnan(single[:, 1]).all() and not np.isnan(single[:, 0]).any()
+    row = result.minimal[(result.minimal["strategy"] == "single_channel") & (result.minimal["channel"] == "1")]
+    assert row["step"].isna().all() and row["score"].isna().all()
+
+
+def test_filter_pairs_reports_dropped():
+    h = w = 8
+    real = torch.stack([torch.ones(2, h, w), torch.zeros(2, h, w), torch.ones(2, h, w)])
+    counterfactual = torch.stack([torch.zeros(2, h, w), torch.ones(2, h, w), torch.ones(2, h, w)])
+    target = torch.tensor([1, 1, 1])  # sample 1's real image looks like class 0, sample 2's counterfactual like 1
+    maps = torch.rand(3, 2, h, w, generator=torch.Generator().manual_seed(0))
+    result = dac(ChannelMeanNet(), real, counterfactual, maps, target, steps=4, filter_pairs=True,
+                 counterfactual_target=torch.tensor([0, 0, 0]))
+    assert result.samples.tolist() == [0]
+    assert set(result.scores["sample"]) == {0}
+    dropped = result.dropped.set_index("sample")
+    assert dropped.loc[1, "reason"] == "real and counterfactual misclassified"
+    assert dropped.loc[2, "reason"] == "counterfactual misclassified"
+    unfiltered = dac(ChannelMeanNet(), real, counterfactual, maps, target, steps=4)
+    assert len(unfiltered.dropped) == 0 and set(unfiltered.scores["sample"]) == {0, 1, 2}
+
+
+def test_smoothing_sweep(toy):
+    model, real, counterfactual, maps, target = toy
+    table = smoothing_sweep(model, real, counterfactual, maps, target, closings=(0, 4), sigmas=(0, 1.5),
+                            strategy=["aggregate", "per_channel"], steps=6)
+    assert list(table.columns) == ["closing", "sigma", "sample", "strategy", "channel", "dac"]
+    assert len(table) == 2 * 2 * 2 * 3
+    direct = dac(model, real, counterfactual, maps, target, strategy="per_channel", steps=6, closing=4, sigma=1.5)
+    part = table[(table["closing"] == 4) & (table["sigma"] == 1.5) & (table["strategy"] == "per_channel")]
+    np.testing.assert_allclose(part["dac"].to_numpy(), direct.scores["dac"].to_numpy())
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_bad_inputs(toy):
+    model, real, counterfactual, maps, target = toy
+    with pytest.raises(ValueError, match="attributions must have shape"):
+        dac(model, real, counterfactual, maps[:, :, :10], target)
+    with pytest.raises(ValueError, match="attributions must have shape"):
+        dac(model, real, counterfactual, maps[:2], target)
+    with pytest.raises(ValueError, match="need one map per channel.*aggregate"):
+        dac(model, real, counterfactual, maps[:, :1], target, strategy="per_channel")
+    with pytest.raises(ValueError, match="steps must be an integer >= 2"):
+        dac(model, real, counterfactual, maps, target, steps=1)
+    with pytest.raises(ValueError, match="sigma must be a finite number >= 0"):
+        dac(model, real, counterfactual, maps, target, sigma=-0.5)
+    with pytest.raises(ValueError, match="closing must be a non-negative integer"):
+        dac(model, real, counterfactual, maps, target, closing=-3)
+    with pytest.raises(ValueError, match="unknown DAC strategy"):
+        dac(model, real, counterfactual, maps, target, strategy="mean")
+    with pytest.raises(ValueError, match="unknown schedule"):
+        dac(model, real, counterfactual, maps, target, schedule="log")
+    with pytest.raises(ValueError, match="same shape"):
+        dac(model, real, counterfactual[:, :2], maps, target)
+    with pytest.raises(ValueError, match="real_target must have shape"):
+        dac(model, real, counterfactual, maps, target[:2])
+    with pytest.raises(ValueError, match="model has 2 classes"):
+        dac(model, real, counterfactual, maps, torch.tensor([0, 5, 0]))
+    bad = maps.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="attributions contains NaN"):
+        dac(model, real, counterfactual, bad, target)
+    with pytest.raises(ValueError, match="batch_size"):
+        dac(model, real, counterfactual, maps, target, batch_size=0)
+    with pytest.raises(ValueError, match="channels must be 3 unique names"):
+        dac(model, real, counterfactual, maps, target, channels=["a", "a", "b"])
+
+
+def test_strategy_registry_describes_the_four():
+    assert {"aggregate", "joint", "per_channel", "single_channel"} <= set(STRATEGIES)
+    assert not STRATEGIES["aggregate"].channel_resolved and STRATEGIES["single_channel"].curve_per_plane
+
+
+def test_chunked_samples_give_the_same_result(toy, monkeypatch):
+    import chanstat.dac.engine as engine
+
+    model, real, counterfactual, maps, target = toy
+    whole = dac(model, real, counterfactual, maps, target, strategy=ALL_STRATEGIES, steps=6, return_masks=True)
+    monkeypatch.setattr(engine, "samples_per_chunk", lambda *a: 1)  # one sample per chunk
+    chunked = dac(model, real, counterfactual, maps, target, strategy=ALL_STRATEGIES, steps=6, return_masks=True)
+    pd.testing.assert_frame_equal(whole.curves, chunked.curves, atol=1e-6)
+    for name in ALL_STRATEGIES:
+        np.testing.assert_allclose(whole.optimal_masks[name], chunked.optimal_masks[name], atol=1e-6)
+        np.testing.assert_allclose(whole.minimal_masks[name], chunked.minimal_masks[name], atol=1e-6)
+
+
+def test_every_pair_dropped_gives_empty_tables():
+    real = torch.zeros(2, 2, 8, 8)  # class 0 for the model, but labelled 1
+    result = dac(ChannelMeanNet(), real, torch.ones(2, 2, 8, 8), torch.rand(2, 2, 8, 8), torch.tensor([1, 1]),
+                 strategy=ALL_STRATEGIES, steps=4, filter_pairs=True, return_masks=True)
+    assert len(result.dropped) == 2 and len(result.curves) == 0 and len(result.scores) == 0
+    assert result.optimal_masks["aggregate"].shape == (0, 1, 8, 8)

@@ -1,0 +1,154 @@
+"""DAC on the synthetic screen (planted Mito phenotype) and the pipeline stage."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from chanstat.dac import dac
+from chanstat.dac.stage import balanced_subset, is_discriminative
+from chanstat.io import read_arrays, read_table
+
+
+@pytest.fixture(scope="module")
+def learned_model(tiny_synthetic, trained_model):
+    """The conftest model, provided it learned the phenotype (DAC can only find what the model uses)."""
+    with torch.no_grad():
+        accuracy = (trained_model(tiny_synthetic.images).argmax(1) == tiny_synthetic.labels).float().mean().item()
+    if accuracy < 0.7:
+        pytest.skip(f"the trained_model fixture did not learn the planted phenotype (accuracy {accuracy:.2f})")
+    return trained_model
+
+
+def _subset(dataset, n=12):
+    return balanced_subset(dataset.labels.numpy(), n, seed=0)
+
+
+def _single_channel_means(model, dataset, maps, idx):
+    result = dac(
+        model, dataset.images[idx], dataset.counterfactuals[idx], maps, dataset.labels[idx],
+        strategy="single_channel", steps=20, channels=dataset.channels,
+    )
+    return result.scores.groupby("channel")["dac"].mean()
+
+
+def test_planted_channel_carries_the_decision_residual(tiny_synthetic, learned_model):
+    """Oracle counterfactuals differ in Mito only: its single-channel DAC is the largest,
+    and every other channel's is exactly 0 (pasting an identical channel changes nothing)."""
+    ds = tiny_synthetic
+    idx = _subset(ds)
+    residual = (ds.images[idx] - ds.counterfactuals[idx]).abs()
+    means = _single_channel_means(learned_model, ds, residual, idx)
+    assert means.idxmax() == "Mito" and means["Mito"] > 0.02
+    assert (means.drop("Mito") == 0).all()
+
+
+def test_planted_channel_carries_the_decision_d_ig(tiny_synthetic, learned_model):
+    attribution = pytest.importorskip("chanstat.attribution")
+    ds = tiny_synthetic
+    idx = _subset(ds)
+    trained_model = learned_model
+    maps = attribution.attribute(
+        trained_model, ds.images[idx], ds.labels[idx], "d_ig", counterfactuals=ds.counterfactuals[idx],
+        counterfactual_target=ds.counterfactual_labels[idx], n_steps=16,
+    )
+    means = _single_channel_means(trained_model, ds, maps, idx)
+    assert means.idxmax() == "Mito" and means["Mito"] > 0.02
+    # and the channel-resolved strategies rank the D-IG map above a random one
+    result = dac(trained_model, ds.images[idx], ds.counterfactuals[idx], maps, ds.labels[idx],
+                 strategy=["joint", "per_channel"], steps=20)
+    noise = torch.rand(maps.shape, generator=torch.Generator().manual_seed(0))
+    random = dac(trained_model, ds.images[idx], ds.counterfactuals[idx], noise, ds.labels[idx],
+                 strategy=["joint", "per_channel"], steps=20)
+    assert (result.summary()["dac"].to_numpy() > random.summary()["dac"].to_numpy()).all()
+
+
+def test_is_discriminative():
+    assert is_discriminative("d_ig") and is_discriminative("residual") and is_discriminative("random")
+    assert not is_discriminative("ig") and not is_discriminative("gradcam")
+
+
+def test_balanced_subset():
+    labels = np.array([0] * 10 + [1] * 4)
+    idx = balanced_subset(labels, 6, seed=1)
+    assert len(idx) == 6 and np.all(np.diff(idx) > 0) and (labels[idx] == 1).sum() == 3
+    assert balanced_subset(labels, None, 0).tolist() == list(range(14))
+    assert len(balanced_subset(labels, 12, 0)) == 12  # the small class runs out, the other fills up
+
+
+def test_stage_writes_tables_masks_and_sweep(tmp_path, tiny_synthetic, trained_model):
+    from chanstat.dac import stage
+    from chanstat.pipeline import RunContext
+
+    ds = tiny_synthetic
+    n = ds.images.shape[0]
+    residual = (ds.images - ds.counterfactuals).abs().numpy()
+    config = {
+        "dac": {
+            "strategies": ["aggregate", "single_channel"], "steps": 6, "max_samples": 6, "filter_pairs": True,
+            "sweep": {"closings": [0, 4], "sigmas": [0, 1.0], "methods": ["residual"]},
+        }
+    }
+    ctx = RunContext(config=config, out=tmp_path, device=torch.device("cpu"), progress=False)
+    ctx.dataset, ctx.model = ds, trained_model
+    ctx.artifacts["attributions"] = {
+        "residual": residual,
+        "d_gradcam": residual.sum(1, keepdims=True),  # channel-agnostic: aggregate only
+        "ig": residual,  # not discriminative: not scored
+    }
+    info = stage.run(ctx)
+    assert info["methods"] == ["residual", "d_gradcam"]
+    assert info["skipped_strategies"] == {"d_gradcam": ["single_channel"]}
+    assert info["forward_passes"] < info["hybrids"]
+
+    scores = read_table(tmp_path / "dac_scores.parquet")
+    curves = read_table(tmp_path / "dac_curves.parquet")
+    assert list(scores.columns) == ["sample", "method", "strategy", "channel", "dac"]
+    assert list(curves.columns)[:8] == ["sample", "method", "strategy", "channel", "step", "threshold", "mask_size", "score"]
+    kept = sorted(set(scores["sample"]))
+    assert len(kept) == 6 - info["n_dropped"] and max(kept) < n
+    assert set(scores.loc[scores["method"] == "d_gradcam", "strategy"]) == {"aggregate"}
+    assert set(scores.loc[scores["strategy"] == "single_channel", "channel"]) == set(ds.channels)
+    assert ctx.artifacts["dac_scores"].equals(scores)
+
+    arrays, attrs = read_arrays(tmp_path / "dac_masks.zarr")
+    assert set(arrays) == {"residual.aggregate", "residual.single_channel", "d_gradcam.aggregate"}
+    assert arrays["residual.aggregate"].shape == (len(kept), 1, *ds.images.shape[2:])
+    assert arrays["residual.single_channel"].shape == (len(kept), len(ds.channels), *ds.images.shape[2:])
+    assert attrs["residual.aggregate"]["samples"] == kept
+
+    sweep = read_table(tmp_path / "dac_sweep.parquet")
+    assert list(sweep.columns) == ["method", "closing", "sigma", "sample", "strategy", "channel", "dac"]
+    assert set(zip(sweep["closing"], sweep["sigma"])) == {(0, 0.0), (0, 1.0), (4, 0.0), (4, 1.0)}
+    assert info["sweep"]["settings"] == 4
+
+
+def test_stage_errors(tmp_path, tiny_synthetic, trained_model):
+    from chanstat.dac import stage
+    from chanstat.pipeline import RunContext
+
+    ctx = RunContext(config={"dac": {"methods": ["d_ig"]}}, out=tmp_path, progress=False)
+    ctx.dataset, ctx.model = tiny_synthetic, trained_model
+    ctx.artifacts["attributions"] = {"residual": np.zeros(tuple(tiny_synthetic.images.shape), np.float32)}
+    with pytest.raises(ValueError, match=r"methods \['d_ig'\] have no attribution maps"):
+        stage.run(ctx)
+    ctx.config = {"dac": {}}
+    ctx.artifacts["attributions"] = {"residual": np.zeros((3, 5, 8, 8), np.float32)}
+    with pytest.raises(ValueError, match="cover 3 images"):
+        stage.run(ctx)
+
+
+@pytest.mark.slow
+def test_speed_benchmark_runs(tmp_path):
+    """Smoke run of analyses/benchmarks/dac_speed.py (numbers are reported, never asserted)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "analyses" / "benchmarks" / "dac_speed.py"
+    spec = importlib.util.spec_from_file_location("dac_speed", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = module.main(["--quick", "--pairs", "4", "--steps", "10", "--method", "residual",
+                       "--json", str(tmp_path / "speed.json")])
+    assert [row["strategy"] for row in out["rows"]] == ["aggregate", "joint", "per_channel", "single_channel"]
+    assert all(row["speedup_vs_reference"] > 0 and row["overhead_vs_forward"] > 0 for row in out["rows"])

@@ -1,0 +1,100 @@
+"""The metrics pipeline stage: method x channel localisation table, faithfulness tables, PixelCAM."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from chanstat.io import read_table
+
+
+@pytest.fixture(scope="module")
+def stage_run(tiny_synthetic, trained_model, tmp_path_factory):
+    from chanstat.attribution import attribute
+    from chanstat.metrics import stage
+    from chanstat.pipeline import RunContext
+
+    data = tiny_synthetic
+    maps = {
+        "residual": (data.images - data.counterfactuals).abs().numpy(),
+        "random": attribute(None, data.images, None, "random").numpy(),
+        "gradcam": attribute(trained_model, data.images, data.labels, "gradcam").numpy(),
+    }
+    config = {
+        "metrics": {
+            "faithfulness_methods": ["residual", "random", "not_in_this_run"],
+            "faithfulness_images": 2,
+            "steps": 4,
+            "road": True,
+            "road_fractions": [0.5],
+            "pixelcam": {"steps": 60},
+        }
+    }
+    out = tmp_path_factory.mktemp("metrics_stage")
+    ctx = RunContext(config=config, out=out, dataset=data, model=trained_model, artifacts={"attributions": maps},
+                     progress=False, device=torch.device("cpu"))
+    info = stage.run(ctx)
+    return out, info, ctx
+
+
+def test_localisation_table_is_method_by_channel(stage_run, tiny_synthetic):
+    out, info, ctx = stage_run
+    loc = read_table(out / "localisation.parquet")
+    channels = list(tiny_synthetic.channels)
+    assert set(loc["method"]) == {"residual", "random", "gradcam", "pixelcam"}
+    assert len(loc) == 4 * (1 + len(channels))
+    assert {"pxap", "dice", "miou", "relevance_mass", "relevance_rank", "pointing_game", "deletion_auc",
+            "insertion_auc", "road_morf_auc", "road_lerf_auc"} <= set(loc.columns)
+    overall = loc[loc["channel"] == "all"].set_index("method")
+    # the residual marks exactly where image and counterfactual differ; random noise does not
+    assert overall.loc["residual", "pxap"] > 60 > overall.loc["random", "pxap"]
+    assert overall.loc["residual", "relevance_mass"] == pytest.approx(1.0)
+    planted = tiny_synthetic.meta.attrs.get("planted_channel", "Mito")
+    per_channel = loc[(loc["method"] == "residual") & (loc["channel"] != "all")].set_index("channel")
+    assert per_channel["pxap"].drop(planted).isna().all()  # no foreground outside the planted channel
+    assert not loc.loc[loc["method"].isin(["gradcam", "pixelcam"]), "channel_resolved"].any()
+    assert ctx.artifacts["localisation"] is not None
+
+
+def test_faithfulness_tables(stage_run, tiny_synthetic):
+    out, info, _ = stage_run
+    faith = read_table(out / "faithfulness.parquet")
+    curves = read_table(out / "faithfulness_curves.parquet")
+    assert set(faith["metric"]) == {"deletion", "insertion", "road_morf", "road_lerf"}
+    assert set(faith["method"]) == {"residual", "random"}
+    assert faith["sample"].nunique() == 2
+    n_views = 1 + len(tiny_synthetic.channels)
+    assert len(faith) == 2 * 2 * 4 * n_views
+    assert set(curves.columns) == {"sample", "method", "metric", "channel", "channel_resolved", "fraction", "score"}
+    deletion = curves[curves["metric"] == "deletion"]
+    assert sorted(deletion["fraction"].unique()) == pytest.approx(np.linspace(0, 1, 5))
+    assert info["faithfulness_skipped"] == {"not_in_this_run": "no maps in this run"}
+
+
+def test_pixelcam_is_reported_against_its_cam(stage_run):
+    _, info, _ = stage_run
+    report = info["pixelcam"]
+    assert report["learned_from"] == "attribution stage gradcam"
+    assert set(report["pxap_pixelcam"]) == set(report["pxap_cam"])
+    assert report["pxap_pixelcam"]["all"] is not None and report["pxap_cam"]["all"] is not None
+    assert info["pxap_all"]["pixelcam"] == pytest.approx(report["pxap_pixelcam"]["all"], abs=1e-3)
+
+
+def test_stage_needs_masks(tiny_synthetic, trained_model, tmp_path):
+    from chanstat.metrics import stage
+    from chanstat.pipeline import RunContext
+
+    data = tiny_synthetic.subset(np.arange(4))
+    data.signal_masks = None
+    ctx = RunContext(config={"metrics": {}}, out=tmp_path, dataset=data, model=trained_model)
+    with pytest.raises(RuntimeError, match="signal_masks"):
+        stage.run(ctx)
+
+
+def test_quick_demo_writes_the_metrics_tables(quick_run):
+    loc = read_table(quick_run / "localisation.parquet")
+    assert {"method", "channel", "pxap", "dice", "miou"} <= set(loc.columns)
+    assert "all" in set(loc["channel"])
+    assert (quick_run / "faithfulness.parquet").exists()
+    assert isinstance(read_table(quick_run / "faithfulness.parquet"), pd.DataFrame)
