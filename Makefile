@@ -32,6 +32,7 @@ test-slow: $(STAMP)
 benchmarks: $(STAMP)
 	$(PY) analyses/benchmarks/attribution_speed.py
 	$(PY) analyses/benchmarks/dac_speed.py
+	$(PY) analyses/benchmarks/scale.py --quick
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

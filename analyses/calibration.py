@@ -307,14 +307,14 @@ def _part_c(args, out: Path) -> None:
     images.to_csv(out / "images.csv", index=False)
     images_null.to_csv(out / "images_null.csv", index=False)
     print(images[["effect_size", "repeat", "method", "val_accuracy", "p_value", "p_value_image_unit",
-                  "dominant_channel", "dominant_share", "mito_share"]].round(4).to_string(index=False))
+                  "dominant_channel", "dominant_share", "mito_share"]].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print(
         "\n  note: 'equal shares' is not the no-phenotype null for vanilla maps (channels differ in content,"
         "\n  so IG rejects at effect 0 too); discriminative maps at effect 0 are exactly zero (oracle"
         "\n  counterfactual = image). A realistic null with real maps: IG at effect 0 with channel labels"
         "\n  permuted per well:"
     )
-    print(images_null.round(4).to_string(index=False))
+    print(images_null.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     plot_images(images, out / "calibration_images.png")
 
 

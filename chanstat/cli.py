@@ -12,6 +12,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing run directory")
     p.add_argument("--only", default=None, help="comma-separated stages to run (data and model always run)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--resume", action="store_true", help="keep the run directory; sharded stages skip committed shards")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -25,6 +26,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         force=args.force,
         only=args.only.split(",") if args.only else None,
         progress=not args.no_progress,
+        resume=args.resume,
     )
     report = out / "report.html"
     print(f"run directory: {out.resolve()}")

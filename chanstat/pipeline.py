@@ -119,6 +119,7 @@ def run(
     force: bool = False,
     only: list[str] | None = None,
     progress: bool = True,
+    resume: bool = False,
     log: Callable[[str], None] = print,
 ) -> Path:
     """Run every enabled stage of ``config`` and write the run directory ``out``.
@@ -130,6 +131,8 @@ def run(
     quick : merge the config's ``[quick]`` table (a small version for tests).
     force : replace an existing run directory.
     only : run only these stages (plus data and model, which every later stage needs).
+    resume : keep an existing run directory; stages sharded by ``[compute]`` skip the shards
+        already committed there (see :mod:`chanstat.compute`).
     """
     out = Path(out)
     if isinstance(config, (str, Path)):
@@ -139,7 +142,7 @@ def run(
         config_dir = Path.cwd()
         cfg = deep_merge(config, config.get("quick", {})) if quick else copy.deepcopy(config)
         cfg.pop("quick", None)
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and any(out.iterdir()) and not resume:
         if not force:
             raise FileExistsError(f"run directory {out} already exists and is not empty; pass --force to replace it")
         shutil.rmtree(out)
@@ -167,6 +170,9 @@ def run(
         "stages": {},
     }
     write_json(provenance, out / "provenance.json")
+    from chanstat.compute import sharded_stage_names
+
+    sharded = set(sharded_stage_names(cfg))
     t_run = time.perf_counter()
     for stage in STAGES:
         if not stage_enabled(stage, cfg) or (only and not stage.always and stage.name not in only):
@@ -177,7 +183,12 @@ def run(
         write_json(provenance, out / "provenance.json")
         seed_everything(seed)
         try:
-            info = stage.function()(ctx) or {}
+            if stage.name in sharded:
+                from chanstat.compute import run_sharded
+
+                info = run_sharded(ctx, stage.name) or {}
+            else:
+                info = stage.function()(ctx) or {}
         except BaseException as exc:
             provenance["stages"][stage.name] = {
                 "status": "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",

@@ -284,6 +284,7 @@ def test_sharded_stages_on_a_local_cluster_match_one_process(single, base_run, t
     assert info_attr["compute"]["n_computed"] == info_attr["compute"]["n_shards"] >= 3
     assert info_attr["methods"] == infos["attribution"]["methods"]
     assert_same_outputs(ctx_single.out, ctx.out, groups=["attributions.zarr"])
+    assert list(ctx.artifacts["attributions"]) == list(ctx_single.artifacts["attributions"])  # same order
     for method, maps in ctx_single.artifacts["attributions"].items():
         np.testing.assert_array_equal(ctx.artifacts["attributions"][method], maps)
 

@@ -468,3 +468,30 @@ def test_every_pair_dropped_gives_empty_tables():
                  strategy=ALL_STRATEGIES, steps=4, filter_pairs=True, return_masks=True)
     assert len(result.dropped) == 2 and len(result.curves) == 0 and len(result.scores) == 0
     assert result.optimal_masks["aggregate"].shape == (0, 1, 8, 8)
+
+
+class FlattensInput(nn.Module):
+    """A model that reshapes its raw input with ``view`` (fails on channels-last tensors)."""
+
+    def __init__(self, n_inputs: int):
+        super().__init__()
+        self.linear = nn.Linear(n_inputs, 2)
+
+    def forward(self, x):
+        return self.linear(x.view(x.shape[0], -1))
+
+
+def test_input_layout_probe(toy):
+    from chanstat.dac.scoring import input_memory_format
+
+    model, real, counterfactual, maps, target = toy
+    assert input_memory_format(model, real[:2]) == torch.channels_last
+    torch.manual_seed(0)
+    flat = FlattensInput(3 * 14 * 17).eval()
+    assert input_memory_format(flat, real[:2]) == torch.contiguous_format
+    result = dac(flat, real, counterfactual, maps, target, strategy=ALL_STRATEGIES, steps=5)
+    assert result.settings["memory_format"] == "contiguous"
+    size, score = as_arrays(result.curves, "per_channel", 6)
+    ref_size, ref_score = reference_dac(flat, real, counterfactual, maps, target, "per_channel", 5)
+    np.testing.assert_array_equal(size, ref_size)
+    np.testing.assert_allclose(score, ref_score, atol=2e-6)

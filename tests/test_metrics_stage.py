@@ -29,6 +29,7 @@ def stage_run(tiny_synthetic, trained_model, tmp_path_factory):
             "road": True,
             "road_fractions": [0.5],
             "pixelcam": {"steps": 60},
+            "randomisation": {"methods": ["saliency", "residual"], "images": 2, "layers": ["classifier.1"]},
         }
     }
     out = tmp_path_factory.mktemp("metrics_stage")
@@ -79,6 +80,21 @@ def test_pixelcam_is_reported_against_its_cam(stage_run):
     assert set(report["pxap_pixelcam"]) == set(report["pxap_cam"])
     assert report["pxap_pixelcam"]["all"] is not None and report["pxap_cam"]["all"] is not None
     assert info["pxap_all"]["pixelcam"] == pytest.approx(report["pxap_pixelcam"]["all"], abs=1e-3)
+
+
+def test_randomisation_table(stage_run, tiny_synthetic):
+    out, info, _ = stage_run
+    table = read_table(out / "randomisation.parquet")
+    assert set(table["method"]) == {"saliency", "residual"}
+    assert set(table["layer"]) == {"classifier.1"}
+    assert len(table) == 2 * 2 * (1 + len(tiny_synthetic.channels))
+    # the residual |x - x'| never looks at the model: randomising it changes nothing; its planes
+    # outside the planted channel are all zero, and a constant map has no rank correlation
+    residual = table[table["method"] == "residual"]
+    planted = tiny_synthetic.meta.attrs.get("planted_channel", "Mito")
+    assert np.allclose(residual.loc[residual["channel"].isin(["all", planted]), "spearman"], 1.0)
+    assert residual.loc[~residual["channel"].isin(["all", planted]), "spearman"].isna().all()
+    assert info["randomisation"]["n_images"] == 2
 
 
 def test_stage_needs_masks(tiny_synthetic, trained_model, tmp_path):

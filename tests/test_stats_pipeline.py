@@ -35,7 +35,8 @@ def test_quick_demo_writes_channel_statistics(quick_run):
         assert row["dominant_channel"] == "Mito" and row["p_value"] < 0.05
 
     assert set(shares["method"]) == set(mass["method"])
-    assert similarity["mean"].between(-1, 1).all()
+    assert similarity["mean"].dropna().between(-1, 1).all()
+    assert ((similarity["n"] + similarity["n_undefined"]) == len(meta)).all()  # constant maps: rho undefined
     stages = read_json(quick_run / "provenance.json")["stages"]
     assert stages["stats"]["status"] == "done" and "methods" in stages["stats"]
     if (quick_run / "dac_scores.parquet").exists():

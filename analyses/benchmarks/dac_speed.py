@@ -7,7 +7,8 @@ On one model and the same image pairs it measures, per mask strategy:
 (b) the reference loop of the published code: one forward pass per threshold at batch size
     one, CPU morphology per mask (scipy here, OpenCV there) and, for the channel-resolved
     strategies, per channel;
-(c) the forward passes alone at the best batch size, on the same number of hybrids as the
+(c) the forward passes alone at the best batch size and input layout (contiguous or
+    channels-last, whichever is faster), on the same number of hybrids as the
     curves have points (the physical limit without skipping; ``c``), and on the number chanstat
     actually evaluated (``c_evaluated``, what its non-forward work is measured against).
     ``c_evaluated`` is timed by running that many passes right after each (a) repeat, so both
@@ -101,9 +102,12 @@ def reference_loop(model, real, counterfactual, maps, target, strategy, steps, c
 # --------------------------------------------------------------------------- (c) forward passes alone
 
 
-def time_forward(model, shape, device, n_hybrids, batch_size) -> float:
+FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+
+
+def time_forward(model, shape, device, n_hybrids, batch_size, memory_format="contiguous") -> float:
     """Seconds for ``n_hybrids`` forward passes (and softmax) at ``batch_size``."""
-    x = torch.rand((batch_size, *shape), device=device)
+    x = torch.rand((batch_size, *shape), device=device).contiguous(memory_format=FORMATS[memory_format])
     with torch.inference_mode():
         synchronise(device)
         t0 = time.perf_counter()
@@ -113,25 +117,17 @@ def time_forward(model, shape, device, n_hybrids, batch_size) -> float:
     return time.perf_counter() - t0
 
 
-def forward_throughput(model, shape, device, batch_sizes, min_images, repeats=3) -> tuple[int, float, dict]:
-    """Seconds per hybrid at the best batch size (min over repeats), measured on >= min_images hybrids."""
-    per_image = {}
-    with torch.inference_mode():
+def forward_throughput(model, shape, device, batch_sizes, min_images, repeats=3) -> tuple[tuple[int, str], float, dict]:
+    """Seconds per hybrid at the best (batch size, memory format), min over repeats, on >= min_images hybrids."""
+    per_setting = {}
+    for memory_format in FORMATS:
         for bs in batch_sizes:
-            x = torch.rand((bs, *shape), device=device)
-            model(x)
-            synchronise(device)
-            n_batches = max(2, -(-min_images // bs))
-            best = float("inf")
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                for _ in range(n_batches):
-                    torch.softmax(model(x), 1)
-                synchronise(device)
-                best = min(best, (time.perf_counter() - t0) / (n_batches * bs))
-            per_image[bs] = best
-    best_bs = min(per_image, key=per_image.get)
-    return best_bs, per_image[best_bs], per_image
+            n_hybrids = max(2 * bs, min_images)
+            time_forward(model, shape, device, bs, bs, memory_format)  # warm-up
+            best = min(time_forward(model, shape, device, n_hybrids, bs, memory_format) for _ in range(repeats))
+            per_setting[(bs, memory_format)] = best / n_hybrids
+    best_setting = min(per_setting, key=per_setting.get)
+    return best_setting, per_setting[best_setting], per_setting
 
 
 # --------------------------------------------------------------------------- set-up
@@ -185,7 +181,7 @@ def main(argv=None) -> dict:
                         help="counterfactual = oracle rendering (default) or another cell of the other class")
     parser.add_argument("--reference-pairs", type=int, default=None,
                         help="time (b) on this many pairs and extrapolate linearly (default: all pairs)")
-    parser.add_argument("--repeats", type=int, default=2, help="repeats of (a); the fastest counts")
+    parser.add_argument("--repeats", type=int, default=3, help="repeats of (a) and (c); the fastest counts")
     parser.add_argument("--epochs", type=int, default=15, help="training epochs of the benchmark model")
     parser.add_argument("--checkpoint", default=None, help="model.pt of a run instead of training one")
     parser.add_argument("--save-checkpoint", default=None, help="save the trained benchmark model here")
@@ -210,8 +206,12 @@ def main(argv=None) -> dict:
           f"maps={args.method} pairing={args.pairing}")
 
     batch_sizes = [1, 16, 32, 64, 128, 256] + ([512, 1024, 2048] if device.type == "cuda" else [])
-    best_bs, sec_per_hybrid, per_bs = forward_throughput(model, shape, device, batch_sizes, min_images=1024 if not args.quick else 256)
-    print("forward s/hybrid by batch size: " + ", ".join(f"{bs}:{t * 1e3:.3f}ms" for bs, t in per_bs.items()))
+    (best_bs, best_format), sec_per_hybrid, per_setting = forward_throughput(
+        model, shape, device, batch_sizes, min_images=1024 if not args.quick else 256
+    )
+    print("forward time per hybrid by batch size and layout: "
+          + ", ".join(f"{bs}/{fmt}:{t * 1e3:.3f}ms" for (bs, fmt), t in per_setting.items()))
+    print(f"best: batch {best_bs}, {best_format}")
 
     # warm-up (allocations, kernels)
     dac(model, real[:2], cf[:2], maps[:2], labels[:2], strategy=list(args.strategies), steps=10)
@@ -226,7 +226,7 @@ def main(argv=None) -> dict:
             synchronise(device)
             t_a = min(t_a, time.perf_counter() - t0)
             stats = result.stats[strategy]
-            t_c = min(t_c, time_forward(model, shape, device, stats["forward_passes"], best_bs))
+            t_c = min(t_c, time_forward(model, shape, device, stats["forward_passes"], best_bs, best_format))
         t0 = time.perf_counter()
         passes = reference_loop(model, real[:ref_pairs], cf[:ref_pairs], maps[:ref_pairs], labels[:ref_pairs], strategy, args.steps)
         synchronise(device)
@@ -238,7 +238,8 @@ def main(argv=None) -> dict:
             reference_extrapolated_from_pairs=ref_pairs if ref_pairs < n else None,
             forward_s=round(c_all, 3), forward_evaluated_s=round(c_eval, 3),
             hybrids=stats["hybrids"], forward_passes=stats["forward_passes"], reference_passes=passes * n // ref_pairs,
-            best_batch_size=best_bs,
+            best_batch_size=best_bs, best_memory_format=best_format, chanstat_memory_format=result.settings["memory_format"],
+            chanstat_batch_size=result.settings["batch_size"],
             speedup_vs_reference=round(t_b / t_a, 2),
             overhead_vs_forward=round(t_a / c_all, 3),
             overhead_vs_evaluated=round(t_a / c_eval, 3) if c_eval else None,
@@ -259,7 +260,7 @@ def main(argv=None) -> dict:
     out = {
         "device": str(device), "threads": torch.get_num_threads(), "pairs": n, "steps": args.steps,
         "image": list(shape), "method": args.method, "pairing": args.pairing,
-        "forward_seconds_per_hybrid": per_bs, "rows": rows,
+        "forward_seconds_per_hybrid": {f"{bs}/{fmt}": t for (bs, fmt), t in per_setting.items()}, "rows": rows,
     }
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2, default=str))

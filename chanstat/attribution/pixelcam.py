@@ -351,8 +351,7 @@ def train_pixelcam(
                 else:
                     with torch.set_grad_enabled(joint):
                         feats, logits = layer_features(model, module, x[idx].to(device))
-                pixel_logits = F.interpolate(head(feats), size=(h, w), mode="bilinear", align_corners=False).flatten(2)
-                picked = pixel_logits.gather(2, pixels[:, None, :].expand(-1, 2, -1))  # (b, 2, P)
+                picked = _logits_at(head(feats), pixels, (h, w))  # (b, 2, P)
                 loss = F.cross_entropy(picked, target)
                 if joint:
                     loss = loss + image_loss_weight * F.cross_entropy(logits, y[idx].to(device))
@@ -366,6 +365,17 @@ def train_pixelcam(
     finally:
         model.train(was_training)
     return head.eval()
+
+
+def _logits_at(logits: torch.Tensor, pixels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Head logits (n, 2, h, w) bilinearly upsampled to ``size`` and read at flat pixel indices
+    (n, P) -> (n, 2, P); the same numbers as ``F.interpolate(..., align_corners=False)`` then
+    gathering, without computing the whole upsampled map."""
+    height, width = size
+    rows = torch.div(pixels, width, rounding_mode="floor")
+    cols = pixels - rows * width
+    grid = torch.stack([(2 * cols + 1) / width - 1, (2 * rows + 1) / height - 1], dim=-1).to(logits.dtype)
+    return F.grid_sample(logits, grid[:, None], mode="bilinear", padding_mode="border", align_corners=False)[:, :, 0]
 
 
 def _foreground(model: nn.Module, head: PixelCAMHead, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -418,8 +428,8 @@ def per_image_pixelcam(
 
     All heads of the batch are trained at once as stacked, independent parameter sets (a summed
     loss and Adam's per-element updates keep them independent); every head starts from the same
-    seeded initialisation and draws its pixels from its own generator seeded with ``seed``, so
-    an image's map does not depend on the other images of the batch. Images whose CAM is
+    seeded initialisation and draws its pixels (all steps' at once) from its own generator seeded
+    with ``seed``, so an image's map does not depend on the other images of the batch. Images whose CAM is
     constant get an all-zero map. Parameters as in :func:`train_pixelcam`.
 
     Returns (N, 1, H, W) foreground probabilities on the model's device.
@@ -451,27 +461,30 @@ def per_image_pixelcam(
         params.append(conv.weight.detach()[:, :, 0, 0].to(device).expand(n, -1, -1).clone().requires_grad_(True))
         params.append(conv.bias.detach().to(device).expand(n, -1).clone().requires_grad_(True))
 
-    def logits_of(f: torch.Tensor) -> torch.Tensor:  # (n, K, h, w) -> (n, 2, H, W)
+    def logits_of(f: torch.Tensor) -> torch.Tensor:  # (n, K, h, w) -> (n, 2, h, w)
         z = f.flatten(2)
         for i in range(0, len(params), 2):
             z = torch.einsum("bkp,bok->bop", z, params[i]) + params[i + 1][:, :, None]
             if i + 2 < len(params):
                 z = torch.relu(z)
-        return F.interpolate(z.view(n, 2, fh, fw), size=(h, w), mode="bilinear", align_corners=False)
+        return z.view(n, 2, fh, fw)
 
     optimiser = torch.optim.Adam(params, lr=lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=steps)
-    generators = [torch.Generator().manual_seed(int(seed)) for _ in range(n)]
-    fg_cpu, bg_cpu = fg_region.float().cpu(), bg_region.float().cpu()
     rows = torch.nonzero(usable.cpu()).flatten().tolist()
+    # Every step's pixels drawn up front, per image from its own seeded generator (i.i.d. with
+    # replacement, as if drawn step by step): (n, steps, n_fg + n_bg) pixel indices.
+    per_step = n_foreground + n_background
+    draws = torch.zeros(n, max(steps, 1), per_step, dtype=torch.int64)
+    fg_cpu, bg_cpu = fg_region.float().cpu(), bg_region.float().cpu()
+    for i in rows:
+        g = torch.Generator().manual_seed(int(seed))
+        draws[i, :, :n_foreground] = torch.multinomial(fg_cpu[i], steps * n_foreground, replacement=True, generator=g).view(steps, -1)
+        draws[i, :, n_foreground:] = torch.multinomial(bg_cpu[i], steps * n_background, replacement=True, generator=g).view(steps, -1)
+    draws = draws.to(device)
     target = torch.cat([torch.ones(n_foreground), torch.zeros(n_background)]).long().to(device)
-    for _ in range(steps if rows else 0):
-        picks = torch.zeros(n, n_foreground + n_background, dtype=torch.int64)
-        for i in rows:
-            picks[i, :n_foreground] = torch.multinomial(fg_cpu[i], n_foreground, replacement=True, generator=generators[i])
-            picks[i, n_foreground:] = torch.multinomial(bg_cpu[i], n_background, replacement=True, generator=generators[i])
-        picks = picks.to(device)
-        picked = logits_of(feats).flatten(2).gather(2, picks[:, None, :].expand(-1, 2, -1))  # (n, 2, P)
+    for step in range(steps if rows else 0):
+        picked = _logits_at(logits_of(feats), draws[:, step], (h, w))  # (n, 2, P)
         per_image = F.cross_entropy(picked, target.expand(n, -1), reduction="none").mean(dim=1)
         loss = (per_image * usable.float()).sum()  # a sum: each head gets only its own gradient
         optimiser.zero_grad(set_to_none=True)
@@ -479,7 +492,8 @@ def per_image_pixelcam(
         optimiser.step()
         schedule.step()
     with torch.no_grad():
-        maps = torch.softmax(logits_of(feats), dim=1)[:, 1:2]
+        upsampled = F.interpolate(logits_of(feats), size=(h, w), mode="bilinear", align_corners=False)
+        maps = torch.softmax(upsampled, dim=1)[:, 1:2]
     return torch.where(usable.view(n, 1, 1, 1), maps, torch.zeros_like(maps))
 
 

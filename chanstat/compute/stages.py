@@ -151,16 +151,17 @@ def _persist_artifacts(artifacts: dict[str, Any], out_dir: Path, n: int) -> None
 
     index: dict[str, dict] = {}
     for key, value in artifacts.items():
+        order = {"keys": [str(k) for k in value]} if isinstance(value, dict) else {}  # e.g. methods in run order
         if (out_dir / f"{key}.parquet").exists():
             index[key] = {"kind": "table", "file": f"{key}.parquet"}
         elif (out_dir / f"{key}.zarr").exists():
-            index[key] = {"kind": "arrays", "file": f"{key}.zarr"}
+            index[key] = {"kind": "arrays", "file": f"{key}.zarr", **order}
         elif isinstance(value, pd.DataFrame) and "sample" in value.columns:
             write_table(value, out_dir / ARTIFACTS_DIR / f"{key}.parquet")
             index[key] = {"kind": "table", "file": f"{ARTIFACTS_DIR}/{key}.parquet"}
         elif isinstance(value, dict) and value and all(isinstance(v, np.ndarray) and v.shape[:1] == (n,) for v in value.values()):
             write_arrays(out_dir / ARTIFACTS_DIR / f"{key}.zarr", value, mode="w")
-            index[key] = {"kind": "arrays", "file": f"{ARTIFACTS_DIR}/{key}.zarr"}
+            index[key] = {"kind": "arrays", "file": f"{ARTIFACTS_DIR}/{key}.zarr", **order}
         else:
             index[key] = {"kind": "unmerged", "type": type(value).__name__}
     write_json(index, out_dir / ARTIFACTS_INDEX)
@@ -505,6 +506,8 @@ def _merge_artifacts(parts, shards, out: Path, tables, spec: ShardableStage, n_i
             artifacts[key] = tables[file[: -len(".parquet")]]
         else:
             artifacts[key] = read_arrays(out / file)[0]
+        if isinstance(artifacts.get(key), dict) and sorted(entry.get("keys", [])) == sorted(artifacts[key]):
+            artifacts[key] = {k: artifacts[key][k] for k in entry["keys"]}  # the stage's own order
     return artifacts
 
 
@@ -639,8 +642,15 @@ def _metrics_driver(ctx, shard_and_merge) -> dict:
 
     def per_shard(section: dict) -> dict:
         # every image of a shard is one of the client's selection; localisation in the shards
-        # is not used (computed on the client), so it runs with the fewest thresholds
-        return {**section, "faithfulness_images": 1 << 40, "pixelcam": False, "thresholds": 2}
+        # is not used (computed on the client), so it runs with the fewest thresholds; the
+        # randomisation check runs once on the client, not once per shard
+        return {
+            **section,
+            "faithfulness_images": 1 << 40,
+            "pixelcam": False,
+            "thresholds": 2,
+            "randomisation": {"enabled": False},
+        }
 
     sharded = shard_and_merge(selected, per_shard)
     if sharded.get("merged") is False:

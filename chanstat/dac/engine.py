@@ -23,6 +23,7 @@ from chanstat.dac.scoring import (
     class_probabilities,
     curve_area,
     default_batch_size,
+    input_memory_format,
     interpolate_curves,
     minimal_steps,
     optimal_steps,
@@ -222,6 +223,7 @@ class _Prepared:
     channels: list[str]
     batch_size: int
     device: torch.device
+    memory_format: torch.memory_format = torch.contiguous_format
 
 
 def _prepare(
@@ -258,8 +260,10 @@ def _prepare(
 
     device = _model_device(model)
     batch_size = batch_size or default_batch_size(device, c * h * w)
-    p_real = class_probabilities(model, real, batch_size, device)
-    p_cf = class_probabilities(model, counterfactuals, batch_size, device)
+    # baselines in the layout the hybrids will have, so an unchanged hybrid scores exactly 0
+    memory_format = input_memory_format(model, counterfactuals[:4].to(device))
+    p_real = class_probabilities(model, real, batch_size, device, memory_format)
+    p_cf = class_probabilities(model, counterfactuals, batch_size, device, memory_format)
     n_classes = p_real.shape[1] if n else 0
     if n and int(target.max()) >= n_classes:
         raise ValueError(f"real_target holds class {int(target.max())} but the model has {n_classes} classes")
@@ -306,6 +310,7 @@ def _prepare(
         channels=channels,
         batch_size=int(batch_size),
         device=device,
+        memory_format=memory_format,
     )
 
 
@@ -329,7 +334,7 @@ def _run_strategy(
         baseline = Baseline(real=prep.baseline.real[part], counterfactual=prep.baseline.counterfactual[part])
         scored = score_layout(
             model, layout, to_device(prep.counterfactual), to_device(prep.difference), target, baseline, blur,
-            prep.batch_size, progress=progress, description=f"DAC {strategy.name}",
+            prep.batch_size, progress=progress, description=f"DAC {strategy.name}", memory_format=prep.memory_format,
         )
         mask_size = layout.counts / layout.mask_elements
         sizes.append(mask_size)
@@ -505,6 +510,7 @@ def dac(
             counterfactual_target, channels,
         )
         settings["batch_size"] = prep.batch_size
+        settings["memory_format"] = "channels_last" if prep.memory_format == torch.channels_last else "contiguous"
         return _dac_prepared(model, prep, strategies, steps, schedule, closing, closing_shape, sigma, return_masks, progress, settings)
 
 

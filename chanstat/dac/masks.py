@@ -219,14 +219,25 @@ class MaskLayout:
             planes[index] = blur(planes[index])
         return masks
 
-    def hybrids(self, weights: torch.Tensor, items: "Items", counterfactual: torch.Tensor, difference: torch.Tensor) -> torch.Tensor:
+    def hybrids(
+        self,
+        weights: torch.Tensor,
+        items: "Items",
+        counterfactual: torch.Tensor,
+        difference: torch.Tensor,
+        memory_format: torch.memory_format = torch.contiguous_format,
+    ) -> torch.Tensor:
         """``h = m * x + (1 - m) * x' = x' + m * (x - x')`` for a batch of smoothed masks.
 
         ``weights`` (B, G, H, W); ``counterfactual`` and ``difference`` (N, C, H, W) with
-        ``difference = real - counterfactual``. Returns (B, C, H, W). Combined maps (G = 1)
-        broadcast over the channels; ``curve_per_plane`` pastes into the curve's channel only.
+        ``difference = real - counterfactual``. Returns (B, C, H, W) in ``memory_format``.
+        Combined maps (G = 1) broadcast over the channels; ``curve_per_plane`` pastes into
+        the curve's channel only.
         """
-        out = torch.empty((len(items), *counterfactual.shape[1:]), dtype=counterfactual.dtype, device=counterfactual.device)
+        out = torch.empty(
+            (len(items), *counterfactual.shape[1:]), dtype=counterfactual.dtype, device=counterfactual.device,
+            memory_format=memory_format,
+        )
         for first, last, sample, curve in items.runs():
             if self.strategy.curve_per_plane:
                 channel = self.curve_channels[curve]

@@ -11,28 +11,15 @@ the weighted mean of its in-image neighbours (removed or not) gives, for the rem
 with ``s_i`` the summed weight of pixel i's in-image neighbours. The matrix is symmetric and
 positive definite whenever every connected removed region touches a kept pixel (a discrete
 Dirichlet problem), so conjugate gradients with a Jacobi preconditioner solve it; the
-operator is a 3x3 convolution, so all planes of a batch are solved at once on the device
-without building a sparse matrix. A plane whose pixels are *all* removed has nothing to
-interpolate from and is filled with 0 (plus noise).
+operator is a 3x3 neighbour sum (shifted adds), so all planes of a batch are solved at once
+on the device without building a sparse matrix; planes with nothing removed are skipped. A
+plane whose pixels are *all* removed has nothing to interpolate from and is filled with 0
+(plus noise).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
-_DIRECT = 1.0 / 6.0
-_DIAGONAL = 1.0 / 12.0
-
-
-def neighbour_kernel(device=None, dtype=torch.float32) -> torch.Tensor:
-    """The 3x3 ROAD neighbour weights, shape (1, 1, 3, 3), zero at the centre."""
-    k = torch.tensor(
-        [[_DIAGONAL, _DIRECT, _DIAGONAL], [_DIRECT, 0.0, _DIRECT], [_DIAGONAL, _DIRECT, _DIAGONAL]],
-        device=device,
-        dtype=dtype,
-    )
-    return k.view(1, 1, 3, 3)
-
 
 def _neighbour_sum(z: torch.Tensor) -> torch.Tensor:
     """sum_j w_ij z_j over in-image neighbours, for (P, H, W) planes (zero outside the image).

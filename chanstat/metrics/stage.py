@@ -16,6 +16,11 @@ Config (``[metrics]``, every key optional)::
     road_fractions = [0.1, 0.3, 0.5, 0.7, 0.9]
     batch_size = 256                  # hybrids per forward pass
 
+    [metrics.randomisation]           # present: cascading parameter randomisation sanity check
+    methods = ["saliency", "gradcam"] # registered methods (options from [attribution.options.*])
+    images = 4                        # class-balanced images
+    # layers = ["classifier.1", ...]  # default: every conv/linear layer, top first
+
     [metrics.pixelcam]                # present (and not enabled = false): train a PixelCAM head
     steps = 300                       # on the run's model and images; options of train_pixelcam,
     # layer = "features.7"            # plus cam_layer (Grad-CAM layer of the pseudo-labels)
@@ -44,6 +49,9 @@ Writes
     ``channel_resolved``, ``auc``, ``score_original``, ``score_final``.
 ``faithfulness_curves.parquet``
     ``sample``, ``method``, ``metric``, ``channel``, ``channel_resolved``, ``fraction``, ``score``.
+``randomisation.parquet`` (with ``[metrics.randomisation]``)
+    ``sample``, ``method``, ``layer_index`` (1 = top layer randomised, cascading down),
+    ``layer``, ``channel``, ``channel_resolved``, ``spearman`` (original vs randomised map).
 """
 from __future__ import annotations
 
@@ -57,6 +65,7 @@ import pandas as pd
 from chanstat.io import read_arrays, write_table
 from chanstat.metrics.faithfulness import deletion, insertion, road
 from chanstat.metrics.localisation import localisation
+from chanstat.metrics.randomisation import randomisation_check
 
 log = logging.getLogger(__name__)
 
@@ -271,6 +280,11 @@ def run(ctx) -> dict:
         loc = loc.merge(means.reset_index(), on=["method", "channel"], how="left")
     for col in ("method", "channel"):
         loc[col] = loc[col].astype("string")
+    randomisation = ctx.section("metrics.randomisation")
+    if randomisation and randomisation.get("enabled", True) and model is not None:
+        table, info["randomisation"] = _randomisation(ctx, randomisation, channels)
+        write_table(table, ctx.out / "randomisation.parquet")
+        ctx.artifacts["randomisation"] = table
     write_table(loc, ctx.out / "localisation.parquet")
     write_table(faith, ctx.out / "faithfulness.parquet")
     write_table(curves_df, ctx.out / "faithfulness_curves.parquet")
@@ -284,6 +298,42 @@ def run(ctx) -> dict:
         relevance_mass_all={m: (None if pd.isna(v) else round(float(v), 4)) for m, v in overall["relevance_mass"].items()},
     )
     return info
+
+
+def _randomisation(ctx, section: dict, channels: list[str]) -> tuple[pd.DataFrame, dict]:
+    """Cascading parameter randomisation of registered methods on a few images."""
+    from chanstat.attribution import get_method
+
+    dataset = ctx.dataset
+    methods = list(section.get("methods", ["saliency", "gradcam"]))
+    subset = balanced_subset(dataset.labels.numpy(), int(section.get("images", 4)), ctx.seed)
+    images, target = dataset.images[subset], dataset.labels[subset]
+    tables, summary = [], {}
+    t0 = time.perf_counter()
+    for method in methods:
+        spec = get_method(method)
+        options = dict(ctx.section(f"attribution.options.{method}"))
+        if spec.needs_counterfactual:
+            if dataset.counterfactuals is None:
+                summary[method] = "skipped: needs counterfactuals"
+                continue
+            options["counterfactuals"] = dataset.counterfactuals[subset]
+        if spec.explains == "counterfactual":
+            options["counterfactual_target"] = dataset.counterfactual_labels[subset]
+        table = randomisation_check(ctx.model, images, target, method, layers=section.get("layers"), channels=channels,
+                                    absolute=bool(section.get("absolute", True)), method_options=options,
+                                    seed=int(ctx.seed), progress=ctx.progress)
+        table["sample"] = subset[table["sample"].to_numpy()]
+        table.insert(1, "method", method)
+        tables.append(table)
+        overall = table[table["channel"] == "all"].groupby("layer_index", sort=True)["spearman"].mean()
+        summary[method] = {"mean_spearman_all_by_step": [None if pd.isna(v) else round(float(v), 4) for v in overall]}
+    out = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(
+        columns=["sample", "method", "layer_index", "layer", "channel", "channel_resolved", "spearman"]
+    )
+    for col in ("method", "layer", "channel"):
+        out[col] = out[col].astype("string")
+    return out, {"methods": summary, "n_images": int(len(subset)), "wall_s": round(time.perf_counter() - t0, 3)}
 
 
 def _order(df: pd.DataFrame) -> pd.DataFrame:

@@ -136,6 +136,7 @@ def overview(run: RunDirectory) -> None:
 # ============================================================================ data & model
 @section
 def data_and_model(run: RunDirectory) -> None:
+    """The data set's summary table and the images (and wells) per class and plate."""
     if require(run, "data_summary.parquet"):
         show_table(run.table("data_summary.parquet"), caption="Data set summary")
     if run.has("meta.parquet"):
@@ -148,14 +149,13 @@ def data_and_model(run: RunDirectory) -> None:
                 images=(klass, "size"), **({"wells": (well, "nunique")} if well else {})
             ).reset_index()
             show_table(counts, caption="Images (and wells) per class and plate", max_rows=60)
-    elif not run.has("data_summary.parquet"):
-        pass  # already noted
-    else:
+    elif run.has("data_summary.parquet"):  # (without either, the note above already names the data stage)
         missing_note(["meta.parquet"], stage="data")
 
 
 @section
 def model_training(run: RunDirectory) -> None:
+    """Loss and accuracy per epoch, and the classifier's final numbers."""
     model_info = (run.provenance.get("stages") or {}).get("model", {})
     if not require(run, "training_history.parquet"):
         return
@@ -319,6 +319,7 @@ def dac_summary(scores: pd.DataFrame) -> pd.DataFrame:
 
 @section
 def dac_curves(run: RunDirectory) -> None:
+    """DAC table (method x strategy) and the mean DAC curves, a panel per mask strategy."""
     if not require(run, "dac_scores.parquet"):
         return
     scores = run.table("dac_scores.parquet")
@@ -365,6 +366,7 @@ def dac_curves(run: RunDirectory) -> None:
 
 @section
 def single_channel_curves(run: RunDirectory) -> None:
+    """Single-channel DAC (method x channel) as a table and heatmap, and its curves per method."""
     if not require(run, "dac_scores.parquet"):
         return
     summary = dac_summary(run.table("dac_scores.parquet"))
@@ -491,6 +493,7 @@ def smoothing_sweep(run: RunDirectory) -> None:
 # ============================================================================ channel shares
 @section
 def channel_shares(run: RunDirectory) -> None:
+    """Per-image channel shares as box/strip plots (panel per method, colour per transition) and their means."""
     if not require(run, "channel_mass.parquet"):
         return
     mass = _with_transition(run, run.table("channel_mass.parquet"))
@@ -833,6 +836,7 @@ def _feature_channel(value) -> str:
 
 @section
 def cp_differential(run: RunDirectory, top: int = 20) -> None:
+    """Volcano plot of the CellProfiler features (colour = channel) and the most significant ones."""
     if not require(run, "cp_differential.parquet"):
         return
     diff = run.table("cp_differential.parquet")
@@ -874,6 +878,7 @@ def cp_differential(run: RunDirectory, top: int = 20) -> None:
 
 @section
 def channel_enrichment(run: RunDirectory) -> None:
+    """Which channels are enriched among the significant CellProfiler features."""
     if not require(run, "channel_enrichment.parquet"):
         return
     enr = run.table("channel_enrichment.parquet")
@@ -900,6 +905,7 @@ def channel_enrichment(run: RunDirectory) -> None:
 
 @section
 def compartment_channel(run: RunDirectory) -> None:
+    """Significant CellProfiler features per compartment x channel, as a heatmap and a table."""
     if not require(run, "compartment_channel.parquet"):
         return
     cc = run.table("compartment_channel.parquet")
@@ -919,6 +925,7 @@ def compartment_channel(run: RunDirectory) -> None:
 
 @section
 def concordance(run: RunDirectory) -> None:
+    """Rank agreement between attribution shares and CellProfiler enrichment, per method."""
     if not require(run, "concordance.parquet"):
         return
     con = run.table("concordance.parquet")
@@ -950,6 +957,7 @@ def concordance(run: RunDirectory) -> None:
 # ============================================================================ provenance
 @section
 def provenance(run: RunDirectory) -> None:
+    """Stage timings, device, seed, versions and the configuration of the run."""
     prov = run.provenance
     if not prov:
         missing_note(["provenance.json"])
