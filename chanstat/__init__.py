@@ -23,7 +23,7 @@ _VERBS = {
     "synthetic": ("chanstat.data.synthetic", "synthetic"),
     "ImageSet": ("chanstat.data.imageset", "ImageSet"),
     "attribute": ("chanstat.attribution", "attribute"),
-    "dac": ("chanstat.dac", "dac"),
+    "dac": ("chanstat.dac", None),  # the package itself is callable: chanstat.dac(...)
     "channel_mass": ("chanstat.stats", "channel_mass"),
     "test_channels": ("chanstat.stats", "test_channels"),
     "differential": ("chanstat.cellprofiler", "differential"),
@@ -37,7 +37,8 @@ __all__ = sorted(_VERBS)
 def __getattr__(name: str):
     if name in _VERBS:
         module, attr = _VERBS[name]
-        value = getattr(importlib.import_module(module), attr)
+        value = importlib.import_module(module)
+        value = value if attr is None else getattr(value, attr)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'chanstat' has no attribute {name!r}")

@@ -61,3 +61,23 @@ def test_cli_reports_errors_cleanly(tmp_path):
 def test_stats_and_cellprofiler_import_without_torch():
     code = "import sys, chanstat, chanstat.io; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_top_level_verbs_read_like_the_analysis(tiny_synthetic, trained_model):
+    import numpy as np
+
+    import chanstat as cs
+
+    data = tiny_synthetic.subset(np.arange(0, len(tiny_synthetic), 6))
+    maps = cs.attribute(
+        trained_model, data.images, data.counterfactual_labels, "d_ig",
+        counterfactuals=data.counterfactuals, counterfactual_target=data.counterfactual_labels, n_steps=8,
+    )
+    assert maps.shape == data.images.shape
+    result = cs.dac(trained_model, data.images, data.counterfactuals, maps, data.labels,
+                    strategy="single_channel", steps=20, channels=data.channels)
+    per_channel = result.scores.groupby("channel")["dac"].mean()
+    assert per_channel.idxmax() == "Mito" and (per_channel.drop("Mito") == 0).all()
+    mass = cs.channel_mass(maps.numpy(), data.channels, data.meta, method="d_ig")
+    primary = cs.test_channels(mass).query("primary")
+    assert (primary["dominant_channel"] == "Mito").all() and (primary["unit"] == "well").all()

@@ -21,3 +21,13 @@ __all__ = [
     "structuring_element", "grey_closing", "gaussian_blur", "value_thresholds", "rank_fractions",
     "CURVE_COLUMNS", "SCORE_COLUMNS",
 ]
+
+
+class _CallableModule(__import__("types").ModuleType):
+    """Lets ``chanstat.dac(...)`` work as the verb while ``chanstat.dac`` stays a package."""
+
+    def __call__(self, *args, **kwargs):
+        return dac(*args, **kwargs)
+
+
+__import__("sys").modules[__name__].__class__ = _CallableModule
