@@ -200,32 +200,26 @@ def paired_t(a: np.ndarray, b: np.ndarray) -> PairedResult:
     return PairedResult(float(t), float(2 * sps.t.sf(abs(t), n - 1)), float(d.mean() / sd), n)
 
 
-def adjust_holm(p: np.ndarray) -> np.ndarray:
-    """Holm's step-down family-wise adjustment; NaN entries are left out of the family."""
+def _adjust_finite(p: np.ndarray, adjust) -> np.ndarray:
+    """Apply ``adjust`` to the non-NaN p-values only; NaN entries are left out of the family."""
     p = np.asarray(p, dtype=float)
     out = np.full(p.shape, np.nan)
-    ok = np.flatnonzero(~np.isnan(p))
-    m = ok.size
-    if m == 0:
-        return out
-    order = ok[np.argsort(p[ok], kind="stable")]
-    scaled = (m - np.arange(m)) * p[order]
-    out[order] = np.minimum(1.0, np.maximum.accumulate(scaled))
+    ok = ~np.isnan(p)
+    if ok.any():
+        out[ok] = adjust(p[ok])
     return out
+
+
+def adjust_holm(p: np.ndarray) -> np.ndarray:
+    """Holm's step-down family-wise adjustment; NaN entries are left out of the family."""
+    from statsmodels.stats.multitest import multipletests
+
+    return _adjust_finite(p, lambda q: multipletests(q, method="holm")[1])
 
 
 def adjust_bh(p: np.ndarray) -> np.ndarray:
     """Benjamini-Hochberg false-discovery-rate adjustment (q-values); NaN entries left out."""
-    p = np.asarray(p, dtype=float)
-    out = np.full(p.shape, np.nan)
-    ok = np.flatnonzero(~np.isnan(p))
-    m = ok.size
-    if m == 0:
-        return out
-    order = ok[np.argsort(p[ok], kind="stable")]
-    scaled = p[order] * m / np.arange(1, m + 1)
-    out[order] = np.minimum(1.0, np.minimum.accumulate(scaled[::-1])[::-1])
-    return out
+    return _adjust_finite(p, lambda q: sps.false_discovery_control(q, method="bh"))
 
 
 ADJUSTMENTS = {"holm": adjust_holm, "fdr_bh": adjust_bh, "bh": adjust_bh}
