@@ -55,6 +55,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from chanstat.attribution.core import resolve_layer
 from chanstat.attribution.registry import AttributionBatch, MethodSpec, register
 
 
@@ -103,23 +104,9 @@ def _conv_names(model: nn.Module) -> list[str]:
 
 
 def _resolve_layer(model: nn.Module, layer) -> tuple[nn.Module, str]:
-    """(module, dotted name) of ``layer`` (a module, a name, or None = the last Conv2d)."""
-    if layer is None:
-        convs = _conv_names(model)
-        if not convs:
-            raise ValueError("model has no nn.Conv2d layer; pass layer= (a module or dotted name)")
-        return model.get_submodule(convs[-1]), convs[-1]
-    if isinstance(layer, str):
-        try:
-            return model.get_submodule(layer), layer
-        except AttributeError:
-            raise ValueError(f"model has no layer named {layer!r}; its Conv2d layers are {_conv_names(model)}") from None
-    if isinstance(layer, nn.Module):
-        for name, m in model.named_modules():
-            if m is layer:
-                return m, name
-        raise ValueError("layer is not a submodule of model")
-    raise TypeError(f"layer must be an nn.Module, a dotted name or None; got {type(layer).__name__}")
+    """(module, dotted name) of ``layer``, resolved as every attribution method resolves it."""
+    module = resolve_layer(model, layer)
+    return module, next(name for name, m in model.named_modules() if m is module)
 
 
 @contextlib.contextmanager
