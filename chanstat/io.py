@@ -23,7 +23,7 @@ def write_table(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     os.close(fd)
     try:
         df.to_parquet(tmp, index=False)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes owner-only files; tables are for sharing
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes owner-only files; tables are for sharing
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -31,10 +31,15 @@ def write_table(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     return path
 
 
-def _umask() -> int:
+def _read_umask() -> int:
+    # os.umask can only be read by setting it; do that once, not per write, so threads
+    # writing tables (Dask workers) never see the temporary value
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+_UMASK = _read_umask()
 
 
 def read_table(path: str | os.PathLike) -> pd.DataFrame:
