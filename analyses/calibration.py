@@ -1,4 +1,4 @@
-"""Calibration and power of chanstat's channel test (``chanstat.stats.test_channels``).
+"""Calibration and power of chanstat's channel tests, intervals and enrichment (issue 16).
 
 (a) Null calibration: simulated channel-mass tables with plate/well structure and no channel
     effect but strong well-level nuisance (well sd 1.0 >> image sd 0.3 on the log scale). The
@@ -6,6 +6,14 @@
     independent show what the well-level default protects against. Other designs and the
     secondary tests (Friedman chi-square, RM-ANOVA on CLR, mixed model) are reported too.
 (b) Power: the same design with one channel's log-mass raised by an effect size.
+(d) Issue 16: null rejection, power (with Monte Carlo SE) of every test the report shows
+    (dominance, plate x channel, Friedman F, Hotelling, test_against_zero) and the coverage
+    of the share intervals, over 1 plate x 4/6/8/24 wells (also 1-12 images per well),
+    2 plates (plate x channel sd 0.3) and 6 plates (plate units); plus the dominance
+    test's least-favourable null (two channels tied on top).
+(e) The competitive channel enrichment on real LINCS DMSO wells split 12 v 12: false-call
+    rate under a +1 SD shift of every feature and a random latent factor with the real
+    feature correlation.
 (c) End to end on synthetic images (needs torch and the rest of chanstat): a classifier is
     trained per data set at phenotype effect size 0 and at planted sizes, maps come from IG
     and discriminative IG (oracle counterfactuals), and the default test runs on their channel
@@ -18,6 +26,7 @@ Usage::
     python analyses/calibration.py --out runs/calibration            # full (a few minutes)
     python analyses/calibration.py --out runs/calibration --quick    # small, for a smoke test
     python analyses/calibration.py --out DIR --sims 2000 --skip-images
+    python analyses/calibration.py --out DIR --parts de --quick         # issue 16 tables, ~2 min
 
 Prints every figure and writes ``null.csv``, ``power.csv``, ``images.csv``,
 ``images_null.csv`` and ``calibration_null.png``, ``calibration_power.png``,
@@ -42,12 +51,12 @@ DESIGN = dict(n_plates=2, wells_per_plate=8, images_per_well=8, well_sd=1.0, ima
 
 #: name -> (simulation settings, unit, secondary tests); the first is the issue's scenario.
 NULL_SCENARIOS = {
-    "strong well nuisance (16 wells x 8 images)": (DESIGN, "auto", ("friedman", "rm_anova")),
-    "same, images treated as independent": (DESIGN, "image", ("friedman", "rm_anova")),
-    "few wells (6 wells x 8 images)": ({**DESIGN, "wells_per_plate": 3}, "auto", ("friedman", "rm_anova")),
-    "one image per well (16 wells)": ({**DESIGN, "images_per_well": 1}, "auto", ("friedman", "rm_anova")),
-    "no well nuisance, images independent": ({**DESIGN, "well_sd": 0.0}, "image", ("friedman", "rm_anova")),
-    "plate nuisance sd 0.5 (2 plates; caveat)": ({**DESIGN, "plate_sd": 0.5}, "auto", ("friedman", "rm_anova")),
+    "strong well nuisance (16 wells x 8 images)": (DESIGN, "auto", ("friedman_f", "friedman", "rm_anova")),
+    "same, images treated as independent": (DESIGN, "image", ("friedman_f", "friedman", "rm_anova")),
+    "few wells (6 wells x 8 images)": ({**DESIGN, "wells_per_plate": 3}, "auto", ("friedman_f", "friedman", "rm_anova")),
+    "one image per well (16 wells)": ({**DESIGN, "images_per_well": 1}, "auto", ("friedman_f", "friedman", "rm_anova")),
+    "no well nuisance, images independent": ({**DESIGN, "well_sd": 0.0}, "image", ("friedman_f", "friedman", "rm_anova")),
+    "plate nuisance sd 0.5 (2 plates; caveat)": ({**DESIGN, "plate_sd": 0.5}, "auto", ("friedman_f", "friedman", "rm_anova")),
 }
 
 
@@ -79,7 +88,7 @@ def null_pvalues(n_sims: int, seed: int = 0) -> pd.DataFrame:
     for unit in ("auto", "image"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            res = cs.test_channels(table, by=("replicate",), tests=(), unit=unit, breakdown=None, n_boot=0)
+            res = cs.test_channels(table, by=("replicate",), tests=(), unit=unit, breakdown=None)
         parts.append(res[["replicate", "unit", "p_value"]])
     return pd.concat(parts, ignore_index=True)
 
@@ -87,7 +96,7 @@ def null_pvalues(n_sims: int, seed: int = 0) -> pd.DataFrame:
 def power_study(n_sims: int, effects: list[float], seed: int = 0) -> pd.DataFrame:
     rows = []
     for i, effect in enumerate(effects):
-        rate = cs.rejection_rate(n_sims=n_sims, seed=seed + 1000 + i, tests=("friedman", "rm_anova"), effect=effect, **DESIGN)
+        rate = cs.rejection_rate(n_sims=n_sims, seed=seed + 1000 + i, tests=("friedman_f", "rm_anova"), effect=effect, **DESIGN)
         rows.append(rate)
     return pd.concat(rows, ignore_index=True)
 
@@ -142,8 +151,8 @@ def image_study(effects: list[float], repeats: int, n_perm: int, quick: bool, se
             mass = cs.channel_mass(maps, ds.channels, meta)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                res = cs.test_channels(mass, tests=(), breakdown=None, n_boot=500, seed=rep)
-                image_res = cs.test_channels(mass, tests=(), breakdown=None, n_boot=0, unit="image")
+                res = cs.test_channels(mass, tests=(), breakdown=None, seed=rep)
+                image_res = cs.test_channels(mass, tests=(), breakdown=None, unit="image")
             shares = mass.groupby(["method", "channel"], observed=True)["share"].mean().unstack("channel")
             for row in res.itertuples(index=False):
                 rows.append(
@@ -168,7 +177,7 @@ def image_study(effects: list[float], repeats: int, n_perm: int, quick: bool, se
                 for unit in ("auto", "image"):
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
-                        res = cs.test_channels(permuted, by=("replicate",), tests=(), unit=unit, breakdown=None, n_boot=0)
+                        res = cs.test_channels(permuted, by=("replicate",), tests=(), unit=unit, breakdown=None)
                     p = res["p_value"].to_numpy(float)
                     null_rows.append(
                         {
@@ -264,6 +273,150 @@ def plot_images(images: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
+# ---------------------------------------------------------------- (d) issue 16: every test and interval shown
+
+#: name -> simulation settings; plate x channel sd 0.3 in the multi-plate designs
+DESIGNS16 = {
+    "1 plate x 4 wells": dict(n_plates=1, wells_per_plate=4),
+    "1 plate x 8 wells": dict(n_plates=1, wells_per_plate=8),
+    "1 plate x 24 wells": dict(n_plates=1, wells_per_plate=24),
+    "1 plate x 6 wells, 1-12 images": dict(n_plates=1, wells_per_plate=6, images_per_well=(1, 12)),
+    "2 plates x 4 wells, plate sd .3": dict(n_plates=2, wells_per_plate=4, plate_sd=0.3),
+    "2 plates x 12 wells, plate sd .3": dict(n_plates=2, wells_per_plate=12, plate_sd=0.3),
+    "6 plates x 4 wells, plate sd .3 (auto: plate unit)": dict(n_plates=6, wells_per_plate=4, plate_sd=0.3),
+}
+TESTS16 = ("dominance", "plate_x_channel", "friedman_f", "hotelling")
+
+
+def _rate(p: np.ndarray) -> tuple[float, float, int]:
+    p = p[np.isfinite(p)]
+    r = float((p < ALPHA).mean()) if p.size else np.nan
+    return r, float(np.sqrt(r * (1 - r) / p.size)) if p.size else np.nan, int(p.size)
+
+
+def issue16_study(n_sims: int, seed: int = 0, effect: float = 1.5) -> pd.DataFrame:
+    """Null rejection, power and coverage of every test and interval the report shows."""
+    rows = []
+    truth_table = cs.simulate_channel_mass(n_plates=1, wells_per_plate=20000, images_per_well=1, well_sd=1.0, seed=99)
+    truth = truth_table.groupby("channel", observed=True)["share"].mean()
+    for i, (name, design) in enumerate(DESIGNS16.items()):
+        sim = {"images_per_well": 4, "well_sd": 1.0, "image_sd": 0.3, **design}
+        for label, eff in (("null", 0.0), (f"power (effect {effect})", effect)):
+            table = cs.simulate_channel_mass(replicates=n_sims, seed=seed + 10 * i + (eff > 0), effect=eff, **sim)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                res = cs.test_channels(table, by=("replicate",), breakdown=None, tests=TESTS16, n_perm=199)
+            for test in TESTS16:
+                part = res[res["test"] == test]
+                r, se, n = _rate(part["p_value"].to_numpy(float))
+                rows.append(dict(design=name, quantity=f"{label}: {test}", rate=r, mc_se=se, n=n,
+                                 unit=str(part["unit"].iloc[0]) if len(part) else ""))
+            if eff == 0.0:
+                prim = res[res["primary"]]
+                named = (prim["dominant_channel"] != "none").to_numpy()
+                rows.append(dict(design=name, quantity="null: any dominant channel named", rate=named.mean(),
+                                 mc_se=np.sqrt(named.mean() * (1 - named.mean()) / len(named)), n=len(named),
+                                 unit=str(prim["unit"].iloc[0])))
+                if design.get("plate_sd", 0) == 0:  # the truth is known for the one-plate designs only
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        for interval in ("boot_t", "t"):
+                            ci = cs.channel_share_ci(table, by=("replicate",), breakdown=None, interval=interval,
+                                                     n_boot=500)
+                            tv = ci["channel"].map(truth)
+                            cov = ((ci["ci_low"] <= tv) & (tv <= ci["ci_high"])).to_numpy()
+                            sim_cov = ((ci["simultaneous_ci_low"] <= tv) & (tv <= ci["simultaneous_ci_high"])
+                                       ).groupby(ci["replicate"]).all().to_numpy()
+                            for q, c in ((f"coverage: share {interval} interval", cov),
+                                         (f"coverage: simultaneous {interval} (all channels)", sim_cov)):
+                                rows.append(dict(design=name, quantity=q, rate=c.mean(),
+                                                 mc_se=np.sqrt(c.mean() * (1 - c.mean()) / len(c)), n=len(c),
+                                                 unit=str(ci["unit"].iloc[0])))
+    # signed per-image contributions (CLR of the log-masses: mean 0 per channel under the null)
+    for i, (name, design) in enumerate(DESIGNS16.items()):
+        sim = {"images_per_well": 4, "well_sd": 1.0, "image_sd": 0.3, **design}
+        for label, eff in (("null", 0.0), (f"power (effect {effect})", effect)):
+            table = cs.simulate_channel_mass(replicates=n_sims, seed=seed + 700 + 10 * i + (eff > 0), effect=eff, **sim)
+            logs = np.log(table["mass"].to_numpy())
+            table["contribution"] = logs - table.assign(_l=logs).groupby(["replicate", "sample"], observed=True)[
+                "_l"].transform("mean").to_numpy()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                res = cs.test_against_zero(table, value="contribution", by=("replicate",), breakdown=None)
+            any_call = (res.groupby("replicate")["p_adj"].min() < ALPHA).to_numpy()
+            rows.append(dict(design=name, quantity=f"{label}: test_against_zero (any channel, Holm)",
+                             rate=any_call.mean(), mc_se=np.sqrt(any_call.mean() * (1 - any_call.mean()) / n_sims),
+                             n=n_sims, unit=str(res["unit"].iloc[0])))
+    # least-favourable null of the dominance test: two channels tied on top (normal unit means)
+    rng = np.random.default_rng(seed + 500)
+    for n_units in (4, 6, 12, 24):
+        hits = np.array([cs.dominance(rng.normal(size=(n_units, 5)) + [2, 2, 0, 0, 0])["dominant"] >= 0
+                         for _ in range(n_sims)])
+        rows.append(dict(design=f"{n_units} units, two channels tied on top", quantity="null (tie): any dominant named",
+                         rate=hits.mean(), mc_se=np.sqrt(hits.mean() * (1 - hits.mean()) / n_sims), n=n_sims, unit="unit"))
+    return pd.DataFrame(rows)
+
+
+def enrichment_study(n_sims: int, n_perm: int, seed: int = 1) -> pd.DataFrame:
+    """False-call rate of the competitive channel enrichment on real LINCS DMSO wells (split 12 v 12)."""
+    from chanstat.cellprofiler import feature_columns, parse_features, read
+    from chanstat.cellprofiler.enrichment import competitive_test, feature_channels
+
+    path = Path(__file__).resolve().parents[2] / "shared" / "data" / "lincs_SQ00015054" / \
+        "SQ00015054_normalized_feature_select.csv.gz"
+    lincs = read(path)
+    dmso = lincs[lincs["Metadata_broad_sample"] == "DMSO"].reset_index(drop=True)
+    features = feature_columns(dmso.columns)
+    links = feature_channels(parse_features(features)[["feature", "channels"]])
+    channels = sorted(links["channel"].unique())
+    keep = np.unique(links["row"])
+    position = {r: i for i, r in enumerate(keep)}
+    incidence = np.zeros((len(keep), len(channels)))
+    incidence[[position[r] for r in links["row"]], [channels.index(c) for c in links["channel"]]] = 1
+    x = dmso[features].to_numpy(float)[:, keep]
+    centred, sd = x - x.mean(axis=0), x.std(axis=0, ddof=1)
+    rows = []
+    for kind in ("+1 SD on every feature", "random latent factor (real correlation)", "no shift"):
+        rng = np.random.default_rng(seed)
+        calls = 0
+        for s in range(n_sims):
+            is_case = np.zeros(len(x), bool)
+            is_case[rng.choice(len(x), len(x) // 2, replace=False)] = True
+            if kind.startswith("+1"):
+                shift = sd
+            elif kind.startswith("random"):
+                z = rng.standard_normal(len(x)) @ centred / np.sqrt(len(x) - 1)
+                shift = z / np.sqrt(np.mean((z / sd) ** 2))
+            else:
+                shift = np.zeros_like(sd)
+            _, _, _, p = competitive_test(x + is_case[:, None] * shift, is_case, incidence, n_perm=n_perm, seed=s)
+            calls += bool((cs.adjust(p, "holm") < ALPHA).any())
+        r = calls / n_sims
+        rows.append(dict(design="LINCS DMSO 12 v 12", quantity=f"enrichment false call (any channel): {kind}",
+                         rate=r, mc_se=np.sqrt(r * (1 - r) / n_sims), n=n_sims, unit="well"))
+    return pd.DataFrame(rows)
+
+
+def _part_e(args, out: Path) -> None:
+    n = args.sims or (60 if args.quick else 300)
+    print(f"\n(e) competitive channel enrichment on real LINCS correlation, {n} splits per scenario")
+    t0 = time.perf_counter()
+    table = enrichment_study(n, n_perm=99 if args.quick else 199, seed=args.seed + 1)
+    table.to_csv(out / "enrichment.csv", index=False)
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"({time.perf_counter() - t0:.0f} s)")
+
+
+def _part_d(args, out: Path) -> None:
+    n = args.sims or (150 if args.quick else 1000)
+    print(f"\n(d) issue 16: rejection at alpha {ALPHA}, power and coverage (95 %), {n} data sets per design")
+    t0 = time.perf_counter()
+    table = issue16_study(n, seed=args.seed)
+    table.to_csv(out / "issue16.csv", index=False)
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"({time.perf_counter() - t0:.0f} s)")
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -273,8 +426,10 @@ def _part_a(args, out: Path, n_sims: int) -> None:
     null = null_study(n_sims, n_sims_mixed=min(n_sims, 40 if args.quick else 300), seed=args.seed)
     null.to_csv(out / "null.csv", index=False)
     print(null[["scenario", "test", "primary", "unit", "n_valid", "rejection_rate", "mc_se", "in_band"]].to_string(index=False))
-    first = null[(null["scenario"] == next(iter(NULL_SCENARIOS))) & null["primary"]].iloc[0]
-    print(f"primary test ({first['test']}, unit {first['unit']}) under strong well nuisance: rejection rate "
+    first = null[(null["scenario"] == next(iter(NULL_SCENARIOS))) & (null["test"] == "friedman_f")].iloc[0]
+    print("the primary dominance test is conservative under exchangeable channels (an interior point of its null);"
+          " its least-favourable null is in part (d)")
+    print(f"equal-shares omnibus ({first['test']}, unit {first['unit']}) under strong well nuisance: rejection rate "
           f"{first['rejection_rate']:.4f} +- {first['mc_se']:.4f} -> {'PASS' if first['in_band'] else 'FAIL'} "
           f"({time.perf_counter() - t0:.0f} s)")
     pvalues = null_pvalues(min(n_sims, 2000), seed=args.seed + 7)
@@ -325,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sims", type=int, default=None, help="simulated data sets per scenario (default 2000; quick 200)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=3, help="image data sets per effect size in part (c)")
-    parser.add_argument("--parts", default="abc", help="which parts to run, e.g. 'ab' or 'c' (default: abc)")
+    parser.add_argument("--parts", default="abcde", help="which parts to run, e.g. 'ab' or 'de' (default: abcde)")
     parser.add_argument("--skip-images", action="store_true", help="skip part (c), which trains classifiers (torch)")
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -341,6 +496,10 @@ def main(argv: list[str] | None = None) -> int:
         _part_b(args, out, n_sims)
     if "c" in parts:
         _part_c(args, out)
+    if "d" in parts:
+        _part_d(args, out)
+    if "e" in parts:
+        _part_e(args, out)
     print(f"\nwrote tables and plots to {out.resolve()}")
     return 0
 

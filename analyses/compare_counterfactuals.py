@@ -1,51 +1,73 @@
-"""Compare channel conclusions between two runs that differ only in their counterfactuals.
+"""Compare channel conclusions between runs that differ only in their counterfactuals.
 
 Usage::
 
-    chanstat run analyses/real_field.toml --out runs/real_field                  # oracle
+    chanstat run analyses/real_field.toml --out runs/real_field                      # oracle
+    chanstat run analyses/real_field_generator.toml --out runs/real_field_generator
     chanstat run analyses/real_field_optimise.toml --out runs/real_field_optimise
-    python analyses/compare_counterfactuals.py runs/real_field runs/real_field_optimise
+    python analyses/compare_counterfactuals.py runs/real_field runs/real_field_generator runs/real_field_optimise
+    python analyses/compare_counterfactuals.py oracle=runs/real_field generator=runs/real_field_generator
 
-Prints whether both runs name the same dominant channel (by attribution mass and by
-single-channel DAC; and whether it is the planted one), the DAC difference per method,
-strategy and channel, and both providers' counterfactual quality; writes
-``counterfactual_comparison_dominant.parquet``, ``counterfactual_comparison_dac.parquet`` and
-``counterfactual_comparison.json`` into ``--out`` (default: the second run directory).
+The first run is the reference (unless ``--reference LABEL``); runs may be given as
+``label=path`` (default label: the folder name). Prints one table with a row per run and
+attribution method (dominant channel by attribution mass and by single-channel DAC, mean
+aggregate DAC, single-channel DAC of the planted channel and its difference to the
+reference) and one with a row per run and channel (share of the counterfactual change, flip
+rate, Shapley share when the run has ``channel_shapley.parquet``, single-channel DAC).
+Writes ``counterfactual_comparison_methods.parquet``, ``counterfactual_comparison_channels.parquet``
+and ``counterfactual_comparison.json`` into ``--out`` (default: the last run directory); with
+exactly two runs also the pairwise tables of :func:`chanstat.counterfactual.compare_runs`.
 """
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from chanstat.counterfactual.compare import compare_runs
+from chanstat.counterfactual.compare import compare_counterfactual_runs, compare_runs
 from chanstat.io import write_json, write_table
+
+
+def parse_runs(items: list[str]) -> dict[str, Path]:
+    """``["label=path", "path", ...]`` -> {label: path}; labels must be unique."""
+    runs: dict[str, Path] = {}
+    for item in items:
+        label, sep, path = item.partition("=")
+        label, path = (label, path) if sep else (Path(item).name, item)
+        if label in runs:
+            raise SystemExit(f"run label {label!r} given twice; name runs as label=path")
+        runs[label] = Path(path)
+    return runs
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("reference", help="run directory with the reference (oracle) counterfactuals")
-    parser.add_argument("other", help="run directory with the counterfactuals to judge")
-    parser.add_argument("--out", default=None, help="folder for the comparison tables (default: OTHER)")
+    parser.add_argument("runs", nargs="+", help="run directories (label=path or path); the first is the reference")
+    parser.add_argument("--reference", default=None, help="label of the reference run (default: the first)")
+    parser.add_argument("--out", default=None, help="folder for the comparison tables (default: the last run)")
     args = parser.parse_args(argv)
-    result = compare_runs(args.reference, args.other)
-    out = Path(args.out) if args.out else Path(args.other)
-    write_table(result.dominant, out / "counterfactual_comparison_dominant.parquet")
-    write_table(result.dac, out / "counterfactual_comparison_dac.parquet")
-    write_json(result.summary, out / "counterfactual_comparison.json")
-    print(f"reference: {args.reference} ({result.summary['reference_provider']})")
-    print(f"other:     {args.other} ({result.summary['other_provider']})")
-    print(f"planted channel: {result.summary['planted_channel']}\n")
-    print("dominant channel")
-    print(result.dominant.to_string(index=False))
-    print(f"\nagreement: {result.summary['dominant_agreement']}")
-    print("\nmean DAC (other - reference)")
-    print(result.dac.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    print(f"\nmean |DAC difference|: {result.summary['mean_abs_dac_difference']}")
-    if len(result.quality):
-        cols = [c for c in ("run", "provider", "channel", "mean_abs_diff", "change_share", "flip_rate", "success_rate")
-                if c in result.quality]
-        print("\ncounterfactual quality")
-        print(result.quality[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    runs = parse_runs(args.runs)
+    if len(runs) < 2:
+        parser.error("give at least two run directories")
+    reference = args.reference or next(iter(runs))
+    result = compare_counterfactual_runs(runs, reference=reference)
+    out = Path(args.out) if args.out else list(runs.values())[-1]
+    write_table(result.methods, out / "counterfactual_comparison_methods.parquet")
+    write_table(result.channels, out / "counterfactual_comparison_channels.parquet")
+    summary = dict(result.summary)
+    fmt = lambda v: f"{v:.3f}"  # noqa: E731
+    print(f"reference: {reference}; planted channel: {summary['planted_channel']}\n")
+    print("per run and method")
+    print(result.methods.drop(columns=["planted_channel"]).to_string(index=False, float_format=fmt))
+    print("\nper run and channel")
+    print(result.channels.to_string(index=False, float_format=fmt))
+    if len(runs) == 2:
+        pair = compare_runs(*runs.values())
+        write_table(pair.dominant, out / "counterfactual_comparison_dominant.parquet")
+        write_table(pair.dac, out / "counterfactual_comparison_dac.parquet")
+        summary["pairwise"] = pair.summary
+        print(f"\npairwise dominant-channel agreement: {pair.summary['dominant_agreement']}; "
+              f"mean |DAC difference|: {pair.summary['mean_abs_dac_difference']}")
+    write_json(summary, out / "counterfactual_comparison.json")
     return 0
 
 

@@ -1,18 +1,25 @@
-"""The ``chanstat`` command."""
+"""The ``chanstat`` command.
+
+Every error a user can cause is one line naming the problem and the file or key, with exit
+code 2; ``--debug`` shows the traceback instead.
+"""
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import sys
+import zlib
 from pathlib import Path
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="run directory to write")
     p.add_argument("--quick", action="store_true", help="small version (the config's [quick] table)")
-    p.add_argument("--force", action="store_true", help="replace an existing run directory")
-    p.add_argument("--only", default=None, help="comma-separated stages to run (data and model always run)")
+    p.add_argument("--force", action="store_true", help="replace an existing chanstat run directory (never any other folder)")
+    p.add_argument("--only", default=None, help="comma-separated stages to run")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    p.add_argument("--resume", action="store_true", help="keep the run directory; sharded stages skip committed shards")
+    p.add_argument("--resume", action="store_true",
+                   help="continue a run directory: unchanged stages are kept, sharded stages skip committed shards")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -24,7 +31,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         args.out,
         quick=args.quick,
         force=args.force,
-        only=args.only.split(",") if args.only else None,
+        only=[s.strip() for s in args.only.split(",") if s.strip()] if args.only else None,
         progress=not args.no_progress,
         resume=args.resume,
     )
@@ -35,8 +42,35 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_config(args: argparse.Namespace) -> int:
+    from chanstat import pipeline
+    from chanstat.config import schema_markdown
+
+    if args.check:
+        pipeline.load_config(args.check)
+        print(f"{args.check}: valid")
+        return 0
+    print(schema_markdown(pipeline.stages()))
+    return 0
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    from chanstat.schema import describe
+
+    table = describe()
+    if not args.markdown:
+        print(table.to_string(index=False))
+        return 0
+    print("| " + " | ".join(table.columns) + " |")
+    print("|" + "---|" * len(table.columns))
+    for row in table.itertuples(index=False):
+        print("| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="chanstat", description=__doc__)
+    parser = argparse.ArgumentParser(prog="chanstat", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="run the full pipeline on the embedded synthetic data set")
@@ -48,25 +82,47 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(p)
     p.set_defaults(func=_cmd_run)
 
-    for name, module, help_text in (
-        ("report", "chanstat.report.cli", "render the report of a run directory"),
-        ("cellprofiler", "chanstat.cellprofiler.cli", "CellProfiler tables: differential features by channel"),
-    ):
-        p = sub.add_parser(name, help=help_text)
-        try:
-            __import__(module)
-            sys.modules[module].configure(p)
-        except ImportError as exc:  # subpackage not installed in this build
-            p.set_defaults(func=lambda args, exc=exc: sys.exit(f"chanstat {args.command}: unavailable ({exc})"))
+    p = sub.add_parser("config", help="print the config schema (or --check a config file)")
+    p.add_argument("--check", default=None, help="validate this config file and exit")
+    p.set_defaults(func=_cmd_config)
+
+    p = sub.add_parser("schema", help="print the run-directory schema (every file a run writes)")
+    p.add_argument("--markdown", action="store_true")
+    p.set_defaults(func=_cmd_schema)
+
+    from chanstat.cellprofiler import cli as cellprofiler_cli
+    from chanstat.report import cli as report_cli
+
+    report_cli.configure(sub.add_parser("report", help="render the report of a run directory"))
+    cellprofiler_cli.configure(sub.add_parser("cellprofiler", help="CellProfiler tables: differential features by channel"))
     return parser
 
 
+#: Errors a user's input can cause; shown as one line (exit code 2) unless --debug.
+USER_ERRORS = (
+    ValueError, KeyError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError,
+    RuntimeError, TypeError, EOFError, UnicodeDecodeError, zlib.error, sqlite3.Error, OSError,
+)
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    text = " ".join(text.split()) or type(exc).__name__
+    return text if len(text) <= 600 else text[:597] + "..."
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (FileExistsError, FileNotFoundError, ValueError, KeyError) as exc:
-        print(f"chanstat: error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("chanstat: interrupted; what was finished is kept (see provenance.json); --resume continues", file=sys.stderr)
+        return 130
+    except USER_ERRORS as exc:
+        if args.debug:
+            raise
+        print(f"chanstat: error: {one_line(exc)}", file=sys.stderr)
         return 2
 
 

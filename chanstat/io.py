@@ -1,7 +1,8 @@
-"""Reading and writing the run directory's files (Zarr arrays, Parquet tables, JSON).
+"""Low-level file formats: atomic Parquet tables and JSON, Zarr groups of arrays.
 
-One place for file formats, so every stage writes the same way and the report can read
-any run directory without importing torch.
+Run directories are read and written through :class:`chanstat.rundir.RunDirectory`, which
+adds the schema on top of these; readers of users' files and the CellProfiler CLI use them
+directly. Never imports torch.
 """
 from __future__ import annotations
 

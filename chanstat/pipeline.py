@@ -1,119 +1,162 @@
 """Run a whole analysis from a TOML config into a run directory.
 
-Stages run in a fixed order (data -> model -> ... -> report); a stage runs when its section is
-present in the config (and not ``enabled = false``). Each stage is a module with a
-``run(ctx: RunContext) -> dict | None`` function; what it returns goes into ``provenance.json``
-next to its wall time. Provenance is rewritten after every stage, so an interrupted run keeps
-the record of what finished.
+The stages (:data:`STAGE_REFS`, in order) follow the contract of :mod:`chanstat.stage`. For
+each enabled stage the pipeline
+
+1. fingerprints the stage's config and its upstream stages (a resumed run re-runs a stage
+   whose fingerprint changed, and so everything downstream of it);
+2. calls its ``per_image`` function on the selected images, here or through
+   :mod:`chanstat.compute` when ``[compute]`` shards it;
+3. calls its ``whole_set`` function with the merged per-image outputs;
+4. writes every output through :class:`~chanstat.rundir.RunDirectory` (validated against
+   :mod:`chanstat.schema`) and the stage's status, fingerprint, info and wall time into
+   ``provenance.json``, rewritten after every stage so an interrupted run keeps its record.
+
+The whole config is validated (:func:`chanstat.config.validate_config`) and the checks that
+could only fail late (device, report formats, input paths) run before any stage; the run
+directory is locked for the duration, and ``force`` only ever replaces a chanstat run directory.
 """
 from __future__ import annotations
 
-import copy
-import importlib
+import hashlib
+import json
+import os
 import shutil
+import socket
 import time
-import tomllib
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
-import tomli_w
-
-from chanstat.io import write_json
+from chanstat.config import ConfigError, read_config, validate_config
+from chanstat.context import Classifier, PartTask, RunContext, run_part_here
+from chanstat.rundir import MARKER, RunDirectory, is_run_directory
 from chanstat.runtime import device_description, git_commit, package_versions, resolve_device, seed_everything
+from chanstat.stage import Stage, load_stage, merge_parts
 
-
-@dataclass(frozen=True)
-class Stage:
-    name: str
-    module: str
-    always: bool = False
-
-    def function(self) -> Callable[["RunContext"], dict | None]:
-        return importlib.import_module(self.module).run
-
-
-STAGES: tuple[Stage, ...] = (
-    Stage("data", "chanstat.data.stage", always=True),
-    Stage("model", "chanstat.models.stage", always=True),
-    Stage("counterfactual", "chanstat.counterfactual.stage"),
-    Stage("attribution", "chanstat.attribution.stage"),
-    Stage("dac", "chanstat.dac.stage"),
-    Stage("metrics", "chanstat.metrics.stage"),
-    Stage("stats", "chanstat.stats.stage"),
-    Stage("cellprofiler", "chanstat.cellprofiler.stage"),
-    Stage("report", "chanstat.report.stage"),
+#: The stages in the order they run.
+STAGE_REFS: tuple[str, ...] = (
+    "chanstat.data.stage:STAGE",
+    "chanstat.models.stage:STAGE",
+    "chanstat.counterfactual.stage:STAGE",
+    "chanstat.attribution.stage:STAGE",
+    "chanstat.dac.stage:STAGE",
+    "chanstat.decompose.stage:STAGE",
+    "chanstat.metrics.stage:STAGE",
+    "chanstat.stats.stage:STAGE",
+    "chanstat.cellprofiler.stage:STAGE",
+    "chanstat.report.stage:STAGE",
 )
+LOCK_FILE = ".chanstat-run.lock"
 
 
-@dataclass
-class RunContext:
-    """What stages share while a run is in progress.
-
-    ``artifacts`` carries in-memory results between stages (the same results are also written
-    to files in ``out``): ``"attributions"`` -> {method: ndarray (N, C|1, H, W)},
-    ``"dac_scores"`` / ``"channel_tests"`` / ... -> DataFrames.
-    """
-
-    config: dict
-    out: Path
-    quick: bool = False
-    seed: int = 0
-    device: Any = "cpu"
-    dataset: Any = None
-    model: Any = None
-    artifacts: dict = field(default_factory=dict)
-    config_dir: Path = field(default_factory=Path.cwd)
-    progress: bool = True
-
-    def section(self, name: str) -> dict:
-        """The config section ``name`` (dotted for nested, e.g. ``"data.plant"``), {} if absent."""
-        node: Any = self.config
-        for part in name.split("."):
-            node = node.get(part, {}) if isinstance(node, dict) else {}
-        return node if isinstance(node, dict) else {}
-
-    def resolve_path(self, value: str | Path) -> Path:
-        """Paths in a config are relative to the config file's folder."""
-        p = Path(value)
-        return p if p.is_absolute() else (self.config_dir / p).resolve()
+class RunDirectoryBusy(RuntimeError):
+    """Another run holds the run directory's lock."""
 
 
-def deep_merge(base: dict, override: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
+def stages() -> list[Stage]:
+    return [load_stage(ref) for ref in STAGE_REFS]
 
 
-def load_config(path: str | Path, quick: bool = False, overrides: dict | None = None) -> dict:
-    """Read a TOML config; with ``quick`` its ``[quick]`` table is merged over the rest."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"config file not found: {path}")
-    with path.open("rb") as fh:
-        config = tomllib.load(fh)
-    quick_part = config.pop("quick", {})
-    if quick:
-        config = deep_merge(config, quick_part)
-    if overrides:
-        config = deep_merge(config, overrides)
-    return config
+def load_config(config: str | Path | Mapping, quick: bool = False) -> tuple[dict, Path]:
+    """The validated config (defaults filled in) and the folder its relative paths start from."""
+    if isinstance(config, (str, Path)):
+        path = Path(config)
+        raw, source, folder = read_config(path), str(path), path.resolve().parent
+    else:
+        raw, source, folder = dict(config), "config", Path.cwd()
+    return validate_config(raw, stages(), quick=quick, source=source), folder
 
 
-def stage_enabled(stage: Stage, config: dict) -> bool:
-    if stage.always:
-        return True
+def enabled(stage: Stage, config: dict) -> bool:
     section = config.get(stage.name)
-    return isinstance(section, dict) and section.get("enabled", True)
+    return stage.always or (isinstance(section, dict) and section.get("enabled", True))
+
+
+def preflight(config: dict, config_dir: Path, only: list[str] | None) -> Any:
+    """Checks that would otherwise fail late: ``--only`` names, device, each stage's own checks."""
+    names = [s.name for s in stages()]
+    if only:
+        unknown = [n for n in only if n not in names]
+        if unknown:
+            import difflib
+
+            hints = [f"{n!r}" + (f" (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(n, names, 1)) else "")
+                     for n in unknown]
+            raise ConfigError(f"--only: unknown stages {', '.join(hints)}; stages are {', '.join(names)}")
+    device = resolve_device(config["run"]["device"])
+    for stage in stages():
+        check = getattr(stage.config, "preflight", None)
+        if enabled(stage, config) and check is not None:
+            check(config.get(stage.name) or {}, config_dir)
+    return device
+
+
+def fingerprint(stage: Stage, config: dict, upstream: Mapping[str, str]) -> str:
+    """Digest of what a stage's outputs depend on: its section, the seed, its upstream stages."""
+    section = {k: v for k, v in (config.get(stage.name) or {}).items() if k != "enabled"}
+    payload = {"stage": stage.name, "section": section, "seed": config["run"]["seed"], "upstream": dict(sorted(upstream.items()))}
+    if stage.name == "attribution" or stage.name == "metrics":
+        payload["attribution_options"] = (config.get("attribution") or {}).get("options")
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _prepare_out(out: Path, force: bool, resume: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder")
+    if not out.exists() or not any(out.iterdir()):
+        return
+    if not is_run_directory(out):
+        raise ConfigError(
+            f"--out {out} is not empty and is not a chanstat run directory (no {MARKER}); "
+            "refusing to write into or replace it"
+        )
+    if resume:
+        return
+    if not force:
+        raise ConfigError(f"run directory {out} already exists; pass --force to replace it or --resume to continue it")
+
+
+def _clear_run_directory(out: Path) -> None:
+    """Empty a chanstat run directory (only called after the marker and the lock were checked)."""
+    for child in out.iterdir():
+        if child.name in (LOCK_FILE, LOCK_FILE + ".owner"):
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+class _Lock:
+    """The run directory's lock (filelock); the owner file names the run that holds it."""
+
+    def __init__(self, out: Path):
+        from filelock import FileLock
+
+        self.path = out / LOCK_FILE
+        self.owner = out / (LOCK_FILE + ".owner")
+        self.lock = FileLock(str(self.path))
+
+    def __enter__(self):
+        from filelock import Timeout
+
+        try:
+            self.lock.acquire(timeout=0)
+        except Timeout:
+            holder = self.owner.read_text().strip() if self.owner.exists() else "another chanstat run"
+            raise RunDirectoryBusy(f"run directory {self.path.parent} is in use by {holder}; wait for it or use another --out") from None
+        self.owner.write_text(f"pid {os.getpid()} on {socket.gethostname()} since {datetime.now(timezone.utc).isoformat()}")
+        return self
+
+    def __exit__(self, *exc):
+        self.owner.unlink(missing_ok=True)
+        self.lock.release()
 
 
 def run(
-    config: str | Path | dict,
+    config: str | Path | Mapping,
     out: str | Path,
     quick: bool = False,
     force: bool = False,
@@ -122,45 +165,43 @@ def run(
     resume: bool = False,
     log: Callable[[str], None] = print,
 ) -> Path:
-    """Run every enabled stage of ``config`` and write the run directory ``out``.
+    """Run every enabled stage of ``config`` into the run directory ``out``.
 
     Parameters
     ----------
     config : path of a TOML file, or an already loaded dict.
-    out : run directory; must not exist (or be empty) unless ``force``.
+    out : run directory; it must not exist, be empty, or be a chanstat run directory that
+        ``force`` replaces or ``resume`` continues.
     quick : merge the config's ``[quick]`` table (a small version for tests).
-    force : replace an existing run directory.
-    only : run only these stages (plus data and model, which every later stage needs).
-    resume : keep an existing run directory; stages sharded by ``[compute]`` skip the shards
-        already committed there (see :mod:`chanstat.compute`).
+    force : replace an existing chanstat run directory (never any other folder).
+    only : run only these stages (plus those they need that have not run).
+    resume : keep the run directory; stages whose fingerprint matches their record are
+        skipped, sharded stages skip committed shards.
     """
+    cfg, config_dir = load_config(config, quick=quick)
+    device = preflight(cfg, config_dir, only)
     out = Path(out)
-    if isinstance(config, (str, Path)):
-        config_dir = Path(config).resolve().parent
-        cfg = load_config(config, quick=quick)
-    else:
-        config_dir = Path.cwd()
-        cfg = deep_merge(config, config.get("quick", {})) if quick else copy.deepcopy(config)
-        cfg.pop("quick", None)
-    if out.exists() and any(out.iterdir()) and not resume:
-        if not force:
-            raise FileExistsError(f"run directory {out} already exists and is not empty; pass --force to replace it")
-        shutil.rmtree(out)
+    _prepare_out(out, force=force, resume=resume)
     out.mkdir(parents=True, exist_ok=True)
-    run_section = cfg.get("run", {})
-    seed = int(run_section.get("seed", 0))
-    device = resolve_device(run_section.get("device", "auto"))
+    with _Lock(out):
+        if force and not resume:
+            _clear_run_directory(out)
+        rundir = RunDirectory(out, create=True)
+        return _run_stages(cfg, rundir, config_dir, device, quick, only, progress, resume, log)
+
+
+def _run_stages(cfg, rundir: RunDirectory, config_dir, device, quick, only, progress, resume, log) -> Path:
+    seed = int(cfg["run"]["seed"])
     seed_everything(seed)
-    if "torch_threads" in run_section:
+    if cfg["run"].get("torch_threads"):
         import torch
 
-        torch.set_num_threads(int(run_section["torch_threads"]))
-
-    with (out / "config.toml").open("wb") as fh:
-        tomli_w.dump(cfg, fh)
-    ctx = RunContext(config=cfg, out=out, quick=quick, seed=seed, device=device, config_dir=config_dir, progress=progress)
+        torch.set_num_threads(int(cfg["run"]["torch_threads"]))
+    previous = rundir.provenance if resume else {}
+    rundir.write_config(cfg)
+    ctx = RunContext(config=cfg, run=rundir, seed=seed, device=device, quick=quick, progress=progress, config_dir=config_dir)
     provenance: dict[str, Any] = {
-        "chanstat_run": run_section.get("name", "run"),
+        "chanstat_run": cfg["run"]["name"],
         "started": datetime.now(timezone.utc).isoformat(),
         "quick": quick,
         "seed": seed,
@@ -169,42 +210,163 @@ def run(
         "git_commit": git_commit(),
         "stages": {},
     }
-    write_json(provenance, out / "provenance.json")
-    from chanstat.compute import sharded_stage_names
-
-    sharded = set(sharded_stage_names(cfg))
+    rundir.write_json("provenance", provenance)
+    fingerprints: dict[str, str] = {}
+    writers: dict[str, str] = {}
     t_run = time.perf_counter()
-    for stage in STAGES:
-        if not stage_enabled(stage, cfg) or (only and not stage.always and stage.name not in only):
+    for stage in stages():
+        upstream = {writers[n]: fingerprints[writers[n]] for n in stage.reads if n in writers}
+        if not enabled(stage, cfg):
             continue
-        log(f"[chanstat] stage {stage.name} ...")
-        t0 = time.perf_counter()
-        provenance["stages"][stage.name] = {"status": "running"}
-        write_json(provenance, out / "provenance.json")
-        seed_everything(seed)
-        try:
-            if stage.name in sharded:
-                from chanstat.compute import run_sharded
-
-                info = run_sharded(ctx, stage.name) or {}
-            else:
-                info = stage.function()(ctx) or {}
-        except BaseException as exc:
-            provenance["stages"][stage.name] = {
-                "status": "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
-                "error": f"{type(exc).__name__}: {exc}",
-                "wall_s": round(time.perf_counter() - t0, 3),
-            }
-            write_json(provenance, out / "provenance.json")
-            raise
-        wall = time.perf_counter() - t0
-        provenance["stages"][stage.name] = {"status": "done", "wall_s": round(wall, 3), **info}
+        fp = fingerprint(stage, cfg, upstream)
+        before = previous.get("stages", {}).get(stage.name, {})
+        done_before = before.get("status") in ("done", "skipped") and before.get("fingerprint") == fp
+        wanted = stage.always or not only or stage.name in only
+        outputs_there = all(rundir.has(n) for n in before.get("outputs", []))
+        if resume and done_before and outputs_there:
+            provenance["stages"][stage.name] = {**before, "status": "done", "resumed": True}
+            log(f"[chanstat] stage {stage.name}: unchanged since the last run, kept")
+        elif not wanted:
+            continue
+        else:
+            provenance["stages"][stage.name] = _execute(stage, ctx, fp, provenance, log)
+        fingerprints[stage.name] = fp
+        for name in stage.writes:
+            writers[name] = stage.name
         provenance["total_wall_s"] = round(time.perf_counter() - t_run, 3)
-        write_json(provenance, out / "provenance.json")
-        log(f"[chanstat] stage {stage.name} done in {wall:.1f} s")
+        rundir.write_json("provenance", provenance)
     provenance["finished"] = datetime.now(timezone.utc).isoformat()
-    write_json(provenance, out / "provenance.json")
-    return out
+    rundir.write_json("provenance", provenance)
+    return rundir.path
+
+
+def _execute(stage: Stage, ctx: RunContext, fp: str, provenance: dict, log) -> dict:
+    log(f"[chanstat] stage {stage.name} ...")
+    t0 = time.perf_counter()
+    provenance["stages"][stage.name] = {"status": "running", "fingerprint": fp}
+    ctx.run.write_json("provenance", provenance)
+    seed_everything(ctx.seed)
+    try:
+        outputs, compute_info = _per_image(stage, ctx, fp)
+        info: dict = {}
+        if stage.whole_set is not None:
+            outputs, info = stage.whole_set(ctx, outputs)
+        stage.check_outputs(outputs)
+        for name, value in outputs.items():
+            ctx.run.write(name, value)
+            ctx.results[name] = value
+    except BaseException as exc:
+        record = {
+            "status": "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
+            "fingerprint": None,
+            "error": f"{type(exc).__name__}: {exc}",
+            "wall_s": round(time.perf_counter() - t0, 3),
+        }
+        provenance["stages"][stage.name] = record
+        ctx.run.write_json("provenance", provenance)
+        raise
+    wall = time.perf_counter() - t0
+    log(f"[chanstat] stage {stage.name} done in {wall:.1f} s")
+    record = {"status": "done", "fingerprint": fp, "wall_s": round(wall, 3), "outputs": sorted(outputs), **(info or {})}
+    if compute_info:
+        record["compute"] = compute_info
+    return record
+
+
+def _per_image(stage: Stage, ctx: RunContext, fp: str) -> tuple[dict, dict | None]:
+    if stage.per_image is None:
+        return {}, None
+    rows = stage.select(ctx) if stage.select is not None else None
+    if rows is not None and len(rows) == 0:
+        return {}, None
+    compute = ctx.config.get("compute")
+    if compute and compute.get("enabled", True) and stage.name in compute["stages"]:
+        return _sharded(stage, ctx, fp, rows, compute)
+    return run_part_here(ctx, stage, rows), None
+
+
+def _sharded(stage: Stage, ctx: RunContext, fp: str, rows, compute: dict) -> tuple[dict, dict]:
+    import numpy as np
+
+    from chanstat.compute import ComputeConfig, ModelSource, run_parts
+
+    settings = ComputeConfig.from_section(compute)
+    model = _model_source(ctx, ModelSource)
+    task = PartTask(
+        stage=next(ref for ref in STAGE_REFS if load_stage(ref) is stage), run_dir=str(ctx.run.path),
+        config=ctx.config, config_dir=str(ctx.config_dir), seed=ctx.seed, quick=ctx.quick,
+        device=settings.device or _explicit_device(ctx), model=model,
+    )
+    rows = np.arange(len(ctx.dataset)) if rows is None else np.asarray(rows, dtype=np.int64)
+    parts, summary = run_parts(
+        task, rows, settings, store_dir=ctx.run.path / "shards" / stage.name, key=fp + (model.digest if model else ""),
+        meta=ctx.dataset.meta, read=PartTask.read, progress=ctx.progress, label=stage.name,
+    )
+    return merge_parts(parts), summary
+
+
+def _model_source(ctx: RunContext, ModelSource):
+    """Where workers load the classifier from: ``model.pt``, else the user's ``[model]`` source."""
+    if ctx.run.has("model"):
+        return ModelSource.from_checkpoint(ctx.run.file("model"))
+    section = ctx.section("model")
+    if section.get("checkpoint"):
+        return ModelSource.from_checkpoint(ctx.resolve_path(section["checkpoint"]))
+    if section.get("source"):
+        local = ctx.resolve_path(section["source"])
+        weights = ctx.resolve_path(section["weights"]) if section.get("weights") else None
+        return ModelSource.from_user(str(local) if local.exists() else section["source"], weights=weights,
+                                     kwargs=section.get("kwargs"), search_path=str(ctx.config_dir))
+    return None
+
+
+def _explicit_device(ctx: RunContext) -> str:
+    spec = ctx.config["run"]["device"]
+    return "auto" if spec in (None, "auto") else str(spec)
+
+
+def context(
+    config: str | Path | Mapping,
+    out: str | Path,
+    *,
+    dataset=None,
+    model=None,
+    quick: bool = False,
+    progress: bool = False,
+) -> RunContext:
+    """A run context for running single stages from Python (notebooks, tests).
+
+    ``config`` is validated like a run's; ``dataset`` (an ImageSet) and ``model`` (a
+    ``torch.nn.Module``) stand in for the data and model stages and are written to ``out``.
+    """
+    cfg, config_dir = load_config(config, quick=quick)
+    rundir = RunDirectory(out, create=True)
+    rundir.write_config(cfg)
+    ctx = RunContext(config=cfg, run=rundir, seed=int(cfg["run"]["seed"]), device=resolve_device(cfg["run"]["device"]),
+                     quick=quick, progress=progress, config_dir=config_dir)
+    if dataset is not None:
+        rundir.write("dataset", dataset)
+        ctx.results["dataset"] = dataset
+    if model is not None:
+        ctx.results["model"] = Classifier(model.to(ctx.device).eval(), list(getattr(dataset, "channels", [])),
+                                          list(getattr(dataset, "classes", [])))
+        rundir.write("model", ctx.results["model"])
+    return ctx
+
+
+def run_stage(name: str, ctx: RunContext) -> dict:
+    """Run stage ``name`` on ``ctx`` (its outputs go to the run directory and ``ctx.results``); its info."""
+    stage = next((s for s in stages() if s.name == name), None)
+    if stage is None:
+        raise ValueError(f"unknown stage {name!r}; stages are {[s.name for s in stages()]}")
+    if ctx.config.get(name) is None:
+        ctx.config[name] = stage.config().model_dump()
+    provenance = ctx.run.provenance or {"stages": {}}
+    provenance.setdefault("stages", {})
+    record = _execute(stage, ctx, fingerprint(stage, ctx.config, {}), provenance, log=lambda msg: None)
+    provenance["stages"][name] = record
+    ctx.run.write_json("provenance", provenance)
+    return record
 
 
 def demo_config_path() -> Path:
@@ -213,3 +375,7 @@ def demo_config_path() -> Path:
     if here.exists():
         return here
     raise FileNotFoundError("analyses/demo.toml not found; run from a chanstat source checkout")
+
+
+__all__ = ["run", "run_stage", "context", "load_config", "stages", "STAGE_REFS", "Classifier", "RunDirectoryBusy",
+           "fingerprint"]

@@ -26,9 +26,18 @@ run_dir = "."
 
 # %%
 from chanstat.report import sections as S
-from chanstat.report.rundir import RunDirectory
+from chanstat.rundir import RunDirectory
 
 run = RunDirectory(run_dir)
+
+# %% [markdown]
+# ## The answer
+#
+# Which channel carries the difference between the classes, how sure we are, and whether the
+# attribution methods and the CellProfiler features agree. The details follow.
+
+# %%
+S.answer(run)
 
 # %% [markdown]
 # ## Run overview
@@ -143,6 +152,17 @@ S.map_similarity(run)
 S.strategy_comparison(run)
 
 # %% [markdown]
+# ## Channel Shapley values
+#
+# Each channel's contribution to p(real class | real image) − p(real class | counterfactual):
+# the classifier is shown hybrids that take some channels from the real image and the rest
+# from the counterfactual, and every channel gets its exact Shapley share of the difference.
+# Interactions say whether two channels act together (positive) or stand in for each other.
+
+# %%
+S.channel_shapley(run)
+
+# %% [markdown]
 # ## Localisation and faithfulness
 #
 # Localisation scores each map against the known signal (the synthetic set's signal masks;
@@ -171,6 +191,9 @@ S.channel_enrichment(run)
 
 # %% [markdown]
 # ### Compartment × channel
+#
+# Where the attribution lies (mean share of the attribution mass per cell compartment and
+# channel) beside where the CellProfiler features differ, on the same grid.
 
 # %%
 S.compartment_channel(run)

@@ -89,7 +89,7 @@ def test_registry_lists_every_issue_method_with_its_properties():
 
 def test_register_rejects_duplicates_and_runs_new_methods():
     def doubled(model, batch):
-        return 2 * batch.inputs
+        return 2 * batch.images
 
     spec = MethodSpec("test_doubled", "test", True, False, False, "2x", doubled, explains="none")
     register(spec)
@@ -316,13 +316,13 @@ def test_bad_input_gives_clear_errors():
         attribute(model, x, y, "d_ig", counterfactual_target=yc)
     with pytest.raises(ValueError, match="needs counterfactual_target="):
         attribute(model, x, y, "d_ig", counterfactuals=xc)
-    with pytest.raises(ValueError, match="3 input channels; inputs have 4"):
+    with pytest.raises(ValueError, match="3 input channels; images have 4"):
         attribute(model, torch.rand(2, 4, H, W), y, "ig")
-    with pytest.raises(ValueError, match="could not process inputs"):  # model without in_channels
+    with pytest.raises(ValueError, match="could not process images"):  # model without in_channels
         attribute(linear_model(), torch.rand(2, 4, H, W), y, "ig")
     bad = x.clone()
     bad[1, 0, 2, 3] = float("nan")
-    with pytest.raises(ValueError, match=r"inputs contains 1 NaN/inf.*\[1\]"):
+    with pytest.raises(ValueError, match=r"images contains 1 NaN/inf.*\[1\]"):
         attribute(model, bad, y, "ig")
     bad_cf = xc.clone()
     bad_cf[0, 1, 0, 0] = float("inf")
@@ -370,48 +370,207 @@ def test_d_ig_puts_largest_share_on_mito(tiny_synthetic, trained_model):
 # ---------------------------------------------------------------------------------------------
 # pipeline stage
 # ---------------------------------------------------------------------------------------------
-def _context(dataset, model, out, section):
-    config = {"attribution": section}
+def _context(dataset, model, section):
+    from chanstat.attribution.stage import AttributionConfig
 
-    def section_of(name):
-        node = config
-        for part in name.split("."):
-            node = node.get(part, {}) if isinstance(node, dict) else {}
-        return node if isinstance(node, dict) else {}
-
-    return SimpleNamespace(config=config, section=section_of, dataset=dataset, model=model, out=out,
-                           artifacts={}, seed=0, progress=False)
+    validated = AttributionConfig(**section).model_dump()
+    return SimpleNamespace(section=lambda name: validated, dataset=dataset, model=model, seed=0, progress=False)
 
 
-def test_stage_writes_zarr_with_attributes(tiny_synthetic, trained_model, tmp_path):
+def test_stage_writes_maps_with_attributes(tiny_synthetic, trained_model):
     from chanstat.attribution import stage
-    from chanstat.io import read_arrays
 
     ds = tiny_synthetic.subset(np.arange(6))
-    ctx = _context(ds, trained_model, tmp_path, {"methods": ["ig", "gradcam", "d_ig", "random"],
-                                                 "options": {"ig": {"n_steps": 4}, "d_ig": {"n_steps": 4}}})
-    info = stage.run(ctx)
-    assert info["methods"] == ["ig", "gradcam", "d_ig", "random"]
-    assert set(info["images_per_s"]) == set(info["methods"])
-    arrays, attrs = read_arrays(tmp_path / "attributions.zarr")
+    ctx = _context(ds, trained_model, {"methods": ["ig", "gradcam", "d_ig", "random"],
+                                       "options": {"ig": {"n_steps": 4}, "d_ig": {"n_steps": 4}}})
+    outputs = stage.per_image(ctx, SimpleNamespace(dataset=ds))
+    maps = outputs["attributions"]
+    _, info = stage.whole_set(ctx, outputs)
+    assert info["methods"] == ["ig", "gradcam", "d_ig", "random"] and "skipped" not in info
     n = 6
-    assert arrays["ig"].shape == (n, len(ds.channels), 48, 48) and arrays["gradcam"].shape == (n, 1, 48, 48)
+    assert maps.arrays["ig"].shape == (n, len(ds.channels), 48, 48) and maps.arrays["gradcam"].shape == (n, 1, 48, 48)
+    attrs = maps.attrs
     assert attrs["ig"]["channels"] == list(ds.channels) and attrs["gradcam"]["channels"] == ["all"]
     assert attrs["d_ig"]["target"] == "counterfactual" and attrs["ig"]["target"] == "real"
     assert attrs["d_ig"]["signed"] is True and attrs["gradcam"]["resolves_channels"] is False
-    np.testing.assert_array_equal(ctx.artifacts["attributions"]["d_ig"], arrays["d_ig"])
     expected = attribute(trained_model, ds.images, ds.labels, "d_ig", counterfactuals=ds.counterfactuals,
                          counterfactual_target=ds.counterfactual_labels, n_steps=4)
-    np.testing.assert_allclose(arrays["d_ig"], expected.numpy(), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(maps.arrays["d_ig"], expected.numpy(), rtol=1e-5, atol=1e-7)
 
 
-def test_stage_skips_counterfactual_methods_without_counterfactuals(tiny_synthetic, trained_model, tmp_path):
+def test_stage_skips_counterfactual_methods_without_counterfactuals(tiny_synthetic, trained_model):
     from chanstat.attribution import stage
 
     ds = tiny_synthetic.subset(np.arange(3))
     ds.counterfactuals = None
     ds.counterfactual_labels = None
-    ctx = _context(ds, trained_model, tmp_path, {"methods": ["saliency", "d_ig", "residual"]})
-    info = stage.run(ctx)
+    ctx = _context(ds, trained_model, {"methods": ["saliency", "d_ig", "residual"]})
+    outputs = stage.per_image(ctx, SimpleNamespace(dataset=ds))
+    _, info = stage.whole_set(ctx, outputs)
     assert info["methods"] == ["saliency"]
     assert set(info["skipped"]) == {"d_ig", "residual"}
+
+
+# ---------------------------------------------------------------------------------------------
+# users' models: reused ReLUs (torchvision ResNets), state left as it was, other dtypes
+# ---------------------------------------------------------------------------------------------
+class BasicBlock(nn.Module):
+    """torchvision's BasicBlock shape: one ``self.relu`` called twice per forward."""
+
+    def __init__(self, channels: int, separate: bool = False) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.relu_out = nn.ReLU(inplace=True) if separate else self.relu
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu_out(out + x)
+
+
+class TinyResNet(nn.Module):
+    """ResNet-18 layout in miniature (stem, two basic blocks, average pool, fc); the stem's ReLU
+    module is the same object in every call site when ``separate`` is False."""
+
+    def __init__(self, separate: bool = False, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.conv1 = nn.Conv2d(C, 6, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(6)
+        self.relu = nn.ReLU(inplace=True)
+        self.layer1 = nn.Sequential(BasicBlock(6, separate), BasicBlock(6, separate))
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(6, 2)
+        for bn in (m for m in self.modules() if isinstance(m, nn.BatchNorm2d)):  # non-trivial eval statistics
+            bn.running_mean.uniform_(-0.2, 0.2)
+            bn.running_var.uniform_(0.5, 1.5)
+
+    def forward(self, x):
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer1(x)
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+@pytest.mark.parametrize("method", ["dl", "d_dl"])
+def test_deeplift_on_resnet_with_reused_relu(method):
+    shared, separate = TinyResNet(separate=False).eval(), TinyResNet(separate=True).eval()
+    separate.load_state_dict(shared.state_dict())
+    x, xc = images(3, 30), images(3, 31)
+    y, yc = torch.tensor([0, 1, 0]), torch.tensor([1, 0, 1])
+    maps = call(shared, method, x, xc, y, yc)
+    # the same numbers as the model written with one ReLU module per call
+    torch.testing.assert_close(maps, call(separate, method, x, xc, y, yc), atol=1e-6, rtol=1e-5)
+    # completeness (no max pooling): the maps sum to the change of the explained score
+    cls, ref, inp = (y, torch.zeros_like(x), x) if method == "dl" else (yc, x, xc)
+    with torch.no_grad():
+        gap = shared(inp).gather(1, cls[:, None])[:, 0] - shared(ref).gather(1, cls[:, None])[:, 0]
+    torch.testing.assert_close(maps.sum(dim=(1, 2, 3)), gap, atol=1e-5, rtol=1e-4)
+    assert all(m.inplace for m in shared.modules() if isinstance(m, nn.ReLU))  # the user's modules untouched
+
+
+def test_deeplift_treats_functional_relu_as_a_nonlinearity():
+    class Functional(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(2)
+            self.conv = nn.Conv2d(C, 4, 3, padding=1)
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc(torch.relu(self.conv(x)).mean(dim=(2, 3)))
+
+    model = Functional().eval()
+    x = images(2, 32)
+    maps = attribute(model, x, 1, "dl")
+    with torch.no_grad():
+        gap = model(x)[:, 1] - model(torch.zeros_like(x))[:, 1]
+    torch.testing.assert_close(maps.sum(dim=(1, 2, 3)), gap, atol=1e-5, rtol=1e-4)
+
+
+def _state(model: nn.Module) -> list:
+    return [
+        (name, m.training, len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks),
+         sorted(k for k in vars(m) if not k.startswith("_")),
+         [(p.dtype, p.requires_grad) for p in m.parameters(recurse=False)])
+        for name, m in model.named_modules()
+    ]
+
+
+@pytest.mark.parametrize("method", ["dl", "d_dl", "ig", "ggcam", "d_ggcam", "saliency", "pixelcam_grad"])
+def test_attribution_leaves_the_model_as_it_was(method):
+    model = TinyResNet(separate=method == "ggcam").train()
+    model.layer1[0].eval()  # mixed modes must come back exactly
+    model.fc.bias.requires_grad_(False)
+    before = _state(model)
+    x, xc = images(2, 33), images(2, 34)
+    opts = {"n_steps": 4} if method == "ig" else ({"steps": 2} if method == "pixelcam_grad" else {})
+    call(model, method, x, xc, torch.tensor([0, 1]), torch.tensor([1, 0]), **opts)
+    assert _state(model) == before
+
+
+def test_model_state_restored_after_an_error_inside_deeplift():
+    class FailsOnBatch(TinyResNet):
+        def forward(self, x):
+            out = super().forward(x)  # DeepLift's hooks have run (and stored tensors on the ReLUs)
+            if x.shape[0] > 2:  # DeepLift runs images and baselines together
+                raise RuntimeError("planted failure")
+            return out
+
+    model = FailsOnBatch(separate=True).train()  # one ReLU per call: runs on today's Captum too
+    model.layer1[1].eval()
+    before = _state(model)
+    with pytest.raises(Exception, match="planted failure"):
+        attribute(model, images(2, 35), 0, "dl")
+    assert _state(model) == before
+    assert model.training and not model.layer1[1].training
+
+
+@pytest.mark.parametrize("dtype, method", [
+    (torch.float16, "saliency"), (torch.float16, "dl"), (torch.float16, "d_dl"), (torch.float16, "pixelcam_grad"),
+    (torch.bfloat16, "saliency"), (torch.float64, "saliency"), (torch.float64, "d_dl"),
+])
+def test_model_in_another_dtype_gets_inputs_in_its_dtype(dtype, method):
+    model = conv_model(seed=7)
+    x, xc = images(2, 36), images(2, 39)
+    opts = {"steps": 2} if method == "pixelcam_grad" else {}
+    expected = call(model, method, x, xc, torch.tensor([1, 0]), torch.tensor([0, 1]), **opts)
+    model = model.to(dtype)
+    maps = call(model, method, x, xc, torch.tensor([1, 0]), torch.tensor([0, 1]), **opts)
+    assert maps.dtype == torch.float32 and bool(torch.isfinite(maps).all())
+    assert all(p.dtype == dtype for p in model.parameters())  # DeepLift runs in float32, then casts back
+    relative_error = float((maps - expected).norm() / expected.norm())
+    assert relative_error < {torch.float64: 1e-5, torch.float16: 0.03, torch.bfloat16: 0.15}[dtype]  # bf16: 8-bit mantissa
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("n_steps", 2.7, "n_steps must be a whole number"),
+    ("n_steps", 0, "n_steps must be a whole number"),
+    ("steps_per_pass", 1.5, "steps_per_pass must be a whole number"),
+    ("baselines", float("nan"), "baselines must be a finite"),
+    ("baselines", float("inf"), "baselines must be a finite"),
+])
+def test_invalid_method_options_are_errors_not_rounded(option, value, message):
+    model = linear_model()
+    with pytest.raises(ValueError, match=message):
+        attribute(model, images(2, 37), 0, "ig", **{option: value})
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("-inf")])
+def test_deeplift_refuses_a_non_finite_baseline(value):
+    with pytest.raises(ValueError, match="baselines must be a finite"):
+        attribute(linear_model(), images(2, 38), 0, "dl", baselines=value)
+
+
+def test_deeplift_on_an_untraceable_model_with_a_reused_relu_says_what_to_change():
+    class Untraceable(TinyResNet):
+        def forward(self, x):
+            if bool((x.detach() < -1).all()):  # data-dependent control flow: torch.fx cannot trace this
+                x = -x
+            return super().forward(x)
+
+    with pytest.raises(ValueError, match="reuses one and torch.fx could not trace it"):
+        attribute(Untraceable().eval(), images(2, 40), 0, "dl")

@@ -13,22 +13,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from chanstat.compute import (
-    ComputeConfig,
-    Shard,
-    ShardsFailed,
-    ShardStore,
-    check_plan,
-    load_context,
-    merge_arrays,
-    merge_tables,
-    plan_shards,
-    run_shards,
-    run_sharded,
-    sharded_stage_names,
-)
-from chanstat.compute.worker import model_loads_here
-from chanstat.io import read_arrays, read_json, write_arrays, write_table
+from chanstat import pipeline
+from chanstat.compute import ComputeConfig, ModelSource, Shard, ShardsFailed, ShardStore, check_plan, plan_shards, run_parts, run_shards
+from chanstat.context import Classifier, PartTask
+from chanstat.io import read_arrays, read_group_attrs, read_json, write_table
+from chanstat.rundir import RunDirectory
+from chanstat.stage import Arrays, merge_parts
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,35 +43,31 @@ CONFIG = {
 def base_run(tmp_path_factory):
     import torch
 
-    from chanstat.data import stage as data_stage
-    from chanstat.models import VGGClassifier, save_checkpoint
-    from chanstat.pipeline import RunContext
+    from chanstat.models import VGGClassifier
 
     out = tmp_path_factory.mktemp("compute") / "base"
-    out.mkdir()
-    ctx = RunContext(config=copy.deepcopy(CONFIG), out=out, seed=0, device=torch.device("cpu"), progress=False)
-    data_stage.run(ctx)
+    ctx = pipeline.context(CONFIG, out)
+    pipeline.run_stage("data", ctx)
     torch.manual_seed(0)
     model = VGGClassifier(len(ctx.dataset.channels), len(ctx.dataset.classes), widths=(8, 16)).eval()
-    save_checkpoint(out / "model.pt", model, ctx.dataset.channels, ctx.dataset.classes)
+    ctx.run.write("model", Classifier(model, list(ctx.dataset.channels), list(ctx.dataset.classes)))
     return out
 
 
-def fresh_context(base_run: Path, tmp_path: Path, name: str):
+def fresh_context(base_run: Path, tmp_path: Path, name: str, compute: dict | None = None):
     target = tmp_path / name
     shutil.copytree(base_run, target)
-    return load_context(target, config=copy.deepcopy(CONFIG), device="cpu")
+    config = copy.deepcopy(CONFIG)
+    if compute is not None:
+        config["compute"] = compute
+    return pipeline.context(config, target)
 
 
 @pytest.fixture(scope="module")
 def single(base_run, tmp_path_factory):
     """The attribution, dac and metrics stages run the ordinary way (one process)."""
-    from chanstat.attribution import stage as attribution_stage
-    from chanstat.dac import stage as dac_stage
-    from chanstat.metrics import stage as metrics_stage
-
     ctx = fresh_context(base_run, tmp_path_factory.mktemp("single"), "run")
-    infos = {"attribution": attribution_stage.run(ctx), "dac": dac_stage.run(ctx), "metrics": metrics_stage.run(ctx)}
+    infos = {name: pipeline.run_stage(name, ctx) for name in ("attribution", "dac", "metrics")}
     return ctx, infos
 
 
@@ -92,6 +78,7 @@ def assert_same_outputs(a: Path, b: Path, tables=(), groups=()) -> None:
         arrays_a, attrs_a = read_arrays(a / name)
         arrays_b, attrs_b = read_arrays(b / name)
         assert list(arrays_a) == list(arrays_b)
+        assert read_group_attrs(a / name) == read_group_attrs(b / name)
         for key in arrays_a:
             np.testing.assert_array_equal(arrays_a[key], arrays_b[key], err_msg=f"{name}/{key}")
             assert attrs_a[key] == attrs_b[key]
@@ -141,15 +128,14 @@ def test_bad_plans_are_refused(kwargs, message):
 
 def test_compute_config_checks_its_keys():
     assert ComputeConfig.from_section({"scheduler": "sync", "n_workers": 2}).n_workers == 2
-    with pytest.raises(ValueError, match="unknown keys"):
+    with pytest.raises(ValueError, match="schedular"):
         ComputeConfig.from_section({"schedular": "local"})
     with pytest.raises(ValueError, match="shard_by"):
         ComputeConfig.from_section({"shard_by": "site"})
     with pytest.raises(ValueError, match="n_workers"):
         ComputeConfig.from_section({"n_workers": 0})
-    assert sharded_stage_names({"compute": {"stages": ["dac"]}}) == ["dac"]
-    assert sharded_stage_names({"compute": {}}) == ["attribution", "dac", "metrics"]
-    assert sharded_stage_names({"compute": {"enabled": False}}) == [] == sharded_stage_names({})
+    assert ComputeConfig.from_section({"stages": "dac"}).stages == ["dac"]
+    assert ComputeConfig.from_section({}).stages == ["attribution", "dac", "metrics"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,8 +171,7 @@ def test_partial_run_then_resume_computes_only_missing_shards(tmp_path):
     second = run_shards(task, shards, store, "fp")
     assert second.skipped == ["00000", "00001"] and second.computed == ["00002", "00003", "00004"]
     assert sorted(calls(tmp_path / "calls.txt")) == [s.shard_id for s in shards]  # each exactly once
-    merged = merge_tables([store.part_dir(s.shard_id) / "values.parquet" for s in shards], shards)
-    np.testing.assert_array_equal(merged["sample"], np.arange(20))
+    merged = pd.concat([pd.read_parquet(store.part_dir(s.shard_id) / "values.parquet") for s in shards])
     np.testing.assert_array_equal(merged["value"], np.arange(20.0) ** 2)
     manifest = read_json(store.root / "manifest.json")
     assert manifest["done"] == [s.shard_id for s in shards] and len(manifest["runs"]) == 2
@@ -247,29 +232,20 @@ def test_changed_fingerprint_discards_old_parts(tmp_path):
     assert report.skipped == [] and report.computed == ["00000", "00001"]
 
 
-def test_merge_of_interleaved_shards_puts_rows_back(tmp_path):
-    shards = [Shard("00000", (0, 2, 4)), Shard("00001", (1, 3))]
-    rows = np.arange(5 * 6, dtype=np.float32).reshape(5, 2, 3)
-    for shard in shards:
-        part = tmp_path / shard.shard_id
-        write_arrays(part / "maps.zarr", {"m": rows[shard.index_array]}, attrs={"m": {"channels": ["a", "b"]}},
-                     group_attrs={"methods": ["m"]}, mode="w")
-        local = np.arange(len(shard))
-        write_arrays(part / "masks.zarr", {"k": rows[shard.index_array][::-1]},
-                     attrs={"k": {"samples": local[::-1].tolist()}}, mode="w")
-        write_table(pd.DataFrame({"method": ["x"] * len(shard) + ["y"] * len(shard), "sample": np.r_[local, local]}),
-                    part / "t.parquet")
-    merge_arrays([tmp_path / s.shard_id / "maps.zarr" for s in shards], shards, tmp_path / "maps.zarr", 5)
-    merge_arrays([tmp_path / s.shard_id / "masks.zarr" for s in shards], shards, tmp_path / "masks.zarr", 5)
-    maps, attrs = read_arrays(tmp_path / "maps.zarr")
-    np.testing.assert_array_equal(maps["m"], rows)
-    assert attrs["m"]["channels"] == ["a", "b"]
-    masks, attrs = read_arrays(tmp_path / "masks.zarr")
-    np.testing.assert_array_equal(masks["k"], rows)  # sorted by data-set sample
-    assert attrs["k"]["samples"] == [0, 1, 2, 3, 4]
-    table = merge_tables([tmp_path / s.shard_id / "t.parquet" for s in shards], shards, ("method", "sample"))
-    assert table["method"].tolist() == ["x"] * 5 + ["y"] * 5
-    assert table["sample"].tolist() == [0, 1, 2, 3, 4] * 2
+def test_merge_parts_puts_rows_back_in_schema_order():
+    first = {"dac_scores": pd.DataFrame({"sample": [0, 2, 0, 2], "method": ["x", "x", "y", "y"], "strategy": "a",
+                                         "channel": "all", "dac": [0.0, 2.0, 10.0, 12.0]}),
+             "attributions": Arrays({"m": np.zeros((2, 1, 2, 2))}, attrs={"m": {"channels": ["all"]}})}
+    second = {"dac_scores": pd.DataFrame({"sample": [1, 1], "method": ["x", "y"], "strategy": "a", "channel": "all",
+                                          "dac": [1.0, 11.0]}),
+              "attributions": Arrays({"m": np.ones((1, 1, 2, 2))})}
+    merged = merge_parts([first, second])
+    scores = merged["dac_scores"]
+    assert scores["method"].tolist() == ["x", "x", "x", "y", "y", "y"]  # method, strategy, sample
+    assert scores["sample"].tolist() == [0, 1, 2, 0, 1, 2] and scores["dac"].tolist() == [0, 1, 2, 10, 11, 12]
+    maps = merged["attributions"]
+    assert maps.arrays["m"].shape == (3, 1, 2, 2) and maps.attrs["m"] == {"channels": ["all"]}
+    assert merge_parts([first]) is not first and merge_parts([first])["dac_scores"] is first["dac_scores"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,97 +253,97 @@ def test_merge_of_interleaved_shards_puts_rows_back(tmp_path):
 # ---------------------------------------------------------------------------------------------
 def test_sharded_stages_on_a_local_cluster_match_one_process(single, base_run, tmp_path):
     ctx_single, infos = single
-    ctx = fresh_context(base_run, tmp_path, "sharded")
-    local = {"scheduler": "local", "n_workers": 2, "processes": False, "shard_size": 5, "shard_by": "well"}
-    info_attr = run_sharded(ctx, "attribution", config=local)
+    local = {"scheduler": "local", "n_workers": 2, "processes": False, "shard_size": 5, "shard_by": "well",
+             "stages": ["attribution"]}
+    ctx = fresh_context(base_run, tmp_path, "sharded", compute=local)
+    info_attr = pipeline.run_stage("attribution", ctx)
     assert info_attr["compute"]["scheduler"] == "dask" and info_attr["compute"]["n_workers"] == 2
     assert info_attr["compute"]["n_computed"] == info_attr["compute"]["n_shards"] >= 3
     assert info_attr["methods"] == infos["attribution"]["methods"]
     assert_same_outputs(ctx_single.out, ctx.out, groups=["attributions.zarr"])
-    assert list(ctx.artifacts["attributions"]) == list(ctx_single.artifacts["attributions"])  # same order
-    for method, maps in ctx_single.artifacts["attributions"].items():
-        np.testing.assert_array_equal(ctx.artifacts["attributions"][method], maps)
 
-    info_dac = run_sharded(ctx, "dac", config={**local, "shard_by": "index", "shard_size": 4})
-    assert_same_outputs(ctx_single.out, ctx.out, tables=["dac_curves.parquet", "dac_scores.parquet", "dac_sweep.parquet"],
-                        groups=["dac_masks.zarr"])
-    for key in ("methods", "strategies", "n_pairs", "hybrids", "forward_passes", "mean_dac"):
+    ctx.config["compute"] = {**local, "shard_by": "index", "shard_size": 4, "stages": ["dac"]}
+    info_dac = pipeline.run_stage("dac", ctx)
+    assert info_dac["compute"]["n_shards"] == 4  # the 14 pairs of max_samples
+    assert_same_outputs(ctx_single.out, ctx.out, tables=["dac_curves.parquet", "dac_scores.parquet"], groups=["dac_masks.zarr"])
+    sweep_single, sweep = (pd.read_parquet(p / "dac_sweep.parquet") for p in (ctx_single.out, ctx.out))
+    pd.testing.assert_frame_equal(sweep_single, sweep, check_exact=True)
+    for key in ("methods", "strategies", "n_pairs", "mean_dac", "sweep_mean_dac"):
         assert info_dac[key] == infos["dac"][key], key
-    assert info_dac["sweep"] == infos["dac"]["sweep"]
-    pd.testing.assert_frame_equal(ctx.artifacts["dac_scores"], ctx_single.artifacts["dac_scores"])
     assert not (ctx.out / "shards").exists()  # merged, then removed
 
 
 def test_sharded_metrics_match_one_process(single, base_run, tmp_path):
     ctx_single, infos = single
-    ctx = fresh_context(base_run, tmp_path, "metrics")
+    ctx = fresh_context(base_run, tmp_path, "metrics", compute={"scheduler": "sync", "shard_size": 3, "stages": ["metrics"]})
     shutil.copytree(ctx_single.out / "attributions.zarr", ctx.out / "attributions.zarr")
-    ctx.artifacts["attributions"] = dict(ctx_single.artifacts["attributions"])
-    info = run_sharded(ctx, "metrics", config={"scheduler": "sync", "shard_size": 3})
+    info = pipeline.run_stage("metrics", ctx)
     assert info["compute"]["n_shards"] == 3  # the 8 faithfulness images
     assert_same_outputs(ctx_single.out, ctx.out,
                         tables=["localisation.parquet", "faithfulness.parquet", "faithfulness_curves.parquet"])
     assert info["pxap_all"] == infos["metrics"]["pxap_all"]
-    assert info["faithfulness"]["methods"] == infos["metrics"]["faithfulness"]["methods"]
+    assert info["faithfulness"] == infos["metrics"]["faithfulness"]
 
 
-def test_interrupted_stage_resumes_only_missing_shards_with_same_result(single, base_run, tmp_path):
+def _attribution_task(ctx):
+    model = ModelSource.from_checkpoint(ctx.run.file("model"))
+    return PartTask(stage="chanstat.attribution.stage:STAGE", run_dir=str(ctx.out), config=ctx.config,
+                    config_dir=str(ctx.config_dir), seed=0, quick=False, device="cpu", model=model), model
+
+
+def test_interrupted_stage_resumes_only_missing_shards_with_same_result(single, base_run, tmp_path, monkeypatch):
     ctx_single, _ = single
     ctx = fresh_context(base_run, tmp_path, "resumed")
-    config = {"scheduler": "sync", "shard_size": 4}
-    loads = model_loads_here()
-    partial = run_sharded(ctx, "attribution", config=config, only=["00000", "00002"])
-    assert partial["merged"] is False and partial["compute"]["n_computed"] == 2
-    assert model_loads_here() == loads + 1  # the model is loaded once per worker, not per shard
-    assert not (ctx.out / "attributions.zarr").exists()
-    # a resumed pipeline re-runs the model stage: the same weights saved again (torch.save is
-    # not byte-for-byte reproducible) must not invalidate the committed shards
+    loads = []
+    original = ModelSource._load
+    monkeypatch.setattr(ModelSource, "_load", lambda self, device: loads.append(1) or original(self, device))
+    task, model = _attribution_task(ctx)
+    rows = np.arange(len(ctx.dataset))
+    settings = ComputeConfig(scheduler="sync", shard_size=4)
+    store = ctx.out / "shards" / "attribution"
+    parts, partial = run_parts(task, rows, settings, store, key="k" + model.digest, read=PartTask.read, only=["00000", "00002"])
+    assert parts == [] and partial["merged"] is False and partial["n_computed"] == 2
+    assert len(loads) == 1  # the model is loaded once per worker, not per shard
+    # the same weights saved again (torch.save is not byte-for-byte reproducible) keep the shards valid
     from chanstat.models import load_checkpoint, save_checkpoint
 
     saved = load_checkpoint(ctx.out / "model.pt")
     save_checkpoint(ctx.out / "model.pt", saved.model, saved.channels, saved.classes)
-    full = run_sharded(ctx, "attribution", config=config)
-    n_shards = full["compute"]["n_shards"]
-    assert full["compute"]["n_skipped"] == 2 and full["compute"]["n_computed"] == n_shards - 2
-    assert_same_outputs(ctx_single.out, ctx.out, groups=["attributions.zarr"])
-
-
-def test_changed_inputs_invalidate_committed_shards(base_run, tmp_path):
-    """Other counterfactuals in dataset.zarr (e.g. another provider) between the interrupted run
-    and its re-run: the committed shards are stale and everything is recomputed."""
-    ctx = fresh_context(base_run, tmp_path, "stale")
-    config = {"scheduler": "sync", "shard_size": 12}
-    run_sharded(ctx, "attribution", config=config, only=["00000"])
-    arrays, _ = read_arrays(ctx.out / "dataset.zarr", ["counterfactuals"])
-    write_arrays(ctx.out / "dataset.zarr", {"counterfactuals": arrays["counterfactuals"][::-1].copy()})
-    info = run_sharded(ctx, "attribution", config=config)
-    assert info["compute"]["n_skipped"] == 0 and info["compute"]["n_computed"] == 2
+    task, model = _attribution_task(ctx)
+    parts, full = run_parts(task, rows, settings, store, key="k" + model.digest, read=PartTask.read)
+    assert full["n_skipped"] == 2 and full["n_computed"] == full["n_shards"] - 2
+    merged = merge_parts(parts)["attributions"]
+    expected = RunDirectory(ctx_single.out).arrays("attributions")
+    assert list(merged.arrays) == list(expected.arrays)
+    for method, maps in expected.arrays.items():
+        np.testing.assert_array_equal(merged.arrays[method], maps)
 
 
 def test_failed_stage_shards_are_reported(base_run, tmp_path):
-    ctx = fresh_context(base_run, tmp_path, "fails")
-    ctx.config["attribution"]["methods"] = ["no_such_method"]
-    with pytest.raises(ShardsFailed, match="unknown attribution method 'no_such_method'"):
-        run_sharded(ctx, "attribution", config={"scheduler": "sync", "shard_size": 12, "retries": 1})
+    ctx = fresh_context(base_run, tmp_path, "fails", compute={"scheduler": "sync", "shard_size": 12, "retries": 1,
+                                                              "stages": ["attribution"]})
+    ctx.config["attribution"]["batch_size"] = -3  # invalid past validation: every shard fails in attribute()
+    with pytest.raises(ShardsFailed, match="batch_size"):
+        pipeline.run_stage("attribution", ctx)
     manifest = read_json(ctx.out / "shards" / "attribution" / "manifest.json")
     assert sorted(manifest["failed"]) == ["00000", "00001"] and manifest["done"] == []
 
 
-def test_run_sharded_refuses_unknown_stage_and_missing_run_files(base_run, tmp_path):
-    ctx = fresh_context(base_run, tmp_path, "errors")
-    with pytest.raises(ValueError, match="cannot run sharded"):
-        run_sharded(ctx, "report", config={"scheduler": "sync"})
-    (ctx.out / "meta.parquet").unlink()
-    with pytest.raises(FileNotFoundError, match="meta.parquet"):
-        run_sharded(ctx, "attribution", config={"scheduler": "sync"})
+def test_compute_imports_neither_the_pipeline_nor_any_stage():
+    import ast
+
+    for path in (ROOT / "chanstat" / "compute").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                assert name != "chanstat.pipeline" and not name.endswith(".stage") and name != "chanstat.context", (path, name)
 
 
 def test_example_config_has_a_compute_section():
-    import tomllib
-
-    config = tomllib.loads((ROOT / "analyses" / "sharded.toml").read_text())
+    config = pipeline.load_config(ROOT / "analyses" / "sharded.toml")[0]
     compute = ComputeConfig.from_section(config["compute"])
-    assert compute.stages and set(compute.stages) <= {"attribution", "dac", "metrics"}
+    assert compute.stages and set(compute.stages) <= {"attribution", "dac", "metrics", "decompose"}
     assert json.dumps(compute.to_dict())
 
 
@@ -375,25 +351,15 @@ def test_example_config_has_a_compute_section():
 def test_one_worker_per_gpu_gives_the_cpu_maps(single, base_run, tmp_path):
     import torch
 
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA device")
     from chanstat.compute import default_n_workers
 
+    assert torch.cuda.is_available(), "the gpu tests need a CUDA device"
     ctx_single, _ = single
-    ctx = fresh_context(base_run, tmp_path, "gpu")
-    info = run_sharded(ctx, "attribution", config={"scheduler": "local", "shard_size": 6, "device": "cuda"})
+    ctx = fresh_context(base_run, tmp_path, "gpu", compute={"scheduler": "local", "shard_size": 6, "device": "cuda",
+                                                            "stages": ["attribution"]})
+    info = pipeline.run_stage("attribution", ctx)
     assert info["compute"]["n_workers"] == default_n_workers() == torch.cuda.device_count()
-    for method, maps in ctx_single.artifacts["attributions"].items():
-        if method != "random":  # random maps are seeded per image on the CPU: identical anyway
-            np.testing.assert_allclose(ctx.artifacts["attributions"][method], maps, rtol=1e-3, atol=1e-5)
-
-
-def test_metrics_with_pixelcam_runs_in_one_process(single, base_run, tmp_path):
-    """A PixelCAM head is trained on every image: nothing to shard, and the run says so."""
-    ctx_single, _ = single
-    ctx = fresh_context(base_run, tmp_path, "pixelcam")
-    shutil.copytree(ctx_single.out / "attributions.zarr", ctx.out / "attributions.zarr")
-    ctx.config["metrics"] = {**CONFIG["metrics"], "faithfulness_images": 0, "pixelcam": {"steps": 2}}
-    info = run_sharded(ctx, "metrics", config={"scheduler": "sync"})
-    assert info["compute"]["sharded"] is False and "pixelcam" in info["compute"]["reason"]
-    assert (ctx.out / "localisation.parquet").exists()
+    expected = RunDirectory(ctx_single.out).arrays("attributions").arrays
+    got = RunDirectory(ctx.out).arrays("attributions").arrays
+    for method, maps in expected.items():
+        np.testing.assert_allclose(got[method], maps, rtol=1e-3, atol=1e-5)

@@ -1,6 +1,8 @@
 """Counterfactual providers: shapes, targets, quality table, flip rates, file validation, stage."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -108,7 +110,7 @@ def test_quality_table_recomputes_distance_share_and_flip():
 
 
 def test_registry_and_option_errors():
-    assert set(PROVIDERS) == {"oracle", "from_files", "nearest", "optimise"}
+    assert set(PROVIDERS) == {"oracle", "from_files", "nearest", "optimise", "generator"}
     with pytest.raises(ValueError, match="unknown counterfactual provider 'magic'"):
         get_provider("magic")
     with pytest.raises(ValueError, match=r"does not take options \['l2'\]"):
@@ -145,7 +147,9 @@ def test_oracle_needs_counterfactuals():
 
 def test_nearest_is_the_closest_target_image_in_embedding(tiny_synthetic, trained_model):
     s = tiny_synthetic
-    res = generate_counterfactuals(s, "nearest", model=trained_model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the loose mode may warn about its flip rate
+        res = generate_counterfactuals(s, "nearest", model=trained_model, require_predicted=False)
     assert res.counterfactuals.shape == s.images.shape
     with torch.no_grad():
         feats = trained_model.embed(s.images).numpy()
@@ -163,14 +167,53 @@ def test_nearest_is_the_closest_target_image_in_embedding(tiny_synthetic, traine
     with torch.no_grad():
         on_neighbours = (trained_model(s.images[neighbour]).argmax(1) == res.target_labels).float().mean().item()
     assert res.summary["flip_rate"].iloc[0] == pytest.approx(on_neighbours)
-    # restricting candidates to images the classifier assigns to the target makes every pair flip
-    strict = generate_counterfactuals(s, "nearest", model=trained_model, require_predicted=True)
+    assert res.info["flip_rate"] == pytest.approx(on_neighbours)
+    assert res.info["n_distinct_neighbours"] == len(np.unique(neighbour))
+    # the default restricts candidates to images the classifier assigns to the target: every pair flips
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        strict = generate_counterfactuals(s, "nearest", model=trained_model)
     assert strict.summary["flip_rate"].iloc[0] == 1.0
+
+
+def _decoy_set() -> ImageSet:
+    """Six control images (Mito 0.40) and two treated: a misclassified decoy (Mito 0.45, the
+    nearest treated image to every control) and a correctly classified one (Mito 0.80)."""
+    s = small_set(n=8)
+    labels = np.array([0, 0, 0, 0, 0, 0, 1, 1])
+    images = s.images.clone()
+    images[:, 4] = torch.as_tensor([0.40, 0.401, 0.402, 0.403, 0.404, 0.405, 0.45, 0.80])[:, None, None]
+    return ImageSet(images, s.channels, labels, s.classes, s.meta)
+
+
+def test_nearest_defaults_to_neighbours_the_classifier_puts_in_the_target_class():
+    s = _decoy_set()
+    model = MitoMeanModel()  # predicts treated iff mean Mito > 0.5: the decoy is misclassified
+    with pytest.warns(UserWarning, match="repeat"):  # 8 images, 2 distinct neighbours
+        res = generate_counterfactuals(s, "nearest", model=model, space="embed")
+    neighbour = res.quality.drop_duplicates("sample")["neighbour"].to_numpy()
+    assert (neighbour[:6] == 7).all()  # not the nearer decoy 6
+    assert res.info["flip_rate"] == 1.0 and res.summary["flip_rate"].iloc[0] == 1.0
+    assert res.info["n_distinct_neighbours"] == len(np.unique(neighbour)) == 2
+    assert res.info["max_neighbour_reuse"] == 6
+
+
+def test_nearest_warns_about_a_low_flip_rate():
+    s = _decoy_set()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = generate_counterfactuals(s, "nearest", model=MitoMeanModel(), require_predicted=False)
+    messages = " | ".join(str(w.message) for w in caught)
+    assert "only 25% of the 8 neighbours" in messages and "8 images share 2 distinct neighbours" in messages
+    neighbour = res.quality.drop_duplicates("sample")["neighbour"].to_numpy()
+    assert (neighbour[:6] == 6).all()  # the decoy, nearest in the embedding
+    assert res.info["flip_rate"] == pytest.approx(2 / 8)
 
 
 def test_nearest_within_groups_and_pixel_space():
     s = small_set(n=8)
-    res = generate_counterfactuals(s, "nearest", model=MitoMeanModel(), space="pixels", match=["Metadata_Plate"])
+    res = generate_counterfactuals(s, "nearest", model=MitoMeanModel(), space="pixels", match=["Metadata_Plate"],
+                                   require_predicted=False)  # every target-class image of the plate is a candidate
     q = res.quality.drop_duplicates("sample")
     flat = s.images.reshape(len(s), -1).numpy()
     plates = s.meta["Metadata_Plate"].to_numpy()
@@ -246,14 +289,23 @@ def test_step_size_table_errors():
 # ---------------------------------------------------------------- from_files
 
 
-def _write_csv(tmp_path, arrays, index, targets=None, channels=CHANNELS, drop=None):
+def keyed_set(n=6, seed=0) -> ImageSet:
+    """small_set whose images are told apart by (plate, well, site)."""
+    s = small_set(n=n, seed=seed)
+    meta = s.meta.copy()
+    meta["Metadata_Site"] = np.arange(n)
+    return ImageSet(s.images, s.channels, s.labels, s.classes, meta)
+
+
+def _write_csv(tmp_path, arrays, meta, targets=None, channels=CHANNELS, drop=None):
+    """A LoadData-style counterfactual CSV: one row per array, keyed by the rows of ``meta``."""
     import tifffile
 
     folder = tmp_path / "cf_images"
     folder.mkdir(exist_ok=True)
     rows = []
-    for row, (arr, i) in enumerate(zip(arrays, index)):
-        rec = {"Metadata_Sample": int(i)}
+    for row, arr in enumerate(arrays):
+        rec = {k: meta.iloc[row][k] for k in ("Metadata_Plate", "Metadata_Well", "Metadata_Site")}
         for ci, ch in enumerate(channels):
             name = f"cf{row}_{ch}.tiff"
             tifffile.imwrite(folder / name, arr[ci])
@@ -270,16 +322,48 @@ def _write_csv(tmp_path, arrays, index, targets=None, channels=CHANNELS, drop=No
     return path
 
 
-def test_from_files_csv_pairs_by_index(tmp_path):
-    s = small_set(n=6)
+def test_from_files_csv_pairs_by_metadata_keys(tmp_path):
+    s = keyed_set(n=6)
     cf = np.random.default_rng(3).random(s.images.shape, dtype=np.float32)
     order = np.array([3, 0, 5, 1, 4, 2])
     targets = [s.classes[1 - int(s.labels[i])] for i in order]
-    path = _write_csv(tmp_path, cf[order], order, targets)
+    path = _write_csv(tmp_path, cf[order], s.meta.iloc[order], targets)
     res = generate_counterfactuals(s, "from_files", path=path)
     np.testing.assert_array_equal(res.counterfactuals.numpy(), cf)
     assert res.target_labels.tolist() == (1 - s.labels).tolist()
     assert np.isnan(res.summary["flip_rate"].iloc[0])  # no model given
+
+
+def test_from_files_pairs_a_shuffled_subset(tmp_path):
+    s = keyed_set(n=6)
+    cf = np.random.default_rng(6).random(s.images.shape, dtype=np.float32)
+    targets = [s.classes[1 - int(k)] for k in s.labels]
+    path = _write_csv(tmp_path, cf, s.meta, targets)  # counterfactuals of all six images, in order
+    picked = [4, 1, 3]
+    subset = s.subset(picked)  # fewer images, another order: row numbers no longer pair
+    res = generate_counterfactuals(subset, "from_files", path=path)
+    np.testing.assert_array_equal(res.counterfactuals.numpy(), cf[picked])
+    assert res.target_labels.tolist() == (1 - s.labels[picked]).tolist()
+    # arrays with a key table pair the same way
+    np.save(tmp_path / "cf.npy", cf)
+    s.meta.to_csv(tmp_path / "keys.csv", index=False)
+    res = generate_counterfactuals(subset, "from_files", path=tmp_path / "cf.npy", key_table=tmp_path / "keys.csv")
+    np.testing.assert_array_equal(res.counterfactuals.numpy(), cf[picked])
+
+
+def test_from_files_keys_must_identify_images(tmp_path):
+    s = small_set(n=4)  # images 0 and 1 share plate, well and site
+    good = np.zeros(s.images.shape, np.float32)
+    path = _write_csv(tmp_path, good, s.meta)
+    with pytest.raises(CounterfactualFileError, match="do not identify the images uniquely"):
+        generate_counterfactuals(s, "from_files", path=path)
+    k = keyed_set(n=4)
+    path = _write_csv(tmp_path, good[:3], k.meta.iloc[:3])
+    with pytest.raises(CounterfactualFileError, match="1 of 4 images have no counterfactual"):
+        generate_counterfactuals(k, "from_files", path=path)
+    path = _write_csv(tmp_path, good, k.meta, drop=["Metadata_Plate", "Metadata_Well", "Metadata_Site"])
+    with pytest.raises(CounterfactualFileError, match="share no Metadata_"):
+        generate_counterfactuals(k, "from_files", path=path)
 
 
 def test_from_files_npy_and_zarr(tmp_path):
@@ -318,15 +402,13 @@ def test_from_files_validation_errors(tmp_path):
         pair_counterfactuals(s, good, targets=["treated", "control", "mutant", "control"])
     with pytest.raises(CounterfactualFileError, match="target their real image's own class"):
         pair_counterfactuals(s, good, targets=["control", "control", "control", "control"])
-    path = _write_csv(tmp_path, good, range(4), drop=["FileName_OrigMito", "PathName_OrigMito"])
+    k = keyed_set(n=4)
+    path = _write_csv(tmp_path, good, k.meta, drop=["FileName_OrigMito", "PathName_OrigMito"])
     with pytest.raises(CounterfactualFileError, match=r"lacks FileName_Orig<Channel> columns for channels \['Mito'\]"):
-        generate_counterfactuals(s, "from_files", path=path)
-    path = _write_csv(tmp_path, good, range(4), drop=["Metadata_Sample"])
-    with pytest.raises(CounterfactualFileError, match="no index column 'Metadata_Sample'"):
-        generate_counterfactuals(s, "from_files", path=path)
-    path = _write_csv(tmp_path, good[..., :8, :], range(4))
+        generate_counterfactuals(k, "from_files", path=path)
+    path = _write_csv(tmp_path, good[..., :8, :], k.meta)
     with pytest.raises(CounterfactualFileError, match="are 8x10"):
-        generate_counterfactuals(s, "from_files", path=path)
+        generate_counterfactuals(k, "from_files", path=path)
     with pytest.raises(FileNotFoundError):
         generate_counterfactuals(s, "from_files", path=tmp_path / "missing.csv")
 
@@ -334,28 +416,33 @@ def test_from_files_validation_errors(tmp_path):
 # ---------------------------------------------------------------- stage
 
 
-def test_stage_replaces_counterfactuals_and_writes_quality(tmp_path):
+def _stage_context(section: dict, dataset, model, config_dir=None):
+    from types import SimpleNamespace
+
+    from chanstat.counterfactual.stage import CounterfactualConfig
+
+    validated = CounterfactualConfig(**section).model_dump()
+    resolve = (lambda p: config_dir / p) if config_dir is not None else (lambda p: p)
+    return SimpleNamespace(section=lambda name: validated, dataset=dataset, model=model, device="cpu",
+                           progress=False, seed=0, resolve_path=resolve)
+
+
+def test_stage_replaces_counterfactuals_and_reports_quality():
     from chanstat.counterfactual import stage
-    from chanstat.io import read_arrays, read_table, write_arrays
-    from chanstat.pipeline import RunContext
 
     s = small_set(n=6, with_cf=True)
-    write_arrays(tmp_path / "dataset.zarr", {"images": s.images.numpy(), "counterfactuals": s.counterfactuals.numpy()},
-                 group_attrs={"channels": CHANNELS}, mode="w")
-    config = {"counterfactual": {"provider": "optimise", "batch_size": 4,
-                                 "optimise": {"l1": 0.0, "tv": 0.0, "lr": 0.05, "max_steps": 30, "confidence": 0.6},
-                                 "nearest": {"metric": "cosine"}}}
-    ctx = RunContext(config=config, out=tmp_path, dataset=s, model=MitoMeanModel(k=8.0), progress=False)
-    info = stage.run(ctx)
+    section = {"provider": "optimise", "optimise": {"l1": 0.0, "tv": 0.0, "lr": 0.05, "max_steps": 30,
+                                                    "confidence": 0.6, "batch_size": 4},
+               "nearest": {"metric": "cosine"}}
+    outputs, info = stage.whole_set(_stage_context(section, s, MitoMeanModel(k=8.0)), {})
     assert info["provider"] == "optimise" and info["n_samples"] == 6
-    q = read_table(tmp_path / "counterfactual_quality.parquet")
+    q = outputs["counterfactual_quality"]
     assert set(QUALITY_COLUMNS) <= set(q.columns) and len(q) == 6 * 5
-    assert len(read_table(tmp_path / "counterfactual_summary.parquet")) == 5
-    arrays, _ = read_arrays(tmp_path / "dataset.zarr", ["counterfactuals", "oracle_counterfactuals"])
-    np.testing.assert_array_equal(arrays["counterfactuals"], ctx.dataset.counterfactuals.numpy())
-    np.testing.assert_array_equal(arrays["oracle_counterfactuals"], s.counterfactuals.numpy())
-    assert not torch.equal(ctx.dataset.counterfactuals, s.counterfactuals)
-    assert ctx.artifacts["counterfactual_quality"] is not None
+    assert len(outputs["counterfactual_summary"]) == 5
+    new = outputs["dataset"]
+    np.testing.assert_array_equal(outputs["oracle_counterfactuals"].arrays["counterfactuals"], s.counterfactuals.numpy())
+    assert not torch.equal(new.counterfactuals, s.counterfactuals)
+    assert torch.equal(new.images, s.images)
 
 
 # ---------------------------------------------------------------- comparing runs
@@ -404,17 +491,29 @@ def test_compare_runs_dominant_agreement_and_dac_difference(tmp_path):
 
 def test_stage_from_files_resolves_paths_against_the_config(tmp_path):
     from chanstat.counterfactual import stage
-    from chanstat.pipeline import RunContext
 
     s = small_set(n=4)
     cf = np.random.default_rng(5).random(s.images.shape, dtype=np.float32)
     (tmp_path / "config").mkdir()
     np.save(tmp_path / "config" / "cf.npy", cf)
-    config = {"counterfactual": {"provider": "from_files", "from_files": {"path": "cf.npy"}}}
-    ctx = RunContext(config=config, out=tmp_path / "run", dataset=s, model=MitoMeanModel(),
-                     config_dir=tmp_path / "config", progress=False)
-    (tmp_path / "run").mkdir()
-    info = stage.run(ctx)
+    section = {"provider": "from_files", "from_files": {"path": "cf.npy"}}
+    outputs, info = stage.whole_set(_stage_context(section, s, MitoMeanModel(), tmp_path / "config"), {})
     assert info["provider"] == "from_files" and info["path"].endswith("cf.npy")
-    np.testing.assert_array_equal(ctx.dataset.counterfactuals.numpy(), cf)
-    assert ctx.dataset.counterfactual_labels.tolist() == (1 - s.labels).tolist()
+    np.testing.assert_array_equal(outputs["dataset"].counterfactuals.numpy(), cf)
+    assert outputs["dataset"].counterfactual_labels.tolist() == (1 - s.labels).tolist()
+
+
+def test_from_files_scales_raw_files_with_the_data_sets_plate_limits(tmp_path):
+    s = keyed_set(n=4)
+    s.meta.attrs["scaling"] = {"method": "plate", "percentiles": [1.0, 99.5], "control": False,
+                               "limits": {"P1": {ch: [100.0, 300.0] for ch in CHANNELS},
+                                          "P2": {ch: [0.0, 1000.0] for ch in CHANNELS}}}
+    raw = np.full(s.images.shape, 200.0, np.float32)  # raw camera units
+    np.save(tmp_path / "cf.npy", raw)
+    res = generate_counterfactuals(s, "from_files", path=tmp_path / "cf.npy", scale="dataset")
+    plates = s.meta["Metadata_Plate"].to_numpy()
+    expected = np.where(plates == "P1", 0.5, 0.2)  # (200 - 100) / 200 and (200 - 0) / 1000
+    np.testing.assert_allclose(res.counterfactuals.mean(dim=(1, 2, 3)).numpy(), expected, rtol=1e-6)
+    s.meta.attrs["scaling"] = {"method": "image"}
+    with pytest.raises(CounterfactualFileError, match="needs images read with per-plate scaling"):
+        generate_counterfactuals(s, "from_files", path=tmp_path / "cf.npy", scale="dataset")

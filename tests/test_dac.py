@@ -22,7 +22,7 @@ from chanstat.dac import (
     structuring_element,
     value_thresholds,
 )
-from chanstat.dac.scoring import curve_area
+from chanstat.dac.result import curve_area
 from chanstat.dac.thresholds import element_ranks, selection_counts
 
 ALL_STRATEGIES = ["aggregate", "joint", "per_channel", "single_channel"]
@@ -242,7 +242,7 @@ def test_ranks_break_ties_by_position_and_rank_counts_never_jump():
 def test_engine_matches_per_mask_reference(toy, strategy, schedule, closing, shape, sigma):
     model, real, counterfactual, maps, target = toy
     steps = 8
-    result = dac(model, real, counterfactual, maps, target, strategy=strategy, steps=steps, schedule=schedule,
+    result = dac(model, real, target, maps, counterfactuals=counterfactual, strategy=strategy, steps=steps, schedule=schedule,
                  closing=closing, closing_shape=shape, sigma=sigma, batch_size=5)
     size, score = as_arrays(result.curves, strategy, steps + 1)
     ref_size, ref_score = reference_dac(model, real, counterfactual, maps, target, strategy, steps, schedule,
@@ -256,8 +256,8 @@ def test_engine_matches_per_mask_reference(toy, strategy, schedule, closing, sha
 def test_numpy_inputs_and_channel_agnostic_maps(toy):
     model, real, counterfactual, maps, target = toy
     agnostic = maps.abs().sum(1, keepdim=True)
-    from_numpy = dac(model, real.numpy(), counterfactual.numpy(), agnostic.numpy(), target.numpy(), steps=6)
-    from_torch = dac(model, real, counterfactual, maps, target, steps=6)
+    from_numpy = dac(model, real.numpy(), target.numpy(), agnostic.numpy(), counterfactuals=counterfactual.numpy(), steps=6)
+    from_torch = dac(model, real, target, maps, counterfactuals=counterfactual, steps=6)
     pd.testing.assert_frame_equal(from_numpy.curves, from_torch.curves, atol=1e-6)
 
 
@@ -267,7 +267,7 @@ def test_numpy_inputs_and_channel_agnostic_maps(toy):
 def test_curves_monotone_from_empty_to_full(toy):
     model, real, counterfactual, maps, target = toy
     for schedule in ("value", "rank"):
-        result = dac(model, real, counterfactual, maps, target, strategy=ALL_STRATEGIES, steps=10, schedule=schedule,
+        result = dac(model, real, target, maps, counterfactuals=counterfactual, strategy=ALL_STRATEGIES, steps=10, schedule=schedule,
                      channels=["a", "b", "c"])
         curves = result.curves
         assert set(curves["strategy"]) == set(ALL_STRATEGIES)
@@ -288,7 +288,7 @@ def test_curves_monotone_from_empty_to_full(toy):
 
 def test_dac_is_area_under_interpolated_curve(toy):
     model, real, counterfactual, maps, target = toy
-    result = dac(model, real, counterfactual, maps, target, strategy="joint", steps=12)
+    result = dac(model, real, target, maps, counterfactuals=counterfactual, strategy="joint", steps=12)
     size, score = as_arrays(result.curves, "joint", 13)
     grid = np.linspace(0, 1, 1001)
     for i in range(3):
@@ -306,8 +306,8 @@ def test_dac_is_area_under_interpolated_curve(toy):
 
 def test_samples_are_independent_of_their_batch(toy):
     model, real, counterfactual, maps, target = toy
-    together = dac(model, real, counterfactual, maps, target, strategy=ALL_STRATEGIES, steps=6, batch_size=7)
-    alone = dac(model, real[1:2], counterfactual[1:2], maps[1:2], target[1:2], strategy=ALL_STRATEGIES, steps=6)
+    together = dac(model, real, target, maps, counterfactuals=counterfactual, strategy=ALL_STRATEGIES, steps=6, batch_size=7)
+    alone = dac(model, real[1:2], target[1:2], maps[1:2], counterfactuals=counterfactual[1:2], strategy=ALL_STRATEGIES, steps=6)
     mine = together.scores[together.scores["sample"] == 1].reset_index(drop=True)
     np.testing.assert_allclose(mine["dac"], alone.scores["dac"], atol=1e-6)
 
@@ -318,7 +318,7 @@ def test_residual_of_single_channel_change_scores_zero_elsewhere(toy):
     counterfactual = real.clone()
     counterfactual[:, 2] = torch.rand(3, 14, 17, generator=torch.Generator().manual_seed(5))
     residual = (real - counterfactual).abs()
-    result = dac(model, real, counterfactual, residual, target, strategy="single_channel", steps=10,
+    result = dac(model, real, target, residual, counterfactuals=counterfactual, strategy="single_channel", steps=10,
                  channels=["DNA", "ER", "Mito"])
     scores = result.scores.set_index(["sample", "channel"])["dac"]
     assert np.all(scores.xs("DNA", level="channel") == 0) and np.all(scores.xs("ER", level="channel") == 0)
@@ -331,11 +331,11 @@ def test_training_mode_restored(toy):
     model, real, counterfactual, maps, target = toy
     model.train()
     try:
-        a = dac(model, real, counterfactual, maps, target, steps=4)
+        a = dac(model, real, target, maps, counterfactuals=counterfactual, steps=4)
         assert model.training
     finally:
         model.eval()
-    b = dac(model, real, counterfactual, maps, target, steps=4)
+    b = dac(model, real, target, maps, counterfactuals=counterfactual, steps=4)
     pd.testing.assert_frame_equal(a.scores, b.scores)
 
 
@@ -356,8 +356,8 @@ def test_optimal_and_minimal_masks():
     counterfactual = torch.zeros(2, 2, h, w)  # class 0
     maps = torch.rand(2, 2, h, w, generator=torch.Generator().manual_seed(0))
     target = torch.tensor([1, 1])
-    result = dac(ChannelMeanNet(), real, counterfactual, maps, target, strategy=["aggregate", "single_channel"],
-                 steps=20, closing=0, sigma=0, return_masks=True)
+    result = dac(ChannelMeanNet(), real, target, maps, counterfactuals=counterfactual, strategy=["aggregate", "single_channel"],
+                 steps=20, schedule="value", closing=0, sigma=0, return_masks=True)
     agg = result.curves[result.curves["strategy"] == "aggregate"]
     for sample, part in agg.groupby("sample"):
         part = part.sort_values("step")
@@ -372,10 +372,10 @@ def test_optimal_and_minimal_masks():
         assert mask.shape == (1, h, w) and mask.mean() == pytest.approx(best["mask_size"].iloc[0])
     # channel 1 does not enter the decision: its single-channel hybrids never flip
     never = result.never_flipped
-    assert set(never["channel"]) == {"1"} and len(never) == 2
+    assert set(never["channel"]) == {"ch1"} and len(never) == 2
     single = result.minimal_masks["single_channel"]
     assert single.shape == (2, 2, h, w) and np.isnan(single[:, 1]).all() and not np.isnan(single[:, 0]).any()
-    row = result.minimal[(result.minimal["strategy"] == "single_channel") & (result.minimal["channel"] == "1")]
+    row = result.minimal[(result.minimal["strategy"] == "single_channel") & (result.minimal["channel"] == "ch1")]
     assert row["step"].isna().all() and row["score"].isna().all()
 
 
@@ -385,26 +385,26 @@ def test_filter_pairs_reports_dropped():
     counterfactual = torch.stack([torch.zeros(2, h, w), torch.ones(2, h, w), torch.ones(2, h, w)])
     target = torch.tensor([1, 1, 1])  # sample 1's real image looks like class 0, sample 2's counterfactual like 1
     maps = torch.rand(3, 2, h, w, generator=torch.Generator().manual_seed(0))
-    result = dac(ChannelMeanNet(), real, counterfactual, maps, target, steps=4, filter_pairs=True,
+    result = dac(ChannelMeanNet(), real, target, maps, counterfactuals=counterfactual, steps=4, filter_pairs=True,
                  counterfactual_target=torch.tensor([0, 0, 0]))
     assert result.samples.tolist() == [0]
     assert set(result.scores["sample"]) == {0}
     dropped = result.dropped.set_index("sample")
     assert dropped.loc[1, "reason"] == "real and counterfactual misclassified"
     assert dropped.loc[2, "reason"] == "counterfactual misclassified"
-    unfiltered = dac(ChannelMeanNet(), real, counterfactual, maps, target, steps=4)
+    unfiltered = dac(ChannelMeanNet(), real, target, maps, counterfactuals=counterfactual, steps=4)
     assert len(unfiltered.dropped) == 0 and set(unfiltered.scores["sample"]) == {0, 1, 2}
 
 
 def test_smoothing_sweep(toy):
     model, real, counterfactual, maps, target = toy
-    table = smoothing_sweep(model, real, counterfactual, maps, target, closings=(0, 4), sigmas=(0, 1.5),
+    table = smoothing_sweep(model, real, target, maps, counterfactuals=counterfactual, closings=(0, 4), sigmas=(0, 1.5),
                             strategy=["aggregate", "per_channel"], steps=6)
     assert list(table.columns) == ["closing", "sigma", "sample", "strategy", "channel", "dac"]
     assert len(table) == 2 * 2 * 2 * 3
-    direct = dac(model, real, counterfactual, maps, target, strategy="per_channel", steps=6, closing=4, sigma=1.5)
+    direct = dac(model, real, target, maps, counterfactuals=counterfactual, strategy="per_channel", steps=6, closing=4, sigma=1.5)
     part = table[(table["closing"] == 4) & (table["sigma"] == 1.5) & (table["strategy"] == "per_channel")]
-    np.testing.assert_allclose(part["dac"].to_numpy(), direct.scores["dac"].to_numpy())
+    np.testing.assert_allclose(part["dac"].to_numpy(), direct.scores["dac"].to_numpy(), atol=1e-6)
 
 
 # --------------------------------------------------------------------------- bad input
@@ -412,36 +412,36 @@ def test_smoothing_sweep(toy):
 
 def test_bad_inputs(toy):
     model, real, counterfactual, maps, target = toy
-    with pytest.raises(ValueError, match="attributions must have shape"):
-        dac(model, real, counterfactual, maps[:, :, :10], target)
-    with pytest.raises(ValueError, match="attributions must have shape"):
-        dac(model, real, counterfactual, maps[:2], target)
+    with pytest.raises(ValueError, match="maps must have shape"):
+        dac(model, real, target, maps[:, :, :10], counterfactuals=counterfactual)
+    with pytest.raises(ValueError, match="maps must have shape"):
+        dac(model, real, target, maps[:2], counterfactuals=counterfactual)
     with pytest.raises(ValueError, match="need one map per channel.*aggregate"):
-        dac(model, real, counterfactual, maps[:, :1], target, strategy="per_channel")
+        dac(model, real, target, maps[:, :1], counterfactuals=counterfactual, strategy="per_channel")
     with pytest.raises(ValueError, match="steps must be an integer >= 2"):
-        dac(model, real, counterfactual, maps, target, steps=1)
+        dac(model, real, target, maps, counterfactuals=counterfactual, steps=1)
     with pytest.raises(ValueError, match="sigma must be a finite number >= 0"):
-        dac(model, real, counterfactual, maps, target, sigma=-0.5)
+        dac(model, real, target, maps, counterfactuals=counterfactual, sigma=-0.5)
     with pytest.raises(ValueError, match="closing must be a non-negative integer"):
-        dac(model, real, counterfactual, maps, target, closing=-3)
+        dac(model, real, target, maps, counterfactuals=counterfactual, closing=-3)
     with pytest.raises(ValueError, match="unknown DAC strategy"):
-        dac(model, real, counterfactual, maps, target, strategy="mean")
+        dac(model, real, target, maps, counterfactuals=counterfactual, strategy="mean")
     with pytest.raises(ValueError, match="unknown schedule"):
-        dac(model, real, counterfactual, maps, target, schedule="log")
+        dac(model, real, target, maps, counterfactuals=counterfactual, schedule="log")
     with pytest.raises(ValueError, match="same shape"):
-        dac(model, real, counterfactual[:, :2], maps, target)
-    with pytest.raises(ValueError, match="real_target must have shape"):
-        dac(model, real, counterfactual, maps, target[:2])
+        dac(model, real, target, maps, counterfactuals=counterfactual[:, :2])
+    with pytest.raises(ValueError, match="target must be an int or have shape"):
+        dac(model, real, target[:2], maps, counterfactuals=counterfactual)
     with pytest.raises(ValueError, match="model has 2 classes"):
-        dac(model, real, counterfactual, maps, torch.tensor([0, 5, 0]))
+        dac(model, real, torch.tensor([0, 5, 0]), maps, counterfactuals=counterfactual)
     bad = maps.clone()
     bad[0, 0, 0, 0] = float("nan")
-    with pytest.raises(ValueError, match="attributions contains NaN"):
-        dac(model, real, counterfactual, bad, target)
+    with pytest.raises(ValueError, match="maps contains"):
+        dac(model, real, target, bad, counterfactuals=counterfactual)
     with pytest.raises(ValueError, match="batch_size"):
-        dac(model, real, counterfactual, maps, target, batch_size=0)
-    with pytest.raises(ValueError, match="channels must be 3 unique names"):
-        dac(model, real, counterfactual, maps, target, channels=["a", "a", "b"])
+        dac(model, real, target, maps, counterfactuals=counterfactual, batch_size=0)
+    with pytest.raises(ValueError, match="channels must be unique"):
+        dac(model, real, target, maps, counterfactuals=counterfactual, channels=["a", "a", "b"])
 
 
 def test_strategy_registry_describes_the_four():
@@ -453,9 +453,9 @@ def test_chunked_samples_give_the_same_result(toy, monkeypatch):
     import chanstat.dac.engine as engine
 
     model, real, counterfactual, maps, target = toy
-    whole = dac(model, real, counterfactual, maps, target, strategy=ALL_STRATEGIES, steps=6, return_masks=True)
+    whole = dac(model, real, target, maps, counterfactuals=counterfactual, strategy=ALL_STRATEGIES, steps=6, return_masks=True)
     monkeypatch.setattr(engine, "samples_per_chunk", lambda *a: 1)  # one sample per chunk
-    chunked = dac(model, real, counterfactual, maps, target, strategy=ALL_STRATEGIES, steps=6, return_masks=True)
+    chunked = dac(model, real, target, maps, counterfactuals=counterfactual, strategy=ALL_STRATEGIES, steps=6, return_masks=True)
     pd.testing.assert_frame_equal(whole.curves, chunked.curves, atol=1e-6)
     for name in ALL_STRATEGIES:
         np.testing.assert_allclose(whole.optimal_masks[name], chunked.optimal_masks[name], atol=1e-6)
@@ -464,7 +464,7 @@ def test_chunked_samples_give_the_same_result(toy, monkeypatch):
 
 def test_every_pair_dropped_gives_empty_tables():
     real = torch.zeros(2, 2, 8, 8)  # class 0 for the model, but labelled 1
-    result = dac(ChannelMeanNet(), real, torch.ones(2, 2, 8, 8), torch.rand(2, 2, 8, 8), torch.tensor([1, 1]),
+    result = dac(ChannelMeanNet(), real, torch.tensor([1, 1]), torch.rand(2, 2, 8, 8), counterfactuals=torch.ones(2, 2, 8, 8),
                  strategy=ALL_STRATEGIES, steps=4, filter_pairs=True, return_masks=True)
     assert len(result.dropped) == 2 and len(result.curves) == 0 and len(result.scores) == 0
     assert result.optimal_masks["aggregate"].shape == (0, 1, 8, 8)
@@ -489,9 +489,213 @@ def test_input_layout_probe(toy):
     torch.manual_seed(0)
     flat = FlattensInput(3 * 14 * 17).eval()
     assert input_memory_format(flat, real[:2]) == torch.contiguous_format
-    result = dac(flat, real, counterfactual, maps, target, strategy=ALL_STRATEGIES, steps=5)
+    result = dac(flat, real, target, maps, counterfactuals=counterfactual, strategy=ALL_STRATEGIES, steps=5)
     assert result.settings["memory_format"] == "contiguous"
     size, score = as_arrays(result.curves, "per_channel", 6)
     ref_size, ref_score = reference_dac(flat, real, counterfactual, maps, target, "per_channel", 5)
     np.testing.assert_array_equal(size, ref_size)
     np.testing.assert_allclose(score, ref_score, atol=2e-6)
+
+
+# --------------------------------------------------------------------------- adaptive schedule
+
+
+def run_plan(size: np.ndarray, truth, tolerance: float):
+    """Drive an AdaptivePlan on one curve whose score at mask size x is ``truth(x)``."""
+    from chanstat.dac.adaptive import AdaptivePlan
+
+    counts = np.searchsorted(np.unique(size), size)  # equal sizes = the same mask
+    known = np.full((1, len(size)), np.nan)
+    known[0, 0] = 0.0  # the empty mask
+    plan = AdaptivePlan(size[None], counts[None], known, tolerance)
+    asked = []
+    while True:
+        ids, steps = plan.requests()
+        if not len(ids):
+            break
+        asked.extend(steps.tolist())
+        plan.update(ids, steps, truth(size[steps]))
+    score, exact = plan.scores()
+    return score[0], exact[0], asked
+
+
+def test_adaptive_plan_resolves_a_discontinuous_curve():
+    size = np.linspace(0, 1, 201) ** 3  # most steps at small masks, as value thresholds on sparse maps give
+    jump_at, height = 0.137, 0.9
+    truth = lambda x: np.where(x >= jump_at, height, 0.0) + 0.1 * x  # noqa: E731
+    tolerance = 0.002
+    score, exact, asked = run_plan(size, truth, tolerance)
+    full = curve_area(size[None], truth(size)[None])[0]
+    assert abs(curve_area(size[None], score[None])[0] - full) <= tolerance
+    assert len(asked) <= 24 and len(set(asked)) == len(asked)  # no step scored twice
+    np.testing.assert_allclose(score[exact], truth(size[exact]))  # evaluated steps are the truth
+    below = size[exact & (size < jump_at)].max()
+    above = size[exact & (size >= jump_at)].min()
+    assert (above - below) * height / 2 <= tolerance  # the jump is bracketed to the tolerance
+    # a straight curve costs the coarse grid (7 + 5 points and the last) and is reproduced exactly
+    score, _, asked = run_plan(size, lambda x: 0.7 * x, tolerance)
+    np.testing.assert_allclose(score, 0.7 * size, atol=1e-12)
+    assert len(asked) <= 13
+
+
+def test_adaptive_plan_steps_without_room_are_exact():
+    """Curves with fewer distinct masks than the coarse grid are evaluated completely."""
+    size = np.r_[0.0, np.full(50, 0.25), np.full(50, 0.5), 1.0]
+    score, exact, asked = run_plan(size, lambda x: x**2, 1e-9)
+    assert exact.all() and sorted(asked) == [1, 51, 101]
+    np.testing.assert_allclose(score, size**2)
+
+
+def nearest_other(images, labels):
+    distance = torch.cdist(images.flatten(1), images.flatten(1))
+    distance[labels[:, None] == labels[None, :]] = float("inf")
+    return distance.argmin(1)
+
+
+@pytest.fixture(scope="module")
+def synthetic_pairs(tiny_synthetic, trained_model):
+    """6 images of the synthetic screen with oracle and nearest-other-class counterfactuals."""
+    from chanstat.dac.stage import balanced_subset
+
+    ds = tiny_synthetic
+    idx = torch.as_tensor(balanced_subset(ds.labels.numpy(), 6, seed=0))
+    real, labels = ds.images[idx], ds.labels[idx]
+    partner = nearest_other(ds.images, ds.labels)[idx]  # the nearest image of the other class
+    nearest = ds.images[partner]
+    return trained_model, real, labels, {"oracle": ds.counterfactuals[idx], "nearest": nearest}
+
+
+@pytest.mark.parametrize("pairing", ["oracle", "nearest"])
+def test_adaptive_reproduces_the_value_grid_on_the_synthetic_set(synthetic_pairs, pairing):
+    """Oracle pairs: every curve's DAC within the tolerance of the 200-step value grid's.
+    Nearest-neighbour pairs make noisy, non-monotone curves (an isolated spike between two
+    evaluated steps cannot be seen), so there the mean DAC per strategy -- the reported
+    figure -- is held to the issue's target of 0.01."""
+    model, real, labels, counterfactuals = synthetic_pairs
+    cf = counterfactuals[pairing]
+    maps = (real - cf).abs() + 0.05 * torch.rand(real.shape, generator=torch.Generator().manual_seed(1))
+    common = dict(counterfactuals=cf, strategy=ALL_STRATEGIES, steps=200)
+    tolerance = 0.0025
+    value = dac(model, real, labels, maps, schedule="value", **common)
+    adaptive = dac(model, real, labels, maps, schedule="adaptive", tolerance=tolerance, **common)
+    by_strategy = adaptive.scores["strategy"]
+    per_curve = (adaptive.scores["dac"] - value.scores["dac"]).abs().groupby(by_strategy).max()
+    of_means = (adaptive.scores.groupby("strategy")["dac"].mean() - value.scores.groupby("strategy")["dac"].mean()).abs()
+    worst, bound = {"oracle": (per_curve, tolerance), "nearest": (of_means, 0.01)}[pairing]
+    assert set(worst.index) == set(ALL_STRATEGIES) and (worst <= bound).all(), worst
+    for strategy in ALL_STRATEGIES:
+        assert adaptive.stats[strategy]["forward_passes_per_curve"] <= 24
+        assert adaptive.stats[strategy]["forward_passes"] < value.stats[strategy]["forward_passes"] / 3
+    curves = adaptive.curves
+    assert value.curves["evaluated"].all() and not curves["evaluated"].all()
+    pd.testing.assert_series_equal(curves["mask_size"], value.curves["mask_size"])  # same steps, same masks
+    for _, part in curves.groupby(["sample", "strategy", "channel"]):
+        size = part["mask_size"].to_numpy()
+        assert size[0] == 0.0 and size[-1] == 1.0 and np.all(np.diff(size) >= 0)
+        assert part["score"].iloc[0] == 0.0 and part["evaluated"].iloc[0] and part["evaluated"].iloc[-1]
+    assert curves.loc[~curves["evaluated"], "prediction"].isna().all()
+    assert curves.loc[curves["evaluated"], "prediction"].notna().all()
+
+
+@pytest.mark.parametrize("schedule", ["value", "adaptive"])
+def test_cross_curve_batches_equal_per_curve_evaluation(toy, schedule):
+    """Hybrids of all samples, strategies and channels in shared batches score as one at a time."""
+    model, real, counterfactual, maps, target = toy
+    together = dac(model, real, target, maps, counterfactuals=counterfactual, strategy=ALL_STRATEGIES, steps=30,
+                   schedule=schedule, batch_size=7)
+    alone = pd.concat(
+        [dac(model, real[i : i + 1], target[i : i + 1], maps[i : i + 1], counterfactuals=counterfactual[i : i + 1],
+             strategy=s, steps=30, schedule=schedule, batch_size=1).curves.assign(sample=i)
+         for s in ALL_STRATEGIES for i in range(3)],
+        ignore_index=True,
+    )
+    key = ["strategy", "sample", "channel", "step"]
+    together = together.curves.sort_values(key).reset_index(drop=True)
+    alone = alone.sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(together.drop(columns="score"), alone.drop(columns="score"), check_dtype=False)
+    np.testing.assert_allclose(together["score"], alone["score"], atol=1e-6)
+
+
+# --------------------------------------------------------------------------- models and settings
+
+
+class OneLogitNet(nn.Module):
+    """Sigmoid model: logit of class 1 = 40 * (mean of channel 0 - 0.5), as one output."""
+
+    def forward(self, x):
+        return (40 * (x[:, 0].mean(dim=(1, 2)) - 0.5))[:, None]
+
+
+def test_single_logit_model_equals_its_two_logit_twin():
+    g = torch.Generator().manual_seed(3)
+    real = torch.rand(4, 2, 10, 10, generator=g) * 0.4 + 0.4
+    counterfactual = torch.rand(4, 2, 10, 10, generator=g) * 0.4 + 0.2
+    maps = torch.rand(4, 2, 10, 10, generator=g)
+    target = torch.tensor([1, 0, 1, 0])
+    common = dict(counterfactuals=counterfactual, strategy=ALL_STRATEGIES, steps=20, schedule="value")
+    one = dac(OneLogitNet(), real, target, maps, **common)
+    two = dac(ChannelMeanNet(), real, target, maps, **common)
+    assert one.scores["dac"].abs().max() > 1e-3  # the decision moves
+    np.testing.assert_allclose(one.scores["dac"], two.scores["dac"], atol=1e-6)
+    pd.testing.assert_series_equal(one.curves["prediction"], two.curves["prediction"])
+
+
+def test_half_precision_model(toy):
+    model, real, counterfactual, maps, target = toy
+    half = TinyNet(3)
+    half.load_state_dict(model.state_dict())
+    half = half.half().eval()
+    common = dict(counterfactuals=counterfactual, strategy=ALL_STRATEGIES, steps=10, schedule="value")
+    scores16 = dac(half, real, target, maps, **common)
+    scores32 = dac(model, real, target, maps, **common)
+    assert scores16.settings["dtype"] == "float16"
+    np.testing.assert_allclose(scores16.scores["dac"], scores32.scores["dac"], atol=5e-3)
+
+
+def test_huge_sigma_is_capped_at_the_image_size():
+    """sigma = 1e6 finishes at once and equals the Gaussian cut at twice each axis' length."""
+    masks = (torch.rand(2, 9, 13, generator=torch.Generator().manual_seed(2)) > 0.5).float()
+    blurred = gaussian_blur(masks, 1e6).numpy()
+    expected = masks.numpy().astype(np.float64)
+    for axis, n in ((1, 9), (2, 13)):
+        offsets = np.arange(-2 * n, 2 * n + 1)
+        taps = np.exp(-0.5 * (offsets / 1e6) ** 2)
+        expected = ndi.correlate1d(expected, taps / taps.sum(), axis=axis, mode="mirror")
+    np.testing.assert_allclose(blurred, expected, atol=1e-6)
+
+
+def test_bad_schedule_settings(toy):
+    model, real, counterfactual, maps, target = toy
+    with pytest.raises(ValueError, match="steps must be an integer >= 2.*2.7"):
+        dac(model, real, target, maps, counterfactuals=counterfactual, steps=2.7)
+    for tolerance in (0, -0.1, float("nan"), "0.01"):
+        with pytest.raises(ValueError, match="tolerance must be"):
+            dac(model, real, target, maps, counterfactuals=counterfactual, tolerance=tolerance)
+    with pytest.raises(TypeError):
+        dac(model, real, counterfactual, maps, target)  # counterfactuals is keyword-only
+
+
+def test_result_module_needs_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; from chanstat.dac.result import DacResult, summarise_dac; "
+            "assert 'torch' not in sys.modules, 'torch was imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_summarise_dac():
+    from chanstat.dac.result import summarise_dac
+
+    scores = pd.DataFrame({
+        "method": ["a", "a", "a", "b"], "strategy": ["joint", "joint", "single_channel", "joint"],
+        "channel": ["all", "all", "DNA", None], "dac": [0.2, 0.4, 0.1, 0.3],
+    })
+    out = summarise_dac(scores)
+    assert list(out.columns) == ["method", "strategy", "channel", "dac", "dac_sd", "n"]
+    first = out.iloc[0]
+    assert (first["method"], first["strategy"], first["channel"], first["n"]) == ("a", "joint", "all", 2)
+    assert first["dac"] == pytest.approx(0.3) and first["dac_sd"] == pytest.approx(np.std([0.2, 0.4], ddof=1))
+    assert out.iloc[2]["channel"] == "all"  # a missing channel counts as every channel
+    assert list(summarise_dac(scores.drop(columns="method")).columns) == ["strategy", "channel", "dac", "dac_sd", "n"]
+    assert len(summarise_dac(None)) == 0

@@ -217,8 +217,8 @@ def region_setup():
 def test_deletion_auc_lower_for_the_true_map_and_only_its_channel_matters(region_setup):
     model, images, true_map, random_map, k = region_setup
     kw = dict(steps=10, channels=CHANNELS, batch_size=64)
-    true = deletion(model, images, true_map, 1, **kw)
-    rand = deletion(model, images, random_map, 1, **kw)
+    true = deletion(model, images, 1, true_map, **kw).summary
+    rand = deletion(model, images, 1, random_map, **kw).summary
     for channel in ("all", "Mito"):
         t = true[true["channel"] == channel]["auc"].mean()
         r = rand[rand["channel"] == channel]["auc"].mean()
@@ -232,7 +232,8 @@ def test_deletion_auc_lower_for_the_true_map_and_only_its_channel_matters(region
 def test_deletion_curve_matches_a_direct_recomputation(region_setup):
     model, images, true_map, _, k = region_setup
     steps = 8
-    summary, curves = deletion(model, images, true_map, 1, steps=steps, score="logit", per_channel=False, curves=True)
+    result = deletion(model, images, 1, true_map, steps=steps, score="logit", per_channel=False)
+    summary, curves = result.summary, result.curves
     weight = model.weight.detach().numpy()
     x = images.numpy()
     e = x[0].size
@@ -252,8 +253,8 @@ def test_deletion_curve_matches_a_direct_recomputation(region_setup):
 def test_insertion_auc_higher_for_the_true_map(region_setup):
     model, images, true_map, random_map, _ = region_setup
     kw = dict(steps=10, channels=CHANNELS, baseline="zero")
-    true = insertion(model, images, true_map, 1, **kw)
-    rand = insertion(model, images, random_map, 1, **kw)
+    true = insertion(model, images, 1, true_map, **kw).summary
+    rand = insertion(model, images, 1, random_map, **kw).summary
     for channel in ("all", "Mito"):
         assert true[true["channel"] == channel]["auc"].mean() > rand[rand["channel"] == channel]["auc"].mean() + 0.1
 
@@ -261,7 +262,7 @@ def test_insertion_auc_higher_for_the_true_map(region_setup):
 def test_deletion_broadcasts_channel_agnostic_maps(region_setup):
     model, images, true_map, _, k = region_setup
     agnostic = true_map[:, k : k + 1]
-    table = deletion(model, images, agnostic, 1, steps=4, channels=CHANNELS)
+    table = deletion(model, images, 1, agnostic, steps=4, channels=CHANNELS).summary
     assert not table["channel_resolved"].any()
     assert set(table["channel"]) == {"all", *CHANNELS}
 
@@ -269,13 +270,13 @@ def test_deletion_broadcasts_channel_agnostic_maps(region_setup):
 def test_deletion_rejects_bad_input(region_setup):
     model, images, true_map, _, _ = region_setup
     with pytest.raises(ValueError, match="baseline"):
-        deletion(model, images, true_map, 1, baseline="purple")
+        deletion(model, images, 1, true_map, baseline="purple")
     with pytest.raises(ValueError, match="maps"):
-        deletion(model, images, true_map[:, :2], 1)
+        deletion(model, images, 1, true_map[:, :2])
     with pytest.raises(ValueError, match="target"):
-        deletion(model, images, true_map, [0, 1])
+        deletion(model, images, [0, 1], true_map)
     with pytest.raises(ValueError, match="score"):
-        deletion(model, images, true_map, 1, score="odds")
+        deletion(model, images, 1, true_map, score="odds")
 
 
 # ---------------------------------------------------------------------------------- ROAD
@@ -322,8 +323,8 @@ def test_linear_imputer_matches_a_sparse_solve():
 def test_road_separates_the_true_map_from_a_random_one(region_setup):
     model, images, true_map, random_map, _ = region_setup
     kw = dict(fractions=(0.1, 0.3, 0.5), channels=CHANNELS, seed=0)
-    true = road(model, images, true_map, 1, **kw)
-    rand = road(model, images, random_map, 1, **kw)
+    true = road(model, images, 1, true_map, **kw).summary
+    rand = road(model, images, 1, random_map, **kw).summary
     assert set(true["order"]) == {"morf", "lerf"}
 
     def mean(df, order, channel="all"):
@@ -377,8 +378,8 @@ def test_cuda_results_match_cpu(region_setup):
     cpu = localisation(random_map.numpy(), masks, channels=CHANNELS)
     gpu = localisation(random_map.numpy(), masks, channels=CHANNELS, device="cuda")
     pd.testing.assert_frame_equal(cpu, gpu, atol=1e-6)
-    d_cpu = deletion(model, images, true_map, 1, steps=6, channels=CHANNELS)
-    d_gpu = deletion(model.cuda(), images, true_map, 1, steps=6, channels=CHANNELS)
+    d_cpu = deletion(model, images, 1, true_map, steps=6, channels=CHANNELS).summary
+    d_gpu = deletion(model.cuda(), images, 1, true_map, steps=6, channels=CHANNELS).summary
     pd.testing.assert_frame_equal(d_cpu, d_gpu, atol=1e-4)
     removed = torch.rand(images.shape, generator=torch.Generator().manual_seed(0)) < 0.5
     filled_cpu = linear_impute(images, removed)

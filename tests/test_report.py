@@ -1,9 +1,10 @@
-"""Tests of chanstat.report on a small, self-consistent fake run directory (numpy/pandas only).
+"""Tests of chanstat.report on a small, self-consistent fake run directory built from the schema.
 
-The fake run directory has every file the report reads, with numbers planted so the Mito
-channel carries the difference; tests render it once with the built-in engine (HTML and PDF)
-and check sections, embedded figures, numbers against the Parquet files, and the notes shown
-when stages are missing. Tests on the real quick demo run are in test_report_quick.py.
+The fake run directory (tests/report_fake_run.py) holds every table of the run-directory schema,
+written through ``RunDirectory`` with numbers planted so the Mito channel carries the
+difference; tests render it once with the built-in engine (HTML and PDF) and check sections,
+embedded figures, numbers against the Parquet files, and the notes shown when stages are
+missing. Hostile names are in test_report_escaping.py; the real quick demo in test_report_quick.py.
 """
 from __future__ import annotations
 
@@ -20,223 +21,22 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from chanstat.io import write_arrays, write_json, write_table
+from report_fake_run import Names, make_fake_run, schema_tables
 
-CHANNELS = ["DNA", "ER", "RNA", "AGP", "Mito"]
-CLASSES = ["control", "treated"]
-METHODS = ["d_ig", "residual", "d_gradcam"]
-STRATEGIES = ["aggregate", "joint", "per_channel"]
-
-ALL_FILES = (
-    "config.toml", "provenance.json", "dataset.zarr", "meta.parquet", "data_summary.parquet",
-    "training_history.parquet", "counterfactual_quality.parquet", "attributions.zarr", "dac_curves.parquet",
-    "dac_scores.parquet", "dac_masks.zarr", "dac_sweep.parquet", "localisation.parquet", "channel_mass.parquet",
-    "channel_tests.parquet", "channel_share_ci.parquet", "map_similarity.parquet", "strategy_comparison.parquet",
-    "cp_differential.parquet", "channel_enrichment.parquet", "compartment_channel.parquet", "concordance.parquet",
-    "concordance_ranks.parquet", "counterfactual_summary.parquet", "faithfulness_curves.parquet",
-)
-
-
-def make_fake_run(out: Path, files: tuple[str, ...] = ALL_FILES, n: int = 12, size: int = 24, seed: int = 0) -> Path:
-    rng = np.random.default_rng(seed)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    C, H, W = len(CHANNELS), size, size
-    labels = np.arange(n) % 2
-    cf_labels = 1 - labels
-    images = rng.gamma(2.0, 0.2, size=(n, C, H, W)).astype(np.float32)
-    cfs = images.copy()
-    signal = np.zeros((n, C, H, W), bool)
-    signal[:, 4, H // 4: H // 2, W // 4: W // 2] = True
-    cfs[signal] += 0.8
-    mito = CHANNELS.index("Mito")
-    want = set(files)
-
-    if "config.toml" in want:
-        (out / "config.toml").write_text('[run]\nname = "fake"\nseed = 0\n\n[data]\nsource = "synthetic"\n')
-    if "provenance.json" in want:
-        write_json({
-            "chanstat_run": "fake", "started": "2025-01-01T00:00:00+00:00", "finished": "2025-01-01T00:01:00+00:00",
-            "quick": True, "seed": 0, "device": {"device": "cpu", "platform": "test", "cpu_count": 2},
-            "versions": {"numpy": np.__version__, "pandas": pd.__version__, "python": "3.11"},
-            "git_commit": None, "total_wall_s": 60.0,
-            "stages": {"data": {"status": "done", "wall_s": 1.5, "n_images": n},
-                       "model": {"status": "done", "wall_s": 20.25, "val_accuracy": 0.9375}},
-        }, out / "provenance.json")
-    if "dataset.zarr" in want:
-        write_arrays(out / "dataset.zarr", {
-            "images": images, "counterfactuals": cfs, "signal_masks": signal,
-            "labels": labels.astype(np.int64), "counterfactual_labels": cf_labels.astype(np.int64),
-        }, group_attrs={"channels": CHANNELS, "classes": CLASSES}, mode="w")
-    if "meta.parquet" in want:
-        write_table(pd.DataFrame({
-            "sample": np.arange(n), "Metadata_Plate": [f"P{i % 2 + 1}" for i in range(n)],
-            "Metadata_Well": [f"W{i // 2:02d}" for i in range(n)], "Metadata_Site": np.zeros(n, int),
-            "Metadata_Class": [CLASSES[k] for k in labels],
-        }), out / "meta.parquet")
-    if "data_summary.parquet" in want:
-        write_table(pd.DataFrame({"class": CLASSES, "n_images": [int((labels == k).sum()) for k in range(2)],
-                                  "n_wells": [3, 3]}), out / "data_summary.parquet")
-    if "training_history.parquet" in want:
-        e = np.arange(1, 6)
-        write_table(pd.DataFrame({"epoch": e, "train_loss": 0.7 / e, "train_accuracy": 1 - 0.4 / e,
-                                  "val_loss": 0.8 / e, "val_accuracy": 1 - 0.5 / e}), out / "training_history.parquet")
-    if "counterfactual_quality.parquet" in want:
-        write_table(pd.DataFrame([{"sample": s, "channel": ch, "mean_abs_diff": 0.5 if ch == "Mito" else 0.01,
-                                   "change_share": 0.9 if ch == "Mito" else 0.025, "label": int(labels[s]),
-                                   "target_label": int(cf_labels[s]), "flipped": True, "provider": "oracle"}
-                                  for s in range(n) for ch in CHANNELS]), out / "counterfactual_quality.parquet")
-    if "counterfactual_summary.parquet" in want:
-        write_table(pd.DataFrame({"provider": "oracle", "channel": CHANNELS, "n_samples": n,
-                                  "mean_abs_diff": [0.01, 0.01, 0.01, 0.01, 0.5],
-                                  "change_share": [0.025, 0.025, 0.025, 0.025, 0.9], "flip_rate": 0.95,
-                                  "success_rate": 0.95}), out / "counterfactual_summary.parquet")
-    if "attributions.zarr" in want:
-        diff = cfs - images
-        d_ig = diff * rng.normal(1.0, 0.3, size=diff.shape).astype(np.float32) - 0.05 * rng.random(diff.shape)
-        residual = np.abs(diff)
-        gradcam = np.abs(diff).mean(axis=1, keepdims=True)
-        write_arrays(out / "attributions.zarr", {"d_ig": d_ig.astype(np.float32), "residual": residual,
-                                                 "d_gradcam": gradcam.astype(np.float32)},
-                     attrs={"d_ig": {"channels": CHANNELS, "method": "d_ig", "signed": True, "resolves_channels": True},
-                            "residual": {"channels": CHANNELS, "method": "residual", "signed": False,
-                                         "resolves_channels": True},
-                            "d_gradcam": {"channels": CHANNELS, "method": "d_gradcam", "signed": False,
-                                          "resolves_channels": False}},
-                     group_attrs={"channels": CHANNELS}, mode="w")
-    curves, scores = [], []
-    steps = np.arange(21)
-    for s in range(n):
-        for mi, m in enumerate(METHODS):
-            for strat in STRATEGIES + ["single_channel"]:
-                chans = CHANNELS if strat == "single_channel" else ["all"]
-                for ch in chans:
-                    k = 2.0 + mi + (4.0 if ch in ("all", "Mito") else 0.0) + rng.normal(0, 0.3)
-                    size_ = steps / steps[-1]
-                    sc = (1 - (1 - size_) ** k) * (0.9 if ch in ("all", "Mito") else 0.2)
-                    curves.append(pd.DataFrame({"sample": s, "method": m, "strategy": strat, "channel": ch,
-                                                "step": steps, "threshold": 1 - size_, "mask_size": size_, "score": sc}))
-                    scores.append({"sample": s, "method": m, "strategy": strat, "channel": ch,
-                                   "dac": float(np.trapezoid(sc, size_))})
-    if "dac_curves.parquet" in want:
-        write_table(pd.concat(curves, ignore_index=True), out / "dac_curves.parquet")
-    if "dac_scores.parquet" in want:
-        write_table(pd.DataFrame(scores), out / "dac_scores.parquet")
-    if "dac_masks.zarr" in want:
-        masks = (np.abs(cfs - images) > 0.4).astype(np.float32)[:2]
-        write_arrays(out / "dac_masks.zarr", {"d_ig.joint": masks, "d_gradcam.aggregate": masks.max(axis=1, keepdims=True)},
-                     attrs={"d_ig.joint": {"channels": CHANNELS, "samples": [0, 1], "method": "d_ig", "strategy": "joint"},
-                            "d_gradcam.aggregate": {"channels": ["all"], "samples": [0, 1], "method": "d_gradcam",
-                                                    "strategy": "aggregate"}},
-                     group_attrs={"channels": CHANNELS, "settings": {"closing": 10, "sigma": 2.0}}, mode="w")
-    if "dac_sweep.parquet" in want:
-        rows = [{"method": m, "closing": c, "sigma": sg, "sample": s, "strategy": "aggregate", "channel": "all",
-                 "dac": 0.5 + 0.01 * c - 0.02 * sg + 0.1 * i + 0.01 * s}
-                for i, m in enumerate(METHODS[:2]) for c in (0, 5, 10) for sg in (0.0, 2.0) for s in range(3)]
-        write_table(pd.DataFrame(rows), out / "dac_sweep.parquet")
-    if "localisation.parquet" in want:
-        write_table(pd.DataFrame([{"method": m, "channel": ch, "channel_resolved": m != "d_gradcam", "n_images": n,
-                                   "pxap": 100 * rng.random(), "dice": rng.random(), "miou": rng.random()}
-                                  for m in METHODS for ch in CHANNELS]), out / "localisation.parquet")
-    if "faithfulness_curves.parquet" in want:
-        frac = np.linspace(0, 1, 11)
-        write_table(pd.DataFrame([{"sample": s, "method": m, "metric": metric, "channel": "all",
-                                   "channel_resolved": True, "fraction": f,
-                                   "score": (1 - f) ** (2 + i) if metric == "deletion" else 1 - (1 - f) ** (2 + i)}
-                                  for s in range(4) for i, m in enumerate(METHODS) for metric in ("deletion", "insertion")
-                                  for f in frac]), out / "faithfulness_curves.parquet")
-    mass_rows = []
-    for s in range(n):
-        for m in METHODS:
-            raw = rng.random(C) + np.eye(C)[mito] * 2
-            for c, ch in enumerate(CHANNELS):
-                mass_rows.append({"sample": s, "method": m, "channel": ch, "mass": raw[c], "share": raw[c] / raw.sum(),
-                                  "Metadata_Plate": f"P{s % 2 + 1}"})
-    if "channel_mass.parquet" in want:
-        write_table(pd.DataFrame(mass_rows), out / "channel_mass.parquet")
-    if "channel_tests.parquet" in want:
-        write_table(pd.DataFrame([
-            {"method": "d_ig", "test": "friedman_f", "contrast": "channel", "channel_a": None, "channel_b": None,
-             "statistic": 5.4321, "df1": 4.0, "df2": 20.0, "p_value": 0.000123456, "p_adj": 0.000370368,
-             "effect_size": 0.8765, "effect_size_name": "kendall_w", "note": "", "unit": "well", "n_units": 6,
-             "primary": True, "dominant_channel": "Mito", "dominant_share": 0.48, "dominant_ci_low": 0.41234,
-             "dominant_ci_high": 0.55678},
-            {"method": "d_ig", "test": "wilcoxon", "contrast": "pair", "channel_a": "Mito", "channel_b": "DNA",
-             "statistic": 21.0, "df1": np.nan, "df2": np.nan, "p_value": 0.03125, "p_adj": 0.3125,
-             "effect_size": 1.0, "effect_size_name": "rank_biserial", "note": "", "unit": "well", "n_units": 6,
-             "primary": False, "dominant_channel": "Mito", "dominant_share": 0.48, "dominant_ci_low": 0.41234,
-             "dominant_ci_high": 0.55678},
-            {"method": "residual", "test": "friedman_f", "contrast": "channel", "channel_a": None, "channel_b": None,
-             "statistic": 3.21, "df1": 4.0, "df2": 20.0, "p_value": 0.0123, "p_adj": 0.0246, "effect_size": 0.51,
-             "effect_size_name": "kendall_w", "note": "", "unit": "well", "n_units": 6, "primary": True,
-             "dominant_channel": "Mito", "dominant_share": 0.45, "dominant_ci_low": 0.3, "dominant_ci_high": 0.5},
-        ]), out / "channel_tests.parquet")
-    if "channel_share_ci.parquet" in want:
-        write_table(pd.DataFrame([{"method": m, "channel": ch, "mean": 0.2 + (0.25 if ch == "Mito" else -0.06),
-                                   "ci_low": 0.15 + (0.25 if ch == "Mito" else -0.06),
-                                   "ci_high": 0.25 + (0.25 if ch == "Mito" else -0.06)}
-                                  for m in METHODS for ch in CHANNELS]), out / "channel_share_ci.parquet")
-    if "map_similarity.parquet" in want:
-        pairs = [(CHANNELS[i], CHANNELS[j]) for i in range(C) for j in range(i + 1, C)]
-        write_table(pd.DataFrame([{"method": m, "channel_a": a, "channel_b": b, "mean": 0.1 + 0.2 * k + 0.05 * i,
-                                   "sd": 0.1, "median": 0.1, "n": n, "n_undefined": 0}
-                                  for k, m in enumerate(METHODS[:2]) for i, (a, b) in enumerate(pairs)]),
-                    out / "map_similarity.parquet")
-    if "strategy_comparison.parquet" in want:
-        write_table(pd.DataFrame([{"method": m, "strategy": s, "dac": 0.5 + 0.1 * i, "rank": i + 1}
-                                  for m in METHODS for i, s in enumerate(STRATEGIES)]), out / "strategy_comparison.parquet")
-    if "cp_differential.parquet" in want:
-        feats = []
-        for i in range(120):
-            ch = CHANNELS[i % C]
-            p = 10 ** -rng.uniform(0, 6 if ch == "Mito" else 1.5)
-            chans = [ch] if i % 17 else [ch, "DNA"]
-            feats.append({"feature": f"Cells_Intensity_Feature{i}_{ch}", "compartment": ["Cells", "Nuclei", "Cytoplasm"][i % 3],
-                          "category": "Intensity", "channels": chans if i % 23 else [], "status": "tested",
-                          "statistic": rng.normal(), "p_value": p, "q_value": min(1.0, p * 10),
-                          "effect_size": rng.normal(0, 1), "significant": p * 10 < 0.05, "case": "treated",
-                          "control": "control", "level": "well"})
-        feats.append({"feature": "Cells_AreaShape_Constant", "compartment": "Cells", "category": "AreaShape",
-                      "channels": [], "status": "constant", "statistic": np.nan, "p_value": np.nan, "q_value": np.nan,
-                      "effect_size": np.nan, "significant": False, "case": "treated", "control": "control",
-                      "level": "well"})
-        write_table(pd.DataFrame(feats), out / "cp_differential.parquet")
-    if "channel_enrichment.parquet" in want:
-        write_table(pd.DataFrame({"channel": CHANNELS, "n_features": [24] * C, "n_significant": [1, 0, 2, 1, 15],
-                                  "odds_ratio": [0.3, 0.0, 0.6, 0.3, 12.5], "p_value": [0.9, 1.0, 0.7, 0.9, 1e-6],
-                                  "q_value": [1.0, 1.0, 1.0, 1.0, 5e-6], "mean_abs_effect": [0.2, 0.1, 0.3, 0.2, 1.2]}),
-                    out / "channel_enrichment.parquet")
-    if "compartment_channel.parquet" in want:
-        write_table(pd.DataFrame([{"compartment": comp, "channel": ch, "n_features": 8,
-                                   "n_significant": 6 if ch == "Mito" else 1, "fraction_significant": 0.75 if ch == "Mito" else 0.125}
-                                  for comp in ("Cells", "Nuclei", "Cytoplasm") for ch in CHANNELS]),
-                    out / "compartment_channel.parquet")
-    if "concordance.parquet" in want:
-        write_table(pd.DataFrame([{"method": m, "statistic": stat, "estimate": 0.9 - 0.3 * i, "p_value": 0.01 * (i + 1),
-                                   "ci_low": 0.5 - 0.3 * i, "ci_high": 1.0, "alternative": "greater", "n_channels": C,
-                                   **{f"attribution_rank_{ch}": r for r, ch in enumerate(CHANNELS[::-1], 1)},
-                                   **{f"feature_rank_{ch}": r for r, ch in enumerate(CHANNELS[::-1], 1)}}
-                                  for i, m in enumerate(METHODS[:2]) for stat in ("kendall_tau", "spearman_rho")]),
-                    out / "concordance.parquet")
-    if "concordance_ranks.parquet" in want:
-        write_table(pd.DataFrame([{"method": m, "channel": ch, "attribution_score": 0.5 if ch == "Mito" else 0.1,
-                                   "attribution_rank": float(r if i == 0 else (r % C) + 1), "feature_score": 1.0 / r,
-                                   "feature_rank": float(r), "n_wells": 6}
-                                  for i, m in enumerate(METHODS[:2]) for r, ch in enumerate(CHANNELS[::-1], 1)]),
-                    out / "concordance_ranks.parquet")
-    return out
+NAMES = Names()
+CHANNELS = NAMES.channels
 
 
 # ============================================================================ fixtures
 SECTIONS = (
-    "Run overview", "Data and model", "Classifier training", "Counterfactuals", "Attribution galleries",
+    "The answer", "Run overview", "Data and model", "Classifier training", "Counterfactuals", "Attribution galleries",
     "DAC: discriminative attribution curves", "Single-channel curves", "Optimal masks", "Smoothing sweep",
     "Channel shares", "Tests", "Confidence intervals", "Map similarity and strategies",
-    "Localisation and faithfulness", "CellProfiler features", "Channel enrichment", "Compartment × channel",
+    "Channel Shapley values", "Localisation and faithfulness", "CellProfiler features", "Channel enrichment", "Compartment × channel",
     "Concordance", "Provenance",
 )
-DATA_ONLY = ("config.toml", "provenance.json", "dataset.zarr", "meta.parquet", "data_summary.parquet",
-             "training_history.parquet")
+#: a run saved from a Python analysis that holds only some tables (no data set, no arrays)
+PARTIAL = ("config", "provenance", "meta", "data_summary", "training_history", "channel_tests")
 
 
 @pytest.fixture(scope="module")
@@ -317,7 +117,8 @@ def test_every_figure_is_an_embedded_png(rendered):
 def test_gallery_has_a_figure_per_picked_image(rendered):
     page = rendered["html"]
     gallery = page[page.find('id="Attribution-galleries"'):page.find('id="DAC:-discriminative-attribution-curves"')]
-    assert gallery.count("<img") == 4  # 2 images for each of the 2 transitions
+    # 2 images for each of the 2 transitions, a figure per method family
+    assert gallery.count("<img") == 4 * len(set(NAMES.families))
     assert "control → treated" in gallery and "treated → control" in gallery
 
 
@@ -339,13 +140,13 @@ def test_dac_numbers_equal_the_parquet(rendered, fake_run):
 
 def test_dac_summary_is_area_under_mean_curve(fake_run):
     """Mean of per-image areas == area under the mean curve (same grid): the number the report shows."""
-    from chanstat.report.sections import dac_summary
+    from chanstat.dac.result import summarise_dac
 
     curves = pd.read_parquet(fake_run / "dac_curves.parquet")
     part = curves[(curves["method"] == "residual") & (curves["strategy"] == "joint")]
     mean_curve = part.groupby("mask_size")["score"].mean()
     expected = np.trapezoid(mean_curve.to_numpy(), mean_curve.index.to_numpy())
-    summary = dac_summary(pd.read_parquet(fake_run / "dac_scores.parquet"))
+    summary = summarise_dac(pd.read_parquet(fake_run / "dac_scores.parquet"))
     got = summary.set_index(["method", "strategy", "channel"]).loc[("residual", "joint", "all"), "dac"]
     assert got == pytest.approx(expected, rel=1e-9)
 
@@ -393,10 +194,10 @@ def test_parameters_are_injected_after_the_parameters_cell(fake_run):
 
 # ============================================================================ missing stages
 @pytest.fixture(scope="module")
-def data_only_page(tmp_path_factory) -> str:
+def partial_page(tmp_path_factory) -> str:
     from chanstat.report.cli import configure
 
-    run = make_fake_run(tmp_path_factory.mktemp("report_partial") / "run", files=DATA_ONLY)
+    run = make_fake_run(tmp_path_factory.mktemp("report_partial") / "run", tables=PARTIAL)
     parser = configure(argparse.ArgumentParser())
     args = parser.parse_args([str(run), "--to", "html", "--engine", "builtin"])
     assert args.func(args) == 0
@@ -404,26 +205,30 @@ def data_only_page(tmp_path_factory) -> str:
     return (run / "report.html").read_text(encoding="utf-8")
 
 
-def test_missing_stages_get_a_note_each(data_only_page):
-    page = data_only_page
+def test_missing_stages_get_a_note_each(partial_page):
+    page = partial_page
     assert "could not be drawn" not in page
     for name in SECTIONS:
         assert name in headings(page)
     notes = re.findall(r'<div class="chanstat-note chanstat-missing">(.*?)</div>', page, re.S)
     text = " ".join(notes)
     for f in ("attributions.zarr", "dac_scores.parquet", "dac_masks.zarr", "dac_sweep.parquet",
-              "channel_mass.parquet", "channel_tests.parquet", "channel_share_ci.parquet", "map_similarity.parquet",
+              "channel_mass.parquet", "channel_share_ci.parquet", "map_similarity.parquet", "dataset.zarr",
               "localisation.parquet", "cp_differential.parquet", "channel_enrichment.parquet",
-              "compartment_channel.parquet", "concordance.parquet", "counterfactual_quality.parquet"):
+              "compartment_channel.parquet", "concordance.parquet", "counterfactual_quality.parquet",
+              "channel_shapley.parquet", "compartment_mass.parquet"):
         assert f in text, f"no 'stage not run' note names {f}"
     assert all("Stage not run" in n for n in notes)
-    # what exists is still shown
-    assert "Data set summary" in page and page.count("<img") == 1  # training curves
+    assert "channel_tests.parquet" not in text  # it exists
+    # what exists is still shown: the answer from channel_tests' primary rows, tables, training curves
+    assert "Data set summary" in page and "Primary test per method" in page and page.count("<img") == 1
+    answer = page[page.find('id="The-answer"'):page.find('id="Run-overview"')]
+    assert "no answer.parquet in this run" in answer.replace("<code>", "").replace("</code>", "")
 
 
 def test_empty_run_directory_renders(tmp_path):
     from chanstat.report import sections
-    from chanstat.report.rundir import RunDirectory
+    from chanstat.rundir import RunDirectory
 
     shown = []
     run = RunDirectory(tmp_path)
@@ -432,14 +237,16 @@ def test_empty_run_directory_renders(tmp_path):
     original = display._display
     display._display = lambda bundle, metadata=None: shown.append(bundle)
     try:
-        for name in ("overview", "data_and_model", "attribution_galleries", "dac_curves", "channel_tests",
-                     "cp_differential", "provenance"):
-            getattr(sections, name)(run)
+        for name in sections.__all__:
+            if name != "ERRORS":
+                getattr(sections, name)(run)
     finally:
         display._display = original
     notes = [b[display.NOTE_MIME]["text"] for b in shown if display.NOTE_MIME in b]
     assert any("provenance.json" in n for n in notes)
     assert any("attributions.zarr" in n for n in notes)
+    assert any("answer.parquet" in n and "channel_tests.parquet" in n for n in notes)
+    assert any("channel_shapley.parquet" in n for n in notes)
     assert not any(b[display.NOTE_MIME]["kind"] == "error" for b in shown if display.NOTE_MIME in b)
 
 
@@ -475,7 +282,7 @@ def test_typst_text_is_verbatim_and_compiles(tmp_path):
 
 
 def test_map_scale_signed_and_unsigned():
-    from chanstat.report.figures import map_scale
+    from chanstat.report.plots.images import map_scale
 
     signed = map_scale(np.array([-2.0, 0.5, 1.0]), quantile=1.0)
     assert signed["signed"] and signed["vmin"] == -2.0 and signed["vmax"] == 2.0 and signed["cmap"] == "RdBu_r"
@@ -486,7 +293,7 @@ def test_map_scale_signed_and_unsigned():
 
 
 def test_mean_curve_interpolates_each_sample():
-    from chanstat.report.figures import mean_curve
+    from chanstat.report.plots.charts import mean_curve
 
     curves = pd.DataFrame({"sample": [0, 0, 1, 1], "mask_size": [0.0, 1.0, 0.0, 0.5], "score": [0.0, 1.0, 0.0, 1.0]})
     out = mean_curve(curves, grid=np.array([0.0, 0.25, 0.5, 1.0]))
@@ -496,7 +303,7 @@ def test_mean_curve_interpolates_each_sample():
 
 
 def test_channel_colours_follow_stains():
-    from chanstat.report.figures import channel_colours, channel_key
+    from chanstat.report.plots.style import channel_colours, channel_key
 
     assert channel_key("OrigDNA") == "dna" and channel_key("CorrMito") == "mito" and channel_key("mito_tubeness") == "mito"
     assert channel_key("ER") == "er" and channel_key("ERK") != "er"
@@ -506,7 +313,7 @@ def test_channel_colours_follow_stains():
 
 
 def test_gallery_marks_channel_agnostic_maps():
-    from chanstat.report.figures import attribution_gallery, map_scale
+    from chanstat.report.plots.images import attribution_gallery, map_scale
 
     rng = np.random.default_rng(0)
     real, cf = rng.random((3, 8, 8)), rng.random((3, 8, 8))
@@ -589,18 +396,159 @@ def test_stage_renders_the_configured_formats(monkeypatch, tmp_path):
     monkeypatch.setattr(stage, "render", fake_render)
     monkeypatch.setattr(stage, "resolve_engine", lambda e: "builtin" if e == "auto" else e)
     config = {}
-    ctx = types.SimpleNamespace(out=tmp_path, section=lambda name: config.get(name, {}),
-                                resolve_path=lambda p: tmp_path / p)
-    info = stage.run(ctx)
+    ctx = types.SimpleNamespace(out=tmp_path, resolve_path=lambda p: tmp_path / p,
+                                section=lambda name: stage.ReportConfig(**config.get(name, {})).model_dump())
+    outputs, info = stage.STAGE.whole_set(ctx, {})
+    assert outputs == {}
     assert seen["formats"] == ["html", "pdf"] and seen["engine"] == "builtin" and seen["template"] is None
     assert info == {"engine": "builtin", "files": ["report.html", "report.pdf"]}
     config["report"] = {"formats": ["html"], "engine": "builtin", "template": "my.py"}
-    stage.run(ctx)
+    stage.STAGE.whole_set(ctx, {})
     assert seen["formats"] == ["html"] and seen["template"] == tmp_path / "my.py"
 
 
 def test_report_package_never_imports_torch():
     code = ("import sys; import chanstat.report, chanstat.report.sections, chanstat.report.renderer, "
-            "chanstat.report.pdf, chanstat.report.stage, chanstat.report.cli; "
+            "chanstat.report.pdf, chanstat.report.stage, chanstat.report.cli, chanstat.report.plots.charts, "
+            "chanstat.report.plots.images, chanstat.report.plots.matrices, chanstat.rundir; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ============================================================================ schema-driven pieces
+def shown_by(section, run, *args) -> list[dict]:
+    """The output bundles one section displays (without a kernel)."""
+    import chanstat.report.display as display
+
+    shown = []
+    original = display._display
+    display._display = lambda bundle, metadata=None: shown.append(bundle)
+    try:
+        section(run, *args)
+    finally:
+        display._display = original
+    return shown
+
+
+def notes_of(bundles: list[dict], kind: str | None = None) -> list[str]:
+    from chanstat.report.display import NOTE_MIME
+
+    return [b[NOTE_MIME]["text"] for b in bundles if NOTE_MIME in b and (kind is None or b[NOTE_MIME]["kind"] == kind)]
+
+
+def test_fake_run_holds_every_schema_table(fake_run):
+    from chanstat.rundir import RunDirectory
+
+    run = RunDirectory(fake_run)
+    for name in schema_tables():
+        assert len(run.table(name)) > 0, name  # validated against the schema on the way in and out
+
+
+def test_answer_comes_first_and_never_names_a_channel_for_none(rendered, fake_run):
+    page = rendered["html"]
+    h2 = re.findall(r'<h2 id="([^"]+)"', page)
+    assert h2[0] == "The-answer"
+    answer = page[page.find('id="The-answer"'):page.find('id="Run-overview"')]
+    table = pd.read_parquet(fake_run / "answer.parquet")
+    items = re.findall(r"<li>(.*?)</li>", answer, re.S)
+    assert len(items) == len(table)
+    for item, row in zip(items, table.itertuples()):
+        assert f"<code>{row.method}</code>" in item
+        if row.dominant_channel == "none":
+            assert "no channel dominates" in item
+            assert not any(ch in item for ch in CHANNELS)
+        else:
+            assert f"channel <strong>{row.dominant_channel}</strong> carries the difference" in item
+    # two of three methods name Mito; CellProfiler's Mito features differ most (15 of 24 significant)
+    assert "The methods agree: 2 of 3 name <strong>Mito</strong>; the others name none." in answer
+    assert "differ most (largest fraction significant) in <strong>Mito</strong>, in agreement with the methods" in answer
+
+
+def test_answer_falls_back_to_the_primary_tests(partial_page):
+    answer = partial_page[partial_page.find('id="The-answer"'):partial_page.find('id="Run-overview"')]
+    items = re.findall(r"<li>(.*?)</li>", answer, re.S)
+    assert len(items) == 3  # one per primary (pooled) row
+    assert "channel <strong>Mito</strong> carries the difference; its share is 0.48 (interval 0.412 to 0.557)" in items[0]
+    assert "p = 0.000123" in items[0]
+    assert "no channel dominates" in items[2] and "Mito" not in items[2] and "p = 0.81" in items[2]
+    assert "The methods agree: 2 of 3 name <strong>Mito</strong>" in answer
+    assert "features differ most" not in answer and "stand out" not in answer  # CellProfiler did not run
+
+
+def test_shapley_and_compartment_sections(rendered):
+    page = rendered["html"]
+    shapley = page[page.find('id="Channel-Shapley-values"'):page.find('id="Localisation-and-faithfulness"')]
+    assert shapley.count("<img") == 2  # bars and the interaction heatmap
+    # planted: each image's values sum to its total 0.58 + 0.05 * sample, i.e. a mean of 0.855 over 12 images
+    assert "mean total 0.855 over 12 images" in shapley
+    compartments = page[page.find('id="Compartment-%C3%97-channel"'):page.find('id="Concordance"')]
+    assert compartments.count("<img") == 2  # attribution per compartment beside CellProfiler
+
+
+def test_counterfactual_candidates(rendered):
+    table = table_after(rendered["html"], "Counterfactual candidates per provider")
+    # 12 images, candidates "c0".."c3": 4 distinct, each used 3 times; n_candidates = 3 + sample
+    assert re.search(row_html("oracle", "12", "1", "8.5", "3", "4", "3"), table), table
+
+
+def test_pseudo_replicates_are_labelled(tmp_path):
+    from chanstat.report.sections import channel_tests
+    from chanstat.rundir import RunDirectory
+    from report_fake_run import schema_frame
+
+    tests = schema_frame("channel_tests", [{"method": "m", "transition": "all", "test": "friedman_f",
+                                            "contrast": "channel", "statistic": 1.0, "p_value": 0.5, "unit": "well",
+                                            "n_units": 9, "n_samples": 90, "primary": True, "dominant_channel": "none"}],
+                         NAMES)
+    plain = RunDirectory(tmp_path / "a", create=True).save(channel_tests=tests)
+    assert not any("Pseudo-replicates" in n for n in notes_of(shown_by(channel_tests, plain)))
+    by_record = RunDirectory(tmp_path / "b", create=True).save(
+        channel_tests=tests, provenance={"stages": {"data": {"pseudo_replicates": "9 spatial blocks of one field"}}})
+    [text] = [n for n in notes_of(shown_by(channel_tests, by_record), "info") if "Pseudo-replicates" in n]
+    assert "9 spatial blocks of one field" in text
+    by_column = RunDirectory(tmp_path / "c", create=True).save(channel_tests=tests.assign(pseudo_replicates=True))
+    assert any("Pseudo-replicates" in n for n in notes_of(shown_by(channel_tests, by_column), "info"))
+
+
+def test_sections_pick_up_declared_optional_columns(monkeypatch, tmp_path):
+    """Columns the schema declares later (the answer's interval and CellProfiler verdict, the Shapley
+    intervals) are used as soon as they are declared: here declared by patching the schema."""
+    import dataclasses
+
+    from chanstat import schema
+    from chanstat.report.sections import answer, channel_shapley
+    from chanstat.rundir import RunDirectory
+    from report_fake_run import schema_frame
+
+    def extend(name: str, columns: str) -> None:
+        spec = schema.SCHEMA[name]
+        monkeypatch.setitem(schema.SCHEMA, name, dataclasses.replace(spec, columns=spec.columns + schema._columns(columns)))
+
+    extend("answer", "quantity:str? estimate:float? ci_low:float? ci_high:float? p_value:float? "
+                     "cellprofiler_channel:str? agrees_with_cellprofiler:bool?")
+    extend("shapley_tests", "estimate:float? ci_low:float? ci_high:float?")
+    table = schema_frame("answer", [
+        {"family": "ig", "method": "d_ig", "dominant_channel": "Mito", "quantity": "contribution", "estimate": 0.48,
+         "ci_low": 0.41234, "ci_high": 0.55678, "p_value": 0.002, "cellprofiler_channel": "Mito",
+         "agrees_with_cellprofiler": True},
+        {"family": "cam", "method": "gc", "dominant_channel": "none", "quantity": "share", "estimate": 0.3,
+         "ci_low": 0.1, "ci_high": 0.5, "p_value": 0.4, "cellprofiler_channel": "Mito",
+         "agrees_with_cellprofiler": False}], NAMES)
+    shapley = schema_frame("channel_shapley", [{"sample": s, "channel": ch, "shapley": 0.1} for s in range(3)
+                                               for ch in CHANNELS], NAMES)
+    tests = schema_frame("shapley_tests", [{"source": "shapley", "channel": ch, "estimate": 0.1, "ci_low": 0.05,
+                                            "ci_high": 0.15} for ch in CHANNELS], NAMES)
+    run = RunDirectory(tmp_path, create=True).save(answer=table, channel_shapley=shapley, shapley_tests=tests)
+    from chanstat.report.markdown import markdown_to_html
+    from chanstat.report.sections import ERRORS
+
+    text = markdown_to_html(shown_by(answer, run)[0]["text/markdown"])
+    ig, cam = re.findall(r"<li>(.*?)</li>", text, re.S)
+    assert ("channel <strong>Mito</strong> carries the difference; its contribution is 0.48 (interval 0.412 to 0.557)"
+            " (p = 0.002). CellProfiler features point to Mito — they agree.") in ig
+    assert cam.startswith("<strong>cam</strong> (<code>gc</code>): no channel dominates") and "they disagree" in cam
+    assert "carries" not in cam
+    errors = len(ERRORS)
+    bundles = shown_by(channel_shapley, run)
+    assert sum("image/png" in b for b in bundles) == 1 and len(ERRORS) == errors
+    assert not any("standard error over images" in b.get("text/plain", "") for b in bundles)  # the tested intervals

@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 
 SECTIONS = (
-    "Run overview", "Data and model", "Classifier training", "Counterfactuals", "Attribution galleries",
+    "The answer", "Run overview", "Data and model", "Classifier training", "Counterfactuals", "Attribution galleries",
     "DAC: discriminative attribution curves", "Single-channel curves", "Optimal masks", "Smoothing sweep",
     "Channel shares", "Tests", "Confidence intervals", "Map similarity and strategies",
-    "Localisation and faithfulness", "CellProfiler features", "Channel enrichment", "Compartment × channel",
+    "Channel Shapley values", "Localisation and faithfulness", "CellProfiler features", "Channel enrichment", "Compartment × channel",
     "Concordance", "Provenance",
 )
 
@@ -75,9 +75,9 @@ def test_quick_report_every_written_file_is_used(quick_report):
     """A stage that ran leaves no "stage not run" note for its files."""
     run, page = quick_report["run"], quick_report["html"]
     notes = " ".join(re.findall(r'<div class="chanstat-note chanstat-missing">(.*?)</div>', page, re.S))
-    from chanstat.report.rundir import FILE_STAGE
+    from chanstat.schema import SCHEMA
 
-    for name in FILE_STAGE:
+    for name in (spec.file for spec in SCHEMA.values()):
         if (run / name).exists():
             assert f"<code>{name}</code>" not in notes, f"{name} exists but the report says it is missing"
 

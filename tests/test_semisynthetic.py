@@ -142,7 +142,8 @@ def test_plant_errors():
 def _load(name):
     from chanstat.pipeline import load_config
 
-    return load_config(ROOT / "analyses" / name)
+    config, _ = load_config(ROOT / "analyses" / name)
+    return config
 
 
 def test_real_field_configs_differ_only_in_the_provider():
@@ -156,20 +157,21 @@ def test_real_field_configs_differ_only_in_the_provider():
 
 
 def test_real_field_data_stage(tmp_path, shared_data):
+    from chanstat.context import RunContext
     from chanstat.data import stage as data_stage
-    from chanstat.io import read_table
-    from chanstat.pipeline import RunContext
+    from chanstat.rundir import RunDirectory
 
-    ctx = RunContext(config=_load("real_field.toml"), out=tmp_path, config_dir=ROOT / "analyses", progress=False)
-    info = data_stage.run(ctx)
-    s = ctx.dataset
+    ctx = RunContext(config=_load("real_field.toml"), run=RunDirectory(tmp_path / "run", create=True),
+                     config_dir=ROOT / "analyses", progress=False)
+    outputs, info = data_stage.whole_set(ctx, {})
+    s = outputs["dataset"]
     assert info["planted_channel"] == "Mito" and info["n_wells"] == 9
+    assert info["scaling"]["method"] == "plate"  # the default, recorded for provenance
     assert s.channels == ["DNA", "ER", "RNA", "AGP", "Mito"] and s.classes == ["control", "planted"]
     assert 200 <= len(s) <= 400 and s.shape[2:] == (64, 64)
     assert abs(int(s.labels.sum()) - len(s) / 2) <= 9  # balanced within each of the 9 pseudo-wells
     assert s.signal_masks[:, :4].sum() == 0 and s.signal_masks[:, 4].any()
-    meta = read_table(tmp_path / "meta.parquet")
-    assert sorted(meta["Metadata_Well"].unique()) == [f"C03_b{k}" for k in range(9)]
+    assert sorted(s.meta["Metadata_Well"].unique()) == [f"C03_b{k}" for k in range(9)]
 
 
 @pytest.mark.slow

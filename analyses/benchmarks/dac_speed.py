@@ -1,35 +1,36 @@
-"""How fast is chanstat's DAC? A benchmark (not a test).
+"""How fast, and how exact, is chanstat's adaptive DAC? A benchmark (not a test).
 
-On one model and the same image pairs it measures, per mask strategy:
+On one model and the same image pairs it measures, per mask strategy and for two kinds of
+counterfactual (``oracle``: the synthetic screen's rendering of the same cell in the other
+class; ``nearest``: the nearest image of the other class in pixel space, as when no generator
+is available):
 
-(a) ``chanstat.dac.dac`` (masks for all thresholds on the device, one grey-level closing per
-    map, batched forward passes, no pass for empty / full / repeated masks);
-(b) the reference loop of the published code: one forward pass per threshold at batch size
-    one, CPU morphology per mask (scipy here, OpenCV there) and, for the channel-resolved
-    strategies, per channel;
-(c) the forward passes alone at the best batch size and input layout (contiguous or
-    channels-last, whichever is faster), on the same number of hybrids as the
-    curves have points (the physical limit without skipping; ``c``), and on the number chanstat
-    actually evaluated (``c_evaluated``, what its non-forward work is measured against).
-    ``c_evaluated`` is timed by running that many passes right after each (a) repeat, so both
-    see the same machine load; ``c`` scales it to all curve points.
+(a) ``chanstat.dac.dac`` with the adaptive schedule (default): forward passes per curve and
+    the largest |DAC difference| of any curve against
+(v) ``chanstat.dac.dac`` on the full 200-step value grid (every distinct mask scored);
+(p) the published loop: one forward pass per threshold at batch size one, CPU morphology
+    (scipy) per mask and, for channel-resolved strategies, per channel;
+(q) a QuAC-style loop: CPU morphology per channel per threshold, all hybrids of a curve in
+    one batch.
 
-It prints ``speedup_vs_reference = b / a`` and ``overhead_vs_forward = a / c`` per strategy
-(plus ``overhead_vs_evaluated = a / c_evaluated``).
+(p) and (q) are timed on ``--reference-pairs`` pairs and scaled to all pairs. Printed:
+``passes/curve``, ``max|diff|``, and the speedups ``p / a``, ``q / a`` and ``v / a``; then one
+call scoring every strategy at once (hybrids of all strategies share forward passes).
+
+On CUDA (``--device cuda``) the model runs channels-last, and bf16 autocast is measured: its
+curve scores are compared with float32 on the value grid and it is used for the timings only
+if every score stays within 1e-3 (the decision is printed).
 
 Usage::
 
-    python analyses/benchmarks/dac_speed.py                # 64 pairs, CPU
-    python analyses/benchmarks/dac_speed.py --device cuda
-    python analyses/benchmarks/dac_speed.py --quick        # a one-minute smoke run
-    python analyses/benchmarks/dac_speed.py --reference-pairs 8   # extrapolate (b) from 8 pairs
-
-The model is a VGGClassifier briefly trained on a synthetic screen (``--checkpoint`` loads a
-trained one instead); maps are D-IG (``--method``) from ``chanstat.attribution``.
+    python analyses/benchmarks/dac_speed.py                 # 32 pairs, CPU
+    python analyses/benchmarks/dac_speed.py --device cuda --pairs 128
+    python analyses/benchmarks/dac_speed.py --quick         # a smoke run
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -41,12 +42,8 @@ from scipy import ndimage as ndi
 from chanstat.dac import dac, structuring_element
 
 STRATEGIES = ("aggregate", "joint", "per_channel", "single_channel")
-TARGETS = {  # (min speedup, max overhead) on a 2-core CPU, from the issue
-    "aggregate": (2.5, 1.3),
-    "joint": (None, 1.6),
-    "per_channel": (5.0, 1.6),
-    "single_channel": (None, 1.6),
-}
+PAIRINGS = ("oracle", "nearest")
+TARGET_PASSES, TARGET_DIFF = 24, 0.01
 
 
 def synchronise(device: torch.device) -> None:
@@ -54,213 +51,217 @@ def synchronise(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-# --------------------------------------------------------------------------- (b) the reference loop
+# --------------------------------------------------------------------------- (p) and (q): the loops
 
 
-def reference_loop(model, real, counterfactual, maps, target, strategy, steps, closing=10, sigma=2.0):
-    """The published procedure: per threshold, per plane: threshold, close, blur (CPU); batch-one pass."""
-    device = next(model.parameters()).device
+def curve_hybrids(real, counterfactual, maps, strategy, steps, closing=10, sigma=2.0):
+    """Per sample and curve: the hybrids of every threshold (CPU morphology per mask and plane)."""
     element = structuring_element(closing, "ellipse")
     magnitude = maps.abs().numpy()
     n, c = real.shape[:2]
     thresholds = 1.0 - np.arange(steps + 1) / steps
-    scores = []
+    for i in range(n):
+        if strategy == "aggregate":
+            planes, curves = magnitude[i].sum(0, keepdims=True), [[0]]
+        elif strategy == "single_channel":
+            planes, curves = magnitude[i], [[k] for k in range(c)]
+        else:
+            planes, curves = magnitude[i], [list(range(c))]
+        if strategy == "joint":
+            normalised = planes / max(planes.max(), 1e-30)
+        else:
+            normalised = planes / np.maximum(planes.max(axis=(1, 2), keepdims=True), 1e-30)
+        for curve in curves:
+            hybrids = []
+            for k, t in enumerate(thresholds):
+                hybrid = counterfactual[i].clone()
+                for p in curve:
+                    mask = normalised[p] > t if k < steps else np.ones(normalised[p].shape, bool)
+                    closed = ndi.binary_erosion(ndi.binary_dilation(mask, element), element, border_value=1)
+                    weight = torch.from_numpy(ndi.gaussian_filter(closed.astype(np.float32), sigma, mode="mirror", truncate=2.5))
+                    for ch in (range(c) if strategy == "aggregate" else [p]):
+                        hybrid[ch] = weight * real[i, ch] + (1 - weight) * counterfactual[i, ch]
+                hybrids.append(hybrid)
+            yield i, hybrids
+
+
+def published_loop(model, real, counterfactual, maps, target, strategy, steps) -> int:
+    """One forward pass per threshold at batch size one; ``.item()`` per hybrid, as published."""
+    device = next(model.parameters()).device
+    passes = 0
     with torch.no_grad():
-        for i in range(n):
-            x = real[i : i + 1].to(device)
-            xc = counterfactual[i : i + 1].to(device)
+        p_cf = torch.softmax(model(counterfactual.to(device)), 1)
+        for i, hybrids in curve_hybrids(real, counterfactual, maps, strategy, steps):
             y = int(target[i])
-            p_cf = torch.softmax(model(xc), 1)[0, y].item()
-            if strategy == "aggregate":
-                planes = magnitude[i].sum(0, keepdims=True)
-                curves = [[0]]
-            elif strategy == "single_channel":
-                planes, curves = magnitude[i], [[k] for k in range(c)]
-            else:
-                planes, curves = magnitude[i], [list(range(c))]
-            if strategy == "joint":
-                normalised = planes / max(planes.max(), 1e-30)
-            else:
-                normalised = planes / np.maximum(planes.max(axis=(1, 2), keepdims=True), 1e-30)
-            for curve in curves:
-                for k, t in enumerate(thresholds):
-                    hybrid = xc.clone()
-                    for p in curve:
-                        mask = normalised[p] > t if k < steps else np.ones(normalised[p].shape, bool)
-                        closed = ndi.binary_erosion(ndi.binary_dilation(mask, element), element, border_value=1)
-                        weight = torch.from_numpy(
-                            ndi.gaussian_filter(closed.astype(np.float32), sigma, mode="mirror", truncate=2.5)
-                        ).to(device)
-                        channels = range(c) if strategy == "aggregate" else [p]
-                        for ch in channels:
-                            hybrid[0, ch] = weight * x[0, ch] + (1 - weight) * xc[0, ch]
-                    # .item() per hybrid, as the original collects its scores
-                    scores.append(torch.softmax(model(hybrid), 1)[0, y].item() - p_cf)
-    return len(scores)
+            for hybrid in hybrids:
+                torch.softmax(model(hybrid[None].to(device)), 1)[0, y].item() - p_cf[i, y].item()
+                passes += 1
+    return passes
 
 
-# --------------------------------------------------------------------------- (c) forward passes alone
-
-
-FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
-
-
-def time_forward(model, shape, device, n_hybrids, batch_size, memory_format="contiguous") -> float:
-    """Seconds for ``n_hybrids`` forward passes (and softmax) at ``batch_size``."""
-    x = torch.rand((batch_size, *shape), device=device).contiguous(memory_format=FORMATS[memory_format])
-    with torch.inference_mode():
-        synchronise(device)
-        t0 = time.perf_counter()
-        for start in range(0, n_hybrids, batch_size):
-            torch.softmax(model(x[: min(batch_size, n_hybrids - start)]), 1)
-        synchronise(device)
-    return time.perf_counter() - t0
-
-
-def forward_throughput(model, shape, device, batch_sizes, min_images, repeats=3) -> tuple[tuple[int, str], float, dict]:
-    """Seconds per hybrid at the best (batch size, memory format), min over repeats, on >= min_images hybrids."""
-    per_setting = {}
-    for memory_format in FORMATS:
-        for bs in batch_sizes:
-            n_hybrids = max(2 * bs, min_images)
-            time_forward(model, shape, device, bs, bs, memory_format)  # warm-up
-            best = min(time_forward(model, shape, device, n_hybrids, bs, memory_format) for _ in range(repeats))
-            per_setting[(bs, memory_format)] = best / n_hybrids
-    best_setting = min(per_setting, key=per_setting.get)
-    return best_setting, per_setting[best_setting], per_setting
+def quac_loop(model, real, counterfactual, maps, target, strategy, steps) -> int:
+    """CPU morphology per channel per threshold, all hybrids of a curve in one batch."""
+    device = next(model.parameters()).device
+    passes = 0
+    with torch.no_grad():
+        p_cf = torch.softmax(model(counterfactual.to(device)), 1)
+        for i, hybrids in curve_hybrids(real, counterfactual, maps, strategy, steps):
+            y = int(target[i])
+            scores = torch.softmax(model(torch.stack(hybrids).to(device)), 1)[:, y] - p_cf[i, y]
+            scores.cpu().numpy()
+            passes += len(hybrids)
+    return passes
 
 
 # --------------------------------------------------------------------------- set-up
+
+
+def nearest_other(images: torch.Tensor, labels: torch.Tensor, pool: torch.Tensor, pool_labels: torch.Tensor) -> np.ndarray:
+    """Index into ``pool`` of the nearest (L2) image of another class, per image."""
+    distance = torch.cdist(images.flatten(1), pool.flatten(1))
+    distance[labels[:, None] == pool_labels[None, :]] = float("inf")
+    return distance.argmin(dim=1).numpy()
 
 
 def make_inputs(args, device):
     from chanstat.data import synthetic
     from chanstat.models import VGGClassifier, load_checkpoint, train
 
-    wells = max(1, -(-args.pairs // (2 * 2 * 4)))
+    wells = max(2, -(-args.pairs // (2 * 2 * 4)))
     ds = synthetic(n_plates=2, wells_per_class=wells, sites_per_well=4, size=args.size, seed=args.seed)
-    idx = np.arange(args.pairs)
     if args.checkpoint:
         model = load_checkpoint(args.checkpoint, device).model
     else:
         torch.manual_seed(args.seed)
         model = VGGClassifier(len(ds.channels), len(ds.classes))
         train(model, ds, epochs=args.epochs, batch_size=16, lr=2e-3, seed=args.seed, min_epochs=0, progress=False)
-        if args.save_checkpoint:
-            from chanstat.models import save_checkpoint
-
-            save_checkpoint(args.save_checkpoint, model, ds.channels, ds.classes)
     model = model.to(device).eval()
-    real, cf = ds.images[idx], ds.counterfactuals[idx]
-    labels, cf_labels = ds.labels[idx], ds.counterfactual_labels[idx]
-    if args.pairing == "other":
-        # a different cell of the other class: maps are dense in every channel, unlike oracle pairs,
-        # whose discriminative maps vanish outside the planted channel
-        rng = np.random.default_rng(args.seed)
-        partner = np.array([rng.choice(np.flatnonzero(ds.labels.numpy() != int(y))) for y in labels])
-        cf, cf_labels = ds.images[partner], ds.labels[partner]
-    if args.method == "residual":
-        maps = (real - cf).abs()
-    else:
-        from chanstat.attribution import attribute
+    rng = np.random.default_rng(args.seed)
+    idx = np.sort(rng.choice(len(ds.labels), size=min(args.pairs, len(ds.labels)), replace=False))
+    real, labels = ds.images[idx], ds.labels[idx]
+    pairs = {}
+    for pairing in args.pairings:
+        if pairing == "oracle":
+            cf, cf_labels = ds.counterfactuals[idx], ds.counterfactual_labels[idx]
+        else:
+            partner = nearest_other(real, labels, ds.images, ds.labels)
+            cf, cf_labels = ds.images[partner], ds.labels[partner]
+        if args.method == "residual":
+            maps = (real - cf).abs()
+        else:
+            from chanstat.attribution import attribute
 
-        options = {"n_steps": 32} if args.method in ("d_ig",) else {}
-        maps = attribute(model, real, labels, args.method, counterfactuals=cf, counterfactual_target=cf_labels, **options)
-    return model, real, cf, maps.float().cpu(), labels
+            options = {"n_steps": 32} if args.method == "d_ig" else {}
+            maps = attribute(model, real, labels, args.method, counterfactuals=cf, counterfactual_target=cf_labels,
+                             **options).float().cpu()
+        pairs[pairing] = (cf, maps)
+    return model, real, labels, pairs
+
+
+def timed(device, fn):
+    synchronise(device)
+    t0 = time.perf_counter()
+    out = fn()
+    synchronise(device)
+    return time.perf_counter() - t0, out
+
+
+def choose_autocast(model, real, labels, cf, maps, device, steps) -> tuple[contextlib.AbstractContextManager, dict]:
+    """bf16 autocast on CUDA when every value-grid score stays within 1e-3 of float32."""
+    if device.type != "cuda":
+        return contextlib.nullcontext(), {"autocast": None}
+    kwargs = dict(counterfactuals=cf, strategy=list(STRATEGIES), schedule="value", steps=steps)
+    fp32 = dac(model, real, labels, maps, **kwargs).curves["score"].to_numpy()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        bf16 = dac(model, real, labels, maps, **kwargs).curves["score"].to_numpy()
+    worst = float(np.abs(fp32 - bf16).max())
+    use = worst <= 1e-3
+    print(f"bf16 autocast: largest |score difference| vs float32 = {worst:.2e} -> {'used' if use else 'not used (> 1e-3)'}")
+    context = torch.autocast("cuda", dtype=torch.bfloat16) if use else contextlib.nullcontext()
+    return context, {"autocast": "bf16" if use else None, "bf16_max_score_difference": worst}
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    parser.add_argument("--pairs", type=int, default=64)
+    parser.add_argument("--pairs", type=int, default=32)
     parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--tolerance", type=float, default=None, help="adaptive tolerance (default: dac's)")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
+    parser.add_argument("--pairings", nargs="+", default=list(PAIRINGS), choices=PAIRINGS)
     parser.add_argument("--method", default="d_ig", help="attribution method of the maps (d_ig, d_ixg, residual, ...)")
-    parser.add_argument("--pairing", default="oracle", choices=("oracle", "other"),
-                        help="counterfactual = oracle rendering (default) or another cell of the other class")
-    parser.add_argument("--reference-pairs", type=int, default=None,
-                        help="time (b) on this many pairs and extrapolate linearly (default: all pairs)")
-    parser.add_argument("--repeats", type=int, default=3, help="repeats of (a) and (c); the fastest counts")
+    parser.add_argument("--reference-pairs", type=int, default=2, help="pairs the loops (p), (q) are timed on")
+    parser.add_argument("--skip-loops", action="store_true", help="do not time the published and QuAC-style loops")
     parser.add_argument("--epochs", type=int, default=15, help="training epochs of the benchmark model")
     parser.add_argument("--checkpoint", default=None, help="model.pt of a run instead of training one")
-    parser.add_argument("--save-checkpoint", default=None, help="save the trained benchmark model here")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="8 pairs, 50 steps, reference on 2 pairs, 2 epochs")
+    parser.add_argument("--quick", action="store_true", help="8 pairs, 50 steps, loops on 1 pair, 2 epochs")
     parser.add_argument("--json", default=None, help="also write the numbers to this file")
     args = parser.parse_args(argv)
     if args.quick:
-        args.pairs, args.steps, args.epochs, args.repeats = min(args.pairs, 8), min(args.steps, 50), 2, 1
-        args.reference_pairs = args.reference_pairs or 2
+        args.pairs, args.steps, args.epochs, args.reference_pairs = min(args.pairs, 8), min(args.steps, 50), 2, 1
     if args.threads:
         torch.set_num_threads(args.threads)
     from chanstat.runtime import resolve_device
 
     device = resolve_device(args.device)
-    model, real, cf, maps, labels = make_inputs(args, device)
+    model, real, labels, pairs = make_inputs(args, device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
     n = len(real)
-    ref_pairs = min(args.reference_pairs or n, n)
-    shape = tuple(real.shape[1:])
-    print(f"device={device} threads={torch.get_num_threads()} pairs={n} steps={args.steps} image={shape} "
-          f"maps={args.method} pairing={args.pairing}")
-
-    batch_sizes = [1, 16, 32, 64, 128, 256] + ([512, 1024, 2048] if device.type == "cuda" else [])
-    (best_bs, best_format), sec_per_hybrid, per_setting = forward_throughput(
-        model, shape, device, batch_sizes, min_images=1024 if not args.quick else 256
-    )
-    print("forward time per hybrid by batch size and layout: "
-          + ", ".join(f"{bs}/{fmt}:{t * 1e3:.3f}ms" for (bs, fmt), t in per_setting.items()))
-    print(f"best: batch {best_bs}, {best_format}")
-
-    # warm-up (allocations, kernels)
-    dac(model, real[:2], cf[:2], maps[:2], labels[:2], strategy=list(args.strategies), steps=10)
+    ref = min(args.reference_pairs, n)
+    print(f"device={device} threads={torch.get_num_threads()} pairs={n} steps={args.steps} image={tuple(real.shape[1:])} "
+          f"maps={args.method}; loops timed on {ref} pairs and scaled")
+    first_cf, first_maps = next(iter(pairs.values()))
+    autocast, precision = choose_autocast(model, real[:8], labels[:8], first_cf[:8], first_maps[:8], device, args.steps)
+    options = {} if args.tolerance is None else {"tolerance": args.tolerance}
     rows = []
-    for strategy in args.strategies:
-        # (a) and (c) alternate, so both see the same machine load; the fastest of each counts
-        t_a = t_c = float("inf")
-        for _ in range(args.repeats):
-            synchronise(device)
-            t0 = time.perf_counter()
-            result = dac(model, real, cf, maps, labels, strategy=strategy, steps=args.steps)
-            synchronise(device)
-            t_a = min(t_a, time.perf_counter() - t0)
-            stats = result.stats[strategy]
-            t_c = min(t_c, time_forward(model, shape, device, stats["forward_passes"], best_bs, best_format))
-        t0 = time.perf_counter()
-        passes = reference_loop(model, real[:ref_pairs], cf[:ref_pairs], maps[:ref_pairs], labels[:ref_pairs], strategy, args.steps)
-        synchronise(device)
-        t_b = (time.perf_counter() - t0) * n / ref_pairs
-        c_eval = t_c
-        c_all = t_c * stats["hybrids"] / max(1, stats["forward_passes"])
-        row = dict(
-            strategy=strategy, chanstat_s=round(t_a, 3), reference_s=round(t_b, 3),
-            reference_extrapolated_from_pairs=ref_pairs if ref_pairs < n else None,
-            forward_s=round(c_all, 3), forward_evaluated_s=round(c_eval, 3),
-            hybrids=stats["hybrids"], forward_passes=stats["forward_passes"], reference_passes=passes * n // ref_pairs,
-            best_batch_size=best_bs, best_memory_format=best_format, chanstat_memory_format=result.settings["memory_format"],
-            chanstat_batch_size=result.settings["batch_size"],
-            speedup_vs_reference=round(t_b / t_a, 2),
-            overhead_vs_forward=round(t_a / c_all, 3),
-            overhead_vs_evaluated=round(t_a / c_eval, 3) if c_eval else None,
-        )
-        rows.append(row)
-        target_speed, target_overhead = TARGETS[strategy]
-        print(
-            f"{strategy:15s} a={t_a:8.2f}s  b={t_b:8.2f}s{'*' if ref_pairs < n else ' '}  c={c_all:7.2f}s "
-            f"(c_evaluated={c_eval:6.2f}s; {stats['forward_passes']}/{stats['hybrids']} hybrids run)  "
-            f"speedup_vs_reference={row['speedup_vs_reference']:.2f}"
-            f"{f' (target >= {target_speed})' if target_speed and device.type == 'cpu' else ''}  "
-            f"overhead_vs_forward={row['overhead_vs_forward']:.3f}"
-            f"{f' (target <= {target_overhead})' if device.type == 'cpu' else ''}  "
-            f"overhead_vs_evaluated={row['overhead_vs_evaluated']}"
-        )
-    if ref_pairs < n:
-        print(f"* reference timed on {ref_pairs} pairs and scaled to {n}")
+    with autocast:
+        dac(model, real[:2], labels[:2], first_maps[:2], counterfactuals=first_cf[:2], strategy=list(args.strategies), steps=10)
+        print(f"{'pairing':8s} {'strategy':15s} {'passes/curve':>12s} {'value grid':>10s} {'max|diff|':>9s} "
+              f"{'adaptive s':>10s} {'value s':>8s} {'published s':>11s} {'QuAC s':>8s} "
+              f"{'x published':>11s} {'x QuAC':>7s} {'x value':>7s}")
+        for pairing, (cf, maps) in pairs.items():
+            for strategy in args.strategies:
+                common = dict(counterfactuals=cf, strategy=strategy, steps=args.steps)
+                t_a, adaptive = timed(device, lambda: dac(model, real, labels, maps, schedule="adaptive", **common, **options))
+                t_v, value = timed(device, lambda: dac(model, real, labels, maps, schedule="value", **common))
+                diff = np.abs(adaptive.scores["dac"].to_numpy() - value.scores["dac"].to_numpy())
+                mean_diff = abs(adaptive.scores["dac"].mean() - value.scores["dac"].mean())
+                row = dict(
+                    pairing=pairing, strategy=strategy,
+                    passes_per_curve=adaptive.stats[strategy]["forward_passes_per_curve"],
+                    value_passes_per_curve=value.stats[strategy]["forward_passes_per_curve"],
+                    points_per_curve=args.steps + 1, max_abs_dac_difference=float(diff.max()),
+                    mean_dac_difference=float(mean_diff), adaptive_s=round(t_a, 3), value_s=round(t_v, 3),
+                )
+                if not args.skip_loops:
+                    sub = (real[:ref], cf[:ref], maps[:ref], labels[:ref], strategy, args.steps)
+                    t_p, _ = timed(device, lambda: published_loop(model, *sub))
+                    t_q, _ = timed(device, lambda: quac_loop(model, *sub))
+                    row.update(published_s=round(t_p * n / ref, 3), quac_s=round(t_q * n / ref, 3),
+                               speedup_vs_published=round(t_p * n / ref / t_a, 1), speedup_vs_quac=round(t_q * n / ref / t_a, 1))
+                row["speedup_vs_value_grid"] = round(t_v / t_a, 2)
+                rows.append(row)
+                ok = row["passes_per_curve"] <= TARGET_PASSES and row["max_abs_dac_difference"] <= TARGET_DIFF
+                print(f"{pairing:8s} {strategy:15s} {row['passes_per_curve']:12.1f} {row['value_passes_per_curve']:10.1f} "
+                      f"{row['max_abs_dac_difference']:9.4f} {t_a:10.2f} {t_v:8.2f} {row.get('published_s', float('nan')):11.1f} "
+                      f"{row.get('quac_s', float('nan')):8.1f} {row.get('speedup_vs_published', float('nan')):11.1f} "
+                      f"{row.get('speedup_vs_quac', float('nan')):7.1f} {row['speedup_vs_value_grid']:7.2f}"
+                      f"  {'meets' if ok else 'MISSES'} target (<= {TARGET_PASSES} passes, <= {TARGET_DIFF})")
+        # every strategy in one call: hybrids of all strategies share forward passes
+        cf, maps = first_cf, first_maps
+        together_s, together = timed(device, lambda: dac(model, real, labels, maps, counterfactuals=cf,
+                                                         strategy=list(args.strategies), steps=args.steps, **options))
+        separate_s = sum(r["adaptive_s"] for r in rows if r["pairing"] == next(iter(pairs)))
+    print(f"all strategies in one call: {together_s:.2f} s vs {separate_s:.2f} s one strategy at a time "
+          f"({together.stats and sum(s['forward_passes'] for s in together.stats.values())} forward passes)")
     out = {
         "device": str(device), "threads": torch.get_num_threads(), "pairs": n, "steps": args.steps,
-        "image": list(shape), "method": args.method, "pairing": args.pairing,
-        "forward_seconds_per_hybrid": {f"{bs}/{fmt}": t for (bs, fmt), t in per_setting.items()}, "rows": rows,
+        "image": list(real.shape[1:]), "method": args.method, "reference_pairs": ref, **precision,
+        "rows": rows, "all_strategies_s": round(together_s, 3), "one_at_a_time_s": round(separate_s, 3),
     }
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2, default=str))

@@ -17,7 +17,7 @@ from chanstat.attribution.registry import AttributionBatch, MethodSpec, register
 def residual(model, batch: AttributionBatch) -> torch.Tensor:
     """|x - x'| per channel and pixel."""
     with torch.no_grad():
-        return (batch.inputs - batch.counterfactuals).abs()
+        return (batch.images - batch.counterfactuals).abs()
 
 
 def sample_seed(image: np.ndarray, seed: int) -> int:
@@ -40,7 +40,7 @@ def random(model, batch: AttributionBatch, *, sigma: float = 4.0, seed: int = 0)
     if sigma < 0:
         raise ValueError(f"sigma must be >= 0; got {sigma}")
     with torch.no_grad():
-        images = batch.inputs.detach().cpu().numpy()
+        images = batch.images.detach().cpu().numpy()
         maps = np.empty_like(images)
         for i, image in enumerate(images):
             rng = np.random.default_rng(sample_seed(image, seed))
@@ -48,7 +48,7 @@ def random(model, batch: AttributionBatch, *, sigma: float = 4.0, seed: int = 0)
             if sigma > 0:
                 noise = np.abs(gaussian_filter(noise, sigma=(0, sigma, sigma)))
             maps[i] = noise
-        return torch.from_numpy(maps).to(batch.inputs.device)
+        return torch.from_numpy(maps).to(batch.images.device)
 
 
 for _spec in (

@@ -35,7 +35,7 @@ def gradcam(model, batch: AttributionBatch, *, relu: bool = True, interpolate_mo
     Options: ``relu`` (keep only positive evidence, as in the Grad-CAM paper),
     ``interpolate_mode`` (``"bilinear"``, ``"nearest"``, ...).
     """
-    x = batch.inputs
+    x = batch.images
     cam = layer_gradcam(model, x, batch.target, batch.layer, relu)
     return upsample(cam, x.shape[-2:], interpolate_mode)
 
@@ -48,7 +48,7 @@ def guided_backprop(model, inputs: torch.Tensor, target: torch.Tensor) -> torch.
 def ggcam(model, batch: AttributionBatch, *, interpolate_mode: str = DEFAULT_INTERPOLATION) -> torch.Tensor:
     """Guided Grad-CAM (Captum's ``GuidedGradCam``): upsampled ReLU Grad-CAM x guided
     backpropagation, per channel."""
-    return GuidedGradCam(model, batch.layer).attribute(batch.inputs, target=batch.target, interpolate_mode=interpolate_mode)
+    return GuidedGradCam(model, batch.layer).attribute(batch.images, target=batch.target, interpolate_mode=interpolate_mode)
 
 
 for _spec in (

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import inspect
 import warnings
-from typing import Any
 
 import numpy as np
 import torch
@@ -11,7 +10,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from chanstat.attribution.maps import AGGREGATIONS, aggregate_channels
+from chanstat.attribution.modelstate import untouched
 from chanstat.attribution.registry import METHODS, AttributionBatch, MethodSpec, get_method
+from chanstat.tensors import as_images, as_target, evaluating, model_device, model_dtype
 
 #: Images per chunk when ``batch_size`` is not given. Integrated gradients evaluates
 #: ``chunk * steps_per_pass`` images per forward pass, so this also bounds its memory.
@@ -24,75 +25,6 @@ _CAPTUM_NOTICES = (
     r"Setting forward, backward hooks and attributes on non-linear",
     r"Setting backward hooks on ReLU activations",
 )
-
-
-# ---------------------------------------------------------------------------------------------
-# input checks
-# ---------------------------------------------------------------------------------------------
-def as_images(x: Any, name: str) -> torch.Tensor:
-    """A float32 CPU-or-device tensor of shape (N, C, H, W) with finite values, or a clear error."""
-    if isinstance(x, np.ndarray):
-        if x.dtype.kind not in "biuf":
-            raise TypeError(f"{name} must hold real numbers; got dtype {x.dtype}")
-        t = torch.from_numpy(np.ascontiguousarray(x))
-    elif isinstance(x, torch.Tensor):
-        if x.is_complex():
-            raise TypeError(f"{name} must hold real numbers; got dtype {x.dtype}")
-        t = x.detach()
-    else:
-        raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray; got {type(x).__name__}")
-    if t.ndim != 4:
-        hint = " (a single image? add a batch axis: x[None])" if t.ndim == 3 else ""
-        raise ValueError(f"{name} must have shape (N, C, H, W); got {tuple(t.shape)}{hint}")
-    if t.shape[0] == 0:
-        raise ValueError(f"{name} holds no images (N = 0)")
-    t = t.to(torch.float32)
-    # one float64 reduction instead of an element-wise mask: the sum is non-finite exactly when
-    # some value is NaN/inf (float32 values cannot overflow a float64 sum)
-    if not bool(torch.isfinite(t.sum(dtype=torch.float64))):
-        bad = ~torch.isfinite(t)
-        samples = torch.nonzero(bad.flatten(1).any(dim=1)).flatten().tolist()
-        raise ValueError(
-            f"{name} contains {int(bad.sum())} NaN/inf values (in samples {samples[:10]}"
-            f"{' ...' if len(samples) > 10 else ''})"
-        )
-    return t
-
-
-def as_targets(y: Any, n: int, name: str) -> torch.Tensor:
-    """An int64 tensor of shape (n,) from an int, a sequence, an array or a tensor."""
-    if isinstance(y, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a class index or one per sample; got a bool")
-    if isinstance(y, (int, np.integer)):
-        return torch.full((n,), int(y), dtype=torch.int64)
-    if isinstance(y, torch.Tensor):
-        t = y.detach().cpu()
-    else:
-        try:
-            t = torch.as_tensor(np.asarray(y))
-        except (TypeError, ValueError) as exc:
-            raise TypeError(f"{name} must be an int or a sequence of ints; got {type(y).__name__}") from exc
-    if t.ndim == 0:
-        t = t.reshape(1).expand(n)
-    if t.ndim != 1 or t.shape[0] != n:
-        raise ValueError(f"{name} must be an int or have shape ({n},) (one per sample); got shape {tuple(t.shape)}")
-    if t.is_floating_point():
-        if not bool(torch.isfinite(t).all()) or not torch.equal(t, t.round()):
-            raise ValueError(f"{name} must hold integer class indices; got {t[:5].tolist()} ...")
-    elif t.dtype == torch.bool or t.is_complex():
-        raise TypeError(f"{name} must hold integer class indices; got dtype {t.dtype}")
-    return t.to(torch.int64).contiguous()
-
-
-def model_device(model: nn.Module | None) -> torch.device:
-    """Device of the model's first parameter (or buffer); CPU for parameter-free models."""
-    if model is None:
-        return torch.device("cpu")
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
-    return torch.device("cpu")
 
 
 class _ForwardGuard:
@@ -140,11 +72,6 @@ class _ForwardGuard:
             handle.remove()
 
 
-def _check_nonnegative(t: torch.Tensor | None, name: str) -> None:
-    if t is not None and int(t.min()) < 0:
-        raise ValueError(f"{name} must hold class indices >= 0; got {int(t.min())}")
-
-
 def resolve_layer(model: nn.Module, layer: nn.Module | str | None) -> nn.Module:
     """The layer for Grad-CAM methods: a module of ``model``, a dotted name, or the default
     (:func:`chanstat.models.default_cam_layer`, the last ``nn.Conv2d``)."""
@@ -183,9 +110,10 @@ def _check_options(spec: MethodSpec, options: dict) -> None:
 # ---------------------------------------------------------------------------------------------
 def attribute(
     model: nn.Module | None,
-    inputs,
+    images,
     target,
     method: str,
+    *,
     counterfactuals=None,
     counterfactual_target=None,
     aggregate: str | None = None,
@@ -200,9 +128,11 @@ def attribute(
     ----------
     model : torch.nn.Module
         Classifier mapping (N, C, H, W) images to (N, n_classes) scores. It runs in eval mode
-        on its own device (the device of its parameters); its train/eval mode is restored
-        afterwards. May be None for the model-free baselines (``residual``, ``random``).
-    inputs : torch.Tensor or numpy.ndarray, shape (N, C, H, W)
+        on its own device and in its own floating dtype (a half-precision model gets
+        half-precision inputs). It is left as it was, also after an error: every module's
+        train/eval flag, the dtype and ``requires_grad`` of its parameters, and its hooks are
+        restored. May be None for the model-free baselines (``residual``, ``random``).
+    images : torch.Tensor or numpy.ndarray, shape (N, C, H, W)
         Real images.
     target : int or sequence/array/tensor of shape (N,)
         Class of the real images: the class vanilla methods explain. Ignored (may be None) by
@@ -240,12 +170,14 @@ def attribute(
     ValueError
         Unknown method (the known ones are listed), wrong shapes or channel count, NaN/inf in
         the images, missing counterfactuals or counterfactual classes, class indices out of
-        range, unknown options.
+        range, unknown or invalid options.
     """
     spec = get_method(method)
     if aggregate is not None and aggregate not in AGGREGATIONS:
         raise ValueError(f"unknown aggregate {aggregate!r}; choose None or one of {', '.join(AGGREGATIONS)}")
-    if batch_size is not None and (not isinstance(batch_size, (int, np.integer)) or batch_size < 1):
+    if batch_size is not None and (
+        isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1
+    ):
         raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
     _check_options(spec, method_options)
     if layer is not None and not spec.uses_layer:
@@ -254,7 +186,7 @@ def attribute(
     if spec.uses_model and not isinstance(model, nn.Module):
         raise TypeError(f"method {spec.name!r} needs a torch.nn.Module model; got {type(model).__name__}")
 
-    x = as_images(inputs, "inputs")
+    x = as_images(images, "images")
     n = x.shape[0]
     # only what the method uses is checked and moved; the rest is ignored
     x_cf = y = y_cf = None
@@ -267,56 +199,57 @@ def attribute(
         x_cf = as_images(counterfactuals, "counterfactuals")
         if x_cf.shape != x.shape:
             raise ValueError(
-                f"counterfactuals must have the same shape as inputs; got {tuple(x_cf.shape)} vs {tuple(x.shape)}"
+                f"counterfactuals must have the same shape as images; got {tuple(x_cf.shape)} vs {tuple(x.shape)}"
             )
     if spec.explains == "real":
         if target is None:
             raise ValueError(f"method {spec.name!r} needs target= (the class of each real image)")
-        y = as_targets(target, n, "target")
-        _check_nonnegative(y, "target")
+        y = as_target(target, n, "target")
     if spec.explains == "counterfactual":
         if counterfactual_target is None:
             raise ValueError(f"method {spec.name!r} needs counterfactual_target= (the class of each counterfactual)")
-        y_cf = as_targets(counterfactual_target, n, "counterfactual_target")
-        _check_nonnegative(y_cf, "counterfactual_target")
+        y_cf = as_target(counterfactual_target, n, "counterfactual_target")
 
-    device = model_device(model)
-    chunk = int(batch_size or DEFAULT_BATCH_SIZE)
-    # eval mode for the computation; remember exactly which submodules were training
-    training = [m for m in model.modules() if m.training] if isinstance(model, nn.Module) else []
-    try:
-        if isinstance(model, nn.Module):
-            if training:
-                model.eval()
-            declared = getattr(model, "in_channels", None)
-            if spec.uses_model and isinstance(declared, int) and declared != x.shape[1]:
-                raise ValueError(f"model expects {declared} input channels; inputs have {x.shape[1]}")
+    if not isinstance(model, nn.Module):
+        return _attribute_chunks(spec, None, x, x_cf, y, y_cf, None, aggregate, batch_size, progress, method_options)
+    declared = getattr(model, "in_channels", None)
+    if spec.uses_model and isinstance(declared, int) and declared != x.shape[1]:
+        raise ValueError(f"model expects {declared} input channels; images have {x.shape[1]}")
+    with untouched(model), evaluating(model, grad=True):
         layer_module = resolve_layer(model, layer) if spec.uses_layer else None
+        return _attribute_chunks(spec, model, x, x_cf, y, y_cf, layer_module, aggregate, batch_size, progress,
+                                 method_options)
 
-        result: torch.Tensor | None = None
-        starts = range(0, n, chunk)
-        if progress:
-            starts = tqdm(starts, desc=f"attribute {spec.name}", leave=False)
-        for start in starts:
-            stop = min(start + chunk, n)
-            batch = AttributionBatch(
-                inputs=_chunk(x, start, stop, device),
-                target=_chunk(y, start, stop, device),
-                counterfactuals=_chunk(x_cf, start, stop, device),
-                counterfactual_target=_chunk(y_cf, start, stop, device),
-                layer=layer_module,
-            )
-            maps = _run_method(spec, model, batch, method_options, y, y_cf)
-            maps = _check_output(spec, maps, batch.inputs.shape)
-            if aggregate is not None:
-                maps = aggregate_channels(maps, aggregate)
-            maps = maps.detach().to("cpu", torch.float32)
-            if result is None:
-                result = torch.empty((n,) + tuple(maps.shape[1:]), dtype=torch.float32)
-            result[start:stop] = maps
-    finally:
-        for module in training:
-            module.training = True
+
+def _attribute_chunks(spec, model, x, x_cf, y, y_cf, layer_module, aggregate, batch_size, progress, options):
+    """Run the method chunk by chunk on the model's device and dtype; float32 CPU maps."""
+    n = x.shape[0]
+    runner = spec.prepare(model) if (spec.prepare is not None and model is not None) else model
+    device = model_device(runner)
+    # the model's own dtype (after prepare, which may change it); model-free methods keep float32
+    dtype = model_dtype(runner) if spec.uses_model else torch.float32
+    chunk = int(batch_size or DEFAULT_BATCH_SIZE)
+    result: torch.Tensor | None = None
+    starts = range(0, n, chunk)
+    if progress:
+        starts = tqdm(starts, desc=f"attribute {spec.name}", leave=False)
+    for start in starts:
+        stop = min(start + chunk, n)
+        batch = AttributionBatch(
+            images=_chunk(x, start, stop, device, dtype),
+            target=_chunk(y, start, stop, device),
+            counterfactuals=_chunk(x_cf, start, stop, device, dtype),
+            counterfactual_target=_chunk(y_cf, start, stop, device),
+            layer=layer_module,
+        )
+        maps = _run_method(spec, runner, batch, options, y, y_cf)
+        maps = _check_output(spec, maps, batch.images.shape, dtype)
+        if aggregate is not None:
+            maps = aggregate_channels(maps.float(), aggregate)
+        maps = maps.detach().to("cpu", torch.float32)
+        if result is None:
+            result = torch.empty((n,) + tuple(maps.shape[1:]), dtype=torch.float32)
+        result[start:stop] = maps
     assert result is not None
     return result
 
@@ -334,22 +267,34 @@ def _run_method(spec: MethodSpec, model, batch: AttributionBatch, options: dict,
         except ValueError:
             raise
         except Exception as exc:  # noqa: BLE001 - re-raised with the likely cause named
+            if "used more than once" in str(exc):  # Captum's DeepLift on an untraceable model
+                raise ValueError(
+                    f"method {spec.name!r} needs every ReLU/pooling module to be called once per forward pass; "
+                    "this model reuses one and torch.fx could not trace it to separate the calls. "
+                    "Give each call its own module (e.g. nn.ReLU() per use)"
+                ) from exc
             if not guard.failed_inside:
                 raise
             raise ValueError(
-                f"model could not process inputs of shape (N, {', '.join(map(str, batch.inputs.shape[1:]))}): "
+                f"model could not process images of shape (N, {', '.join(map(str, batch.images.shape[1:]))}): "
                 f"{type(exc).__name__}: {exc}. Does the model expect a different number of channels or size?"
             ) from exc
 
 
-def _chunk(t: torch.Tensor | None, start: int, stop: int, device: torch.device) -> torch.Tensor | None:
-    return None if t is None else t[start:stop].to(device, non_blocking=True)
+def _chunk(t: torch.Tensor | None, start: int, stop: int, device: torch.device,
+           dtype: torch.dtype | None = None) -> torch.Tensor | None:
+    if t is None:
+        return None
+    return t[start:stop].to(device, dtype=dtype or t.dtype, non_blocking=True)
 
 
-def _check_output(spec: MethodSpec, maps: torch.Tensor, input_shape: torch.Size) -> torch.Tensor:
+def _check_output(spec: MethodSpec, maps: torch.Tensor, input_shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
     n, c, h, w = input_shape
     expected = (n, c if spec.resolves_channels else 1, h, w)
     if not isinstance(maps, torch.Tensor) or tuple(maps.shape) != expected:
         got = tuple(maps.shape) if isinstance(maps, torch.Tensor) else type(maps).__name__
         raise RuntimeError(f"method {spec.name!r} returned {got}; its registry entry promises {expected}")
+    if not bool(torch.isfinite(maps).all()):  # never hand on NaN maps as numbers
+        hint = f" (the model runs in {dtype}; try model.float())" if dtype in (torch.float16, torch.bfloat16) else ""
+        raise ValueError(f"method {spec.name!r} produced {int((~torch.isfinite(maps)).sum())} NaN/inf map values{hint}")
     return maps

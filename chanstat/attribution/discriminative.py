@@ -16,6 +16,7 @@ from captum.attr import DeepLift, LayerActivation, LayerGradientXActivation, Sal
 
 from chanstat.attribution.cam import DEFAULT_INTERPOLATION, guided_backprop, upsample
 from chanstat.attribution.gradients import integrated_gradients
+from chanstat.attribution.modelstate import deeplift_model
 from chanstat.attribution.registry import AttributionBatch, MethodSpec, register
 
 
@@ -23,19 +24,19 @@ def d_ig(model, batch: AttributionBatch, *, n_steps: int = 50, method: str = "ga
          steps_per_pass: int | None = None) -> torch.Tensor:
     """IG of the counterfactual class along the straight path from ``x`` to ``x'``."""
     return integrated_gradients(
-        model, batch.counterfactuals, batch.inputs, batch.counterfactual_target, n_steps, method, steps_per_pass
+        model, batch.counterfactuals, batch.images, batch.counterfactual_target, n_steps, method, steps_per_pass
     )
 
 
 def d_dl(model, batch: AttributionBatch) -> torch.Tensor:
     """DeepLift of the counterfactual class on ``x'`` with reference ``x``."""
-    return DeepLift(model).attribute(batch.counterfactuals, baselines=batch.inputs, target=batch.counterfactual_target)
+    return DeepLift(model).attribute(batch.counterfactuals, baselines=batch.images, target=batch.counterfactual_target)
 
 
 def d_ixg(model, batch: AttributionBatch) -> torch.Tensor:
     """|gradient of f_{y'} at x' times (x - x')|."""
     grad = Saliency(model).attribute(batch.counterfactuals, target=batch.counterfactual_target, abs=False)
-    return (grad * (batch.inputs - batch.counterfactuals)).abs()
+    return (grad * (batch.images - batch.counterfactuals)).abs()
 
 
 def d_gradcam_layer(model, batch: AttributionBatch) -> torch.Tensor:
@@ -45,10 +46,10 @@ def d_gradcam_layer(model, batch: AttributionBatch) -> torch.Tensor:
         batch.counterfactuals, target=batch.counterfactual_target
     )
     # one forward pass for both activations; LayerActivation runs without autograd
-    acts = LayerActivation(model, layer).attribute(torch.cat([batch.inputs, batch.counterfactuals]))
+    acts = LayerActivation(model, layer).attribute(torch.cat([batch.images, batch.counterfactuals]))
     if grad.ndim != 4:
         raise ValueError(f"layer must produce (n, K, h, w) activations for D-GradCAM; got shape {tuple(grad.shape)}")
-    n = batch.inputs.shape[0]
+    n = batch.images.shape[0]
     return (grad * (acts[:n] - acts[n:])).sum(dim=1, keepdim=True)
 
 
@@ -58,12 +59,12 @@ def d_gradcam(model, batch: AttributionBatch, *, abs: bool = True,  # noqa: A002
     cam = d_gradcam_layer(model, batch)
     if abs:
         cam = cam.abs()
-    return upsample(cam, batch.inputs.shape[-2:], interpolate_mode)
+    return upsample(cam, batch.images.shape[-2:], interpolate_mode)
 
 
 def d_ggcam(model, batch: AttributionBatch, *, interpolate_mode: str = DEFAULT_INTERPOLATION) -> torch.Tensor:
     """|D-GradCAM| (upsampled) times guided backpropagation of f_{y'} at x', per channel."""
-    cam = upsample(d_gradcam_layer(model, batch).abs(), batch.inputs.shape[-2:], interpolate_mode)
+    cam = upsample(d_gradcam_layer(model, batch).abs(), batch.images.shape[-2:], interpolate_mode)
     return guided_backprop(model, batch.counterfactuals, batch.counterfactual_target) * cam
 
 
@@ -73,7 +74,7 @@ for _spec in (
                explains="counterfactual"),
     MethodSpec("d_dl", "discriminative", True, True, True,
                "Discriminative DeepLift: DeepLift of the counterfactual class on x' with reference x", d_dl,
-               explains="counterfactual"),
+               explains="counterfactual", prepare=deeplift_model),
     MethodSpec("d_ixg", "discriminative", True, True, False,
                "Discriminative input x gradient: |grad f_y'(x') * (x - x')|", d_ixg,
                explains="counterfactual"),

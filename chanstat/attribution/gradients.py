@@ -6,9 +6,13 @@ rule that does not depend on how many images share a chunk.
 """
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 from captum.attr import DeepLift, InputXGradient, IntegratedGradients, Saliency
 
+from chanstat.attribution.modelstate import deeplift_model
 from chanstat.attribution.registry import AttributionBatch, MethodSpec, register
 
 #: Path points of integrated gradients evaluated per forward pass (times the chunk size).
@@ -20,7 +24,11 @@ def broadcast_baseline(baseline, inputs: torch.Tensor) -> torch.Tensor:
     (1, C, H, W)."""
     if baseline is None:
         return torch.zeros_like(inputs)
-    if isinstance(baseline, (int, float)):
+    if isinstance(baseline, bool):
+        raise TypeError("baselines must be a number or one image; got a bool")
+    if isinstance(baseline, numbers.Real):
+        if not math.isfinite(float(baseline)):
+            raise ValueError(f"baselines must be a finite number or image; got {baseline!r}")
         return torch.full_like(inputs, float(baseline))
     b = torch.as_tensor(baseline, dtype=inputs.dtype).to(inputs.device)
     if b.ndim == 3:
@@ -31,7 +39,7 @@ def broadcast_baseline(baseline, inputs: torch.Tensor) -> torch.Tensor:
             "For a different baseline per image use a d_ method with counterfactuals=."
         )
     if not bool(torch.isfinite(b).all()):
-        raise ValueError("baselines contain NaN/inf values")
+        raise ValueError(f"baselines contain {int((~torch.isfinite(b)).sum())} NaN/inf values")
     return b.expand_as(inputs).contiguous()
 
 
@@ -50,19 +58,23 @@ def integrated_gradients(
     internal batch to ``n`` makes the grouping (and so the floating-point summation order)
     the same whatever the chunk size, which keeps a sample's map batch-independent.
     """
-    if int(n_steps) < 1:
-        raise ValueError(f"n_steps must be >= 1; got {n_steps}")
-    per_pass = int(steps_per_pass or DEFAULT_STEPS_PER_PASS)
-    if per_pass < 1:
-        raise ValueError(f"steps_per_pass must be >= 1; got {steps_per_pass}")
+    n_steps = positive_int(n_steps, "n_steps")
+    per_pass = DEFAULT_STEPS_PER_PASS if steps_per_pass is None else positive_int(steps_per_pass, "steps_per_pass")
     return IntegratedGradients(model).attribute(
         inputs,
         baselines=baselines,
         target=target,
-        n_steps=int(n_steps),
+        n_steps=n_steps,
         method=method,
-        internal_batch_size=inputs.shape[0] * min(per_pass, int(n_steps)),
+        internal_batch_size=inputs.shape[0] * min(per_pass, n_steps),
     )
+
+
+def positive_int(value, name: str) -> int:
+    """``value`` as an int >= 1; a float like 2.7 (or 2.0) is an error, never truncated."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < 1:
+        raise ValueError(f"{name} must be a whole number >= 1; got {value!r}")
+    return int(value)
 
 
 def ig(model, batch: AttributionBatch, *, baselines=None, n_steps: int = 50, method: str = "gausslegendre",
@@ -73,29 +85,30 @@ def ig(model, batch: AttributionBatch, *, baselines=None, n_steps: int = 50, met
     approximation: ``"gausslegendre"``, ``"riemann_trapezoid"``, ...), ``steps_per_pass``
     (memory knob: path points per forward pass).
     """
-    x = batch.inputs
+    x = batch.images
     return integrated_gradients(model, x, broadcast_baseline(baselines, x), batch.target, n_steps, method, steps_per_pass)
 
 
 def dl(model, batch: AttributionBatch, *, baselines=None) -> torch.Tensor:
     """DeepLift (rescale rule) of ``f_target`` relative to ``baselines`` (default 0)."""
-    x = batch.inputs
+    x = batch.images
     return DeepLift(model).attribute(x, baselines=broadcast_baseline(baselines, x), target=batch.target)
 
 
 def saliency(model, batch: AttributionBatch, *, abs: bool = True) -> torch.Tensor:  # noqa: A002 - Captum's name
     """|d f_target / d x| (``abs=False``: the signed gradient)."""
-    return Saliency(model).attribute(batch.inputs, target=batch.target, abs=abs)
+    return Saliency(model).attribute(batch.images, target=batch.target, abs=abs)
 
 
 def ixg(model, batch: AttributionBatch) -> torch.Tensor:
     """x * d f_target / d x."""
-    return InputXGradient(model).attribute(batch.inputs, target=batch.target)
+    return InputXGradient(model).attribute(batch.images, target=batch.target)
 
 
 for _spec in (
     MethodSpec("ig", "gradients", True, False, True, "Integrated gradients from a zero (or given) baseline", ig),
-    MethodSpec("dl", "gradients", True, False, True, "DeepLift (rescale) from a zero (or given) baseline", dl),
+    MethodSpec("dl", "gradients", True, False, True, "DeepLift (rescale) from a zero (or given) baseline", dl,
+               prepare=deeplift_model),
     MethodSpec("saliency", "gradients", True, False, False, "Absolute input gradient", saliency),
     MethodSpec("ixg", "gradients", True, False, True, "Input times gradient", ixg),
 ):

@@ -24,11 +24,11 @@ class AttributionBatch:
 
     Attributes
     ----------
-    inputs : torch.Tensor, shape (n, C, H, W), float32
+    images : torch.Tensor, shape (n, C, H, W), in the model's floating dtype
         Real images.
     target : torch.Tensor, shape (n,), int64, or None
         Class of each real image (None when the method does not use it).
-    counterfactuals : torch.Tensor, shape (n, C, H, W), float32, or None
+    counterfactuals : torch.Tensor, shape (n, C, H, W), in the model's dtype, or None
         The same images as they would look in the other class.
     counterfactual_target : torch.Tensor, shape (n,), int64, or None
         Class of each counterfactual.
@@ -36,7 +36,7 @@ class AttributionBatch:
         Layer for the Grad-CAM family (resolved by :func:`chanstat.attribution.attribute`).
     """
 
-    inputs: torch.Tensor
+    images: torch.Tensor
     target: torch.Tensor | None = None
     counterfactuals: torch.Tensor | None = None
     counterfactual_target: torch.Tensor | None = None
@@ -71,6 +71,11 @@ class MethodSpec:
         ``batch.counterfactual_target``) or ``"none"`` (model-free baseline).
     uses_layer : bool
         True if the method reads ``batch.layer`` (a convolutional layer).
+    prepare : callable, optional
+        ``prepare(model) -> nn.Module``: the module the method actually runs on, built once
+        per :func:`~chanstat.attribution.attribute` call (DeepLift: one module per ReLU call,
+        :func:`~chanstat.attribution.modelstate.unshared_nonlinearities`). It must compute the
+        same function and share the model's parameters.
     """
 
     name: str
@@ -82,6 +87,7 @@ class MethodSpec:
     fn: Callable[..., torch.Tensor]
     explains: str = "real"
     uses_layer: bool = False
+    prepare: Callable[[nn.Module], nn.Module] | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.isidentifier():
@@ -92,6 +98,8 @@ class MethodSpec:
             raise ValueError(f"method {self.name!r} explains the counterfactual class but does not need counterfactuals")
         if not callable(self.fn):
             raise TypeError(f"fn of method {self.name!r} must be callable")
+        if self.prepare is not None and not callable(self.prepare):
+            raise TypeError(f"prepare of method {self.name!r} must be callable or None")
 
     @property
     def uses_model(self) -> bool:

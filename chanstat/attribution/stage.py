@@ -1,4 +1,4 @@
-"""Pipeline stage: attribution maps of every configured method -> ``attributions.zarr``.
+"""Pipeline stage ``attribution``: maps of every configured method -> ``attributions.zarr``.
 
 Config (``[attribution]``)::
 
@@ -9,84 +9,102 @@ Config (``[attribution]``)::
     n_steps = 50
 
 Vanilla methods explain the real label, discriminative ones the counterfactual label. Methods
-that need counterfactuals are skipped (with a logged note) when the dataset has none.
+that need counterfactuals are skipped (with a note in provenance) when the data set has none.
+The work is per image, so ``[compute]`` can shard it.
 """
 from __future__ import annotations
 
 import inspect
 import logging
 import time
+from typing import Any
+
+from pydantic import Field, field_validator
 
 from chanstat.attribution.core import attribute
 from chanstat.attribution.registry import METHODS, get_method
-from chanstat.io import write_arrays
+from chanstat.config import Section, check_kwargs
+from chanstat.stage import Arrays, Stage
 
 log = logging.getLogger(__name__)
 
-ARTIFACT_FILE = "attributions.zarr"
+
+class AttributionConfig(Section):
+    """``[attribution]``: per-channel attribution maps of the classifier's decision."""
+
+    methods: list[str] = Field(default_factory=lambda: list(METHODS), description="Registered methods to run (default: all).")
+    batch_size: int | None = Field(None, ge=1, description="Images per chunk.")
+    layer: str | None = Field(None, description="Grad-CAM layer (default: the model's last Conv2d).")
+    options: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Per-method options, [attribution.options.<method>].")
+
+    @field_validator("methods")
+    @classmethod
+    def _known(cls, value: list[str]) -> list[str]:
+        for name in value:
+            get_method(name)  # unknown names raise with the list of methods
+        return value
+
+    @field_validator("options")
+    @classmethod
+    def _known_options(cls, value: dict) -> dict:
+        for name, options in value.items():
+            check_kwargs(options, get_method(name).fn, f"attribution.options.{name}", exclude=("model", "batch"))
+        return value
 
 
-def run(ctx) -> dict:
+def _specs(ctx):
+    return [get_method(name) for name in ctx.section("attribution")["methods"]]
+
+
+def per_image(ctx, part) -> dict:
     section = ctx.section("attribution")
-    dataset, model = ctx.dataset, ctx.model
-    if dataset is None:
-        raise RuntimeError("the attribution stage needs the data stage's dataset (ctx.dataset is None)")
-    names = list(section.get("methods", list(METHODS)))
-    specs = [get_method(name) for name in names]  # unknown names fail before any work
-    all_options = ctx.section("attribution.options")
-    for name in all_options:
-        get_method(name)  # a typo in an options table name is an error, not silently ignored
+    dataset = part.dataset
     has_counterfactuals = dataset.counterfactuals is not None and dataset.counterfactual_labels is not None
     channels = list(dataset.channels)
-    n = int(dataset.images.shape[0])
-
-    arrays, attrs, images_per_s, skipped = {}, {}, {}, {}
-    for spec in specs:
+    arrays, attrs = {}, {}
+    for spec in _specs(ctx):
         if spec.needs_counterfactual and not has_counterfactuals:
-            skipped[spec.name] = "dataset has no counterfactuals"
-            log.warning("attribution: skipping %s (needs counterfactuals; the dataset has none)", spec.name)
             continue
-        options = dict(all_options.get(spec.name, {}))
+        options = dict(section["options"].get(spec.name, {}))
         if "seed" in inspect.signature(spec.fn).parameters and "seed" not in options:
             options["seed"] = int(ctx.seed)
-        t0 = time.perf_counter()
         maps = attribute(
-            model,
-            dataset.images,
-            dataset.labels,
-            spec.name,
+            ctx.model, dataset.images, dataset.labels, spec.name,
             counterfactuals=dataset.counterfactuals if spec.needs_counterfactual else None,
             counterfactual_target=dataset.counterfactual_labels if spec.explains == "counterfactual" else None,
             layer=section.get("layer") if spec.uses_layer else None,
-            batch_size=section.get("batch_size"),
-            progress=ctx.progress,
-            **options,
+            batch_size=section.get("batch_size"), progress=ctx.progress, **options,
         )
-        wall = time.perf_counter() - t0
         arrays[spec.name] = maps.numpy()
-        images_per_s[spec.name] = round(n / wall, 2) if wall > 0 else None
         attrs[spec.name] = {
             "channels": channels if spec.resolves_channels else ["all"],
-            "method": spec.name,
-            "family": spec.family,
-            "signed": spec.signed,
+            "method": spec.name, "family": spec.family, "signed": spec.signed,
             "resolves_channels": spec.resolves_channels,
             "target": "counterfactual" if spec.needs_counterfactual else "real",
-            "explains": spec.explains,
-            "description": spec.description,
-            "options": options,
+            "explains": spec.explains, "description": spec.description, "options": options,
         }
+    group_attrs = {"channels": channels, "classes": list(dataset.classes)}
+    return {"attributions": Arrays(arrays, attrs=attrs, group_attrs=group_attrs)} if arrays else {}
 
-    if arrays:
-        write_arrays(
-            ctx.out / ARTIFACT_FILE,
-            arrays,
-            attrs=attrs,
-            group_attrs={"channels": channels, "classes": list(dataset.classes), "methods": list(arrays)},
-            mode="w",
-        )
-    ctx.artifacts["attributions"] = arrays
-    info = {"methods": list(arrays), "images_per_s": images_per_s}
+
+def whole_set(ctx, outputs) -> tuple[dict, dict]:
+    dataset = ctx.dataset
+    has_counterfactuals = dataset.counterfactuals is not None and dataset.counterfactual_labels is not None
+    skipped = {s.name: "the data set has no counterfactuals" for s in _specs(ctx) if s.needs_counterfactual and not has_counterfactuals}
+    for name, why in skipped.items():
+        log.warning("attribution: skipping %s (%s)", name, why)
+    maps = outputs.get("attributions")
+    info: dict = {"methods": list(maps.arrays) if maps else []}
     if skipped:
         info["skipped"] = skipped
-    return info
+    return outputs, info
+
+
+STAGE = Stage(
+    name="attribution",
+    config=AttributionConfig,
+    reads=("dataset", "model"),
+    writes=("attributions",),
+    per_image=per_image,
+    whole_set=whole_set,
+)

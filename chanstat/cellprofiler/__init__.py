@@ -2,10 +2,11 @@
 
 - :func:`read` — ExportToSpreadsheet folders, ExportToDatabase SQLite, Parquet/CSV profiles.
 - :func:`parse_features` — ``Compartment_Category_Feature_Channel`` names -> tidy parts.
-- :func:`differential` — Welch t and Mann-Whitney per feature, BH/BY q-values, Hedges' g,
-  at the well level (cells aggregated by median) or the cell level.
-- :func:`channel_enrichment`, :func:`permutation_enrichment`, :func:`compartment_channel_table`
-  — which channels hold the differing features.
+- :func:`differential` — Welch t and Mann-Whitney per feature, BH/BY q-values, Hedges' g
+  (unequal-variance interval), at the well level (cells aggregated by median) or the cell level.
+- :func:`competitive_enrichment` — the test of which channel's features differ more than the
+  others' (well-label permutation, feature correlation kept); :func:`channel_enrichment`,
+  :func:`compartment_channel_table` — descriptions (counts, odds ratios; no p-values).
 - :func:`concordance`, :func:`channel_ranks` — agreement with the attribution's channel ranking.
 - :func:`measure_synthetic` — CellProfiler-style features of labelled images (cp-measure).
 
@@ -24,11 +25,13 @@ _EXPORTS = {
     "feature_columns": "profiles",
     "aggregate_wells": "profiles",
     "differential": "feature_tests",
-    "fdr": "feature_tests",
+    "robust_z": "feature_tests",
     "hedges_g": "feature_tests",
     "welch": "feature_tests",
     "channel_enrichment": "enrichment",
-    "permutation_enrichment": "enrichment",
+    "competitive_enrichment": "enrichment",
+    "competitive_test": "enrichment",
+    "channel_score_draws": "enrichment",
     "compartment_channel_table": "enrichment",
     "feature_channels": "enrichment",
     "concordance": "rank_agreement",

@@ -29,11 +29,10 @@ def _cmd_diff(args: argparse.Namespace) -> int:
     aggregate = "well" if args.level == "well" and path.suffix.lower() in (".parquet", ".pq") else None
     wells = args.well_columns.split(",") if args.well_columns else None
     table = read(path, aggregate=aggregate, well_columns=wells)
-    method = {"bh": "fdr_bh", "by": "fdr_by"}[args.fdr]
     diff = differential(
         table, by=args.by, case=args.case, control=args.control, level=args.level,
-        normalize="robust_z" if args.normalize else None, method=method, alpha=args.alpha,
-        well_columns=wells, channel_map=_channel_map(args.channel_map),
+        normalize="robust_z" if args.normalize else None, padjust=args.fdr, alpha=args.alpha,
+        well=wells, channel_map=_channel_map(args.channel_map),
     )
     enrichment = channel_enrichment(diff, alpha=args.alpha, correlation=args.correlation)
     out = Path(args.out)
@@ -45,8 +44,9 @@ def _cmd_diff(args: argparse.Namespace) -> int:
     tested = int((diff["status"] == "tested").sum())
     print(f"{tested} of {len(diff)} features tested, {int(diff['significant'].sum())} significant "
           f"(q < {args.alpha}, {args.fdr.upper()}) at the {args.level} level")
-    cols = ["channel", "n_features", "n_significant", "odds_ratio", "q_value", "mean_abs_effect"]
+    cols = ["channel", "n_features", "n_significant", "odds_ratio", "mean_abs_effect"]
     print(enrichment[cols].to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    print("(descriptive counts and odds ratios; the test of channel enrichment is competitive_enrichment)")
     print(f"wrote {out / 'cp_differential.parquet'}, {out / 'channel_enrichment.parquet'}")
     return 0
 

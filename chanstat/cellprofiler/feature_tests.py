@@ -1,7 +1,8 @@
 """Which CellProfiler features differ between two conditions, feature by feature.
 
 Per feature: Welch's t-test and the Mann-Whitney U test (case vs control), Benjamini-Hochberg
-(or Benjamini-Yekutieli) q-values over features, and Hedges' g with a confidence interval.
+(or Benjamini-Yekutieli) q-values over features (:func:`chanstat.stats.padjust.adjust`), and
+Hedges' g with a confidence interval whose standard error allows unequal variances.
 The unit of replication is the well: per-cell tables are aggregated to well medians first
 (``level="well"``), unless ``level="cell"`` is asked for explicitly (then a warning says that
 cells of one well are not independent). All statistics are computed for all features at
@@ -18,6 +19,7 @@ import pandas as pd
 from scipy import stats
 
 from chanstat.cellprofiler.names import parse_features
+from chanstat.stats.padjust import adjust, check_padjust
 from chanstat.cellprofiler.profiles import (
     aggregate_wells,
     check_numeric,
@@ -27,14 +29,14 @@ from chanstat.cellprofiler.profiles import (
 )
 
 MAD_TO_SD = 1.4826  # MAD of a normal sample x 1.4826 estimates its standard deviation
-_FDR = {"fdr_bh": "bh", "bh": "bh", "fdr_by": "by", "by": "by"}
+FEATURE_PADJUST = ("bh", "fdr_bh", "by", "fdr_by")  # over hundreds of features: false discovery rate
 
 #: Columns of the table :func:`differential` returns, in order.
 COLUMNS = (
     "feature", "compartment", "category", "measurement", "channels", "status", "n_case", "n_control",
     "mean_case", "mean_control", "median_case", "median_control", "statistic", "dof", "p_value", "q_value",
     "effect_size", "ci_low", "ci_high", "mw_statistic", "mw_p_value", "mw_q_value", "significant",
-    "level", "case", "control",
+    "multiplicity_scope", "level", "case", "control",
 )
 
 
@@ -60,21 +62,6 @@ def _as_list(value, what: str) -> list[str]:
     return [str(v) for v in values]
 
 
-def fdr(p_values: np.ndarray, method: str = "fdr_bh") -> np.ndarray:
-    """Benjamini-Hochberg (``"fdr_bh"``) or Benjamini-Yekutieli (``"fdr_by"``) q-values.
-
-    NaN p-values stay NaN and do not count towards the number of tests.
-    """
-    if method not in _FDR:
-        raise ValueError(f"method must be one of {sorted(_FDR)}; got {method!r}")
-    p = np.asarray(p_values, dtype=float)
-    q = np.full(p.shape, np.nan)
-    ok = np.isfinite(p)
-    if ok.any():
-        q[ok] = stats.false_discovery_control(p[ok], method=_FDR[method])
-    return q
-
-
 def prepare(
     df: pd.DataFrame,
     by: str,
@@ -83,8 +70,8 @@ def prepare(
     level: str = "well",
     features: Sequence[str] | None = None,
     normalize: bool | str | None = None,
-    well_columns: Sequence[str] | None = None,
-    plate_column: str = "Metadata_Plate",
+    well: Sequence[str] | None = None,
+    plate: str = "Metadata_Plate",
     warn: bool = True,
 ) -> Prepared:
     """Select, aggregate and normalise: the shared first half of the differential analyses."""
@@ -131,15 +118,20 @@ def prepare(
 
     rows = labels.isin(cases + controls).fillna(False).to_numpy(bool)
     sub = df.loc[rows]
-    wells = resolve_well_columns(df.columns, well_columns)
+    wells = resolve_well_columns(df.columns, well)
     if level == "well":
         if not wells:
-            raise ValueError("level='well' needs well columns (Metadata_Plate, Metadata_Well) or well_columns=...; "
+            raise ValueError("level='well' needs well columns (Metadata_Plate, Metadata_Well) or well=...; "
                              "use level='cell' to test objects as replicates")
         n_groups = sub.groupby(wells + [by], dropna=False).ngroups
         n_wells = sub[wells].drop_duplicates().shape[0]
         if n_groups != n_wells:
             raise ValueError(f"some wells hold both case and control rows in {by!r}; cannot aggregate to wells")
+        n_missing = int(sub[wells].isna().any(axis=1).sum())
+        if n_missing:
+            warnings.warn(f"dropped {n_missing} rows with a missing well key {wells} (they would form one "
+                          "pooled 'NaN well')", UserWarning, stacklevel=3)
+            sub = sub.loc[~sub[wells].isna().any(axis=1).to_numpy()]
         units = aggregate_wells(sub, features=features, well_columns=wells, keep=[by])
     else:
         units = sub.reset_index(drop=True)
@@ -165,7 +157,7 @@ def prepare(
         method = "robust_z" if normalize is True else normalize
         if method != "robust_z":
             raise ValueError(f"normalize must be None, True or 'robust_z'; got {normalize!r}")
-        _robust_z(prepared, plate_column)
+        robust_z(prepared.values, prepared.is_case, _plates(prepared.units, plate))
     return prepared
 
 
@@ -187,14 +179,19 @@ def _warn_cell_level(sub, by, cases, controls, wells, n_case, n_control) -> None
     warnings.warn(msg, UserWarning, stacklevel=4)  # point at the caller of differential()
 
 
-def _robust_z(prepared: Prepared, plate_column: str) -> None:
-    """Per plate: (x - median of controls) / (1.4826 x MAD of controls), in place."""
-    units = prepared.units
-    plates = units[plate_column].astype("string").fillna("<NA>").to_numpy() if plate_column in units.columns else np.zeros(len(units))
-    x = prepared.values
+def _plates(units: pd.DataFrame, plate: str) -> np.ndarray:
+    return units[plate].astype("string").fillna("<NA>").to_numpy() if plate in units.columns else np.zeros(len(units))
+
+
+def robust_z(x: np.ndarray, is_case: np.ndarray, plates: np.ndarray) -> None:
+    """Per plate: (x - median of controls) / (1.4826 x MAD of controls), in place.
+
+    ``x`` (n_units, n_features); ``is_case`` (n_units,) True for case units (the
+    controls are the other units); ``plates`` (n_units,) plate labels.
+    """
     for plate in pd.unique(plates):
         on_plate = plates == plate
-        ctrl = x[on_plate & ~prepared.is_case]
+        ctrl = x[on_plate & ~is_case]
         if ctrl.shape[0] == 0:
             raise ValueError(f"plate {plate!r} has no control units to normalise against")
         with warnings.catch_warnings():
@@ -214,28 +211,40 @@ def _nan_groups(mask: np.ndarray, extra: np.ndarray | None = None) -> list[np.nd
     return [np.flatnonzero(inverse == g) for g in range(inverse.max() + 1)] if inverse.size else []
 
 
-def hedges_g(case: np.ndarray, control: np.ndarray, confidence: float = 0.95):
-    """Hedges' g (case - control) and its confidence interval, per column, NaN-aware.
+def hedges_g(case: np.ndarray, control: np.ndarray, ci: float = 0.95):
+    """Hedges' g (case - control) and a confidence interval valid under unequal variances.
 
-    Uses the pooled standard deviation, the small-sample correction
-    ``1 - 3 / (4 (n1 + n2) - 9)`` and the Hedges-Olkin standard error
-    ``sqrt((n1 + n2) / (n1 n2) + g^2 / (2 (n1 + n2)))`` with a t quantile on n1 + n2 - 2
-    degrees of freedom (as pingouin's ``compute_effsize``/``compute_esci``).
+    Point estimate: pooled standard deviation with the small-sample correction
+    ``J = 1 - 3 / (4 (n1 + n2) - 9)`` (as pingouin's ``compute_effsize``). Interval: g +- t x
+    SE with a delta-method SE that does not assume equal variances (the Welch analogue of
+    the Hedges-Olkin SE, to which it reduces when the variances are equal):
+    ``SE^2 = J^2 [(v1/n1 + v2/n2) / s_p^2 + g0^2 ((n1-1) v1^2 + (n2-1) v2^2) / (2 s_p^4 (n1+n2-2)^2)]``
+    with ``g0 = (m1 - m2) / s_p`` and a t quantile on the Welch-Satterthwaite df, consistent
+    with the Welch test next to it.
 
     Returns
     -------
     g, ci_low, ci_high : arrays of shape (n_columns,)
     """
+    if not 0 < ci < 1:
+        raise ValueError(f"ci must lie in (0, 1); got {ci}")
     n1 = np.sum(np.isfinite(case), axis=0).astype(float)
     n2 = np.sum(np.isfinite(control), axis=0).astype(float)
     with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         m1, m2 = np.nanmean(case, axis=0), np.nanmean(control, axis=0)
         v1, v2 = np.nanvar(case, axis=0, ddof=1), np.nanvar(control, axis=0, ddof=1)
-        pooled = np.sqrt(((n1 - 1) * v1 + (n2 - 1) * v2) / (n1 + n2 - 2))
-        g = (m1 - m2) / pooled * (1 - 3 / (4 * (n1 + n2) - 9))
-        se = np.sqrt((n1 + n2) / (n1 * n2) + g**2 / (2 * (n1 + n2)))
-        crit = np.abs(stats.t.ppf((1 - confidence) / 2, n1 + n2 - 2))
+        pooled_var = ((n1 - 1) * v1 + (n2 - 1) * v2) / (n1 + n2 - 2)
+        j = 1 - 3 / (4 * (n1 + n2) - 9)
+        g0 = (m1 - m2) / np.sqrt(pooled_var)
+        g = g0 * j
+        var_g0 = (v1 / n1 + v2 / n2) / pooled_var + g0**2 * ((n1 - 1) * v1**2 + (n2 - 1) * v2**2) / (
+            2 * pooled_var**2 * (n1 + n2 - 2) ** 2
+        )
+        se = j * np.sqrt(var_g0)
+        a, b = v1 / n1, v2 / n2
+        dof = (a + b) ** 2 / (a**2 / (n1 - 1) + b**2 / (n2 - 1))
+        crit = np.abs(stats.t.ppf((1 - ci) / 2, dof))
     return g, g - crit * se, g + crit * se
 
 
@@ -302,12 +311,12 @@ def differential(
     level: str = "well",
     features: Sequence[str] | None = None,
     normalize: bool | str | None = None,
-    method: str = "fdr_bh",
+    padjust: str = "bh",
     *,
     alpha: float = 0.05,
-    confidence: float = 0.95,
-    well_columns: Sequence[str] | None = None,
-    plate_column: str = "Metadata_Plate",
+    ci: float = 0.95,
+    well: Sequence[str] | None = None,
+    plate: str = "Metadata_Plate",
     channel_map: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
     """Test every feature for a difference between ``case`` and ``control``.
@@ -324,12 +333,13 @@ def differential(
         (:func:`~chanstat.cellprofiler.feature_columns`).
     normalize : ``None`` (default) or ``"robust_z"``/``True``: per plate, subtract the control
         median and divide by 1.4826 x the control MAD, after aggregation.
-    method : multiple-testing correction over features, ``"fdr_bh"`` (Benjamini-Hochberg) or
-        ``"fdr_by"`` (Benjamini-Yekutieli, valid under any dependence).
+    padjust : multiple-testing correction over features, ``"bh"`` (Benjamini-Hochberg,
+        default) or ``"by"`` (Benjamini-Yekutieli, valid under any dependence); also
+        ``"fdr_bh"``/``"fdr_by"``.
     alpha : q-value threshold of the ``significant`` column (Welch test).
-    confidence : level of the Hedges' g interval.
-    well_columns, plate_column : the well key (default ``Metadata_Plate`` + ``Metadata_Well``)
-        and the plate used by ``normalize``.
+    ci : level of the Hedges' g interval.
+    well, plate : the well key (default ``Metadata_Plate`` + ``Metadata_Well``) and the plate
+        used by ``normalize``. Rows with a missing well key are dropped with a warning.
     channel_map : passed to :func:`~chanstat.cellprofiler.parse_features`.
 
     Returns
@@ -343,7 +353,8 @@ def differential(
         ``statistic`` (Welch t, case - control), ``dof`` (Welch-Satterthwaite), ``p_value``,
         ``q_value``; ``effect_size`` (Hedges' g) with ``ci_low``, ``ci_high``;
         ``mw_statistic`` (Mann-Whitney U of the case group), ``mw_p_value``, ``mw_q_value``;
-        ``significant`` (``q_value < alpha``); ``level``, ``case``, ``control``.
+        ``significant`` (``q_value < alpha``); ``multiplicity_scope`` (the family of the
+        q-values: the tested features of this contrast); ``level``, ``case``, ``control``.
 
     Raises
     ------
@@ -351,15 +362,22 @@ def differential(
         Absent group, missing/non-numeric/duplicate feature columns, fewer than 2 wells per
         group at the well level, a case also listed as control.
     """
-    prepared = prepare(df, by, case, control, level, features, normalize, well_columns, plate_column)
-    return _differential_table(prepared, method, alpha, confidence, channel_map)
+    check_feature_padjust(padjust)
+    prepared = prepare(df, by, case, control, level, features, normalize, well, plate)
+    return _differential_table(prepared, padjust, alpha, ci, channel_map)
 
 
-def _differential_table(prepared: Prepared, method: str, alpha: float, confidence: float, channel_map) -> pd.DataFrame:
-    if method not in _FDR:
-        raise ValueError(f"method must be 'fdr_bh' or 'fdr_by'; got {method!r}")
-    if not 0 < alpha < 1 or not 0 < confidence < 1:
-        raise ValueError("alpha and confidence must lie in (0, 1)")
+def check_feature_padjust(padjust: str) -> str:
+    """``padjust`` if it is a false-discovery-rate method (over features), else a ValueError."""
+    if padjust not in FEATURE_PADJUST:
+        raise ValueError(f"padjust over features must be one of {FEATURE_PADJUST}; got {padjust!r}")
+    return check_padjust(padjust)
+
+
+def _differential_table(prepared: Prepared, padjust: str, alpha: float, ci: float, channel_map) -> pd.DataFrame:
+    check_feature_padjust(padjust)
+    if not 0 < alpha < 1 or not 0 < ci < 1:
+        raise ValueError("alpha and ci must lie in (0, 1)")
     x, is_case = prepared.values, prepared.is_case
     status = _status(x, is_case)
     tested = np.flatnonzero(status == "tested")
@@ -367,7 +385,7 @@ def _differential_table(prepared: Prepared, method: str, alpha: float, confidenc
     t, dof, p, u, pu = (np.full(nf, np.nan) for _ in range(5))
     if tested.size:
         t[tested], dof[tested], p[tested], u[tested], pu[tested] = _tests(x, is_case, tested)
-    g, lo, hi = hedges_g(x[is_case], x[~is_case], confidence)
+    g, lo, hi = hedges_g(x[is_case], x[~is_case], ci)
     g[status != "tested"] = lo[status != "tested"] = hi[status != "tested"] = np.nan
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -375,7 +393,7 @@ def _differential_table(prepared: Prepared, method: str, alpha: float, confidenc
             mean_case=np.nanmean(x[is_case], axis=0), mean_control=np.nanmean(x[~is_case], axis=0),
             median_case=np.nanmedian(x[is_case], axis=0), median_control=np.nanmedian(x[~is_case], axis=0),
         )
-    q = fdr(p, method)
+    q = adjust(p, padjust)
     parsed = parse_features(prepared.features, channel_map=channel_map)
     out = pd.DataFrame(
         dict(
@@ -390,8 +408,9 @@ def _differential_table(prepared: Prepared, method: str, alpha: float, confidenc
             **summaries,
             statistic=t, dof=dof, p_value=p, q_value=q,
             effect_size=g, ci_low=lo, ci_high=hi,
-            mw_statistic=u, mw_p_value=pu, mw_q_value=fdr(pu, method),
+            mw_statistic=u, mw_p_value=pu, mw_q_value=adjust(pu, padjust),
             significant=np.nan_to_num(q, nan=1.0) < alpha,
+            multiplicity_scope=f"{padjust} over {int(np.isfinite(p).sum())} tested features of this contrast",
             level=prepared.level,
             case="|".join(prepared.case),
             control="|".join(prepared.control),

@@ -9,15 +9,18 @@ pycytominer does: the cytoplasm links its cell (``Cytoplasm_Parent_Cells``) and 
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import re
 import sqlite3
+import zlib
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from chanstat.cellprofiler.profiles import (
     aggregate_wells,
@@ -26,6 +29,15 @@ from chanstat.cellprofiler.profiles import (
     feature_columns,
     resolve_well_columns,
 )
+
+class TableFileError(ValueError):
+    """A table file that cannot be read as what it claims to be (empty, binary, truncated,
+    ragged, not a database). The message is one line naming the file."""
+
+
+#: What reading a damaged text, gzip, Parquet or SQLite file raises (-> :class:`TableFileError`).
+_DAMAGED = (UnicodeDecodeError, EOFError, gzip.BadGzipFile, zlib.error, pd.errors.ParserError,
+            pd.errors.EmptyDataError, pa.ArrowInvalid, sqlite3.DatabaseError)
 
 _KEYS = ("TableNumber", "ImageNumber")
 _SKIP_CSV = {"image", "experiment"}
@@ -75,6 +87,9 @@ def read(
     ------
     FileNotFoundError, ValueError
         Missing path, unknown format, duplicate column names, tables that cannot be joined.
+    TableFileError
+        (a ValueError) an empty, binary, truncated or ragged CSV/gzip, a damaged Parquet or
+        SQLite file; the message is one line naming the file (and line).
     """
     path = Path(path)
     if not path.exists():
@@ -83,6 +98,13 @@ def read(
         raise ValueError(f"image_columns must be 'metadata' or 'all'; got {image_columns!r}")
     if aggregate not in (None, "well"):
         raise ValueError(f"aggregate must be None or 'well'; got {aggregate!r}")
+    try:
+        return _read_any(path, compartments, image_columns, columns, aggregate, well_columns, chunk_columns)
+    except _DAMAGED as exc:  # e.g. a damaged Parquet file; CSV and SQLite readers name the file themselves
+        raise _damaged(path, exc) from None
+
+
+def _read_any(path: Path, compartments, image_columns, columns, aggregate, well_columns, chunk_columns) -> pd.DataFrame:
     name = path.name.lower()
     if path.is_dir():
         df = read_spreadsheet_folder(path, compartments=compartments, image_columns=image_columns)
@@ -124,19 +146,91 @@ def _prefix(df: pd.DataFrame, compartment: str, keep: Sequence[str]) -> pd.DataF
     return df.rename(columns={c: c if (c in keep or c.startswith(pre)) else pre + c for c in df.columns})
 
 
-def _csv_header(path: Path) -> list[str]:
+def _open_text(path: Path):
     opener = gzip.open if path.name.lower().endswith(".gz") else open
-    with opener(path, "rt", newline="") as fh:
-        sep = "\t" if ".tsv" in path.name.lower() else ","
-        return next(csv.reader(fh, delimiter=sep), [])
+    return opener(path, "rt", newline="", encoding="utf-8")
 
 
-def _read_csv(path: Path, sep: str = ",", usecols=None) -> pd.DataFrame:
-    """CSV through pyarrow's parser (several times faster on wide CellProfiler files)."""
+def csv_separator(path: str | Path) -> str:
+    """Tab for ``.tsv`` (and ``.tsv.gz``) files, comma otherwise."""
+    return "\t" if ".tsv" in Path(path).name.lower() else ","
+
+
+def _damaged(path: Path, exc: BaseException) -> TableFileError:
+    text = str(exc).strip()
+    reason = text.splitlines()[0] if text else "unreadable"
+    return TableFileError(f"cannot read {path}: {type(exc).__name__}: {reason}")
+
+
+def csv_header(path: str | Path, sep: str | None = None) -> list[str]:
+    """Column names of a CSV/TSV (plain or gzip); :class:`TableFileError` naming the file when it
+    is empty, binary (NUL bytes or not UTF-8) or a damaged gzip."""
+    path = Path(path)
+    sep = sep or csv_separator(path)
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
     try:
-        return pd.read_csv(path, sep=sep, usecols=usecols, engine="pyarrow")
-    except (ValueError, ImportError):  # exotic content pyarrow refuses: fall back to pandas' parser
-        return pd.read_csv(path, sep=sep, usecols=usecols)
+        with opener(path, "rb") as fh:
+            if b"\x00" in fh.read(1 << 16):
+                raise TableFileError(f"cannot read {path}: it holds binary data (NUL bytes), not text")
+        with _open_text(path) as fh:
+            header = next(csv.reader(fh, delimiter=sep), [])
+    except _DAMAGED as exc:
+        raise _damaged(path, exc) from None
+    if not header or header == [""]:
+        raise TableFileError(f"cannot read {path}: the file is empty (no header line)")
+    return header
+
+
+def _ragged_line(path: Path, sep: str, width: int) -> tuple[int, int] | None:
+    """(line number, field count) of the first row whose field count differs from the header's."""
+    with _open_text(path) as fh:
+        reader = csv.reader(fh, delimiter=sep)
+        next(reader, None)
+        for row in reader:
+            if row and len(row) != width:  # blank lines are skipped by every parser
+                return reader.line_num, len(row)
+    return None
+
+
+def read_csv_table(path: str | Path, sep: str | None = None, usecols: Sequence[str] | None = None,
+                   **pandas_options) -> pd.DataFrame:
+    """Read a CSV/TSV (plain or gzip) strictly: every row must have the header's number of fields.
+
+    pandas alone fills short rows with NaN and turns one extra field per row into an index,
+    shifting every column by one, silently. Here a ragged row, or an empty, binary or truncated
+    file, raises :class:`TableFileError` (a ValueError) naming the file (and the line). pyarrow's
+    parser reads the file (several times faster on wide CellProfiler tables); content whose
+    types it cannot infer goes through pandas' parser instead.
+
+    Parameters
+    ----------
+    path : the file; ``sep`` defaults to tab for ``.tsv`` names, comma otherwise.
+    usecols : columns to read (all by default).
+    **pandas_options : passed to :func:`pandas.read_csv` (then pandas' parser reads the file).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"table not found: {path}")
+    sep = sep or csv_separator(path)
+    header = csv_header(path, sep)
+    if not pandas_options:
+        try:  # pyarrow refuses ragged rows itself, so a clean file is read once
+            return pd.read_csv(path, sep=sep, usecols=usecols, engine="pyarrow")
+        except (pd.errors.ParserError, pa.ArrowInvalid):  # ragged, or types it cannot infer: look closer
+            pass
+        except _DAMAGED as exc:
+            raise _damaged(path, exc) from None
+    try:
+        ragged = _ragged_line(path, sep, len(header))
+        if ragged is not None:
+            line, fields = ragged
+            raise TableFileError(
+                f"{path}, line {line}: {fields} fields but the header has {len(header)}; "
+                "a ragged row would shift the columns (check quoting and separators)"
+            )
+        return pd.read_csv(path, sep=sep, usecols=usecols, index_col=False, **pandas_options)
+    except _DAMAGED as exc:
+        raise _damaged(path, exc) from None
 
 
 def _check_header(names: Sequence[str], source: Path | str) -> None:
@@ -226,20 +320,20 @@ def read_spreadsheet_folder(
 
 def _read_one_folder(path: Path, compartments, image_columns) -> pd.DataFrame:
     image_file = path / "Image.csv"
-    _check_header(_csv_header(image_file), image_file)
-    image = _read_csv(image_file)
+    _check_header(csv_header(image_file), image_file)
+    image = read_csv_table(image_file)
     tables: dict[str, pd.DataFrame] = {}
     for f in sorted(path.glob("*.csv")):
         comp = f.stem
         if comp.lower() in _SKIP_CSV:
             continue
-        header = _csv_header(f)
+        header = csv_header(f)
         if "ImageNumber" not in header or "ObjectNumber" not in header:
             continue
         if compartments is not None and comp not in compartments:
             continue
         _check_header(header, f)
-        tables[comp] = _prefix(_read_csv(f), comp, ["ImageNumber", "ObjectNumber"])
+        tables[comp] = _prefix(read_csv_table(f), comp, ["ImageNumber", "ObjectNumber"])
     if not tables:
         raise ValueError(f"{path} has no per-object CSV files (with ImageNumber and ObjectNumber columns)")
     if compartments is not None:
@@ -258,49 +352,66 @@ def read_sqlite(
     compartments: Sequence[str] | None = None,
     image_columns: str = "metadata",
 ) -> pd.DataFrame:
-    """Read an ExportToDatabase SQLite file (see :func:`read`)."""
+    """Read an ExportToDatabase SQLite file (see :func:`read`).
+
+    A file that is not an SQLite database (or is damaged) raises :class:`TableFileError`
+    naming it; table names may hold any character (quotes included).
+    """
     path = Path(path)
     uri = f"file:{path.resolve()}?mode=ro"
-    with sqlite3.connect(uri, uri=True) as con:
-        tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")]
-        info = {t: list(con.execute(f'PRAGMA table_info("{t}")')) for t in tables}
-        cols = {t: [r[1] for r in rows] for t, rows in info.items()}
-        numeric_declared = {r[1] for rows in info.values() for r in rows
-                            if re.search(r"INT|REAL|FLOA|DOUB|NUM|DEC", str(r[2]), re.IGNORECASE)}
-        for t, c in cols.items():
-            _check_header(c, f"{path.name}:{t}")
-        image_tables = [t for t in tables if re.search(r"(^|_)(Per_)?Image$", t, re.IGNORECASE)]
-        if not image_tables:
-            raise ValueError(f"{path} has no image table (Per_Image or Image); tables: {tables}")
-        image_table = image_tables[0]
-        object_tables = [
-            t for t in tables if t != image_table and "ImageNumber" in cols[t] and "ObjectNumber" in cols[t]
-        ]
-        if not object_tables:
-            raise ValueError(f"{path} has no per-object tables (with ImageNumber and ObjectNumber); tables: {tables}")
-        keys = [k for k in _KEYS if k in cols[image_table]]
-        def load(table: str) -> pd.DataFrame:
-            return _numeric_text(pd.read_sql_query(f'SELECT * FROM "{table}"', con), numeric_declared)
-
-        image = load(image_table)
-        per_object = [t for t in object_tables if re.search(r"(^|_)Per_Object$", t, re.IGNORECASE)]
-        if per_object:
-            objects = load(per_object[0])
-            objects = objects.rename(columns={"ObjectNumber": "Metadata_ObjectNumber"})
-            if compartments is not None:
-                keep = tuple(f"{c}_" for c in compartments)
-                objects = objects[[c for c in objects.columns if c in keys or c.startswith(("Metadata_",) + keep)]]
-        else:
-            frames = {}
-            for t in object_tables:
-                comp = re.sub(r"^(.*_)?Per_", "", t)
-                if compartments is not None and comp not in compartments:
-                    continue
-                frames[comp] = _prefix(load(t), comp, keys + ["ObjectNumber"])
-            if not frames:
-                raise ValueError(f"{path}: none of the compartments {list(compartments or [])} is a table; tables: {tables}")
-            objects = _join_objects(frames, keys)
+    try:
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as con:
+            objects, image, keys = _read_sqlite_tables(con, path, compartments)
+    except (sqlite3.DatabaseError, pd.errors.DatabaseError) as exc:
+        raise TableFileError(f"cannot read {path} as an SQLite database: {str(exc).strip().splitlines()[0]}") from None
     return _finish(objects, image, keys, image_columns)
+
+
+def _quote(identifier: str) -> str:
+    """An SQL identifier in double quotes, inner quotes doubled (so any table name is safe)."""
+    return '"' + str(identifier).replace('"', '""') + '"'
+
+
+def _read_sqlite_tables(con, path: Path, compartments) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")]
+    info = {t: list(con.execute(f"PRAGMA table_info({_quote(t)})")) for t in tables}
+    cols = {t: [r[1] for r in rows] for t, rows in info.items()}
+    numeric_declared = {r[1] for rows in info.values() for r in rows
+                        if re.search(r"INT|REAL|FLOA|DOUB|NUM|DEC", str(r[2]), re.IGNORECASE)}
+    for t, c in cols.items():
+        _check_header(c, f"{path.name}:{t}")
+    image_tables = [t for t in tables if re.search(r"(^|_)(Per_)?Image$", t, re.IGNORECASE)]
+    if not image_tables:
+        raise ValueError(f"{path} has no image table (Per_Image or Image); tables: {tables}")
+    image_table = image_tables[0]
+    object_tables = [
+        t for t in tables if t != image_table and "ImageNumber" in cols[t] and "ObjectNumber" in cols[t]
+    ]
+    if not object_tables:
+        raise ValueError(f"{path} has no per-object tables (with ImageNumber and ObjectNumber); tables: {tables}")
+    keys = [k for k in _KEYS if k in cols[image_table]]
+    def load(table: str) -> pd.DataFrame:
+        return _numeric_text(pd.read_sql_query(f"SELECT * FROM {_quote(table)}", con), numeric_declared)
+
+    image = load(image_table)
+    per_object = [t for t in object_tables if re.search(r"(^|_)Per_Object$", t, re.IGNORECASE)]
+    if per_object:
+        objects = load(per_object[0])
+        objects = objects.rename(columns={"ObjectNumber": "Metadata_ObjectNumber"})
+        if compartments is not None:
+            keep = tuple(f"{c}_" for c in compartments)
+            objects = objects[[c for c in objects.columns if c in keys or c.startswith(("Metadata_",) + keep)]]
+    else:
+        frames = {}
+        for t in object_tables:
+            comp = re.sub(r"^(.*_)?Per_", "", t)
+            if compartments is not None and comp not in compartments:
+                continue
+            frames[comp] = _prefix(load(t), comp, keys + ["ObjectNumber"])
+        if not frames:
+            raise ValueError(f"{path}: none of the compartments {list(compartments or [])} is a table; tables: {tables}")
+        objects = _join_objects(frames, keys)
+    return objects, image, keys
 
 
 def _numeric_text(df: pd.DataFrame, numeric_declared: set[str]) -> pd.DataFrame:
@@ -336,10 +447,9 @@ def read_profiles(path: str | Path, columns: Sequence[str] | None = None) -> pd.
                 raise ValueError(f"{path} has no columns {missing[:10]}")
         df = pq.read_table(path, columns=list(columns) if columns is not None else None).to_pandas()
     else:
-        header = _csv_header(path)
+        header = csv_header(path)
         _check_header(header, path)
-        sep = "\t" if ".tsv" in name else ","
-        df = _read_csv(path, sep=sep, usecols=list(columns) if columns is not None else None)
+        df = read_csv_table(path, usecols=list(columns) if columns is not None else None)
     return _order_metadata_first(_rename_image_metadata(df))
 
 

@@ -1,149 +1,174 @@
-"""Pipeline stage: CellProfiler features, differential analysis, channel enrichment, concordance.
+"""Pipeline stage ``cellprofiler``: CellProfiler features, differential analysis, channel enrichment,
+concordance with the attribution answer, and the per-cell link.
 
-Config section ``[cellprofiler]``:
+Config: :class:`CellProfilerConfig`. Without ``table`` the stage measures the run's own
+(synthetic) images with cp-measure on the data set's objects and compares the second class
+with the first at the well level. Whole set only.
 
-- ``table``, ``by``, ``case``, ``control`` — a real CellProfiler table (any format
-  :func:`~chanstat.cellprofiler.read` takes; path relative to the config file) and the
-  contrast. Without ``table`` the stage measures the run's own (synthetic) images with
-  cp-measure (options in ``[cellprofiler.measure]``) and compares the treated class with the
-  control class (``by = "Metadata_Class"``; ``case``/``control`` default to the second and
-  first class).
-- ``level`` (``"well"``), ``normalize`` (false | ``"robust_z"``), ``fdr`` (``"bh"``|``"by"``),
-  ``alpha`` (0.05), ``correlation`` (``"both"``|``"pair"``|``"exclude"``), ``channel_map``
-  (table), ``n_permutations`` (permutation enrichment; 0 skips), ``enrichment_score``,
-  ``n_bootstrap`` (concordance interval).
-
-Writes ``cp_features.parquet`` (well-level features), ``cp_differential.parquet``,
-``channel_enrichment.parquet``, ``compartment_channel.parquet`` and, when the stats stage
-left a ``channel_mass`` table, ``concordance.parquet`` and ``concordance_ranks.parquet``.
+Writes ``cp_features`` (well level), ``cp_differential``, ``channel_enrichment`` (a competitive,
+correlation-preserving permutation test per channel, adjusted across channels; Fisher odds
+ratios as descriptions), ``compartment_channel``; with the stats stage's ``channel_mass``,
+``concordance`` and ``concordance_ranks``; with the decompose stage's ``object_mass`` and
+per-cell features, ``feature_link`` (which per-cell features predict where the classifier looks,
+tested over wells).
 """
 from __future__ import annotations
 
 import time
 import warnings
+from typing import Literal
 
 import pandas as pd
+from pydantic import Field, model_validator
 
-from chanstat.cellprofiler.enrichment import channel_enrichment, compartment_channel_table, permutation_enrichment
+from chanstat.cellprofiler.enrichment import channel_enrichment, compartment_channel_table, competitive_enrichment
 from chanstat.cellprofiler.feature_tests import differential
 from chanstat.cellprofiler.measure import measure_synthetic
 from chanstat.cellprofiler.profiles import aggregate_wells, feature_columns
 from chanstat.cellprofiler.rank_agreement import channel_ranks, concordance
 from chanstat.cellprofiler.readers import read
-from chanstat.io import read_table, write_table
+from chanstat.config import ConfigError, Section
+from chanstat.stage import Stage
 
-_FDR = {"bh": "fdr_bh", "by": "fdr_by", "fdr_bh": "fdr_bh", "fdr_by": "fdr_by"}
+
+class MeasureConfig(Section):
+    """``[cellprofiler.measure]``: cp-measure settings for measuring the run's own images."""
+
+    texture_scale: int = Field(3, ge=1)
+    gray_levels: int = Field(16, ge=2)
+    granularity_spectrum: int = Field(8, ge=1)
 
 
-def _features_from_table(ctx, cfg: dict) -> tuple[pd.DataFrame, dict]:
-    missing = [k for k in ("by", "case", "control") if k not in cfg]
-    if missing:
-        raise ValueError(f"[cellprofiler] names a table but not {missing}")
+class LinkConfig(Section):
+    """``[cellprofiler.link]``: per-cell attribution mass vs per-cell features, tested over wells."""
+
+    value: Literal["mass", "density"] = Field("density", description="Mass per cell, or per pixel of the cell.")
+    min_cells: int = Field(3, ge=2, description="Cells a well needs to give a correlation.")
+    methods: list[str] | None = Field(None, description="Maps to link (default: every map with object masses).")
+
+
+class CellProfilerConfig(Section):
+    """``[cellprofiler]``: compare the attribution answer with CellProfiler features."""
+
+    table: str | None = Field(None, description="A CellProfiler table (any format chanstat.cellprofiler.read takes).")
+    by: str | None = Field(None, description="Column of the contrast (default Metadata_Class for the run's images).")
+    case: str | None = None
+    control: str | None = None
+    level: Literal["well", "cell"] = Field("well", description="Unit of the feature tests.")
+    normalize: Literal[False, "robust_z"] = Field(False, description='false or "robust_z" per plate.')
+    padjust: Literal["bh", "by", "holm"] = Field("bh", description="Adjustment over features.")
+    alpha: float = Field(0.05, gt=0, lt=1)
+    correlation: Literal["both", "pair", "exclude"] = Field("both", description="How a two-channel feature counts.")
+    channel_map: dict[str, str] | None = Field(None, description="Channel token -> channel name.")
+    n_perm: int = Field(500, ge=0, description="Permutations of the competitive enrichment test (0 = off).")
+    enrichment_score: str = Field("mean_abs_effect", description="Feature-side score of the concordance.")
+    n_boot: int = Field(1000, ge=1, description="Bootstrap draws of the concordance interval.")
+    measure: MeasureConfig = Field(default_factory=MeasureConfig)
+    link: LinkConfig = Field(default_factory=LinkConfig)
+
+    @model_validator(mode="after")
+    def _contrast(self):
+        if self.table and not (self.by and self.case is not None and self.control is not None):
+            raise ValueError("a table needs by, case and control")
+        return self
+
+    @staticmethod
+    def preflight(section: dict, config_dir) -> None:
+        from pathlib import Path
+
+        if section.get("table"):
+            path = Path(section["table"]).expanduser()
+            path = path if path.is_absolute() else Path(config_dir) / path
+            if not path.exists():
+                raise ConfigError(f"[cellprofiler] table: file not found: {path}")
+
+
+def _features_from_table(ctx, cfg: dict) -> tuple[pd.DataFrame, pd.DataFrame | None, dict]:
     path = ctx.resolve_path(cfg["table"])
-    level = cfg.get("level", "well")
-    aggregate = "well" if level == "well" and str(path).lower().endswith((".parquet", ".pq")) else None
+    aggregate = "well" if cfg["level"] == "well" and str(path).lower().endswith((".parquet", ".pq")) else None
     table = read(path, aggregate=aggregate)
-    return table, dict(source=str(path), by=cfg["by"], case=cfg["case"], control=cfg["control"])
+    return table, None, dict(source=str(path), by=cfg["by"], case=cfg["case"], control=cfg["control"])
 
 
-def _features_from_images(ctx, cfg: dict) -> tuple[pd.DataFrame, dict]:
+def _features_from_images(ctx, cfg: dict) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     dataset = ctx.dataset
-    if dataset is None:
-        raise ValueError("[cellprofiler] has no table and the run has no image set to measure")
     if not dataset.objects:
-        raise ValueError("[cellprofiler] has no table and the image set has no objects to measure "
-                         "(name a CellProfiler table with table = ...)")
-    options = dict(ctx.section("cellprofiler.measure"))
+        raise ValueError("[cellprofiler] has no table and the data set has no objects to measure; "
+                         "name a CellProfiler table with table = ...")
     t0 = time.perf_counter()
-    cells = measure_synthetic(dataset, progress=ctx.progress, **options)
+    cells = measure_synthetic(dataset, progress=ctx.progress, **{k: v for k, v in cfg["measure"].items() if k != "enabled"})
     wells = aggregate_wells(cells, features=feature_columns(cells.columns), keep=["Metadata_Class"])
     classes = list(dataset.classes)
-    info = dict(
-        source="cp_measure", by=cfg.get("by", "Metadata_Class"),
-        case=cfg.get("case", classes[1] if len(classes) > 1 else classes[0]),
-        control=cfg.get("control", classes[0]),
-        n_cells=len(cells), measure_wall_s=round(time.perf_counter() - t0, 3),
-    )
-    return wells, info
+    info = dict(source="cp_measure", by=cfg["by"] or "Metadata_Class",
+                case=cfg["case"] if cfg["case"] is not None else classes[-1],
+                control=cfg["control"] if cfg["control"] is not None else classes[0],
+                n_cells=len(cells), measure_wall_s=round(time.perf_counter() - t0, 3))
+    return wells, cells, info
 
 
-def _channel_mass(ctx) -> pd.DataFrame | None:
-    mass = ctx.artifacts.get("channel_mass")
-    if mass is None and (ctx.out / "channel_mass.parquet").exists():
-        mass = read_table(ctx.out / "channel_mass.parquet")
-    return mass
+def _link(ctx, cfg: dict, cells: pd.DataFrame | None) -> pd.DataFrame | None:
+    from chanstat.decompose.percell import attribution_feature_link
+
+    objects = ctx.get("object_mass")
+    if objects is None or cells is None or not len(objects):
+        return None
+    link = cfg["link"]
+    frames = []
+    for method in link.get("methods") or list(pd.unique(objects["method"])):
+        sub = objects[objects["method"] == method].drop(columns="method")
+        table = attribution_feature_link(sub, cells, value=link["value"], min_cells=link["min_cells"], padjust=cfg["padjust"])
+        frames.append(table.assign(method=method))
+    return pd.concat(frames, ignore_index=True) if frames else None
 
 
-def run(ctx) -> dict:
-    cfg = dict(ctx.section("cellprofiler"))
-    cfg.pop("measure", None)
-    if cfg.get("table"):
-        features, info = _features_from_table(ctx, cfg)
-    else:
-        features, info = _features_from_images(ctx, cfg)
-    write_table(features, ctx.out / "cp_features.parquet")
-
-    level = cfg.get("level", "well")
-    fdr = _FDR.get(str(cfg.get("fdr", "bh")).lower())
-    if fdr is None:
-        raise ValueError(f"[cellprofiler] fdr must be 'bh' or 'by'; got {cfg.get('fdr')!r}")
-    alpha = float(cfg.get("alpha", 0.05))
-    normalize = cfg.get("normalize") or None
-    correlation = cfg.get("correlation", "both")
-    channel_map = cfg.get("channel_map") or None
+def whole_set(ctx, outputs) -> tuple[dict, dict]:
+    cfg = ctx.section("cellprofiler")
+    features, cells, info = _features_from_table(ctx, cfg) if cfg.get("table") else _features_from_images(ctx, cfg)
     contrast = dict(by=info["by"], case=info["case"], control=info["control"])
-    diff = differential(features, **contrast, level=level, normalize=normalize, method=fdr, alpha=alpha,
-                        channel_map=channel_map)
-    write_table(diff, ctx.out / "cp_differential.parquet")
-
-    model_channels = list(ctx.dataset.channels) if ctx.dataset is not None else None
-    enrichment = channel_enrichment(diff, alpha=alpha, correlation=correlation)
-    n_perm = int(cfg.get("n_permutations", 0))
-    if n_perm > 0:
+    common = dict(level=cfg["level"], normalize=cfg["normalize"] or None, channel_map=cfg.get("channel_map"))
+    diff = differential(features, **contrast, padjust=cfg["padjust"], alpha=cfg["alpha"], **common)
+    enrichment = channel_enrichment(diff, alpha=cfg["alpha"], correlation=cfg["correlation"])
+    if cfg["n_perm"] > 0:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # the cell-level warning was given above
-            perm = permutation_enrichment(features, **contrast, level=level, normalize=normalize, method=fdr,
-                                          alpha=alpha, n_permutations=n_perm, correlation=correlation,
-                                          channel_map=channel_map, seed=ctx.seed, progress=ctx.progress)
-        enrichment = enrichment.merge(
-            perm[["channel", "p_value_n_significant", "p_value_mean_abs_effect"]].rename(
-                columns={"p_value_n_significant": "perm_p_value_n_significant",
-                         "p_value_mean_abs_effect": "perm_p_value_mean_abs_effect"}),
-            on="channel", how="left",
-        )
-        enrichment["n_permutations"] = n_perm
-    write_table(enrichment, ctx.out / "channel_enrichment.parquet")
-    by_compartment = compartment_channel_table(diff, alpha=alpha, correlation=correlation)
-    write_table(by_compartment, ctx.out / "compartment_channel.parquet")
-    ctx.artifacts.update(cp_features=features, cp_differential=diff, channel_enrichment=enrichment,
-                         compartment_channel=by_compartment)
-
+            valid = competitive_enrichment(features, **contrast, n_perm=cfg["n_perm"], correlation=cfg["correlation"],
+                                           seed=ctx.seed, progress=ctx.progress, **common)
+        enrichment = enrichment.merge(valid, on="channel", how="left", suffixes=("", "_competitive"))
+    outputs = {
+        "cp_features": features,
+        "cp_differential": diff,
+        "channel_enrichment": enrichment,
+        "compartment_channel": compartment_channel_table(diff, alpha=cfg["alpha"], correlation=cfg["correlation"]),
+    }
     tested = diff[diff["status"] == "tested"]
-    top = enrichment.sort_values(["q_value", "mean_abs_effect"], ascending=[True, False]).iloc[0]
     result = dict(
         **{k: v for k, v in info.items() if k not in ("case", "control")},
         case=str(info["case"]), control=str(info["control"]),
-        n_units=int(tested[["n_case", "n_control"]].max().sum()) if len(tested) else 0,
         n_features=int(len(diff)), n_tested=int(len(tested)), n_significant=int(diff["significant"].sum()),
-        top_channel=str(top["channel"]), top_channel_q_value=float(top["q_value"]),
     )
+    if "enriched" in enrichment:
+        result["enriched_channels"] = enrichment.loc[enrichment["enriched"].fillna(False).astype(bool), "channel"].tolist()
+    mass = ctx.get("channel_mass")
+    if mass is not None:
+        options = dict(enrichment_score=cfg["enrichment_score"], channels=list(ctx.dataset.channels))
+        try:
+            outputs["concordance"] = concordance(mass, enrichment, n_boot=cfg["n_boot"], seed=ctx.seed,
+                                                 progress=ctx.progress, **options)
+            outputs["concordance_ranks"] = channel_ranks(mass, enrichment, **options)
+        except ValueError as exc:  # e.g. fewer than 3 shared channels
+            result["concordance"] = f"skipped: {exc}"
+    link = _link(ctx, cfg, cells)
+    if link is not None:
+        outputs["feature_link"] = link
+        result["feature_link_rows"] = int(len(link))
+    return outputs, result
 
-    mass = _channel_mass(ctx)
-    if mass is None:
-        result["concordance"] = "skipped: no channel_mass from the stats stage"
-        return result
-    channels = model_channels if model_channels is not None else None
-    options = dict(enrichment_score=cfg.get("enrichment_score", "mean_abs_effect"), channels=channels)
-    try:
-        conc = concordance(mass, enrichment, n_bootstrap=int(cfg.get("n_bootstrap", 1000)), seed=ctx.seed,
-                           progress=ctx.progress, **options)
-        ranks = channel_ranks(mass, enrichment, **options)
-    except ValueError as exc:  # e.g. fewer than 3 shared channels
-        result["concordance"] = f"skipped: {exc}"
-        return result
-    write_table(conc, ctx.out / "concordance.parquet")
-    write_table(ranks, ctx.out / "concordance_ranks.parquet")
-    ctx.artifacts.update(concordance=conc, concordance_ranks=ranks)
-    kendall = conc[conc["statistic"] == "kendall_tau"]
-    result["concordance_kendall_tau"] = {str(r.method): round(float(r.estimate), 4) for r in kendall.itertuples()}
-    return result
+
+STAGE = Stage(
+    name="cellprofiler",
+    config=CellProfilerConfig,
+    reads=("dataset", "channel_mass", "object_mass"),
+    writes=("cp_features", "cp_differential", "channel_enrichment", "compartment_channel", "concordance",
+            "concordance_ranks", "feature_link"),
+    whole_set=whole_set,
+)

@@ -84,7 +84,7 @@ def parse_memory(limit: int | str) -> int:
 def aggregate_wells_streaming(
     source: str | os.PathLike | Sequence[str | os.PathLike],
     features: Sequence[str] | None = None,
-    well_columns: Sequence[str] | None = None,
+    well: Sequence[str] | None = None,
     func: str = "median",
     keep: Sequence[str] = (),
     *,
@@ -103,7 +103,7 @@ def aggregate_wells_streaming(
         (read in sorted / given order, as one table), or a CellProfiler SQLite file.
     features : feature columns to aggregate; default every CellProfiler measurement column
         (:func:`~chanstat.cellprofiler.feature_columns`).
-    well_columns : the well key; default ``Metadata_Plate`` + ``Metadata_Well``.
+    well : the well key; default ``Metadata_Plate`` + ``Metadata_Well``.
     func : ``"median"`` (default; bit-identical to the in-memory path) or ``"mean"`` (equal to
         the last bit or two when wells are split into blocks: pandas sums a block differently).
     keep : further non-``Metadata_`` columns to carry over when constant within wells.
@@ -134,14 +134,14 @@ def aggregate_wells_streaming(
     budget = parse_memory(memory_limit)
     paths = _source_paths(source)
     if len(paths) == 1 and paths[0].name.lower().endswith(_SQLITE_SUFFIXES):
-        return _sqlite_wells(paths[0], features, well_columns, func, keep, compartments, image_columns, budget, progress)
+        return _sqlite_wells(paths[0], features, well, func, keep, compartments, image_columns, budget, progress)
     bad = [p for p in paths if not p.name.lower().endswith(_PARQUET_SUFFIXES)]
     if bad:
         raise ValueError(
             f"cannot stream {bad[0]}: expected Parquet ({', '.join(_PARQUET_SUFFIXES)}) or one SQLite file "
             f"({', '.join(_SQLITE_SUFFIXES)})"
         )
-    return _parquet_wells(paths, features, well_columns, func, keep, compartments, budget, int(batch_rows), progress)
+    return _parquet_wells(paths, features, well, func, keep, compartments, budget, int(batch_rows), progress)
 
 
 def differential_streaming(
@@ -150,7 +150,7 @@ def differential_streaming(
     case,
     control,
     features: Sequence[str] | None = None,
-    well_columns: Sequence[str] | None = None,
+    well: Sequence[str] | None = None,
     *,
     compartments: Sequence[str] | None = None,
     memory_limit: int | str = DEFAULT_MEMORY_LIMIT,
@@ -161,8 +161,8 @@ def differential_streaming(
 
     Aggregates ``source`` with :func:`aggregate_wells_streaming` (carrying ``by`` along), then
     tests the well medians. Equals ``differential(read(source), by, case, control,
-    level="well", ...)``. ``differential_options`` (``normalize``, ``method``, ``alpha``,
-    ``confidence``, ``plate_column``, ``channel_map``) are passed on.
+    level="well", ...)``. ``differential_options`` (``normalize``, ``padjust``, ``alpha``,
+    ``ci``, ``plate``, ``channel_map``) are passed on.
     """
     from chanstat.cellprofiler.feature_tests import differential
 
@@ -170,12 +170,12 @@ def differential_streaming(
         raise ValueError("differential_streaming tests wells (level='well'); cell-level tests need the per-cell table")
     differential_options.pop("level", None)
     wells = aggregate_wells_streaming(
-        source, features=features, well_columns=well_columns, keep=() if str(by).startswith("Metadata_") else [by],
+        source, features=features, well=well, keep=() if str(by).startswith("Metadata_") else [by],
         compartments=compartments, memory_limit=memory_limit, progress=progress,
     )
     if by not in wells.columns:
         raise ValueError(f"group column {by!r} is missing or varies within wells; cannot test wells")
-    return differential(wells, by, case, control, level="well", features=features, well_columns=well_columns,
+    return differential(wells, by, case, control, level="well", features=features, well=well,
                         **differential_options)
 
 
@@ -239,7 +239,7 @@ def _parquet_wells(paths, features, well_columns, func, keep, compartments, budg
     ordered = metadata_columns(renamed) + [c for c in renamed if not c.startswith("Metadata_")]
     wells = resolve_well_columns(ordered, well_columns)
     if not wells:
-        raise ValueError("cannot aggregate to wells: the table has no Metadata_Well column; pass well_columns")
+        raise ValueError("cannot aggregate to wells: the table has no Metadata_Well column; pass well=")
     features = feature_columns(ordered) if features is None else list(features)
     missing = [f for f in features if f not in to_file or f not in ordered]
     if missing:
@@ -365,7 +365,7 @@ def _sqlite_wells(path, features, well_columns, func, keep, compartments, image_
         if not wells:
             raise ValueError(
                 f"{path}: the image table has no Metadata_Well (or Image_Metadata_Well) column to group images "
-                "into wells; pass well_columns"
+                "into wells; pass well="
             )
         select = ", ".join(f'"{c}"' for c in keys + [renamed[w] for w in wells])
         images = pd.read_sql_query(f'SELECT {select} FROM "{image_table}"', con)

@@ -1,21 +1,18 @@
-"""Sharded, resumable execution of the image stages on Dask (a laptop, a GPU server, a cluster).
+"""Sharded, resumable execution of the per-image part of stages (a laptop, a GPU server, a cluster).
 
->>> from chanstat.compute import run_sharded
->>> info = run_sharded(ctx, "attribution")   # instead of chanstat.attribution.stage.run(ctx)
+The pipeline calls :func:`run_parts` for a stage whose name is in ``[compute] stages``:
+it plans shards over the images (fixed index ranges or whole wells/plates), runs the stage's
+per-image task on each (in this process or on Dask workers), commits every shard atomically
+(a re-run skips committed shards, :mod:`chanstat.compute.manifest`), retries failing shards
+and reports those that kept failing (:class:`ShardsFailed`). It returns each shard's outputs;
+merging them is the stage contract's job (:func:`chanstat.stage.merge_parts`).
 
-The ``[compute]`` config section (see :class:`ComputeConfig` and ``analyses/sharded.toml``)
-chooses the scheduler (``"sync"``, ``"local"`` or a scheduler address), the workers and how
-the images are cut into shards (fixed index ranges or whole wells/plates). Every shard is
-committed atomically; a re-run skips committed shards (:mod:`chanstat.compute.manifest`);
-shards that keep failing are retried, then reported by :class:`ShardsFailed`.
-
-Lower level: :func:`run_shards` runs any picklable ``task(shard, out_dir)`` over a plan of
-:class:`Shard` objects with the same commit/resume/retry rules.
+This package imports neither :mod:`chanstat.pipeline` nor any stage module.
 """
 from chanstat.compute.manifest import ShardStore
+from chanstat.compute.parts import RowsTask, plan_rows, run_parts
 from chanstat.compute.plan import SHARD_BY, Shard, check_plan, fingerprint, plan_group_shards, plan_index_shards, plan_shards
 from chanstat.compute.runner import (
-    COMPUTE_DEFAULTS,
     ComputeConfig,
     ShardReport,
     ShardsFailed,
@@ -24,25 +21,12 @@ from chanstat.compute.runner import (
     open_client,
     run_shards,
 )
-from chanstat.compute.stages import (
-    SHARDABLE,
-    ShardableStage,
-    StageShardTask,
-    merge_arrays,
-    merge_shards,
-    merge_tables,
-    register_shardable,
-    run_sharded,
-)
-from chanstat.compute.context import load_context, sharded_stage_names
-from chanstat.compute.worker import ModelSource, read_artifact, read_dataset, worker_device
+from chanstat.compute.worker import ModelSource, worker_device
 
 __all__ = [
-    "run_sharded", "run_shards", "ComputeConfig", "COMPUTE_DEFAULTS", "ShardReport", "ShardsFailed", "open_client",
+    "run_parts", "plan_rows", "RowsTask", "run_shards", "ComputeConfig", "ShardReport", "ShardsFailed", "open_client",
     "default_n_workers", "execute_shard", "Shard", "SHARD_BY", "plan_shards", "plan_index_shards", "plan_group_shards",
-    "check_plan", "fingerprint", "ShardStore", "SHARDABLE", "ShardableStage", "StageShardTask", "register_shardable",
-    "merge_shards", "merge_tables", "merge_arrays", "ModelSource", "WorkerSetup", "read_dataset", "read_artifact",
-    "worker_device", "load_context", "sharded_stage_names",
+    "check_plan", "fingerprint", "ShardStore", "ModelSource", "WorkerSetup", "worker_device",
 ]
 
 

@@ -28,10 +28,12 @@ import os
 import socket
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from typing import Literal
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from tqdm.auto import tqdm
 
 from chanstat.compute.manifest import ShardStore
@@ -39,26 +41,8 @@ from chanstat.compute.plan import Shard
 
 SCHEDULERS = ("sync", "local")
 
-#: Keys of the ``[compute]`` config section and their defaults.
-COMPUTE_DEFAULTS: dict[str, Any] = {
-    "scheduler": "local",
-    "n_workers": None,
-    "threads_per_worker": 1,
-    "processes": True,
-    "memory_limit": "auto",
-    "shard_by": "index",
-    "shard_size": 64,
-    "retries": 2,
-    "stages": ["attribution", "dac", "metrics"],
-    "keep_shards": False,
-    "device": None,
-    "dashboard": False,
-}
-
-
-@dataclass
-class ComputeConfig:
-    """The ``[compute]`` section, checked.
+class ComputeConfig(BaseModel):
+    """``[compute]``: run the per-image parts of stages in shards (on Dask unless ``"sync"``).
 
     Attributes
     ----------
@@ -70,53 +54,44 @@ class ComputeConfig:
     shard_by : ``"index"`` (fixed ranges), ``"well"`` or ``"plate"`` (whole groups).
     shard_size : images per shard (most images per shard for wells / plates).
     retries : extra attempts for a failing shard before it is reported.
-    stages : the pipeline stages that run sharded when ``[compute]`` is present.
+    stages : the pipeline stages whose per-image part runs sharded.
     keep_shards : keep ``shards/<stage>/`` after merging (default: delete it).
     device : device of the workers; default the run's device (``"auto"``: CUDA if present).
     dashboard : print the link of the local cluster's Dask dashboard (served on a free port).
     """
 
-    scheduler: str = "local"
-    n_workers: int | None = None
-    threads_per_worker: int = 1
-    processes: bool = True
-    memory_limit: str | int | None = "auto"
-    shard_by: str = "index"
-    shard_size: int = 64
-    retries: int = 2
-    stages: list[str] = field(default_factory=lambda: ["attribution", "dac", "metrics"])
-    keep_shards: bool = False
-    device: str | None = None
-    dashboard: bool = False
+    model_config = ConfigDict(extra="forbid")
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.scheduler, str) or not self.scheduler:
-            raise ValueError(f"[compute] scheduler must be 'sync', 'local' or an address; got {self.scheduler!r}")
-        for name in ("threads_per_worker", "shard_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"[compute] {name} must be a positive integer; got {value!r}")
-        if self.n_workers is not None and (isinstance(self.n_workers, bool) or not isinstance(self.n_workers, int) or self.n_workers < 1):
-            raise ValueError(f"[compute] n_workers must be a positive integer; got {self.n_workers!r}")
-        if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
-            raise ValueError(f"[compute] retries must be an integer >= 0; got {self.retries!r}")
-        from chanstat.compute.plan import SHARD_BY
+    enabled: bool = True
+    scheduler: str = Field("local", min_length=1, description='"sync" (this process), "local" (a LocalCluster) or a scheduler address.')
+    n_workers: int | None = Field(None, ge=1, description="Workers of a local cluster (default: one per GPU, else per core).")
+    threads_per_worker: int = Field(1, ge=1, description="Threads per local worker.")
+    processes: bool = Field(True, description="Local workers as processes (true) or threads (false).")
+    memory_limit: str | int | None = Field("auto", description="Memory limit per local worker.")
+    shard_by: Literal["index", "well", "plate"] = Field("index", description="Shards of fixed size, or whole wells / plates.")
+    shard_size: int = Field(64, ge=1, description="Images per shard (most images per shard for wells/plates).")
+    retries: int = Field(2, ge=0, description="Extra attempts for a failing shard.")
+    stages: list[str] = Field(default_factory=lambda: ["attribution", "dac", "metrics"],
+                              description="Stages whose per-image part runs sharded.")
+    keep_shards: bool = Field(False, description="Keep shards/<stage>/ after merging.")
+    device: str | None = Field(None, description="Device of the workers (default: the run's).")
+    dashboard: bool = Field(False, description="Print the local cluster's dashboard link.")
 
-        if self.shard_by not in SHARD_BY:
-            raise ValueError(f"[compute] shard_by must be one of {SHARD_BY}; got {self.shard_by!r}")
-        self.stages = [self.stages] if isinstance(self.stages, str) else list(self.stages)
+    @field_validator("stages", mode="before")
+    @classmethod
+    def _one_stage(cls, value):
+        return [value] if isinstance(value, str) else value
 
     @classmethod
     def from_section(cls, section: dict | None) -> "ComputeConfig":
-        section = dict(section or {})
-        section.pop("enabled", None)
-        unknown = sorted(set(section) - set(COMPUTE_DEFAULTS))
-        if unknown:
-            raise ValueError(f"[compute] has unknown keys {unknown}; known keys are {sorted(COMPUTE_DEFAULTS)}")
-        return cls(**section)
+        try:
+            return cls.model_validate(dict(section or {}))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise ValueError(f"[compute] {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return self.model_dump()
 
 
 @dataclass

@@ -15,8 +15,11 @@ Providers (registry :data:`PROVIDERS`):
 - ``from_files`` -- supplied by the user (LoadData CSV, NumPy, Zarr), validated.
 - ``nearest`` -- nearest image of the target class in the classifier's embedding (weak baseline).
 - ``optimise`` -- gradient descent on the image (target CE + L1 + TV, per-channel steps, early stop).
+- ``generator`` -- a StarGAN-v2-style conversion network trained on the data set (or given),
+  best of several candidates per image (:mod:`chanstat.counterfactual.generator`).
 
-:func:`compare_runs` compares the channel conclusions of two run directories that differ only
+:func:`compare_counterfactual_runs` puts several such runs (oracle, generator, optimise, nearest)
+into one table. :func:`compare_runs` compares the channel conclusions of two run directories that differ only
 in their counterfactuals (e.g. oracle vs optimise; ``analyses/compare_counterfactuals.py``).
 """
 from __future__ import annotations
@@ -30,13 +33,24 @@ from chanstat.counterfactual.base import (
     predict_proba,
     summarise_quality,
 )
-from chanstat.counterfactual.compare import RunComparison, compare_runs
+from chanstat.counterfactual.compare import (
+    CounterfactualComparison,
+    RunComparison,
+    compare_counterfactual_runs,
+    compare_runs,
+)
 from chanstat.counterfactual.files import (
     CounterfactualFileError,
     FileCounterfactuals,
     pair_counterfactuals,
     read_counterfactual_arrays,
     read_counterfactual_csv,
+)
+from chanstat.counterfactual.generator import (
+    GeneratorCounterfactuals,
+    load_generator,
+    save_generator,
+    train_generator,
 )
 from chanstat.counterfactual.nearest import NearestCounterfactuals, embed_images
 from chanstat.counterfactual.optimise import (
@@ -50,7 +64,10 @@ from chanstat.counterfactual.targets import TARGET_RULES, choose_targets
 
 PROVIDERS: dict[str, type[CounterfactualProvider]] = {
     cls.name: cls
-    for cls in (OracleCounterfactuals, FileCounterfactuals, NearestCounterfactuals, OptimisedCounterfactuals)
+    for cls in (
+        OracleCounterfactuals, FileCounterfactuals, NearestCounterfactuals, OptimisedCounterfactuals,
+        GeneratorCounterfactuals,
+    )
 }
 """Provider name -> class; every class takes ``(model=None, **options)`` and has ``generate(dataset, target)``."""
 
@@ -103,9 +120,11 @@ def with_counterfactuals(dataset, result: CounterfactualResult):
 __all__ = [
     "PROVIDERS", "QUALITY_COLUMNS", "SUMMARY_COLUMNS", "TARGET_RULES",
     "CounterfactualFileError", "CounterfactualProvider", "CounterfactualResult", "RunComparison", "compare_runs",
-    "FileCounterfactuals", "NearestCounterfactuals", "OptimisedCounterfactuals", "OracleCounterfactuals",
+    "CounterfactualComparison", "compare_counterfactual_runs",
+    "FileCounterfactuals", "GeneratorCounterfactuals", "NearestCounterfactuals", "OptimisedCounterfactuals", "OracleCounterfactuals",
     "channel_step_sizes", "choose_targets", "counterfactual_quality", "embed_images", "generate_counterfactuals",
-    "get_provider", "optimise_counterfactuals", "pair_counterfactuals", "predict_proba",
-    "read_counterfactual_arrays", "read_counterfactual_csv", "summarise_quality", "total_variation",
+    "get_provider", "load_generator", "optimise_counterfactuals", "pair_counterfactuals", "predict_proba",
+    "read_counterfactual_arrays", "read_counterfactual_csv", "save_generator", "summarise_quality",
+    "total_variation", "train_generator",
     "with_counterfactuals",
 ]

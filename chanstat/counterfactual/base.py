@@ -46,14 +46,16 @@ QUALITY_COLUMNS = (
 - ``success`` -- ``p_target >= confidence`` (the provider's confidence; 0.5 unless set).
 - ``provider`` -- name of the provider.
 Provider-specific per-sample columns follow (e.g. ``neighbour`` for ``nearest``, ``n_steps``
-for ``optimise``).
+for ``optimise``, ``n_candidates``, ``n_accepted``, ``candidate``, ... for ``generator``: see
+:data:`chanstat.counterfactual.generator.CANDIDATE_COLUMNS`).
 """
 
 SUMMARY_COLUMNS = ("provider", "channel", "n_samples", "mean_abs_diff", "change_share", "flip_rate", "success_rate")
 """Columns of :attr:`CounterfactualResult.summary` (one row per channel): ``mean_abs_diff`` and
 ``change_share`` are means of the per-sample values (NaN shares skipped); ``flip_rate`` and
 ``success_rate`` are fractions of samples (the same on every row, repeated so the table stays
-tidy; NaN without a model)."""
+tidy; NaN without a model). Providers that try several candidates per image (``generator``) add
+``mean_candidates`` (candidates tried per image)."""
 
 
 @dataclass
@@ -229,7 +231,7 @@ def summarise_quality(quality: pd.DataFrame) -> pd.DataFrame:
         quality.groupby("channel", sort=False)["change_share"].mean()
         if "change_share" in quality else pd.Series(np.nan, index=by_channel.index)
     )
-    return pd.DataFrame(
+    summary = pd.DataFrame(
         {
             "provider": [str(quality["provider"].iloc[0]) if len(quality) else ""] * len(channel_order),
             "channel": channel_order,
@@ -240,6 +242,9 @@ def summarise_quality(quality: pd.DataFrame) -> pd.DataFrame:
             "success_rate": [success_rate] * len(channel_order),
         }
     )
+    if "n_candidates" in quality:  # providers that try several candidates per image (generator)
+        summary["mean_candidates"] = float(per_sample["n_candidates"].mean()) if n else float("nan")
+    return summary
 
 
 class CounterfactualProvider(ABC):

@@ -155,3 +155,142 @@ def compare_runs(reference: str | os.PathLike, other: str | os.PathLike) -> RunC
         "mean_abs_dac_difference": float(np.abs(dac["dac_difference"]).mean()) if len(dac) else None,
     }
     return RunComparison(dominant=dominant, dac=dac, quality=quality_df, summary=summary)
+
+
+METHOD_COLUMNS = (
+    "run", "provider", "method", "planted_channel", "dominant_by_mass", "dominant_by_dac", "dac_aggregate",
+    "dac_planted", "dac_planted_reference", "dac_planted_difference", "agree_with_reference",
+)
+CHANNEL_COLUMNS = ("run", "provider", "channel", "change_share", "flip_rate", "shapley_share", "single_channel_dac")
+
+
+@dataclass
+class CounterfactualComparison:
+    """Result of :func:`compare_counterfactual_runs` (several runs, one table).
+
+    Attributes
+    ----------
+    methods : DataFrame, columns :data:`METHOD_COLUMNS`
+        One row per (run, attribution method): dominant channel by attribution mass and by
+        single-channel DAC, mean aggregate DAC, single-channel DAC of the planted channel in
+        this run and in the reference run and their difference, and whether both dominant
+        channels equal the reference run's.
+    channels : DataFrame, columns :data:`CHANNEL_COLUMNS`
+        One row per (run, channel): mean share of the counterfactual change, flip rate, mean
+        Shapley share (``|phi_k| / sum_j |phi_j|`` per image, averaged; NaN when the run has no
+        ``channel_shapley.parquet``) and single-channel DAC averaged over methods.
+    summary : dict
+        Per run: provider, planted channel, dominant-channel agreement with the reference.
+    """
+
+    methods: pd.DataFrame
+    channels: pd.DataFrame
+    summary: dict
+
+
+def shapley_shares(table: pd.DataFrame | None) -> pd.Series:
+    """Channel -> mean over images of ``|phi_k| / sum_j |phi_j|`` (empty without a table)."""
+    if table is None or not len(table) or not {"sample", "channel", "shapley"} <= set(table.columns):
+        return pd.Series(dtype=float)
+    frame = table[["sample", "channel", "shapley"]].copy()
+    frame["magnitude"] = frame["shapley"].abs()
+    total = frame.groupby("sample")["magnitude"].transform("sum")
+    frame["share"] = np.where(total > 0, frame["magnitude"] / total.where(total > 0, 1.0), np.nan)
+    return frame.groupby("channel", sort=False)["share"].mean()
+
+
+def compare_counterfactual_runs(runs, reference: str | None = None) -> CounterfactualComparison:
+    """Compare the channel conclusions of several runs that differ in their counterfactuals.
+
+    Parameters
+    ----------
+    runs : mapping of run label -> run directory (e.g. ``{"oracle": ..., "generator": ...}``),
+        or a sequence of directories (labelled by their folder names).
+    reference : label of the reference run (default: the first one, or the one whose provider
+        is ``oracle``).
+
+    Returns
+    -------
+    CounterfactualComparison
+    """
+    if not isinstance(runs, dict):
+        runs = {Path(r).name: r for r in runs}
+    runs = {str(k): Path(v) for k, v in runs.items()}
+    if not runs:
+        raise ValueError("no run directories to compare")
+    for label, run in runs.items():
+        if not run.is_dir():
+            raise FileNotFoundError(f"run directory not found for {label!r}: {run}")
+    providers = {label: _provider(run) for label, run in runs.items()}
+    if reference is None:
+        oracles = [label for label, p in providers.items() if p == "oracle"]
+        reference = oracles[0] if oracles else next(iter(runs))
+    if reference not in runs:
+        raise ValueError(f"reference {reference!r} is not one of the runs {list(runs)}")
+    planted = next((p for p in (_planted_channel(run) for run in runs.values()) if p), None)
+
+    per_run = {}
+    for label, run in runs.items():
+        scores = _table(run, "dac_scores.parquet")
+        per_run[label] = dict(
+            mass=dominant_by_mass(_table(run, "channel_tests.parquet")),
+            dac=dominant_by_dac(scores),
+            means=mean_dac(scores),
+        )
+
+    def planted_dac(means: pd.DataFrame, method: str) -> float:
+        rows = means[(means["method"] == method) & (means["strategy"] == "single_channel") & (means["channel"] == planted)]
+        return float(rows["dac"].iloc[0]) if len(rows) else float("nan")
+
+    rows = []
+    ref = per_run[reference]
+    for label, parts in per_run.items():
+        methods = list(dict.fromkeys(list(parts["mass"].index) + list(parts["dac"].index)
+                                     + parts["means"]["method"].tolist()))
+        for method in methods:
+            means = parts["means"]
+            agg = means[(means["method"] == method) & (means["strategy"] == "aggregate")]["dac"]
+            mine, theirs = planted_dac(means, method), planted_dac(ref["means"], method)
+            dom_mass, dom_dac = parts["mass"].get(method), parts["dac"].get(method)
+            ref_mass, ref_dac = ref["mass"].get(method), ref["dac"].get(method)
+            agree = [a == b for a, b in ((dom_mass, ref_mass), (dom_dac, ref_dac)) if a is not None and b is not None]
+            rows.append(dict(
+                run=label, provider=providers[label], method=method, planted_channel=planted,
+                dominant_by_mass=dom_mass, dominant_by_dac=dom_dac,
+                dac_aggregate=float(agg.mean()) if len(agg) else float("nan"),
+                dac_planted=mine, dac_planted_reference=theirs, dac_planted_difference=mine - theirs,
+                agree_with_reference=bool(all(agree)) if agree else None,
+            ))
+    methods_df = pd.DataFrame(rows, columns=list(METHOD_COLUMNS))
+
+    channel_rows = []
+    for label, run in runs.items():
+        summary = _table(run, "counterfactual_summary.parquet")
+        shares = shapley_shares(_table(run, "channel_shapley.parquet"))
+        means = per_run[label]["means"]
+        single = means[means["strategy"] == "single_channel"].groupby("channel")["dac"].mean()
+        channels = list(summary["channel"]) if summary is not None else list(dict.fromkeys(list(shares.index) + list(single.index)))
+        for ch in channels:
+            row = summary[summary["channel"] == ch].iloc[0] if summary is not None else None
+            channel_rows.append(dict(
+                run=label, provider=providers[label], channel=ch,
+                change_share=float(row["change_share"]) if row is not None else float("nan"),
+                flip_rate=float(row["flip_rate"]) if row is not None else float("nan"),
+                shapley_share=float(shares.get(ch, np.nan)), single_channel_dac=float(single.get(ch, np.nan)),
+            ))
+    channels_df = pd.DataFrame(channel_rows, columns=list(CHANNEL_COLUMNS))
+    summary = {
+        "reference": reference,
+        "planted_channel": planted,
+        "runs": {
+            label: dict(path=str(run), provider=providers[label],
+                        agreement=_mean_or_none(methods_df.loc[methods_df["run"] == label, "agree_with_reference"]))
+            for label, run in runs.items()
+        },
+    }
+    return CounterfactualComparison(methods=methods_df, channels=channels_df, summary=summary)
+
+
+def _mean_or_none(values: pd.Series) -> float | None:
+    values = values.dropna()
+    return float(values.astype(float).mean()) if len(values) else None

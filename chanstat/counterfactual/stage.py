@@ -3,81 +3,95 @@
 Config::
 
     [counterfactual]
-    provider = "oracle"        # oracle | from_files | nearest | optimise
+    provider = "oracle"        # oracle | from_files | nearest | optimise | generator
     target = "auto"            # target-class rule (see chanstat.counterfactual.choose_targets)
-    batch_size = 64            # also: confidence, device (default: the run's device)
-    # provider options, either here or in a sub-table named after the provider:
-    [counterfactual.optimise]
+    [counterfactual.optimise]  # options of the chosen provider, in a table named after it
     l1 = 0.05
-    tv = 0.01
-    max_steps = 200
-    confidence = 0.9
-    step_size = { default = 1.0 }
 
-A sub-table ``[counterfactual.<provider>]`` is read only when that provider is chosen, so one
-config can hold options for several providers and switch with ``provider = ...``. Paths
-(``path``, ``index``, ``target_labels`` of ``from_files``) are relative to the config file.
+One config can hold the options of several providers and switch with ``provider = ...``;
+only the chosen provider's table is used. Paths (``path``, ``index``, ``target_labels`` of
+``from_files``, ``generator`` of ``generator``) are relative to the config file.
 
-Writes ``counterfactual_quality.parquet`` (see :data:`chanstat.counterfactual.QUALITY_COLUMNS`)
-and ``counterfactual_summary.parquet`` (:data:`~chanstat.counterfactual.SUMMARY_COLUMNS`),
-replaces ``counterfactuals`` / ``counterfactual_labels`` in ``dataset.zarr`` (keeping the data
-set's own ones as ``oracle_counterfactuals`` / ``oracle_counterfactual_labels`` when another
-provider replaces them), and sets ``ctx.dataset`` to a copy carrying the new counterfactuals.
+Writes ``counterfactual_quality`` and ``counterfactual_summary``, the data set with the new
+counterfactuals (the data set's own ones move to ``oracle_counterfactuals.zarr`` when another
+provider replaces them) and, for the ``generator`` provider, the trained network and its log.
 """
 from __future__ import annotations
 
+from typing import Any
+
+from pydantic import Field, model_validator
+
+from chanstat.config import Section
 from chanstat.counterfactual import PROVIDERS, get_provider, with_counterfactuals
-from chanstat.io import write_arrays, write_table
+from chanstat.stage import Arrays, Stage
 
-STAGE_KEYS = ("provider", "target", "enabled")
-COMMON_KEYS = ("device", "batch_size", "confidence", "progress")
-PATH_KEYS = ("path", "index", "target_labels")
+PATH_KEYS = ("path", "index", "target_labels", "generator", "checkpoint_dir")
 
 
-def provider_options(section: dict, provider: str) -> dict:
-    """Options for ``provider`` from a ``[counterfactual]`` table (top-level keys, then its sub-table)."""
-    options = {
-        key: value for key, value in section.items()
-        if key not in STAGE_KEYS and not (isinstance(value, dict) and key in PROVIDERS)
-    }
-    nested = section.get(provider, {})
-    if not isinstance(nested, dict):
-        raise ValueError(f"[counterfactual.{provider}] must be a table")
-    options.update(nested)
-    return options
+class CounterfactualConfig(Section):
+    """``[counterfactual]``: where each image's counterfactual comes from."""
+
+    provider: str = Field("oracle", description=f"One of {sorted(PROVIDERS)}.")
+    target: str = Field("auto", description="Target-class rule (chanstat.counterfactual.choose_targets).")
+    oracle: dict[str, Any] = Field(default_factory=dict)
+    from_files: dict[str, Any] = Field(default_factory=dict)
+    nearest: dict[str, Any] = Field(default_factory=dict)
+    optimise: dict[str, Any] = Field(default_factory=dict)
+    generator: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self):
+        import difflib
+
+        if self.provider not in PROVIDERS:
+            close = difflib.get_close_matches(self.provider, list(PROVIDERS), n=1)
+            raise ValueError(f"unknown provider {self.provider!r}{f' (did you mean {close[0]!r}?)' if close else ''}; "
+                             f"providers are {sorted(PROVIDERS)}")
+        for name in PROVIDERS:
+            options = getattr(self, name, {}) or {}
+            allowed = PROVIDERS[name].option_names()
+            for key in options:
+                if key not in allowed:
+                    close = difflib.get_close_matches(key, allowed, n=1)
+                    raise ValueError(f"[counterfactual.{name}] has no option {key!r}"
+                                     f"{f' (did you mean {close[0]!r}?)' if close else ''}; options: {', '.join(allowed)}")
+        return self
 
 
-def run(ctx) -> dict:
+def whole_set(ctx, outputs) -> tuple[dict, dict]:
     section = ctx.section("counterfactual")
-    provider = section.get("provider", "oracle")
-    target = section.get("target", "auto")
-    if ctx.dataset is None:
-        raise RuntimeError("the counterfactual stage needs a data set (the data stage runs first)")
-    options = provider_options(section, provider)
+    provider = section["provider"]
+    options = dict(section.get(provider) or {})
     for key in PATH_KEYS:
         if isinstance(options.get(key), str):
             options[key] = ctx.resolve_path(options[key])
-    options.setdefault("device", ctx.device)
-    options.setdefault("progress", ctx.progress)
-    model = ctx.model
-    result = get_provider(provider, model, **options).generate(ctx.dataset, target=target)
-
-    write_table(result.quality, ctx.out / "counterfactual_quality.parquet")
-    write_table(result.summary, ctx.out / "counterfactual_summary.parquet")
-    arrays = {
-        "counterfactuals": result.counterfactuals.numpy(),
-        "counterfactual_labels": result.target_labels.numpy(),
+    allowed = PROVIDERS[provider].option_names()
+    for key, value in (("device", ctx.device), ("progress", ctx.progress), ("seed", ctx.seed)):
+        if key in allowed:
+            options.setdefault(key, value)
+    dataset = ctx.dataset
+    result = get_provider(provider, ctx.model, **options).generate(dataset, target=section["target"])
+    outputs = {
+        "counterfactual_quality": result.quality,
+        "counterfactual_summary": result.summary,
+        "dataset": with_counterfactuals(dataset, result),
     }
-    attrs = {"counterfactuals": {"channels": list(ctx.dataset.channels), "provider": result.provider}}
-    had_oracle = ctx.dataset.counterfactuals is not None and ctx.dataset.counterfactual_labels is not None
-    if provider != "oracle" and had_oracle:
-        arrays["oracle_counterfactuals"] = ctx.dataset.counterfactuals.numpy()
-        arrays["oracle_counterfactual_labels"] = ctx.dataset.counterfactual_labels.numpy()
-        attrs["oracle_counterfactuals"] = {"channels": list(ctx.dataset.channels), "provider": "oracle"}
-        ctx.artifacts["oracle_dataset"] = ctx.dataset
-    write_arrays(ctx.out / "dataset.zarr", arrays, attrs=attrs, group_attrs={"counterfactual_provider": result.provider})
+    if provider != "oracle" and dataset.counterfactuals is not None and dataset.counterfactual_labels is not None:
+        outputs["oracle_counterfactuals"] = Arrays(
+            {"counterfactuals": dataset.counterfactuals.numpy(), "counterfactual_labels": dataset.counterfactual_labels.numpy()},
+            group_attrs={"channels": list(dataset.channels), "provider": "oracle"},
+        )
+    for name, value in (getattr(result, "artifacts", None) or {}).items():
+        outputs[name] = value  # e.g. the trained generator and its training log
+    return outputs, result.summary_dict()
 
-    ctx.dataset = with_counterfactuals(ctx.dataset, result)
-    ctx.artifacts["counterfactual_quality"] = result.quality
-    ctx.artifacts["counterfactual_summary"] = result.summary
-    return result.summary_dict()
+
+STAGE = Stage(
+    name="counterfactual",
+    config=CounterfactualConfig,
+    reads=("dataset", "model"),
+    writes=("counterfactual_quality", "counterfactual_summary", "dataset", "oracle_counterfactuals", "generator",
+            "generator_log"),
+    whole_set=whole_set,
+)

@@ -225,19 +225,16 @@ class MaskLayout:
         items: "Items",
         counterfactual: torch.Tensor,
         difference: torch.Tensor,
-        memory_format: torch.memory_format = torch.contiguous_format,
+        out: torch.Tensor,
     ) -> torch.Tensor:
-        """``h = m * x + (1 - m) * x' = x' + m * (x - x')`` for a batch of smoothed masks.
+        """``h = m * x + (1 - m) * x' = x' + m * (x - x')`` for a batch of smoothed masks, into ``out``.
 
         ``weights`` (B, G, H, W); ``counterfactual`` and ``difference`` (N, C, H, W) with
-        ``difference = real - counterfactual``. Returns (B, C, H, W) in ``memory_format``.
+        ``difference = real - counterfactual``; ``out`` (B, C, H, W), float32, in any memory
+        format (a slice of a larger batch whose other rows hold other strategies' hybrids).
         Combined maps (G = 1) broadcast over the channels; ``curve_per_plane`` pastes into
         the curve's channel only.
         """
-        out = torch.empty(
-            (len(items), *counterfactual.shape[1:]), dtype=counterfactual.dtype, device=counterfactual.device,
-            memory_format=memory_format,
-        )
         for first, last, sample, curve in items.runs():
             if self.strategy.curve_per_plane:
                 channel = self.curve_channels[curve]
@@ -295,7 +292,7 @@ def build_layout(
     strategy : MaskStrategy
     magnitudes : torch.Tensor, shape (N, C, H, W) or (N, 1, H, W), >= 0
         Attribution magnitudes ``|a|`` on the device.
-    schedule : {"value", "rank"}
+    schedule : {"value", "rank", "adaptive"}
     steps : int >= 2
     element : flat structuring element of the closing, or None for no closing.
     """

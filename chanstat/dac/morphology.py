@@ -175,16 +175,32 @@ def grey_closing(image: torch.Tensor, element: np.ndarray | None) -> torch.Tenso
     return grey_erosion(grey_dilation(image, element), element)
 
 
-def gaussian_kernel1d(sigma: float, truncate: float = GAUSSIAN_TRUNCATE) -> np.ndarray:
-    """Normalised 1-D Gaussian taps, length ``2 * int(truncate * sigma + 0.5) + 1``."""
+def gaussian_kernel1d(sigma: float, truncate: float = GAUSSIAN_TRUNCATE, max_radius: int | None = None) -> np.ndarray:
+    """Normalised 1-D Gaussian taps, length ``2 * r + 1`` with ``r = int(truncate * sigma + 0.5)``.
+
+    ``max_radius`` caps ``r`` (the blur of an axis of ``n`` pixels uses ``2 n``, see
+    `axis_kernel`), so a huge ``sigma`` costs no more than a box over the whole axis.
+    """
     if sigma < 0 or not np.isfinite(sigma):
         raise ValueError(f"sigma must be a finite number >= 0; got {sigma!r}")
-    radius = int(truncate * float(sigma) + 0.5)
+    radius = int(min(truncate * float(sigma) + 0.5, 2**31))
+    if max_radius is not None:
+        radius = min(radius, max(int(max_radius), 0))
     if sigma == 0 or radius == 0:
         return np.ones(1)
     offsets = np.arange(-radius, radius + 1, dtype=np.float64)
     taps = np.exp(-0.5 * (offsets / float(sigma)) ** 2)
     return taps / taps.sum()
+
+
+def axis_kernel(n: int, sigma: float, truncate: float = GAUSSIAN_TRUNCATE) -> np.ndarray:
+    """Taps of the blur along an axis of ``n`` pixels: the Gaussian, reaching at most ``2 n`` pixels.
+
+    Below the cap (``sigma`` up to about ``0.8 n``) the blur is scipy's mirrored Gaussian
+    exactly; above it, where the blurred mask is nearly flat anyway, the kernel is cut at
+    ``2 n`` (four folds of the mirrored axis) instead of growing with ``sigma``.
+    """
+    return gaussian_kernel1d(sigma, truncate, max_radius=2 * n)
 
 
 def _mirror_index(index: np.ndarray, n: int) -> np.ndarray:
@@ -198,7 +214,7 @@ def _mirror_index(index: np.ndarray, n: int) -> np.ndarray:
 
 @lru_cache(maxsize=64)
 def _blur_matrix_cached(n: int, sigma: float, truncate: float) -> np.ndarray:
-    taps = gaussian_kernel1d(sigma, truncate)
+    taps = axis_kernel(n, sigma, truncate)
     radius = len(taps) // 2
     matrix = np.zeros((n, n), dtype=np.float64)
     rows = np.arange(n)
@@ -267,20 +283,21 @@ class GaussianBlur:
     Parameters
     ----------
     sigma : float
-        Standard deviation in pixels; 0 turns the blur off.
+        Standard deviation in pixels; 0 turns the blur off. The kernel along each axis
+        reaches at most twice the axis length (`axis_kernel`).
     height, width : int
         Image size the operator is built for.
     device, dtype : torch device and floating dtype of the masks to blur.
     """
 
     def __init__(self, sigma: float, height: int, width: int, device="cpu", dtype=torch.float32):
-        self.taps = gaussian_kernel1d(sigma)
         self.sigma = float(sigma)
         self.height, self.width = int(height), int(width)
-        self.identity = len(self.taps) == 1
+        row_taps, col_taps = axis_kernel(self.width, sigma), axis_kernel(self.height, sigma)
+        self.identity = len(row_taps) == 1 and len(col_taps) == 1
         if not self.identity:
-            self.along_rows = _AxisBlur(self.width, self.taps, sigma, device, dtype)
-            self.along_cols = _AxisBlur(self.height, self.taps, sigma, device, dtype)
+            self.along_rows = _AxisBlur(self.width, row_taps, sigma, device, dtype)
+            self.along_cols = _AxisBlur(self.height, col_taps, sigma, device, dtype)
 
     def __call__(self, masks: torch.Tensor) -> torch.Tensor:
         """Blur ``masks`` of shape (..., H, W); returns a new tensor (or ``masks`` when off)."""

@@ -1,19 +1,21 @@
-"""Batched hybrid scoring, curve areas and the optimal / minimal step of a DAC curve.
+"""Batched hybrid scoring across strategies, and the scores known without a forward pass.
 
-Score of a hybrid ``h``: ``softmax(f(h))[y] - softmax(f(x'))[y]`` with ``y`` the real class;
-the empty mask gives 0 and the full mask ``softmax(f(x))[y] - softmax(f(x'))[y]``.
+Score of a hybrid ``h``: ``p(y | h) - p(y | x')`` with ``y`` the real class and ``p`` the
+model's class probabilities (softmax, or sigmoid for a single-logit model:
+`chanstat.tensors.class_probabilities`); the empty mask gives 0 and the full mask
+``p(y | x) - p(y | x')``.
 
 Work is skipped wherever the answer is known:
 
-- steps whose closed mask equals the previous step's (nested masks are equal exactly when
-  they have as many elements on) share its forward pass;
+- steps whose closed mask equals the previous step's share its result (`chanstat.dac.adaptive`);
 - empty masks score 0 and full masks (of strategies that paste every channel) score the real
   image, with no forward pass;
 - curves whose channels are identical in ``x`` and ``x'`` paste nothing and score 0;
 - empty and full mask *planes* skip the blur (they are their own blur).
 
-The remaining hybrids go through the model in large batches under ``torch.inference_mode``,
-built directly in the input layout the model runs fastest on (`input_memory_format`).
+The remaining hybrids -- of every sample, strategy and channel of a chunk -- go through the
+model together in batches of ``batch_size`` (`score_requests`), built directly in the input
+layout the model runs fastest on (`input_memory_format`) and cast to the model's dtype.
 """
 from __future__ import annotations
 
@@ -25,18 +27,19 @@ from tqdm.auto import tqdm
 
 from chanstat.dac.masks import Items, MaskLayout
 from chanstat.dac.morphology import GaussianBlur
-
-#: mask-size grid the per-sample curves are interpolated onto before the trapezoid
-GRID_POINTS = 1001
-
+from chanstat.tensors import class_probabilities
 
 #: input elements per chunk of samples whose masks are built at once (bounds device memory)
 CHUNK_ELEMENTS = 2**24
 
 
-def samples_per_chunk(elements_per_image: int, curves_per_sample: int = 1) -> int:
-    """Samples per chunk: closed rank maps, images and differences of about ``CHUNK_ELEMENTS`` each."""
-    return int(max(1, CHUNK_ELEMENTS // max(1, elements_per_image * curves_per_sample)))
+def samples_per_chunk(elements_per_image: int, planes_per_sample: int = 1) -> int:
+    """Samples per chunk: closed rank maps, images and differences of about ``CHUNK_ELEMENTS`` each.
+
+    ``planes_per_sample`` is the number of closed map planes of all strategies together, in
+    units of one image (e.g. aggregate 1/C, single_channel 1).
+    """
+    return int(max(1, CHUNK_ELEMENTS // max(1, elements_per_image * planes_per_sample)))
 
 
 def default_batch_size(device: torch.device, elements_per_image: int) -> int:
@@ -54,199 +57,152 @@ class Baseline:
     real: torch.Tensor
     counterfactual: torch.Tensor
 
-    @property
-    def real_prediction(self) -> torch.Tensor:
-        return self.real.argmax(dim=1)
-
-    @property
-    def counterfactual_prediction(self) -> torch.Tensor:
-        return self.counterfactual.argmax(dim=1)
+    def __getitem__(self, part) -> "Baseline":
+        return Baseline(real=self.real[part], counterfactual=self.counterfactual[part])
 
 
-def class_probabilities(
-    model: torch.nn.Module, images: torch.Tensor, batch_size: int, device=None,
-    memory_format: torch.memory_format = torch.contiguous_format,
-) -> torch.Tensor:
-    """``softmax(model(images))`` in batches (each moved to ``device``), shape (N, n_classes)."""
-    out = []
-    for start in range(0, len(images), batch_size):
-        batch = images[start : start + batch_size].to(device or images.device)
-        logits = model(batch.contiguous(memory_format=memory_format))
-        if logits.ndim != 2:
-            raise ValueError(f"model must return logits of shape (batch, n_classes); got {tuple(logits.shape)}")
-        out.append(torch.softmax(logits.float(), dim=1))
-    return torch.cat(out) if out else torch.zeros((0, 0), device=device or images.device)
+@dataclass
+class ModelInput:
+    """How batches are fed to the model: device, memory layout and floating dtype."""
+
+    device: torch.device
+    memory_format: torch.memory_format = torch.contiguous_format
+    dtype: torch.dtype = torch.float32
+
+    def __call__(self, model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+        """Class probabilities (float32) of a float32 batch on ``device``."""
+        batch = batch.contiguous(memory_format=self.memory_format)
+        if batch.dtype != self.dtype:
+            batch = batch.to(self.dtype)
+        return class_probabilities(model(batch))
 
 
-def input_memory_format(model: torch.nn.Module, images: torch.Tensor) -> torch.memory_format:
+def batch_probabilities(model: torch.nn.Module, images: torch.Tensor, batch_size: int, feed: ModelInput) -> torch.Tensor:
+    """Class probabilities of ``images`` (N, C, H, W) in batches moved to the model, shape (N, n_classes)."""
+    out = [feed(model, images[start : start + batch_size].to(feed.device)) for start in range(0, len(images), batch_size)]
+    return torch.cat(out) if out else torch.zeros((0, 0), device=feed.device)
+
+
+def input_memory_format(model: torch.nn.Module, images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.memory_format:
     """The layout hybrids are built in: ``channels_last`` where it is safe and pays.
 
     On the CPU, oneDNN convolutions run several times faster on channels-last input (about
-    2-3x for the reference VGG). It is used only if the model accepts it and gives the same
-    probabilities (to 1e-4) on ``images`` as with contiguous input; models that reshape their
-    input with ``view`` fail the probe and keep the contiguous layout. On GPUs float32
-    convolutions gain nothing from it, so contiguous is kept there.
+    2-3x for the reference VGG); on CUDA, cuDNN prefers it for half precision and tensor
+    cores. It is used only if the model accepts it and gives the same probabilities (to 1e-4)
+    on ``images`` as with contiguous input; models that reshape their input with ``view``
+    fail the probe and keep the contiguous layout. On CUDA in float32 it gains nothing, so
+    contiguous is kept there.
     """
-    if images.device.type != "cpu" or images.ndim != 4 or len(images) == 0:
+    if images.ndim != 4 or len(images) == 0:
         return torch.contiguous_format
+    if images.device.type == "cuda" and dtype == torch.float32 and not torch.is_autocast_enabled("cuda"):
+        return torch.contiguous_format
+    if images.device.type not in ("cpu", "cuda"):
+        return torch.contiguous_format
+    images = images.to(dtype)
     try:
-        plain = torch.softmax(model(images).float(), dim=1)
-        last = torch.softmax(model(images.contiguous(memory_format=torch.channels_last)).float(), dim=1)
-    except RuntimeError:
+        plain = class_probabilities(model(images))
+        last = class_probabilities(model(images.contiguous(memory_format=torch.channels_last)))
+    except (RuntimeError, ValueError):
         return torch.contiguous_format
     if last.shape != plain.shape or not torch.allclose(last, plain, atol=1e-4, rtol=0):
         return torch.contiguous_format
     return torch.channels_last
 
 
-@dataclass
-class CurveScores:
-    """Scores and hybrid predictions of every step, shape (N, K, S)."""
+def inert_curves(layout: MaskLayout, difference: torch.Tensor) -> np.ndarray:
+    """Curves that paste nothing (their channels are identical in ``x`` and ``x'``), shape (N, K)."""
+    n = difference.shape[0]
+    if layout.strategy.curve_per_plane:
+        return (difference.abs().amax(dim=(2, 3)) == 0).cpu().numpy()  # (N, C) = (N, K)
+    return np.broadcast_to((difference.abs().reshape(n, -1).amax(dim=1) == 0).cpu().numpy()[:, None], (n, layout.n_curves)).copy()
 
-    score: np.ndarray
-    prediction: np.ndarray
-    n_forward: int
 
+def known_scores(layout: MaskLayout, inert: np.ndarray, real_gain: np.ndarray, real_prediction: np.ndarray,
+                 counterfactual_prediction: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Scores and predictions known without a forward pass, shape (N, K, S); NaN / -1 elsewhere.
 
-def plan_forward_passes(layout: MaskLayout) -> tuple[np.ndarray, np.ndarray]:
-    """Which steps need a forward pass, and which step each step takes its result from.
-
-    Returns
-    -------
-    needed : numpy.ndarray, shape (N, K, S), bool
-        First step of every distinct, non-empty mask (and not a full mask that pastes the
-        whole real image).
-    source : numpy.ndarray, shape (N, K, S), int
-        The first step with the same mask as step ``s``.
+    Empty masks and inert curves: 0 and the counterfactual's prediction; full masks of
+    strategies that paste every channel: the real image's gain and prediction.
     """
     counts = layout.counts
-    n_steps = counts.shape[-1]
-    changed = np.ones_like(counts, dtype=bool)
-    changed[..., 1:] = counts[..., 1:] != counts[..., :-1]
-    source = np.maximum.accumulate(np.where(changed, np.arange(n_steps), 0), axis=-1)
-    needed = changed & (counts > 0)
+    score = np.full(counts.shape, np.nan)
+    prediction = np.full(counts.shape, -1, dtype=np.int64)
+    empty = (counts == 0) | inert[..., None]
+    score[empty] = 0.0
+    prediction[empty] = np.broadcast_to(counterfactual_prediction[:, None, None], counts.shape)[empty]
     if layout.full_mask_is_real:
-        needed &= counts < layout.mask_elements
-    return needed, source
+        full = (counts == layout.mask_elements) & ~inert[..., None]
+        score[full] = np.broadcast_to(real_gain[:, None, None], counts.shape)[full]
+        prediction[full] = np.broadcast_to(real_prediction[:, None, None], counts.shape)[full]
+    return score, prediction
 
 
-def score_layout(
+@dataclass
+class Chunk:
+    """The tensors of a chunk of samples on the model's device."""
+
+    counterfactual: torch.Tensor  # (n, C, H, W)
+    difference: torch.Tensor  # real - counterfactual
+    target: torch.Tensor  # (n,), int64
+    baseline: Baseline
+
+
+def score_requests(
     model: torch.nn.Module,
-    layout: MaskLayout,
-    counterfactual: torch.Tensor,
-    difference: torch.Tensor,
-    target: torch.Tensor,
-    baseline: Baseline,
+    layouts: list[MaskLayout],
+    requests: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    chunk: Chunk,
     blur: GaussianBlur,
     batch_size: int,
-    progress: bool = False,
-    description: str = "DAC",
-    memory_format: torch.memory_format = torch.contiguous_format,
-) -> CurveScores:
-    """Score every step of every curve of ``layout``.
+    feed: ModelInput,
+    bar: tqdm | None = None,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Score the requested hybrids of several layouts, mixing them in shared forward passes.
 
     Parameters
     ----------
-    model : classifier in eval mode, on the tensors' device.
-    layout : the strategy's masks.
-    counterfactual, difference : torch.Tensor, shape (N, C, H, W)
-        ``x'`` and ``x - x'``.
-    target : torch.Tensor, shape (N,), int64
-        Real class ``y`` of every sample.
-    baseline : probabilities of ``x`` and ``x'``.
-    blur : the Gaussian applied to every closed mask.
-    batch_size : hybrids per forward pass.
-    memory_format : layout of the hybrid batches (see `input_memory_format`).
-    """
-    n, k, n_steps = layout.counts.shape
-    needed, source = plan_forward_passes(layout)
-    # a curve whose channels are identical in x and x' pastes nothing: every hybrid is x'
-    if layout.strategy.curve_per_plane:
-        inert = (difference.abs().amax(dim=(2, 3)) == 0).cpu().numpy()  # (N, C) = (N, K)
-    else:
-        inert = (difference.abs().reshape(n, -1).amax(dim=1) == 0).cpu().numpy()[:, None]  # (N, 1)
-    needed &= ~inert[..., None]
-    sample, curve, step = np.nonzero(needed)
-    evaluated_score = np.zeros((n, k, n_steps))
-    evaluated_prediction = np.zeros((n, k, n_steps), dtype=np.int64)
-    device = counterfactual.device
-    batches = range(0, len(sample), batch_size)
-    for start in tqdm(batches, desc=description, disable=not progress, leave=False):
-        stop = start + batch_size
-        items = Items(sample[start:stop], curve[start:stop], step[start:stop], device)
-        weights = layout.smoothed(layout.masks(items), items, blur)
-        hybrids = layout.hybrids(weights, items, counterfactual, difference, memory_format)
-        del weights
-        logits = model(hybrids)
-        probabilities = torch.softmax(logits.float(), dim=1)
-        y = target[items.sample_t]
-        rows = torch.arange(len(items), device=device)
-        gain = probabilities[rows, y] - baseline.counterfactual[items.sample_t, y]
-        idx = (sample[start:stop], curve[start:stop], step[start:stop])
-        evaluated_score[idx] = gain.cpu().numpy()
-        evaluated_prediction[idx] = probabilities.argmax(dim=1).cpu().numpy()
-
-    # every step copies the result of the first step with the same mask
-    take = np.take_along_axis
-    score = take(evaluated_score, source, axis=-1)
-    prediction = take(evaluated_prediction, source, axis=-1)
-    src_counts = take(layout.counts, source, axis=-1)
-    rows = np.arange(n)
-    y = target.cpu().numpy()
-    real_gain = (baseline.real[rows, y] - baseline.counterfactual[rows, y]).cpu().numpy()
-    empty = (src_counts == 0) | inert[..., None]
-    score[empty] = 0.0
-    prediction[empty] = np.broadcast_to(baseline.counterfactual_prediction.cpu().numpy()[:, None, None], empty.shape)[empty]
-    if layout.full_mask_is_real:
-        full = (src_counts == layout.mask_elements) & ~inert[..., None]
-        score[full] = np.broadcast_to(real_gain[:, None, None], full.shape)[full]
-        prediction[full] = np.broadcast_to(baseline.real_prediction.cpu().numpy()[:, None, None], full.shape)[full]
-    return CurveScores(score=score, prediction=prediction, n_forward=int(needed.sum()))
-
-
-def curve_area(mask_size: np.ndarray, score: np.ndarray, grid_points: int = GRID_POINTS) -> np.ndarray:
-    """DAC of each curve: trapezoid area of the score interpolated onto a common mask-size grid.
-
-    Parameters
-    ----------
-    mask_size, score : numpy.ndarray, shape (..., S)
-        Mask sizes non-decreasing from 0 to 1 along the last axis.
-    grid_points : number of grid points in [0, 1].
+    layouts : the masks of each strategy, for the same samples.
+    requests : per layout, ``(sample, curve, step)`` int arrays of equal length.
+    chunk : counterfactuals, differences, targets and baselines of those samples.
+    batch_size : hybrids per forward pass, whatever layouts they come from.
 
     Returns
     -------
-    numpy.ndarray, shape (...)
-        Because every curve lives on the same grid, the mean of these areas is the area under
-        the mean curve.
+    list of (score, prediction) per layout, aligned with its requests.
     """
-    grid = np.linspace(0.0, 1.0, grid_points)
-    flat_size = mask_size.reshape(-1, mask_size.shape[-1])
-    flat_score = score.reshape(-1, score.shape[-1])
-    areas = np.empty(len(flat_size))
-    for i, (x, y) in enumerate(zip(flat_size, flat_score)):
-        areas[i] = np.trapezoid(np.interp(grid, x, y), grid)
-    return areas.reshape(mask_size.shape[:-1])
-
-
-def interpolate_curves(mask_size: np.ndarray, score: np.ndarray, grid: np.ndarray) -> np.ndarray:
-    """Scores of each curve (rows of (M, S) arrays) at the mask sizes ``grid``, shape (M, len(grid))."""
-    return np.stack([np.interp(grid, x, y) for x, y in zip(mask_size, score)]) if len(mask_size) else np.empty((0, len(grid)))
-
-
-def optimal_steps(mask_size: np.ndarray, score: np.ndarray) -> np.ndarray:
-    """Step minimising ``mask_size**2 + (1 - score)**2`` (first one on ties), shape (...)."""
-    return np.argmin(mask_size**2 + (1.0 - score) ** 2, axis=-1)
-
-
-def minimal_steps(prediction: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """First step from which every hybrid is predicted as the real class, -1 if none.
-
-    Parameters
-    ----------
-    prediction : numpy.ndarray, shape (N, K, S)
-    target : numpy.ndarray, shape (N,)
-    """
-    correct = prediction == target[:, None, None]
-    stays = np.flip(np.logical_and.accumulate(np.flip(correct, -1), axis=-1), -1)
-    first = np.argmax(stays, axis=-1)
-    return np.where(stays[..., -1], first, -1)
+    which = np.concatenate([np.full(len(r[0]), i, dtype=np.int64) for i, r in enumerate(requests)]) if requests else np.zeros(0, np.int64)
+    sample = np.concatenate([r[0] for r in requests]) if requests else np.zeros(0, np.int64)
+    curve = np.concatenate([r[1] for r in requests]) if requests else np.zeros(0, np.int64)
+    step = np.concatenate([r[2] for r in requests]) if requests else np.zeros(0, np.int64)
+    # items of one layout, sample and curve next to each other: masks and hybrids are built per run
+    order = np.lexsort((step, curve, sample, which))
+    score = np.zeros(len(order))
+    prediction = np.zeros(len(order), dtype=np.int64)
+    device = chunk.counterfactual.device
+    image_shape = tuple(chunk.counterfactual.shape[1:])
+    for start in range(0, len(order), batch_size):
+        picked = order[start : start + batch_size]
+        batch = torch.empty((len(picked), *image_shape), dtype=torch.float32, device=device,
+                            memory_format=feed.memory_format)
+        bounds = np.r_[0, np.flatnonzero(np.diff(which[picked])) + 1, len(picked)]
+        for first, last in zip(bounds[:-1], bounds[1:]):
+            rows = picked[first:last]
+            layout = layouts[int(which[rows[0]])]
+            items = Items(sample[rows], curve[rows], step[rows], device)
+            weights = layout.smoothed(layout.masks(items), items, blur)
+            layout.hybrids(weights, items, chunk.counterfactual, chunk.difference, out=batch[first:last])
+            del weights
+        probabilities = feed(model, batch)
+        index = torch.as_tensor(sample[picked], device=device)
+        y = chunk.target[index]
+        gain = probabilities[torch.arange(len(picked), device=device), y] - chunk.baseline.counterfactual[index, y]
+        score[picked] = gain.cpu().numpy()
+        prediction[picked] = probabilities.argmax(dim=1).cpu().numpy()
+        if bar is not None:
+            bar.update(len(picked))
+    out, offset = [], 0
+    for r in requests:
+        out.append((score[offset : offset + len(r[0])], prediction[offset : offset + len(r[0])]))
+        offset += len(r[0])
+    return out

@@ -1,36 +1,18 @@
-"""Pipeline stage: DAC of every discriminative attribution method x every mask strategy.
+"""Pipeline stage ``dac``: DAC of every discriminative attribution method x every mask strategy.
 
-Config (``[dac]``, every key optional)::
+Config (``[dac]``, every key optional; see :class:`DacConfig`)::
 
     strategies = ["aggregate", "joint", "per_channel", "single_channel"]
     methods = ["d_ig", "residual"]  # default: every discriminative map the attribution stage made
-    steps = 200                     # threshold intervals (curves have steps + 1 points)
-    schedule = "value"              # or "rank"
-    closing = 10                    # element size in pixels, 0 = off
-    closing_shape = "ellipse"       # or "square"
-    sigma = 2.0                     # Gaussian blur, 0 = off
-    batch_size = 256                # hybrids per forward pass (default: from device and image size)
-    filter_pairs = false            # keep only correctly classified real/counterfactual pairs
-    max_samples = 64                # score a class-balanced subset (default: every image)
-    store_masks = true              # optimal masks -> dac_masks.zarr
-
+    schedule = "adaptive"           # or "value" (every step) or "rank"
     [dac.sweep]                     # smoothing sweep (runs when the table is present)
     closings = [0, 5, 10]
-    sigmas = [0, 1, 2]
-    strategies = ["aggregate"]
-    methods = ["d_ig"]              # default: d_ig if scored, else the first scored method
-    steps = 50                      # default: the main steps
 
 Discriminative methods are those whose registry entry says ``needs_counterfactual`` (the
 ``d_*`` methods and ``residual``) plus the ``random`` baseline. Channel-agnostic maps
 (N, 1, H, W) are scored with ``aggregate`` only. Without an attribution stage the residual
-``|x - x'|`` is scored.
-
-Writes ``dac_curves.parquet`` (sample, method, strategy, channel, step, threshold, mask_size,
-score, prediction), ``dac_scores.parquet`` (sample, method, strategy, channel, dac),
-``dac_masks.zarr`` (one array ``<method>.<strategy>`` of optimal masks per pair, with the
-scored samples in its attributes), ``dac_dropped.parquet`` when pairs were filtered out and
-``dac_sweep.parquet`` (method, closing, sigma, sample, strategy, channel, dac) for the sweep.
+``|x - x'|`` is scored. The pairs are a class-balanced subset (``max_samples``) chosen once
+over the whole set; scoring them is per image, so ``[compute]`` can shard it.
 """
 from __future__ import annotations
 
@@ -38,210 +20,196 @@ import logging
 
 import numpy as np
 import pandas as pd
+from pydantic import Field, field_validator
 
+from chanstat.config import Section
 from chanstat.dac.engine import dac, smoothing_sweep
 from chanstat.dac.masks import STRATEGIES, check_strategies
-from chanstat.io import write_arrays, write_table
+from chanstat.dac.result import summarise_dac
+from chanstat.stage import Arrays, Stage, balanced_subset
 
 log = logging.getLogger(__name__)
 
 BASELINE_METHODS = ("residual", "random")
-DEFAULT_STRATEGIES = ("aggregate", "joint", "per_channel", "single_channel")
+ALL_STRATEGIES = ["aggregate", "joint", "per_channel", "single_channel"]
+
+
+class SweepConfig(Section):
+    """``[dac.sweep]``: DAC over a grid of closing sizes and blur widths (does smoothing hide biology?)."""
+
+    closings: list[int] = Field(default_factory=lambda: [0, 5, 10], description="Closing element sizes (px).")
+    sigmas: list[float] = Field(default_factory=lambda: [0.0, 1.0, 2.0], description="Gaussian blur widths (px).")
+    strategies: list[str] = Field(default_factory=lambda: ["aggregate"])
+    methods: list[str] | None = Field(None, description="Default: d_ig if scored, else the first scored method.")
+    steps: int | None = Field(None, ge=1, description="Default: the main steps.")
+
+
+class DacConfig(Section):
+    """``[dac]``: Discriminative Attribution from Counterfactuals, per mask strategy."""
+
+    strategies: list[str] = Field(default_factory=lambda: list(ALL_STRATEGIES), description=f"Any of {ALL_STRATEGIES}.")
+    methods: list[str] | None = Field(None, description="Default: every discriminative map of the run.")
+    steps: int = Field(200, ge=1, description="Threshold intervals of the value/rank grid (curves have steps + 1 points).")
+    schedule: str = Field("adaptive", description='"adaptive" (few forward passes), "value" or "rank".')
+    tolerance: float = Field(0.005, gt=0, le=0.1, description="Adaptive schedule: largest DAC error per curve.")
+    closing: int = Field(10, ge=0, description="Closing element size in pixels (0 = off).")
+    closing_shape: str = Field("ellipse", description='"ellipse" or "square".')
+    sigma: float = Field(2.0, ge=0, description="Gaussian blur of each mask in pixels (0 = off).")
+    batch_size: int | None = Field(None, ge=1, description="Hybrids per forward pass.")
+    filter_pairs: bool = Field(False, description="Keep only correctly classified real/counterfactual pairs.")
+    max_samples: int | None = Field(None, ge=1, description="Score a class-balanced subset of this many pairs.")
+    store_masks: bool = Field(True, description="Write the optimal masks to dac_masks.zarr.")
+    sweep: SweepConfig | None = None
+
+    @field_validator("strategies")
+    @classmethod
+    def _strategies(cls, value: list[str]) -> list[str]:
+        return [s.name for s in check_strategies(value)]
 
 
 def is_discriminative(name: str) -> bool:
     """Whether maps of method ``name`` explain a real-vs-counterfactual difference (or are its baselines)."""
-    try:
-        from chanstat.attribution import METHODS
-    except ImportError:  # attribution package absent: fall back on the naming convention
-        METHODS = {}
+    from chanstat.attribution import METHODS
+
     if name in METHODS:
         return bool(METHODS[name].needs_counterfactual) or name in BASELINE_METHODS
     return name.startswith("d_") or name in BASELINE_METHODS
 
 
-def balanced_subset(labels: np.ndarray, max_samples: int | None, seed: int) -> np.ndarray:
-    """Sorted indices of at most ``max_samples`` images, as equal a share per class as possible."""
-    n = len(labels)
-    if max_samples is None or max_samples >= n:
-        return np.arange(n)
-    if max_samples < 1:
-        raise ValueError(f"[dac] max_samples must be >= 1; got {max_samples}")
-    rng = np.random.default_rng(seed)
-    classes = np.unique(labels)
-    pools = {c: list(rng.permutation(np.flatnonzero(labels == c))) for c in classes}
-    chosen: list[int] = []
-    while len(chosen) < max_samples:
-        for c in classes:
-            if pools[c] and len(chosen) < max_samples:
-                chosen.append(int(pools[c].pop(0)))
-    return np.sort(np.asarray(chosen))
+def select(ctx) -> np.ndarray:
+    return balanced_subset(ctx.dataset.labels.numpy(), ctx.section("dac")["max_samples"], ctx.seed)
 
 
-def _maps(ctx, dataset) -> tuple[dict[str, np.ndarray], str]:
-    maps = ctx.artifacts.get("attributions")
-    if maps:
-        return dict(maps), "attribution stage"
-    log.warning("dac: no attribution maps in this run; scoring the residual |x - x'|")
-    residual = (dataset.images - dataset.counterfactuals).abs().numpy()
-    return {"residual": residual}, "residual computed by the dac stage (no attribution stage)"
+def _maps(part) -> dict[str, np.ndarray]:
+    maps = part.inputs.get("attributions")
+    if maps is not None and maps.arrays:
+        return dict(maps.arrays)
+    dataset = part.dataset
+    return {"residual": (dataset.images - dataset.counterfactuals).abs().numpy()}
 
 
-def run(ctx) -> dict:
-    section = ctx.section("dac")
-    dataset, model = ctx.dataset, ctx.model
-    if dataset is None or model is None:
-        raise RuntimeError("the dac stage needs the data and model stages (ctx.dataset / ctx.model missing)")
-    if dataset.counterfactuals is None:
-        raise RuntimeError("the dac stage needs counterfactual images; the dataset has none (add a [counterfactual] stage)")
-    strategies = [s.name for s in check_strategies(section.get("strategies", list(DEFAULT_STRATEGIES)))]
-    all_maps, source = _maps(ctx, dataset)
-    n_images = int(dataset.images.shape[0])
-    for name, arr in all_maps.items():
-        if arr.shape[0] != n_images:
-            raise ValueError(f"attribution maps {name!r} cover {arr.shape[0]} images but the dataset has {n_images}")
+def _methods(section: dict, available: list[str]) -> list[str]:
     requested = section.get("methods")
     if requested is None:
-        methods = [m for m in all_maps if is_discriminative(m)]
+        methods = [m for m in available if is_discriminative(m)]
     else:
-        missing = [m for m in requested if m not in all_maps]
+        missing = [m for m in requested if m not in available]
         if missing:
-            raise ValueError(f"[dac] methods {missing} have no attribution maps; available: {sorted(all_maps)}")
+            raise ValueError(f"[dac] methods {missing} have no attribution maps; available: {sorted(available)}")
         methods = list(requested)
     if not methods:
-        raise ValueError(f"no discriminative attribution maps to score; maps available: {sorted(all_maps)}")
+        raise ValueError(f"[dac] no discriminative attribution maps to score; maps available: {sorted(available)}")
+    return methods
 
-    options = dict(
-        steps=int(section.get("steps", 200)),
-        schedule=section.get("schedule", "value"),
-        closing=int(section.get("closing", 10)),
-        closing_shape=section.get("closing_shape", "ellipse"),
-        sigma=float(section.get("sigma", 2.0)),
-        batch_size=section.get("batch_size"),
-        filter_pairs=bool(section.get("filter_pairs", False)),
-    )
-    labels = dataset.labels.numpy()
-    subset = balanced_subset(labels, section.get("max_samples"), ctx.seed)
-    real = dataset.images[subset]
-    counterfactuals = dataset.counterfactuals[subset]
-    target = dataset.labels[subset]
-    cf_target = dataset.counterfactual_labels[subset] if dataset.counterfactual_labels is not None else None
+
+def _options(section: dict) -> dict:
+    return {k: section[k] for k in ("steps", "schedule", "tolerance", "closing", "closing_shape", "sigma", "batch_size",
+                                    "filter_pairs")}
+
+
+def _usable(strategies: list[str], maps: np.ndarray, n_channels: int) -> list[str]:
+    return [s for s in strategies if maps.shape[1] == n_channels or not STRATEGIES[s].channel_resolved]
+
+
+def per_image(ctx, part) -> dict:
+    section = ctx.section("dac")
+    dataset = part.dataset
+    if dataset.counterfactuals is None:
+        raise RuntimeError("the dac stage needs counterfactual images; the data set has none (add a [counterfactual] stage)")
+    all_maps = _maps(part)
+    methods = _methods(section, list(all_maps))
     channels = list(dataset.channels)
-    store_masks = bool(section.get("store_masks", True))
-
-    curves, scores, dropped, skipped, stats = [], [], None, {}, {}
-    masks_written = False
+    options = _options(section)
+    inputs = dict(counterfactuals=dataset.counterfactuals, counterfactual_target=dataset.counterfactual_labels,
+                  channels=channels)
+    curves, scores, masks, attrs, samples, dropped = [], [], {}, {}, None, None
     for method in methods:
-        maps = np.asarray(all_maps[method])[subset]
-        usable = [s for s in strategies if maps.shape[1] == len(channels) or not STRATEGIES[s].channel_resolved]
-        if len(usable) < len(strategies):
-            skipped[method] = sorted(set(strategies) - set(usable))
-            log.info("dac: %s maps are channel-agnostic; scoring %s only", method, usable)
+        usable = _usable(section["strategies"], all_maps[method], len(channels))
         if not usable:
             continue
-        result = dac(
-            model, real, counterfactuals, maps, target, strategy=usable, return_masks=store_masks,
-            progress=ctx.progress, counterfactual_target=cf_target, channels=channels, **options,
-        )
-        # rows of the inputs -> rows of the dataset
-        for table in (result.curves, result.scores):
-            table["sample"] = subset[table["sample"].to_numpy()]
+        result = dac(ctx.model, dataset.images, dataset.labels, all_maps[method], strategy=usable,
+                     return_masks=section["store_masks"], progress=ctx.progress, **inputs, **options)
+        for table, out in ((result.curves, curves), (result.scores, scores)):
+            table = table.assign(sample=part.rows[table["sample"].to_numpy()])
             table.insert(1, "method", method)
-            table["method"] = table["method"].astype("string")
-        curves.append(result.curves)
-        scores.append(result.scores)
+            out.append(table)
         if dropped is None:
-            dropped = result.dropped.assign(sample=subset[result.dropped["sample"].to_numpy()])
-        stats[method] = result.stats
-        if store_masks:
-            samples = subset[result.samples].tolist()
-            arrays = {f"{method}.{s}": m for s, m in result.optimal_masks.items()}
-            attrs = {
-                f"{method}.{s}": {
-                    "method": method, "strategy": s, "kind": "optimal", "samples": samples,
-                    "channels": ["all"] if STRATEGIES[s].combine_channels else channels,
-                }
-                for s in result.optimal_masks
-            }
-            write_arrays(
-                ctx.out / "dac_masks.zarr", arrays, attrs=attrs, mode="a" if masks_written else "w",
-                group_attrs={"channels": channels, "settings": {k: v for k, v in options.items() if v is not None}},
-            )
-            masks_written = True
-
-    curves_df = pd.concat(curves, ignore_index=True)
-    scores_df = pd.concat(scores, ignore_index=True)
-    write_table(curves_df, ctx.out / "dac_curves.parquet")
-    write_table(scores_df, ctx.out / "dac_scores.parquet")
-    ctx.artifacts["dac_curves"] = curves_df
-    ctx.artifacts["dac_scores"] = scores_df
-    n_dropped = 0 if dropped is None else len(dropped)
-    if n_dropped:
-        write_table(dropped, ctx.out / "dac_dropped.parquet")
-
-    info: dict = {
-        "methods": methods,
-        "strategies": strategies,
-        "maps_from": source,
-        "n_pairs": int(len(subset)),
-        "n_dropped": int(n_dropped),
-        "hybrids": int(sum(s["hybrids"] for m in stats.values() for s in m.values())),
-        "forward_passes": int(sum(s["forward_passes"] for m in stats.values() for s in m.values())),
-        "mean_dac": _mean_dac(scores_df),
-    }
-    if skipped:
-        info["skipped_strategies"] = skipped
-
-    sweep = ctx.section("dac.sweep")
+            dropped = result.dropped.assign(sample=part.rows[result.dropped["sample"].to_numpy()])
+        if section["store_masks"]:
+            samples = part.rows[result.samples]
+            for strategy, m in result.optimal_masks.items():
+                key = f"{method}.{strategy}"
+                masks[key] = m
+                attrs[key] = {"method": method, "strategy": strategy, "kind": "optimal",
+                              "channels": ["all"] if STRATEGIES[strategy].combine_channels else channels}
+    outputs: dict = {"dac_curves": pd.concat(curves, ignore_index=True), "dac_scores": pd.concat(scores, ignore_index=True)}
+    if masks:
+        outputs["dac_masks"] = Arrays(masks, attrs=attrs, samples=samples,
+                                      group_attrs={"channels": channels, "settings": {k: v for k, v in options.items() if v is not None}})
+    if dropped is not None and len(dropped):
+        outputs["dac_dropped"] = dropped
+    sweep = section.get("sweep")
     if sweep and sweep.get("enabled", True):
-        info["sweep"] = _run_sweep(ctx, sweep, methods, all_maps, subset, real, counterfactuals, target, cf_target, channels, options, model)
-    return info
+        table = _sweep(ctx, sweep, methods, all_maps, part, inputs, options)
+        if table is not None:
+            outputs["dac_sweep"] = table
+    return outputs
 
 
-def _mean_dac(scores: pd.DataFrame) -> dict:
-    """{method: {strategy or "single_channel:<channel>": mean DAC}} for the provenance record."""
-    out: dict = {}
-    means = scores.groupby(["method", "strategy", "channel"], sort=False)["dac"].mean()
-    for (method, strategy, channel), value in means.items():
-        key = strategy if channel == "all" else f"{strategy}:{channel}"
-        out.setdefault(str(method), {})[str(key)] = round(float(value), 6)
-    return out
-
-
-def _run_sweep(ctx, sweep, methods, all_maps, subset, real, counterfactuals, target, cf_target, channels, options, model) -> dict:
+def _sweep(ctx, sweep, methods, all_maps, part, inputs, options) -> pd.DataFrame | None:
     default = ["d_ig"] if "d_ig" in methods else methods[:1]
-    sweep_methods = list(sweep.get("methods", default))
+    sweep_methods = sweep.get("methods") or default
     missing = [m for m in sweep_methods if m not in all_maps]
     if missing:
         raise ValueError(f"[dac.sweep] methods {missing} have no attribution maps; available: {sorted(all_maps)}")
-    strategies = [s.name for s in check_strategies(sweep.get("strategies", ["aggregate"]))]
+    strategies = [s.name for s in check_strategies(sweep["strategies"])]
     frames = []
     for method in sweep_methods:
-        maps = np.asarray(all_maps[method])[subset]
-        usable = [s for s in strategies if maps.shape[1] == len(channels) or not STRATEGIES[s].channel_resolved]
+        usable = _usable(strategies, all_maps[method], len(inputs["channels"]))
         if not usable:
             continue
         table = smoothing_sweep(
-            model, real, counterfactuals, maps, target,
-            closings=list(sweep.get("closings", (0, 5, 10))), sigmas=list(sweep.get("sigmas", (0, 1, 2))),
-            strategy=usable, steps=int(sweep.get("steps", options["steps"])), schedule=options["schedule"],
-            closing_shape=options["closing_shape"], batch_size=options["batch_size"],
-            filter_pairs=options["filter_pairs"], progress=ctx.progress, counterfactual_target=cf_target,
-            channels=channels,
+            ctx.model, part.dataset.images, part.dataset.labels, all_maps[method], closings=sweep["closings"],
+            sigmas=sweep["sigmas"], strategy=usable, steps=sweep.get("steps") or options["steps"],
+            schedule=options["schedule"], tolerance=options["tolerance"], closing_shape=options["closing_shape"],
+            batch_size=options["batch_size"], filter_pairs=options["filter_pairs"], progress=ctx.progress, **inputs,
         )
-        table["sample"] = subset[table["sample"].to_numpy()]
+        table = table.assign(sample=part.rows[table["sample"].to_numpy()])
         table.insert(0, "method", method)
-        table["method"] = table["method"].astype("string")
         frames.append(table)
-    if not frames:
-        return {"settings": 0}
-    sweep_df = pd.concat(frames, ignore_index=True)
-    write_table(sweep_df, ctx.out / "dac_sweep.parquet")
-    ctx.artifacts["dac_sweep"] = sweep_df
-    summary = sweep_df.groupby(["method", "strategy", "channel", "closing", "sigma"], sort=False)["dac"].mean()
-    return {
-        "settings": int(sweep_df[["closing", "sigma"]].drop_duplicates().shape[0]),
+    return pd.concat(frames, ignore_index=True) if frames else None
+
+
+def whole_set(ctx, outputs) -> tuple[dict, dict]:
+    scores = outputs["dac_scores"]
+    info: dict = {
+        "methods": list(pd.unique(scores["method"])),
+        "strategies": ctx.section("dac")["strategies"],
+        "n_pairs": int(scores["sample"].nunique()),
+        "n_dropped": int(len(outputs.get("dac_dropped", ()))),
         "mean_dac": {
-            f"{m}/{s}/{c}/closing={cl}/sigma={sg:g}": round(float(v), 6) for (m, s, c, cl, sg), v in summary.items()
+            f"{r.method}/{r.strategy}" + ("" if r.channel == "all" else f"/{r.channel}"): round(float(r.dac), 6)
+            for r in summarise_dac(scores).itertuples(index=False)
         },
     }
+    if "attributions" not in ctx.results and not ctx.run.has("attributions"):
+        info["maps_from"] = "residual |x - x'| (no attribution stage)"
+    sweep = outputs.get("dac_sweep")
+    if sweep is not None and len(sweep):
+        means = sweep.groupby(["method", "strategy", "channel", "closing", "sigma"], sort=False)["dac"].mean()
+        info["sweep_mean_dac"] = {
+            f"{m}/{s}/{c}/closing={cl}/sigma={sg:g}": round(float(v), 6) for (m, s, c, cl, sg), v in means.items()
+        }
+    return outputs, info
+
+
+STAGE = Stage(
+    name="dac",
+    config=DacConfig,
+    reads=("dataset", "model", "attributions"),
+    writes=("dac_curves", "dac_scores", "dac_masks", "dac_sweep", "dac_dropped"),
+    per_image=per_image,
+    whole_set=whole_set,
+    select=select,
+    part_inputs=("attributions",),
+)

@@ -16,7 +16,11 @@ Two schedules:
   element with the lower flat index ranks lower), so each step adds exactly the planned
   number of elements and equal values never make a mask jump.
 
-Both reduce to one representation: a strict *rank map* (every element's position in the
+- ``"adaptive"``: the value schedule's thresholds, but only some steps go through the model --
+  a coarse grid in mask size, then bisection where the score jumps (see `chanstat.dac.adaptive`);
+  the other steps' scores are interpolated in mask size.
+
+All reduce to one representation: a strict *rank map* (every element's position in the
 group's ascending order, ties broken by index) and, per step, how many top-ranked elements are
 selected. A selection of the top ``n`` is ``rank >= P - n``; thresholding a rank map commutes
 with flat grey-level closing, so one closing of the rank map serves every step.
@@ -26,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-SCHEDULES = ("value", "rank")
+SCHEDULES = ("value", "rank", "adaptive")
 
 #: rank schedule: the first 70 % of the steps cover mask fractions 5x more finely than the rest
 RANK_HEAD_STEPS = 0.7
@@ -38,6 +42,15 @@ def check_steps(steps) -> int:
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 2:
         raise ValueError(f"steps must be an integer >= 2 (number of threshold intervals); got {steps!r}")
     return int(steps)
+
+
+def check_tolerance(tolerance) -> float:
+    """Validate the adaptive schedule's tolerance (a finite number > 0, in units of DAC)."""
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float, np.integer, np.floating)):
+        raise ValueError(f"tolerance must be a number > 0 (largest DAC error of a curve); got {tolerance!r}")
+    if not np.isfinite(tolerance) or tolerance <= 0:
+        raise ValueError(f"tolerance must be a finite number > 0 (largest DAC error of a curve); got {tolerance!r}")
+    return float(tolerance)
 
 
 def value_thresholds(steps: int) -> np.ndarray:
@@ -100,7 +113,8 @@ def selection_counts(values: torch.Tensor, schedule: str, steps: int) -> tuple[t
     ----------
     values : torch.Tensor, shape (G, P), >= 0
         Attribution magnitudes, one ranking group per row.
-    schedule : {"value", "rank"}
+    schedule : {"value", "rank", "adaptive"}
+        ``"adaptive"`` selects as ``"value"`` does (it evaluates fewer of the steps).
     steps : int >= 2
 
     Returns
@@ -108,7 +122,7 @@ def selection_counts(values: torch.Tensor, schedule: str, steps: int) -> tuple[t
     counts : torch.Tensor, shape (G, steps + 1), int64
         Non-decreasing from 0 to ``P``.
     thresholds : numpy.ndarray, shape (steps + 1,)
-        ``t_k`` on the normalised map (value schedule) or the planned mask fraction ``q_k``
+        ``t_k`` on the normalised map (value and adaptive schedules) or the planned mask fraction ``q_k``
         before smoothing (rank schedule).
     """
     if schedule not in SCHEDULES:

@@ -7,12 +7,13 @@ from chanstat.data.readers import (
     read_loaddata,
     read_numpy,
     read_zarr,
-    rescale_percentiles,
     tile,
 )
+from chanstat.data.scaling import SCALINGS, rescale_percentiles, scale_images
 from chanstat.data.synthetic import CELL_PAINTING_CHANNELS, PHENOTYPES, synthetic
 
 __all__ = [
     "ImageSet", "synthetic", "CELL_PAINTING_CHANNELS", "PHENOTYPES", "read", "read_loaddata", "read_numpy",
     "read_zarr", "from_arrays", "tile", "rescale_percentiles", "loaddata_channels",
+    "scale_images", "SCALINGS",
 ]

@@ -1,41 +1,18 @@
 """The in-memory image container every stage passes along."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
+from chanstat.tensors import as_images, as_target
+
 REQUIRED_META = ("Metadata_Plate", "Metadata_Well", "Metadata_Site")
-
-
-def _as_float_tensor(x, name: str) -> torch.Tensor:
-    t = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
-    if t.ndim != 4:
-        raise ValueError(f"{name} must have shape (N, C, H, W); got {tuple(t.shape)}")
-    t = t.to(torch.float32)
-    if not torch.isfinite(t).all():
-        bad = int((~torch.isfinite(t)).sum())
-        raise ValueError(f"{name} contains {bad} NaN/inf values")
-    return t
-
-
-def _as_labels(y, n: int, n_classes: int, name: str) -> torch.Tensor:
-    t = torch.as_tensor(np.asarray(y) if not isinstance(y, torch.Tensor) else y)
-    if t.ndim != 1 or t.shape[0] != n:
-        raise ValueError(f"{name} must have shape ({n},); got {tuple(t.shape)}")
-    if t.is_floating_point():
-        if not torch.equal(t, t.round()):
-            raise ValueError(f"{name} must be integers")
-    t = t.to(torch.int64)
-    if n and (int(t.min()) < 0 or int(t.max()) >= n_classes):
-        raise ValueError(
-            f"{name} must lie in [0, {n_classes - 1}] for {n_classes} classes; "
-            f"got values in [{int(t.min())}, {int(t.max())}]"
-        )
-    return t
 
 
 @dataclass
@@ -45,7 +22,8 @@ class ImageSet:
     Parameters
     ----------
     images : torch.Tensor, shape (N, C, H, W), float32
-        Intensities, usually rescaled to [0, 1] per image and channel.
+        Intensities, usually scaled to [0, 1] per plate and channel (see
+        :mod:`chanstat.data.scaling`; ``meta.attrs["scaling"]`` records how).
     channels : sequence of str, length C
         Stain names, unique (e.g. ``["DNA", "ER", "RNA", "AGP", "Mito"]``).
     labels : torch.Tensor, shape (N,), int64
@@ -76,7 +54,7 @@ class ImageSet:
     objects: dict[str, np.ndarray] | None = field(default=None)
 
     def __post_init__(self) -> None:
-        self.images = _as_float_tensor(self.images, "images")
+        self.images = as_images(self.images, "images", allow_empty=True)
         n, c, h, w = self.images.shape
         self.channels = [str(ch) for ch in self.channels]
         if len(self.channels) != c:
@@ -89,7 +67,7 @@ class ImageSet:
         self.classes = [str(k) for k in self.classes]
         if len(self.classes) < 1 or len(set(self.classes)) != len(self.classes):
             raise ValueError(f"classes must be non-empty and unique; got {self.classes}")
-        self.labels = _as_labels(self.labels, n, len(self.classes), "labels")
+        self.labels = as_target(self.labels, n, "labels", n_classes=len(self.classes))
         if not isinstance(self.meta, pd.DataFrame):
             raise TypeError("meta must be a pandas DataFrame")
         if len(self.meta) != n:
@@ -101,7 +79,7 @@ class ImageSet:
         if "Metadata_Class" not in self.meta.columns:
             self.meta["Metadata_Class"] = [self.classes[i] for i in self.labels.tolist()]
         if self.counterfactuals is not None:
-            self.counterfactuals = _as_float_tensor(self.counterfactuals, "counterfactuals")
+            self.counterfactuals = as_images(self.counterfactuals, "counterfactuals", allow_empty=True)
             if self.counterfactuals.shape != self.images.shape:
                 raise ValueError(
                     "counterfactuals must match images in shape: "
@@ -109,12 +87,12 @@ class ImageSet:
                 )
             if self.counterfactual_labels is None:
                 raise ValueError("counterfactual_labels are required with counterfactuals")
-            self.counterfactual_labels = _as_labels(
-                self.counterfactual_labels, n, len(self.classes), "counterfactual_labels"
+            self.counterfactual_labels = as_target(
+                self.counterfactual_labels, n, "counterfactual_labels", n_classes=len(self.classes)
             )
         elif self.counterfactual_labels is not None:
-            self.counterfactual_labels = _as_labels(
-                self.counterfactual_labels, n, len(self.classes), "counterfactual_labels"
+            self.counterfactual_labels = as_target(
+                self.counterfactual_labels, n, "counterfactual_labels", n_classes=len(self.classes)
             )
         if self.signal_masks is not None:
             m = torch.as_tensor(np.asarray(self.signal_masks) if not isinstance(self.signal_masks, torch.Tensor) else self.signal_masks)
@@ -129,6 +107,25 @@ class ImageSet:
                 if lab.shape != (n, h, w):
                     raise ValueError(f"objects[{name!r}] must have shape {(n, h, w)}; got {lab.shape}")
                 self.objects[name] = lab.astype(np.int32, copy=False)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write this set into the run directory ``path`` (created if needed) as the data stage
+        does: ``dataset.zarr`` (images, labels, counterfactuals, masks, ``objects_*``; channel
+        and class names and ``meta.attrs`` as group attributes) and ``meta.parquet`` (a
+        ``sample`` column, then the metadata). Returns the run directory's path."""
+        from chanstat.rundir import RunDirectory
+
+        run = RunDirectory(path, create=True)
+        run.write_dataset(self)
+        return run.path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, indices: Sequence[int] | None = None) -> "ImageSet":
+        """The set a run directory holds (written by :meth:`save` or the data stage);
+        ``indices``: only those images, in that order (read without loading the rest)."""
+        from chanstat.rundir import RunDirectory
+
+        return RunDirectory(path).dataset(indices)
 
     def __len__(self) -> int:
         return int(self.images.shape[0])

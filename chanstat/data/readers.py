@@ -8,32 +8,13 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from chanstat.cellprofiler.readers import read_csv_table
 from chanstat.data.imageset import REQUIRED_META, ImageSet
+from chanstat.data.scaling import Scaling, check_percentiles, scale_images
 
 LOADDATA_FILE = {
     prefix: re.compile(rf"^(?:Image_)?FileName_{prefix}(?P<channel>[A-Za-z0-9]+)$") for prefix in ("Orig", "Corr", "")
 }
-
-
-def rescale_percentiles(image: np.ndarray, low: float = 1.0, high: float = 99.5) -> np.ndarray:
-    """Clip every channel of one image to its [low, high] percentiles and map that range to [0, 1].
-
-    Parameters
-    ----------
-    image : array, shape (C, H, W), any numeric dtype (e.g. uint16 camera counts).
-    low, high : percentiles (0-100) computed per channel of this image only.
-
-    Returns
-    -------
-    float32 array of the same shape, values in [0, 1]. A flat channel becomes 0.
-    """
-    if not 0 <= low < high <= 100:
-        raise ValueError(f"need 0 <= low < high <= 100; got {low}, {high}")
-    img = np.asarray(image, dtype=np.float32)
-    lo = np.percentile(img, low, axis=(-2, -1), keepdims=True)
-    hi = np.percentile(img, high, axis=(-2, -1), keepdims=True)
-    span = np.where(hi > lo, hi - lo, 1.0)
-    return np.clip((img - lo) / span, 0.0, 1.0).astype(np.float32)
 
 
 def loaddata_channels(columns: Sequence[str]) -> list[str]:
@@ -55,7 +36,10 @@ def read_loaddata(
     channels: Sequence[str] | None = None,
     channel_map: Mapping[str, str] | None = None,
     label_column: str | None = None,
-    rescale: tuple[float, float] | None = (1.0, 99.5),
+    scaling: Scaling = "plate",
+    percentiles: tuple[float, float] = (1.0, 99.5),
+    control_column: str | None = None,
+    control_values: list[str] | str | None = None,
     progress: bool = False,
 ) -> ImageSet:
     """Read the images listed in a CellProfiler LoadData CSV.
@@ -69,12 +53,33 @@ def read_loaddata(
     channel_map : renames LoadData channel tokens, e.g. ``{"1": "Brightfield", "5": "DNA"}``.
     label_column : metadata column holding the class of each field; default one class
         ``"unlabelled"``.
-    rescale : per-image, per-channel percentile clipping (see :func:`rescale_percentiles`);
-        ``None`` keeps raw intensities (as float32).
+    scaling : how raw intensities become [0, 1] (see :mod:`chanstat.data.scaling`):
+
+        - ``"plate"`` (default): per plate (``Metadata_Plate``) and channel, the
+          ``percentiles`` of all the plate's images pooled -- or of its control images when
+          ``control_column`` is given. Intensity differences between images are kept.
+        - ``"image"``: every image and channel by its own percentiles. **Warning**: this
+          erases intensity phenotypes (a brighter channel in one class is scaled away); use it
+          only when absolute intensity carries no information.
+        - ``"none"``: raw intensities (float32).
+    percentiles : (low, high) percentiles mapped to 0 and 1.
+    control_column, control_values : rows whose ``control_column`` equals one of
+        ``control_values`` (compared as text, e.g. ``"DMSO"``) are the controls for
+        per-plate scaling; every plate needs at least one.
 
     Returns
     -------
-    ImageSet with images (N, C, H, W) float32.
+    ImageSet with images (N, C, H, W) float32; ``meta.attrs["scaling"]`` records the choice
+    (method, percentiles, whether controls were used, per-plate limits) for provenance.
+
+    Raises
+    ------
+    FileNotFoundError
+        The CSV or an image file is missing.
+    ValueError
+        A damaged or ragged CSV (:class:`~chanstat.cellprofiler.readers.TableFileError`, naming
+        the file and line), no image columns, unknown channels, missing metadata, bad scaling
+        options, a plate without controls.
     """
     import tifffile
     from tqdm.auto import tqdm
@@ -82,7 +87,14 @@ def read_loaddata(
     csv = Path(csv)
     if not csv.exists():
         raise FileNotFoundError(f"LoadData CSV not found: {csv}")
-    table = pd.read_csv(csv)
+    check_percentiles(percentiles)
+    if (control_column is None) != (control_values is None):
+        raise ValueError("control_column and control_values go together (e.g. 'Metadata_Treatment' and 'DMSO')")
+    if control_column is not None and scaling != "plate":
+        raise ValueError(f"control_column applies to scaling='plate' only; got scaling={scaling!r}")
+    table = read_csv_table(csv)
+    if table.empty:
+        raise ValueError(f"{csv} lists no images (only a header)")
     tokens = loaddata_channels(table.columns)
     if not tokens:
         raise ValueError(f"{csv} has no FileName_Orig<Channel> columns; columns are {list(table.columns)}")
@@ -98,6 +110,14 @@ def read_loaddata(
         raise ValueError(f"{csv} is missing metadata columns {missing_meta}")
     if label_column is not None and label_column not in table.columns:
         raise ValueError(f"label column {label_column!r} not in {csv}")
+    control = None
+    if control_column is not None:
+        if control_column not in table.columns:
+            raise ValueError(f"control column {control_column!r} not in {csv}")
+        values = [control_values] if isinstance(control_values, str) else [str(v) for v in control_values]
+        control = table[control_column].astype(str).isin(values).to_numpy()
+        if not control.any():
+            raise ValueError(f"no row of {csv} has {control_column} in {values}")
 
     def column(kind: str, token: str) -> str:
         for prefix in ("Orig", "Corr", ""):
@@ -107,7 +127,7 @@ def read_loaddata(
                     return name
         raise ValueError(f"{csv} lacks the {kind} column for channel {token!r}")
 
-    images = []
+    raw = []
     for _, row in tqdm(table.iterrows(), total=len(table), desc="reading fields", disable=not progress):
         planes = []
         for name in wanted:
@@ -123,15 +143,18 @@ def read_loaddata(
             if planes and plane.shape != planes[0].shape:
                 raise ValueError(f"{path} has shape {plane.shape}, other channels {planes[0].shape}")
             planes.append(plane)
-        stack = np.stack(planes).astype(np.float32)
-        images.append(rescale_percentiles(stack, *rescale) if rescale else stack)
+        raw.append(np.stack(planes).astype(np.float32))
+    images, record = scale_images(raw, table["Metadata_Plate"].to_numpy(), wanted, scaling, percentiles, control)
+    if control_column is not None:
+        record["control_column"], record["control_values"] = control_column, control_values
     meta = table[[c for c in table.columns if c.startswith("Metadata_")]].copy()
     if label_column is None:
         classes, labels = ["unlabelled"], np.zeros(len(table), dtype=int)
     else:
         codes, uniques = pd.factorize(table[label_column].astype(str), sort=True)
         classes, labels = list(uniques), codes
-    return ImageSet(images=np.stack(images), channels=wanted, labels=labels, classes=classes, meta=meta)
+    meta.attrs["scaling"] = record
+    return ImageSet(images=images, channels=wanted, labels=labels, classes=classes, meta=meta)
 
 
 def tile(

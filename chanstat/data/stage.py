@@ -1,69 +1,99 @@
-"""Pipeline stage: build the ImageSet and write it into the run directory."""
+"""Pipeline stage ``data``: build the ImageSet (synthetic, LoadData, arrays; tiles; planted phenotype)."""
 from __future__ import annotations
 
-import numpy as np
+from typing import Literal
 
-from chanstat.data.readers import read, tile
+from pydantic import Field
+
+from chanstat.config import Section, kwargs_model
+from chanstat.data.readers import from_arrays, read, read_loaddata, tile
+from chanstat.data.semisynthetic import plant
 from chanstat.data.synthetic import synthetic
-from chanstat.io import write_arrays, write_table
+from chanstat.stage import Stage
+
+SyntheticOptions = kwargs_model(synthetic, "SyntheticOptions", exclude=("seed", "progress"),
+                                doc="Options of the synthetic Cell Painting generator (chanstat.data.synthetic).")
+LoadDataOptions = kwargs_model(read_loaddata, "LoadDataOptions", exclude=("csv", "progress"), path=(str, ...),
+                               doc="A LoadData CSV (path) and the options of chanstat.data.read_loaddata.")
+ArrayOptions = kwargs_model(from_arrays, "ArrayOptions", exclude=("images", "channels", "meta"), path=(str, ...), array=(str, "images"),
+                            channels=(list[str] | None, None),
+                            doc="A .npy/.npz/.zarr file (path) of (N, C, H, W) images, channel names and labels.")
+TileOptions = kwargs_model(tile, "TileOptions", exclude=("imageset",), doc="Cut every image into tiles (chanstat.data.tile).")
+PlantOptions = kwargs_model(plant, "PlantOptions", exclude=("imageset", "seed"),
+                            doc="Plant a phenotype into half of the real tiles (chanstat.data.semisynthetic.plant).")
+
+
+class DataConfig(Section):
+    """``[data]``: where the images come from."""
+
+    source: Literal["synthetic", "loaddata", "arrays"] = Field("synthetic", description="Synthetic set, a LoadData CSV or arrays.")
+    channels: list[str] | None = Field(None, description="Keep only these channels, in this order.")
+    synthetic: SyntheticOptions = Field(default_factory=SyntheticOptions)  # type: ignore[valid-type]
+    loaddata: LoadDataOptions | None = None  # type: ignore[valid-type]
+    arrays: ArrayOptions | None = None  # type: ignore[valid-type]
+    tiles: TileOptions | None = None  # type: ignore[valid-type]
+    plant: PlantOptions | None = None  # type: ignore[valid-type]
+
+    @staticmethod
+    def preflight(section: dict, config_dir) -> None:
+        from pathlib import Path
+
+        from chanstat.config import ConfigError
+
+        source = section.get("source", "synthetic")
+        if source == "synthetic":
+            return
+        options = section.get(source)
+        if not options:
+            raise ConfigError(f"[data] source = {source!r} needs a [data.{source}] table with a path")
+        path = Path(options["path"]).expanduser()
+        path = path if path.is_absolute() else Path(config_dir) / path
+        if not path.exists():
+            raise ConfigError(f"[data.{source}] path: file not found: {path}")
 
 
 def _load(ctx):
     cfg = ctx.section("data")
-    source = cfg.get("source", "synthetic")
+    source = cfg["source"]
     if source == "synthetic":
-        return synthetic(**ctx.section("data.synthetic"), seed=ctx.seed, progress=ctx.progress)
-    if source in ("loaddata", "arrays"):
-        spec = dict(ctx.section(f"data.{source}"))
-        if "path" not in spec and "csv" not in spec:
-            raise ValueError(f"[data.{source}] needs a path (or csv)")
-        path = ctx.resolve_path(spec.pop("path", None) or spec.pop("csv"))
-        if source == "loaddata":
-            spec["progress"] = ctx.progress
-        return read(path, **spec)
-    raise ValueError(f"unknown data source {source!r}; use 'synthetic', 'loaddata' or 'arrays'")
+        return synthetic(**cfg["synthetic"], seed=ctx.seed, progress=ctx.progress)
+    options = dict(cfg[source])
+    path = ctx.resolve_path(options.pop("path"))
+    if source == "loaddata":
+        return read_loaddata(path, **options, progress=ctx.progress)
+    if not str(path).endswith(".zarr"):
+        options.pop("array")
+    return read(path, **options)
 
 
-def run(ctx) -> dict:
+def whole_set(ctx, outputs) -> tuple[dict, dict]:
+    cfg = ctx.section("data")
     dataset = _load(ctx)
-    tiles = ctx.section("data.tiles")
-    if tiles:
-        dataset = tile(dataset, **tiles)
-    plant = ctx.section("data.plant")
-    if plant:
-        from chanstat.data.semisynthetic import plant as plant_phenotype
-
-        dataset = plant_phenotype(dataset, **plant, seed=ctx.seed)
-    select = ctx.section("data").get("channels")
-    if select:
-        dataset = dataset.select_channels(select)
-    ctx.dataset = dataset
-
-    arrays = {"images": dataset.images.numpy(), "labels": dataset.labels.numpy()}
-    if dataset.counterfactuals is not None:
-        arrays["counterfactuals"] = dataset.counterfactuals.numpy()
-    if dataset.counterfactual_labels is not None:
-        arrays["counterfactual_labels"] = dataset.counterfactual_labels.numpy()
-    if dataset.signal_masks is not None:
-        arrays["signal_masks"] = dataset.signal_masks.numpy()
-    for name, labels in (dataset.objects or {}).items():
-        arrays[f"objects_{name}"] = labels
-    write_arrays(
-        ctx.out / "dataset.zarr",
-        arrays,
-        group_attrs={"channels": list(dataset.channels), "classes": list(dataset.classes), **dict(dataset.meta.attrs)},
-        mode="w",
-    )
-    meta = dataset.meta.copy()
-    meta.insert(0, "sample", np.arange(len(dataset)))
-    write_table(meta, ctx.out / "meta.parquet")
-    write_table(dataset.summary(), ctx.out / "data_summary.parquet")
+    if cfg.get("tiles"):
+        dataset = tile(dataset, **cfg["tiles"])
+    if cfg.get("plant"):
+        dataset = plant(dataset, **cfg["plant"], seed=ctx.seed)
+    if cfg.get("channels"):
+        dataset = dataset.select_channels(cfg["channels"])
+    meta = dataset.meta
     n_wells = meta[["Metadata_Plate", "Metadata_Well"]].drop_duplicates().shape[0]
-    return {
+    info = {
         "n_images": len(dataset),
         "shape": list(dataset.shape),
         "channels": list(dataset.channels),
         "classes": list(dataset.classes),
         "n_wells": int(n_wells),
-        **({"planted_channel": dataset.meta.attrs["planted_channel"]} if "planted_channel" in dataset.meta.attrs else {}),
     }
+    for key in ("planted_channel", "scaling", "pseudo_replicates"):
+        if key in meta.attrs:
+            info[key] = meta.attrs[key]
+    return {"dataset": dataset, "data_summary": dataset.summary()}, info
+
+
+STAGE = Stage(
+    name="data",
+    config=DataConfig,
+    writes=("dataset", "meta", "data_summary"),
+    whole_set=whole_set,
+    always=True,
+)

@@ -13,18 +13,27 @@ from typing import Sequence
 import numpy as np
 import torch
 
-ALL = "all"
+from chanstat.tensors import ALL, as_images, as_target, channel_names, device_of
+
+# The metrics modules still call these by their old names; they are the shared helpers of
+# chanstat.tensors, not copies (switch the callers to the tensors names, then drop these lines).
+__all__ = ["ALL", "as_images", "as_target", "channel_names", "device_of", "as_float_tensor", "targets_tensor",
+           "resolve_device", "as_bool_tensor", "check_maps_masks", "views", "view_flat", "minmax_per_sample"]
 
 
 def as_float_tensor(x, name: str) -> torch.Tensor:
-    """A float32 CPU/ device tensor from an ndarray or tensor, shape-checked to 4-D and finite."""
-    t = x.detach() if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
-    if t.ndim != 4:
-        raise ValueError(f"{name} must have shape (N, C, H, W) or (N, 1, H, W); got {tuple(t.shape)}")
-    t = t.to(torch.float32)
-    if not torch.isfinite(t).all():
-        raise ValueError(f"{name} contains {int((~torch.isfinite(t)).sum())} NaN/inf values")
-    return t
+    """:func:`chanstat.tensors.as_images` (float32, (N, C|1, H, W), finite; N = 0 allowed)."""
+    return as_images(x, name, allow_empty=True)
+
+
+def targets_tensor(target, n: int) -> torch.Tensor:
+    """:func:`chanstat.tensors.as_target`."""
+    return as_target(target, n)
+
+
+def resolve_device(device, fallback: torch.nn.Module | None = None) -> torch.device:
+    """:func:`chanstat.tensors.device_of`."""
+    return device_of(device, fallback)
 
 
 def as_bool_tensor(x, name: str) -> torch.Tensor:
@@ -57,19 +66,6 @@ def check_maps_masks(maps: torch.Tensor, masks: torch.Tensor) -> tuple[int, int,
     return n, max(cm, ck), h, w
 
 
-def channel_names(channels: Sequence[str] | None, n_channels: int) -> list[str]:
-    if channels is None:
-        return [str(k) for k in range(n_channels)]
-    names = [str(c) for c in channels]
-    if len(names) != n_channels:
-        raise ValueError(f"got {len(names)} channel names {names} for {n_channels} channels")
-    if ALL in names:
-        raise ValueError(f"{ALL!r} is reserved for the overall figure; rename that channel")
-    if len(set(names)) != len(names):
-        raise ValueError(f"channel names must be unique; got {names}")
-    return names
-
-
 def views(n_channels: int, names: Sequence[str]) -> list[tuple[str, int | None]]:
     """[("all", None), (name_0, 0), ...]."""
     return [(ALL, None)] + [(names[k], k) for k in range(n_channels)]
@@ -94,28 +90,3 @@ def minmax_per_sample(v: torch.Tensor) -> torch.Tensor:
     hi = v.amax(dim=1, keepdim=True)
     span = hi - lo
     return torch.where(span > 0, (v - lo) / torch.where(span > 0, span, torch.ones_like(span)), torch.zeros_like(v))
-
-
-def resolve_device(device, fallback: torch.nn.Module | None = None) -> torch.device:
-    if device is not None:
-        from chanstat.runtime import resolve_device as _resolve
-
-        return _resolve(device) if isinstance(device, str) else torch.device(device)
-    if fallback is not None:
-        for p in fallback.parameters():
-            return p.device
-        for b in fallback.buffers():
-            return b.device
-    return torch.device("cpu")
-
-
-def targets_tensor(target, n: int) -> torch.Tensor:
-    """Class index per image from an int or an (N,) sequence."""
-    t = torch.as_tensor(np.asarray(target) if not isinstance(target, torch.Tensor) else target)
-    if t.ndim == 0:
-        t = t.expand(n)
-    if t.ndim != 1 or t.shape[0] != n:
-        raise ValueError(f"target must be an int or have shape ({n},); got {tuple(t.shape)}")
-    if t.is_floating_point() and not torch.equal(t, t.round()):
-        raise ValueError("target must hold integer class indices")
-    return t.to(torch.int64)

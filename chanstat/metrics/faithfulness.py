@@ -18,6 +18,7 @@ through the model together, ``batch_size`` at a time.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -38,7 +39,23 @@ from chanstat.metrics._common import (
 from chanstat.metrics.imputation import noisy_linear_impute
 
 SCORES = ("probability", "logit")
-ROAD_ORDERS = {"morf": "most relevant first", "lerf": "least relevant first"}
+
+
+@dataclass
+class FaithfulnessResult:
+    """What :func:`deletion`, :func:`insertion` and :func:`road` return.
+
+    Attributes
+    ----------
+    summary : one row per sample and view: ``sample``, ``channel`` (``"all"`` or a channel
+        name), ``channel_resolved``, [``order`` for ROAD], ``auc``, ``score_original``,
+        ``score_final``.
+    curves : every point: ``sample``, ``channel``, ``channel_resolved``, [``order``],
+        ``fraction``, ``score``.
+    """
+
+    summary: pd.DataFrame
+    curves: pd.DataFrame
 
 
 def _ranks(values: torch.Tensor) -> torch.Tensor:
@@ -229,7 +246,7 @@ def _samples(samples, n: int) -> np.ndarray:
 
 
 def _deletion_like(mode, model, images, maps, target, steps, baseline, blur_sigma, channels, per_channel, score,
-                   batch_size, device, samples, curves, progress):
+                   batch_size, device, samples, progress) -> FaithfulnessResult:
     x, m, t, names = _check_inputs(model, images, maps, target, channels)
     if steps < 1:
         raise ValueError(f"steps must be >= 1; got {steps}")
@@ -252,14 +269,14 @@ def _deletion_like(mode, model, images, maps, target, steps, baseline, blur_sigm
     )
     table = table.drop(columns="selection")
     summary = _summarise(table, original, ids, ["sample", "channel", "channel_resolved"], normalise=False)
-    return (summary, table) if curves else summary
+    return FaithfulnessResult(summary, table)
 
 
 def deletion(
     model: nn.Module,
     images,
-    maps,
     target,
+    maps,
     steps: int = 20,
     baseline="zero",
     blur_sigma: float = 5.0,
@@ -269,9 +286,8 @@ def deletion(
     batch_size: int = 256,
     device=None,
     samples=None,
-    curves: bool = False,
     progress: bool = False,
-):
+) -> FaithfulnessResult:
     """Deletion curves: remove the most relevant elements first and watch the score fall.
 
     At step ``j`` the ``round(j / steps * E)`` highest-ranked elements of a view are replaced
@@ -293,25 +309,24 @@ def deletion(
     score : ``"probability"`` (softmax of the target) or ``"logit"``.
     batch_size : hybrids per forward pass.
     samples : ids for the ``sample`` column (default 0..N-1).
-    curves : also return the curves table.
 
     Returns
     -------
-    pandas.DataFrame, or (summary, curves) with ``curves=True``
+    FaithfulnessResult
         summary: ``sample``, ``channel`` (``"all"`` or a channel name), ``channel_resolved``,
         ``auc`` (trapezoid of score over the removed fraction in [0, 1]), ``score_original``
         (intact image), ``score_final`` (everything removed).
         curves: ``sample``, ``channel``, ``channel_resolved``, ``fraction``, ``score``.
     """
     return _deletion_like("deletion", model, images, maps, target, steps, baseline, blur_sigma, channels, per_channel,
-                          score, batch_size, device, samples, curves, progress)
+                          score, batch_size, device, samples, progress)
 
 
 def insertion(
     model: nn.Module,
     images,
-    maps,
     target,
+    maps,
     steps: int = 20,
     baseline="blur",
     blur_sigma: float = 5.0,
@@ -321,9 +336,8 @@ def insertion(
     batch_size: int = 256,
     device=None,
     samples=None,
-    curves: bool = False,
     progress: bool = False,
-):
+) -> FaithfulnessResult:
     """Insertion curves: start from the baseline and put the most relevant elements back first.
 
     The mirror of :func:`deletion` (same parameters); for channel ``k`` only channel k starts
@@ -332,14 +346,14 @@ def insertion(
     (as in RISE), so the starting point keeps coarse intensity but no fine structure.
     """
     return _deletion_like("insertion", model, images, maps, target, steps, baseline, blur_sigma, channels, per_channel,
-                          score, batch_size, device, samples, curves, progress)
+                          score, batch_size, device, samples, progress)
 
 
 def road(
     model: nn.Module,
     images,
-    maps,
     target,
+    maps,
     fractions: Sequence[float] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
     order: str = "both",
     noise: float = 0.01,
@@ -351,9 +365,8 @@ def road(
     samples=None,
     seed: int = 0,
     tol: float = 1e-5,
-    curves: bool = False,
     progress: bool = False,
-):
+) -> FaithfulnessResult:
     """ROAD: remove and debias (Rong et al., ICML 2022), per channel and overall.
 
     For each fraction ``f`` the ``round(f * E)`` most relevant (``"morf"``) or least relevant
@@ -365,8 +378,8 @@ def road(
 
     Parameters
     ----------
-    model, images, maps, target, channels, per_channel, score, batch_size, device, samples,
-    curves, progress : as in :func:`deletion`.
+    model, images, target, maps, channels, per_channel, score, batch_size, device, samples,
+    progress : as in :func:`deletion`.
     fractions : removed fractions, each in (0, 1].
     order : ``"morf"``, ``"lerf"`` or ``"both"``.
     noise : standard deviation of the imputation noise, image units.
@@ -375,7 +388,7 @@ def road(
 
     Returns
     -------
-    pandas.DataFrame, or (summary, curves) with ``curves=True``
+    FaithfulnessResult
         summary: ``sample``, ``channel``, ``channel_resolved``, ``order``, ``auc`` (trapezoid
         of score over ``fractions`` divided by their span: the mean score along the curve),
         ``score_original``, ``score_final`` (at the largest fraction).
@@ -403,4 +416,4 @@ def road(
     table["selection"] = table["selection"].map({"top": "morf", "bottom": "lerf"})
     table = table.rename(columns={"selection": "order"})
     summary = _summarise(table, original, ids, ["sample", "channel", "channel_resolved", "order"], normalise=True)
-    return (summary, table) if curves else summary
+    return FaithfulnessResult(summary, table)

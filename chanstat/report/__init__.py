@@ -1,7 +1,8 @@
 """Reports rendered from a run directory.
 
 The report template (``reports/chanstat_report.py``, a Jupyter percent script that Quarto also
-renders) reads only the files in a run directory: no torch, no model, seconds to render.
+renders) reads only the files in a run directory, through :class:`chanstat.rundir.RunDirectory`:
+no torch, no model, seconds to render.
 
 >>> from chanstat.report import render
 >>> render("runs/demo", formats=("html", "pdf"))          # doctest: +SKIP
@@ -9,9 +10,10 @@ renders) reads only the files in a run directory: no torch, no model, seconds to
 """
 from chanstat.report.display import format_value
 from chanstat.report.renderer import ENGINES, FORMATS, default_template, parse_formats, render, resolve_engine
-from chanstat.report.rundir import FILE_STAGE, RunDirectory
+from chanstat.report.text import Markdown
+from chanstat.rundir import RunDirectory
 
 __all__ = [
-    "ENGINES", "FILE_STAGE", "FORMATS", "RunDirectory", "default_template", "format_value", "parse_formats",
-    "render", "resolve_engine",
+    "ENGINES", "FORMATS", "Markdown", "RunDirectory", "default_template", "format_value", "parse_formats", "render",
+    "resolve_engine",
 ]

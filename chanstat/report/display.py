@@ -1,9 +1,13 @@
-"""What a report cell shows: figures, tables, notes — each as a rich output bundle.
+"""What a report cell shows: figures, tables, notes, headings — each as a rich output bundle.
 
-Every output carries the representations both renderers need: HTML for the web page, PNG for
-figures (inlined as base64 by nbconvert and Quarto), and for tables a small JSON form
+Every output carries the representations both renderers need: HTML and Markdown for the web
+page (nbconvert shows an output's Markdown, Quarto may too; both are escaped), PNG for figures
+(inlined as base64 by nbconvert and Quarto), and for tables a small JSON form
 (:data:`TABLE_MIME`) from which the Typst/PDF writer builds a real ``#table``. Notes carry
 Markdown, which the PDF writer turns into Typst.
+
+Text arguments are plain text unless typed :class:`~chanstat.report.text.Markdown`: plain
+text (anything from data) is escaped here, in every output format.
 """
 from __future__ import annotations
 
@@ -11,10 +15,13 @@ import base64
 import html
 import io
 import math
+import re
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
+
+from chanstat.report.text import Markdown, as_markdown, code, md
 
 TABLE_MIME = "application/vnd.chanstat.table+json"
 #: Notes carry this mime type too, so tests and the PDF writer can tell them from prose.
@@ -63,8 +70,12 @@ def format_value(value: Any, digits: int = 3) -> str:
 
 
 # ---- figures ------------------------------------------------------------------------------
-def show_figure(fig, dpi: int = FIGURE_DPI, caption: str | None = None, alt: str | None = None) -> None:
-    """Show a matplotlib figure as an inline PNG (``alt``: its text description in HTML)."""
+def show_figure(fig, dpi: int = FIGURE_DPI, caption: str | Markdown | None = None, alt: str | None = None) -> None:
+    """Show a matplotlib figure as an inline PNG.
+
+    ``caption`` is shown in italics below it (plain text is escaped); ``alt`` is the figure's
+    text description in HTML (default: the figure's own titles), always plain text.
+    """
     buf = io.BytesIO()
     # figures laid out by hand (panel mosaics) say so; the others are trimmed to their contents
     tight = None if getattr(fig, "chanstat_fixed_layout", False) else "tight"
@@ -73,13 +84,14 @@ def show_figure(fig, dpi: int = FIGURE_DPI, caption: str | None = None, alt: str
     if alt is None:  # the figure's own titles say what it shows
         titles = [fig._suptitle.get_text()] if getattr(fig, "_suptitle", None) else []
         titles += [ax.get_title() for ax in fig.axes if ax.get_title()]
-        alt = "; ".join(dict.fromkeys(titles)) or caption or "figure"
+        alt = "; ".join(dict.fromkeys(titles)) or (str(caption) if caption else "") or "figure"
     width, height = png_size(data)
-    bundle = {"image/png": base64.b64encode(data).decode("ascii"), "text/plain": caption or "<figure>"}
+    bundle = {"image/png": base64.b64encode(data).decode("ascii"), "text/plain": str(caption or "<figure>")}
     # display at the figure's natural size (CSS px) so text stays the size it was drawn at
-    _display(bundle, metadata={"image/png": {"width": width, "height": height, "alt": alt}})
+    # (alt is escaped by the HTML template: nbconvert's escape_html filter, Quarto's writer)
+    _display(bundle, metadata={"image/png": {"width": width, "height": height, "alt": str(alt)}})
     if caption:
-        show_markdown(f"*{caption}*")
+        show_markdown(md("*{}*", caption))
 
 
 def png_size(data: bytes) -> tuple[int, int]:
@@ -90,38 +102,58 @@ def png_size(data: bytes) -> tuple[int, int]:
 
 
 # ---- text ---------------------------------------------------------------------------------
-def show_markdown(text: str) -> None:
-    _display({"text/markdown": text, "text/plain": text})
+def show_markdown(text: str | Markdown) -> None:
+    """A paragraph (or any Markdown block). Plain ``str`` is shown literally (escaped)."""
+    from chanstat.report.markdown import markdown_to_html
+
+    text = as_markdown(text)
+    _display({"text/html": _html_block(markdown_to_html(text)), "text/markdown": str(text), "text/plain": str(text)})
+
+
+def show_heading(text: str | Markdown, level: int = 4) -> None:
+    """A heading inside a section (``level`` 3-6; the template's own cells hold levels 1-2)."""
+    if not 3 <= level <= 6:
+        raise ValueError(f"heading level must be 3..6, got {level}")
+    show_markdown(Markdown("#" * level + " ") + as_markdown(text))
+
+
+def _html_block(fragment: str) -> str:
+    """Rendered Markdown in the report's text wrapper (one element per output)."""
+    return f'<div class="chanstat-text">{fragment}</div>'
 
 
 def show_code(text: str, language: str = "", summary: str | None = None) -> None:
-    """A block of code or configuration; in HTML folded under ``summary`` when one is given."""
+    """A block of code or configuration (plain text); in HTML folded under ``summary`` when given."""
     pre = f'<pre class="chanstat-code">{html.escape(text)}</pre>'
     page = f"<details><summary>{html.escape(summary)}</summary>{pre}</details>" if summary else pre
-    fence = "~~~~"
-    md = (f"{summary}\n\n" if summary else "") + f"{fence}{language}\n{text.rstrip()}\n{fence}"
-    _display({"text/html": page, "text/markdown": md, "text/plain": text})
+    longest = max((len(m) for m in re.findall(r"~+", text)), default=0)
+    fence = "~" * max(4, longest + 1)  # a fence no line of the text can close
+    language = "".join(ch for ch in language if ch.isalnum())
+    md_text = (f"{as_markdown(summary)}\n\n" if summary else "") + f"{fence}{language}\n{text.rstrip()}\n{fence}"
+    _display({"text/html": page, "text/markdown": md_text, "text/plain": text})
 
 
-def note(text_markdown: str, kind: str = "info", text_html: str | None = None) -> None:
-    """A highlighted note (``kind``: ``"missing"``, ``"info"``, ``"error"``)."""
+def note(text: str | Markdown, kind: str = "info") -> None:
+    """A highlighted note (``kind``: ``"missing"``, ``"info"``, ``"error"``); plain ``str`` is escaped."""
     from chanstat.report.markdown import markdown_to_html
 
-    body = text_html if text_html is not None else markdown_to_html(text_markdown)
+    if kind not in ("missing", "info", "error"):
+        raise ValueError(f"note kind must be missing, info or error, got {kind!r}")
+    text = as_markdown(text)
     _display({
-        "text/html": f'<div class="chanstat-note chanstat-{kind}">{body}</div>',
-        "text/markdown": f"> {text_markdown}",
-        "text/plain": text_markdown,
-        NOTE_MIME: {"kind": kind, "text": text_markdown},
+        "text/html": f'<div class="chanstat-note chanstat-{kind}">{markdown_to_html(text)}</div>',
+        "text/markdown": "> " + str(text).replace("\n", "\n> "),
+        "text/plain": str(text),
+        NOTE_MIME: {"kind": kind, "text": str(text)},
     })
 
 
 def missing_note(files: Sequence[str], stage: str | None = None, what: str | None = None) -> None:
-    """The note a section shows when the files it needs are absent."""
-    names = ", ".join(f"`{f}`" for f in files)
-    stage_txt = f" (written by the `{stage}` stage)" if stage and stage != "run" else ""
-    tail = f" — {what}" if what else ""
-    note(f"**Stage not run:** {names} missing{stage_txt}{tail}.", kind="missing")
+    """The note a section shows when the files it needs are absent (files and stage are plain text)."""
+    names = Markdown(", ").join(code(f) for f in files)
+    stage_txt = md(" (written by the {} stage)", code(stage)) if stage and stage != "run" else Markdown("")
+    tail = md(" — {}", what) if what else Markdown("")
+    note(md("**Stage not run:** {} missing{}{}.", names, stage_txt, tail), kind="missing")
 
 
 # ---- tables -------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ of a unit's images are averaged per channel before testing, so each unit counts 
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -33,16 +34,35 @@ def require_columns(table: pd.DataFrame, columns: Sequence[str], who: str, why: 
         )
 
 
-def resolve_unit(table: pd.DataFrame, unit: str, well: tuple[str, ...], plate: str | None, who: str) -> str:
-    """The unit of replication to use; checks that its columns exist.
+#: ``unit="auto"`` uses plates as the unit from this many plates on. Why 6: the primary test
+#: is a paired t on unit means (n - 1 df); with 6 plates it has 5 df, its t-intervals cover
+#: >= 93 % in the calibration study, and the dominance test keeps useful power. Below 6
+#: plates, plate means are too few, so the unit is the well and the answer is about these
+#: plates only (a warning says so, and the plate x channel heterogeneity test is shown).
+MIN_PLATE_UNITS = 6
 
-    ``"auto"`` means the well (images averaged per well) and needs the ``well`` columns: without
-    them chanstat cannot tell images of one well apart from independent samples, and treating
-    them as independent would give anti-conservative p-values. Pass ``unit="image"`` explicitly
-    when the samples are independent.
+
+def count_plates(table: pd.DataFrame, plate: str | None) -> int:
+    """Number of distinct non-missing plates (0 without a plate column)."""
+    if not plate or plate not in table.columns:
+        return 0
+    return int(table[plate].dropna().nunique())
+
+
+def resolve_unit(table: pd.DataFrame, unit: str, well: tuple[str, ...], plate: str | None, who: str) -> tuple[str, str]:
+    """The unit of replication to use and a warning text (``""`` when none); checks columns.
+
+    ``"auto"``: plates when the table holds at least :data:`MIN_PLATE_UNITS` plates, otherwise
+    wells (which needs the ``well`` columns: without them chanstat cannot tell images of one
+    well apart from independent samples). A well unit with more than one plate gets a warning:
+    plate x channel effects are then not averaged out, and the result describes these plates.
+    Pass ``unit="image"`` explicitly only when the samples are independent.
     """
     if unit not in UNITS:
         raise ValueError(f"{who}: unit must be one of {UNITS}; got {unit!r}")
+    n_plates = count_plates(table, plate)
+    if unit == "auto" and n_plates >= MIN_PLATE_UNITS:
+        unit = "plate"
     if unit in ("auto", "well"):
         missing = [c for c in well if c not in table.columns]
         if missing or not well:
@@ -51,11 +71,71 @@ def resolve_unit(table: pd.DataFrame, unit: str, well: tuple[str, ...], plate: s
                 f"the default unit of replication. Add them (e.g. from meta.parquet), set `well=` to your "
                 f"column names, or pass unit='image' only if every sample is independent (one image per well)"
             )
-        return "well"
+        warning = ""
+        if n_plates > 1:
+            warning = (
+                f"unit=well with {n_plates} plates (fewer than {MIN_PLATE_UNITS}, the minimum for plate units): "
+                f"plate x channel effects are not averaged out, so p-values and intervals describe these "
+                f"{n_plates} plates only (see the plate_x_channel test)"
+            )
+        return "well", warning
     if unit == "plate":
         if not plate or plate not in table.columns:
             raise KeyError(f"{who}: metadata column {plate!r} (the plate) not in the table, needed for unit='plate'")
-    return unit
+    return unit, ""
+
+
+def drop_missing_units(table: pd.DataFrame, columns: Sequence[str], who: str) -> tuple[pd.DataFrame, int]:
+    """Rows whose unit key (``columns``) is complete, and the number of rows dropped (with a warning).
+
+    A missing ``Metadata_Well`` must not pool unrelated images into one "NaN well".
+    """
+    columns = [c for c in columns if c in table.columns]
+    if not columns:
+        return table, 0
+    missing = table[columns].isna().any(axis=1).to_numpy()
+    n = int(missing.sum())
+    if n:
+        warnings.warn(
+            f"{who}: dropped {n} of {len(table)} rows whose unit column(s) {columns} are missing "
+            f"(they would otherwise be pooled into one unit)",
+            stacklevel=3,
+        )
+        table = table.loc[~missing]
+    return table, n
+
+
+def drop_incomplete(
+    table: pd.DataFrame,
+    value: str = "share",
+    sample: str = "sample",
+    by: Sequence[str] = ("method",),
+    who: str = "drop_incomplete",
+) -> tuple[pd.DataFrame, int]:
+    """Drop every (``by`` group, sample) with a NaN/inf ``value`` in any channel, with a count.
+
+    Use it before any channel test (``test_channels`` calls it itself): a share is NaN when a
+    map's total mass is 0, and such a sample has no composition.
+
+    Returns
+    -------
+    (table without those samples, number of samples dropped); a warning names the count.
+    """
+    require_columns(table, [value, sample], who)
+    keys = [c for c in as_tuple(by) if c in table.columns] + [sample]
+    values = pd.to_numeric(table[value], errors="coerce").to_numpy(float, na_value=np.nan)
+    bad = ~np.isfinite(values)
+    if not bad.any():
+        return table, 0
+    bad_keys = table.loc[bad, keys].drop_duplicates()
+    flag = table[keys].merge(bad_keys.assign(_bad=True), on=keys, how="left")["_bad"].fillna(False).to_numpy(bool)
+    n = len(bad_keys)
+    warnings.warn(
+        f"{who}: dropped {n} sample(s) whose {value!r} is NaN/inf in some channel (e.g. zero total attribution "
+        f"mass), e.g. {bad_keys[sample].head(5).tolist()}",
+        stacklevel=3,
+    )
+    return table.loc[~flag], n
 
 
 def unit_columns(unit: str, well: tuple[str, ...], plate: str | None) -> tuple[str, ...]:
@@ -97,6 +177,15 @@ class Group:
     @property
     def n_units(self) -> int:
         return self.values.shape[0]
+
+    @property
+    def unit_plate(self) -> np.ndarray | None:
+        """Plate code of each unit (n_units,), or None without plates (a unit's first sample)."""
+        if self.sample_plate is None:
+            return None
+        first = np.zeros(self.n_units, dtype=int)
+        first[self.sample_unit[::-1]] = np.arange(len(self.sample_unit))[::-1]
+        return self.sample_plate[first]
 
 
 def _codes(frame: pd.DataFrame, columns: Sequence[str]) -> np.ndarray:
@@ -147,6 +236,7 @@ def build_groups(
     unit: str,
     breakdown: str | None,
     who: str,
+    min_channels: int = 2,
 ) -> list[Group]:
     """Validate ``table`` and split it into :class:`Group` objects (pooled, then per breakdown level)."""
     if not isinstance(table, pd.DataFrame):
@@ -155,6 +245,9 @@ def build_groups(
         raise ValueError(f"{who}: the table is empty")
     require_columns(table, [value, channel, sample], who)
     require_columns(table, list(by), who, "grouping columns given in `by`")
+    unit, _ = resolve_unit(table, unit, well, plate, who)
+    table, _ = drop_missing_units(table, unit_columns(unit, well, plate), who)
+    table = table.reset_index(drop=True)
     values = pd.to_numeric(table[value], errors="coerce").to_numpy(float, na_value=np.nan)
     bad = ~np.isfinite(values)
     if bad.any():
@@ -166,9 +259,8 @@ def build_groups(
     if table[channel].isna().any():
         raise ValueError(f"{who}: column {channel!r} holds missing channel names")
     channels_all = channel_order(table, channel)
-    if len(channels_all) < 2:
-        raise ValueError(f"{who}: needs at least 2 channels to compare; the table has {len(channels_all)} ({channels_all})")
-    unit = resolve_unit(table, unit, well, plate, who)
+    if len(channels_all) < min_channels:
+        raise ValueError(f"{who}: needs at least {min_channels} channels; the table has {len(channels_all)} ({channels_all})")
     ucols = unit_columns(unit, well, plate)
     sample_codes, sample_ids = pd.factorize(table[sample], sort=False)
     has_well = bool(well) and all(c in table.columns for c in well)
@@ -196,18 +288,20 @@ def build_groups(
                 parts.append((level, rows[present & (level_values == level)]))
         for level, part in parts:
             part_keys = {**keys, **({breakdown: level} if use_breakdown else {})}
-            groups.append(_make_group(cols, part, channels_all, unit, part_keys, who))
+            groups.append(_make_group(cols, part, channels_all, unit, part_keys, who, min_channels))
     return groups
 
 
-def _make_group(cols: _Columns, rows: np.ndarray, channels_all: list[str], unit: str, keys: dict, who: str) -> Group:
+def _make_group(cols: _Columns, rows: np.ndarray, channels_all: list[str], unit: str, keys: dict, who: str,
+                min_channels: int = 2) -> Group:
     where = f" in group {describe_keys(keys)}"
     if rows.size == 0:
         raise ValueError(f"{who}: group {describe_keys(keys)} is empty")
     present = np.unique(cols.channel[rows])
     channels = [channels_all[j] for j in present]
-    if len(channels) < 2:
-        raise ValueError(f"{who}: group {describe_keys(keys)} has only {len(channels)} channel(s) ({channels}); need at least 2")
+    if len(channels) < min_channels:
+        raise ValueError(f"{who}: group {describe_keys(keys)} has only {len(channels)} channel(s) ({channels}); "
+                         f"need at least {min_channels}")
     local_channel = np.searchsorted(present, cols.channel[rows])
     sample_global, local_sample, first_in_rows = _first_appearance(cols.sample[rows])
     n, c = len(sample_global), len(channels)

@@ -11,6 +11,7 @@ import numpy as np
 from scipy import stats as sps
 
 from chanstat.stats.compositional import ilr_basis
+from chanstat.stats.padjust import adjust
 
 
 @dataclass(frozen=True)
@@ -200,26 +201,11 @@ def paired_t(a: np.ndarray, b: np.ndarray) -> PairedResult:
     return PairedResult(float(t), float(2 * sps.t.sf(abs(t), n - 1)), float(d.mean() / sd), n)
 
 
-def _adjust_finite(p: np.ndarray, adjust) -> np.ndarray:
-    """Apply ``adjust`` to the non-NaN p-values only; NaN entries are left out of the family."""
-    p = np.asarray(p, dtype=float)
-    out = np.full(p.shape, np.nan)
-    ok = ~np.isnan(p)
-    if ok.any():
-        out[ok] = adjust(p[ok])
-    return out
-
-
 def adjust_holm(p: np.ndarray) -> np.ndarray:
-    """Holm's step-down family-wise adjustment; NaN entries are left out of the family."""
-    from statsmodels.stats.multitest import multipletests
-
-    return _adjust_finite(p, lambda q: multipletests(q, method="holm")[1])
+    """Holm's step-down adjustment (NaN-aware); see :func:`chanstat.stats.padjust.adjust`."""
+    return adjust(p, "holm")
 
 
 def adjust_bh(p: np.ndarray) -> np.ndarray:
-    """Benjamini-Hochberg false-discovery-rate adjustment (q-values); NaN entries left out."""
-    return _adjust_finite(p, lambda q: sps.false_discovery_control(q, method="bh"))
-
-
-ADJUSTMENTS = {"holm": adjust_holm, "fdr_bh": adjust_bh, "bh": adjust_bh}
+    """Benjamini-Hochberg q-values (NaN-aware); see :func:`chanstat.stats.padjust.adjust`."""
+    return adjust(p, "bh")

@@ -10,6 +10,8 @@ import pandas as pd
 REQUIRED_META = ("Metadata_Plate", "Metadata_Well", "Metadata_Class")
 COUNTERFACTUAL_CLASS = "Metadata_Counterfactual_Class"
 DEFAULT_METHOD = "attribution"
+#: columns channel_mass writes itself: a metadata column of the same name would overwrite them
+RESERVED = ("method", "channel", "mass", "share", "transition")
 
 
 def _check_channels(channels: Sequence[str], n_channels: int) -> list[str]:
@@ -29,6 +31,14 @@ def _check_meta(meta: pd.DataFrame, n: int) -> pd.DataFrame:
         raise KeyError(f"meta lacks the metadata column(s) {missing} (has {list(meta.columns)})")
     if len(meta) != n:
         raise ValueError(f"meta has {len(meta)} rows but the attributions hold {n} samples")
+    clash = [c for c in RESERVED if c in meta.columns]
+    if clash:
+        raise ValueError(
+            f"meta has column(s) {clash}, which channel_mass writes itself; rename them (e.g. to "
+            f"Metadata_{clash[0].capitalize()}) so they cannot overwrite its output"
+        )
+    if "sample" in meta.columns and meta["sample"].duplicated().any():
+        raise ValueError(f"meta column 'sample' (the sample id) repeats {meta['sample'][meta['sample'].duplicated()].iloc[0]!r}; ids must be unique")
     return meta.reset_index(drop=True)
 
 
@@ -101,8 +111,9 @@ def channel_mass(
     meta : DataFrame, N rows (row i describes sample i)
         Must hold ``Metadata_Plate``, ``Metadata_Well`` and ``Metadata_Class``; may hold
         ``Metadata_Counterfactual_Class`` (class of the counterfactual the map was computed
-        against) and a ``sample`` column (sample id; default 0..N-1). All its columns are
-        carried into the output.
+        against) and a ``sample`` column (unique sample id; default 0..N-1). All its columns
+        are carried into the output. Columns named ``method``, ``channel``, ``mass``,
+        ``share`` or ``transition`` are an error (they would overwrite the output).
     positive_only : bool
         Sum only the positive part ``max(a, 0)`` instead of ``|a|``.
     method : str, optional

@@ -13,7 +13,7 @@ DEFAULT_CHANNELS = ("DNA", "ER", "RNA", "AGP", "Mito")
 def simulate_channel_mass(
     n_plates: int = 2,
     wells_per_plate: int = 8,
-    images_per_well: int = 8,
+    images_per_well: int | tuple[int, int] = 8,
     channels: Sequence[str] = DEFAULT_CHANNELS,
     effect: float = 0.0,
     effect_channel: str = "Mito",
@@ -35,7 +35,9 @@ def simulate_channel_mass(
 
     Parameters
     ----------
-    n_plates, wells_per_plate, images_per_well : design sizes.
+    n_plates, wells_per_plate : design sizes.
+    images_per_well : images per well, or ``(low, high)``: each well draws its number of
+        images uniformly from low..high (unequal images per well; e.g. ``(1, 12)``).
     channels : channel names.
     effect : log-scale increase of ``effect_channel``'s mass (0 = null).
     effect_channel : the channel that carries the effect.
@@ -55,9 +57,11 @@ def simulate_channel_mass(
     if effect and effect_channel not in channels:
         raise ValueError(f"effect_channel {effect_channel!r} is not one of {channels}")
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-    r, p, w, i, k = replicates, n_plates, wells_per_plate, images_per_well, len(channels)
-    if min(r, p, w, i) < 1:
-        raise ValueError("replicates, n_plates, wells_per_plate and images_per_well must be >= 1")
+    unequal = not np.isscalar(images_per_well)
+    i_low, i_high = (int(images_per_well[0]), int(images_per_well[1])) if unequal else (int(images_per_well),) * 2
+    r, p, w, i, k = replicates, n_plates, wells_per_plate, i_high, len(channels)
+    if min(r, p, w, i_low) < 1 or i_low > i_high:
+        raise ValueError("replicates, n_plates, wells_per_plate and images_per_well must be >= 1 (low <= high)")
     shift = np.array([effect if c == effect_channel else 0.0 for c in channels])
     log_mass = (
         shift
@@ -81,7 +85,7 @@ def simulate_channel_mass(
         # categoricals: a million-row simulation stays fast to build and to group
         return pd.Categorical.from_codes(np.repeat(codes, k), categories=names)
 
-    return pd.DataFrame(
+    table = pd.DataFrame(
         {
             "replicate": np.repeat(np.arange(r), n * k),
             "sample": np.tile(np.repeat(np.arange(n), k), r),
@@ -97,6 +101,13 @@ def simulate_channel_mass(
             "transition": categorical(treated.astype(int), transitions),
         }
     )
+    if not unequal:
+        return table
+    # unequal images per well: keep the first n_images[well] images of each well
+    n_images = rng.integers(i_low, i_high + 1, size=(r, p, w))
+    site = np.tile(np.arange(i), r * p * w)
+    keep = site < np.repeat(n_images.ravel(), i)
+    return table.loc[np.repeat(keep, k)].reset_index(drop=True)
 
 
 def rejection_rate(
@@ -125,7 +136,7 @@ def rejection_rate(
     table = simulate_channel_mass(replicates=n_sims, seed=seed, **simulation)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = test_channels(table, by=("replicate",), tests=tests, unit=unit, breakdown=None, n_boot=0)
+        result = test_channels(table, by=("replicate",), tests=tests, unit=unit, breakdown=None)
     omnibus = result[result["contrast"] == "channel"]
     pvalues: dict[tuple[str, bool, str], np.ndarray] = {
         (test, bool(primary), used_unit): part["p_value"].to_numpy(float)

@@ -1,146 +1,204 @@
-"""Pipeline stage ``stats``: channel mass, channel tests, share intervals, map similarity, DAC comparisons.
+"""Pipeline stage ``stats``: which channel carries the difference, and how sure are we?
 
-Config section ``[stats]`` (all optional)::
+Config: :class:`StatsConfig` (``[stats]``). Whole set only (tests pool the units):
 
-    positive_only = false        # mass of max(a, 0) instead of |a|
-    unit = "auto"                # unit of replication: auto (= well), well, plate, image
-    tests = ["friedman_f", "friedman", "rm_anova", "wilcoxon", "mixedlm"]
-    primary = "friedman_f"
-    breakdown = "transition"     # "" for none
-    n_boot = 2000
-    ci = 0.95
-    methods = []                 # restrict to these methods (default: every channel-resolved one)
+- ``channel_mass``: attribution mass and share per image, method and channel;
+- ``channel_tests``: the dominance test (primary) and the secondary tests per method (and
+  class transition), at the unit of replication (wells, or plates when there are enough);
+- ``channel_share_ci``: each channel's mean share with a calibrated interval;
+- ``shapley_tests``: the channel Shapley values of the decompose stage tested against zero and
+  for dominance (when that stage ran);
+- ``map_similarity``, ``strategy_comparison`` (when DAC ran);
+- ``answer``: the answer first, per method family (see :func:`answer_table`).
 
-Reads ``ctx.artifacts["attributions"]`` (or ``attributions.zarr`` in the run directory),
-``ctx.dataset.meta`` / ``.channels`` / ``.classes`` / ``.counterfactual_labels`` and, when present,
-``ctx.artifacts["dac_scores"]``. Never imports torch: tensors are read through ``.tolist()``.
+Samples with NaN shares (an all-zero map) are dropped with a count and a warning, exactly as
+:func:`chanstat.stats.test_channels` would refuse them. Never imports torch.
 """
 from __future__ import annotations
 
 import warnings
+from typing import Literal
 
 import numpy as np
 import pandas as pd
+from pydantic import Field
 
-from chanstat.io import read_arrays, write_table
+from chanstat.config import Section
+from chanstat.stage import Stage
+from chanstat.stats.against_zero import test_against_zero
 from chanstat.stats.bootstrap import channel_share_ci
-from chanstat.stats.channel_tests import DEFAULT_TESTS, PRIMARY_TEST, test_channels
+from chanstat.stats.channel_tests import DEFAULT_TESTS, PRIMARY_TEST, TESTS, test_channels
+from chanstat.stats.design import drop_incomplete
 from chanstat.stats.mass import COUNTERFACTUAL_CLASS, channel_mass
 from chanstat.stats.similarity import map_similarity
 from chanstat.stats.strategies import compare_strategies
 
 
-def _attributions(ctx) -> dict[str, np.ndarray]:
-    maps = ctx.artifacts.get("attributions")
-    if maps is None:
-        store = ctx.out / "attributions.zarr"
-        if not store.exists():
-            raise RuntimeError(
-                "stats stage: no attributions (ctx.artifacts['attributions'] is empty and attributions.zarr is "
-                "missing); enable the [attribution] stage"
-            )
-        maps, _ = read_arrays(store)
-    return {str(name): np.asarray(a) for name, a in maps.items()}
+class StatsConfig(Section):
+    """``[stats]``: channel tests at the unit of replication."""
 
+    positive_only: bool = Field(False, description="Mass of max(a, 0) instead of |a|.")
+    unit: Literal["auto", "well", "plate", "image"] = Field(
+        "auto", description='"auto": plates when there are enough of them, else wells (with a warning when several plates).')
+    tests: list[str] = Field(default_factory=lambda: list(DEFAULT_TESTS), description=f"Any of {sorted(TESTS)}.")
+    primary: str = Field(PRIMARY_TEST, description="The test whose answer leads.")
+    breakdown: str | None = Field("transition", description='Also per class transition ("" for none).')
+    alpha: float = Field(0.05, gt=0, lt=1)
+    ci: float = Field(0.95, gt=0, lt=1, description="Interval coverage.")
+    padjust: str = Field("holm", description="p-value adjustment across channels / pairs.")
+    n_boot: int = Field(2000, ge=0, description="Bootstrap draws where a bootstrap is used.")
+    methods: list[str] | None = Field(None, description="Restrict to these methods (default: every channel-resolved one).")
+    pseudo_replicates: bool | None = Field(
+        None, description="Units are spatial blocks of one field, not independent replicates (default: from the data stage).")
 
-def _as_list(values) -> list:
-    """A tensor, array or sequence as a plain list (tensors via ``.tolist()``: no torch import)."""
-    return values.tolist() if hasattr(values, "tolist") else list(values)
+    def model_post_init(self, _context) -> None:
+        unknown = [t for t in self.tests if t not in TESTS]
+        if unknown:
+            raise ValueError(f"unknown tests {unknown}; tests are {sorted(TESTS)}")
+        if self.primary not in TESTS:
+            raise ValueError(f"unknown primary test {self.primary!r}; tests are {sorted(TESTS)}")
 
 
 def _meta(dataset) -> pd.DataFrame:
     meta = dataset.meta.reset_index(drop=True).copy()
     classes = [str(c) for c in dataset.classes]
-    if "Metadata_Class" not in meta.columns and getattr(dataset, "labels", None) is not None:
-        meta["Metadata_Class"] = [classes[int(i)] for i in _as_list(dataset.labels)]
-    cf = getattr(dataset, "counterfactual_labels", None)
+    cf = dataset.counterfactual_labels
     if cf is not None and COUNTERFACTUAL_CLASS not in meta.columns:
-        meta[COUNTERFACTUAL_CLASS] = [classes[int(i)] for i in _as_list(cf)]
-    if "sample" not in meta.columns:
-        meta.insert(0, "sample", np.arange(len(meta)))
+        meta[COUNTERFACTUAL_CLASS] = [classes[int(i)] for i in cf.tolist()]
+    meta.insert(0, "sample", np.arange(len(meta)))
     return meta
 
 
-def run(ctx) -> dict:
-    cfg = ctx.section("stats")
+def _pseudo_replicates(ctx, section: dict) -> bool:
+    if section.get("pseudo_replicates") is not None:
+        return bool(section["pseudo_replicates"])
+    return bool(ctx.dataset.meta.attrs.get("pseudo_replicates", False))
+
+
+def whole_set(ctx, outputs) -> tuple[dict, dict]:
+    section = ctx.section("stats")
     dataset = ctx.dataset
-    if dataset is None:
-        raise RuntimeError("stats stage: no dataset in the run context (the data stage must run first)")
     channels = [str(c) for c in dataset.channels]
-    maps = _attributions(ctx)
-    wanted = cfg.get("methods") or None
+    stored = ctx.get("attributions")
+    if stored is None:
+        raise RuntimeError("[stats] needs attribution maps: enable the [attribution] stage")
+    maps = dict(stored.arrays)
+    wanted = section.get("methods")
     if wanted:
         unknown = [m for m in wanted if m not in maps]
         if unknown:
-            raise KeyError(f"stats stage: methods {unknown} not among the attributions {sorted(maps)}")
-    resolved = {
-        name: a
-        for name, a in maps.items()
-        if (not wanted or name in wanted) and a.ndim == 4 and a.shape[1] == len(channels) and a.shape[1] > 1
-    }
-    skipped = sorted(set(maps) - set(resolved))
+            raise ValueError(f"[stats] methods {unknown} have no attribution maps; available: {sorted(maps)}")
+    resolved = {m: a for m, a in maps.items() if (not wanted or m in wanted) and a.shape[1] == len(channels) > 1}
     if not resolved:
-        raise RuntimeError(f"stats stage: no channel-resolved attributions (N, C, H, W) among {sorted(maps)}")
-
+        raise RuntimeError(f"[stats] no channel-resolved attribution maps (N, C, H, W) among {sorted(maps)}")
     meta = _meta(dataset)
-    unit = cfg.get("unit", "auto")
-    breakdown = cfg.get("breakdown", "transition") or None
-    n_boot = int(cfg.get("n_boot", 2000))
-    ci = float(cfg.get("ci", 0.95))
-    seed = int(ctx.seed)
-
+    pseudo = _pseudo_replicates(ctx, section)
+    common = dict(unit=section["unit"], breakdown=section["breakdown"] or None, ci=section["ci"], pseudo_replicates=pseudo)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        mass = channel_mass(resolved, channels, meta, positive_only=bool(cfg.get("positive_only", False)))
-        empty = mass["share"].isna()
-        n_dropped = int(mass.loc[empty, ["method", "sample"]].drop_duplicates().shape[0])
-        testable = mass[~empty]
-        tests = test_channels(
-            testable,
-            unit=unit,
-            breakdown=breakdown,
-            tests=tuple(cfg.get("tests", DEFAULT_TESTS)),
-            primary=cfg.get("primary", PRIMARY_TEST),
-            n_boot=n_boot,
-            ci=ci,
-            seed=seed,
-        )
-        shares = channel_share_ci(testable, unit=unit, breakdown=breakdown, n_boot=n_boot, ci=ci, seed=seed)
+        mass = channel_mass(resolved, channels, meta, positive_only=section["positive_only"])
+        testable, n_dropped = drop_incomplete(mass, "share", "sample", ("method",), who="[stats]")
+        tests = test_channels(testable, tests=section["tests"], primary=section["primary"], alpha=section["alpha"],
+                              padjust=section["padjust"], seed=ctx.seed, **common)
+        shares = channel_share_ci(testable, alpha=section["alpha"], n_boot=section["n_boot"], seed=ctx.seed, **common)
         similarity = map_similarity(resolved, channels, sample_ids=meta["sample"].to_numpy(), progress=ctx.progress)
-
-    out = ctx.out
-    write_table(mass, out / "channel_mass.parquet")
-    write_table(tests, out / "channel_tests.parquet")
-    write_table(shares, out / "channel_share_ci.parquet")
-    write_table(similarity, out / "map_similarity.parquet")
-    ctx.artifacts.update(channel_mass=mass, channel_tests=tests, channel_share_ci=shares, map_similarity=similarity)
-
-    info: dict = {}
-    dac_scores = ctx.artifacts.get("dac_scores")
-    if dac_scores is not None and len(dac_scores):
-        well_cols = [c for c in ("Metadata_Plate", "Metadata_Well") if c not in dac_scores.columns]
-        scores = dac_scores.merge(meta[["sample", *well_cols]], on="sample", how="left") if well_cols else dac_scores
-        comparison = compare_strategies(scores, unit=unit, n_boot=n_boot, ci=ci, seed=seed)
-        write_table(comparison, out / "strategy_comparison.parquet")
-        ctx.artifacts["strategy_comparison"] = comparison
-        info["n_strategy_comparisons"] = int(len(comparison))
-
+        outputs = {"channel_mass": mass, "channel_tests": tests, "channel_share_ci": shares, "map_similarity": similarity}
+        scores = ctx.get("dac_scores")
+        if scores is not None and len(scores):
+            keys = [c for c in ("Metadata_Plate", "Metadata_Well") if c not in scores.columns]
+            outputs["strategy_comparison"] = compare_strategies(
+                scores.merge(meta[["sample", *keys]], on="sample", how="left"), unit=section["unit"], padjust=section["padjust"],
+                ci=section["ci"])
+        shapley = ctx.get("channel_shapley")
+        if shapley is not None and len(shapley):
+            outputs["shapley_tests"] = shapley_tests(shapley, meta, section, seed=ctx.seed, pseudo_replicates=pseudo)
+    outputs["answer"] = answer_table(outputs, ctx.get("dac_scores"))
     primary = tests[tests["primary"]]
-    info.update(
-        {
-            "primary_test": cfg.get("primary", PRIMARY_TEST),
-            "unit": str(primary["unit"].iloc[0]) if len(primary) else None,
-            "methods": {
-                str(row.method): {
-                    "p_value": None if pd.isna(row.p_value) else float(row.p_value),
-                    "dominant_channel": str(row.dominant_channel),
-                    "dominant_share": float(row.dominant_share),
-                }
-                for row in primary.itertuples(index=False)
-            },
-            "skipped_methods": skipped,
-            "samples_without_mass": n_dropped,
-            "warnings": sorted({str(w.message)[:200] for w in caught if not issubclass(w.category, DeprecationWarning)})[:10],
-        }
-    )
-    return info
+    info = {
+        "primary_test": section["primary"],
+        "unit": str(primary["unit"].iloc[0]) if len(primary) else None,
+        "pseudo_replicates": pseudo,
+        "dominant_channel": {str(r.method) + ("" if pd.isna(r.transition) or r.transition == "all" else f" [{r.transition}]"):
+                             str(r.dominant_channel) for r in primary.itertuples(index=False)},
+        "samples_without_mass": int(n_dropped),
+        "warnings": sorted({str(w.message)[:200] for w in caught if not issubclass(w.category, DeprecationWarning)})[:10],
+    }
+    return outputs, info
+
+
+def shapley_tests(shapley: pd.DataFrame, meta: pd.DataFrame, section: dict, seed: int, pseudo_replicates: bool) -> pd.DataFrame:
+    """Channel Shapley values per channel against zero, and which channel dominates their total."""
+    table = shapley.drop(columns=[c for c in shapley.columns if c.startswith("Metadata_")]).merge(meta, on="sample", how="left")
+    table = table.assign(method="shapley")
+    common = dict(unit=section["unit"], breakdown=section["breakdown"] or None, ci=section["ci"],
+                  pseudo_replicates=pseudo_replicates)
+    zero = test_against_zero(table, value="shapley", padjust=section["padjust"], **common).assign(source="shapley", test="against_zero")
+    dominance = test_channels(table, value="shapley", tests=["dominance"], primary="dominance", alpha=section["alpha"],
+                              padjust=section["padjust"], seed=seed, **common).assign(source="shapley")
+    if "channel" not in dominance:
+        dominance["channel"] = dominance.get("channel_a", "all")
+    return pd.concat([zero, dominance], ignore_index=True)
+
+
+FAMILIES = {
+    "gradient": ("ig", "dl", "saliency", "ixg"),
+    "cam": ("gradcam", "ggcam", "pixelcam", "pixelcam_grad"),
+    "discriminative": ("d_ig", "d_dl", "d_ixg", "d_gradcam", "d_ggcam"),
+    "baseline": ("residual", "random"),
+}
+
+
+def answer_table(outputs: dict, dac_scores: pd.DataFrame | None) -> pd.DataFrame:
+    """The answer first: per method, its family, the dominant channel (or "none") with its share and
+    interval, from the primary test on all images; plus a Shapley row when values exist.
+
+    Columns: ``family, method, source, dominant_channel, estimate, ci_low, ci_high, p_value,
+    unit, n_units, agrees_with_majority``.
+    """
+    tests = outputs["channel_tests"]
+    shares = outputs["channel_share_ci"]
+    primary = tests[tests["primary"] & (tests["transition"].astype(str) == "all")]
+    rows = []
+    for r in primary.itertuples(index=False):
+        family = next((f for f, members in FAMILIES.items() if r.method in members), "other")
+        share = shares[(shares["method"] == r.method) & (shares["transition"].astype(str) == "all")
+                       & (shares["channel"] == r.dominant_channel)]
+        rows.append({
+            "family": family, "method": str(r.method), "source": "attribution share", "dominant_channel": str(r.dominant_channel),
+            "estimate": float(share["mean"].iloc[0]) if len(share) else np.nan,
+            "ci_low": float(share["ci_low"].iloc[0]) if len(share) else np.nan,
+            "ci_high": float(share["ci_high"].iloc[0]) if len(share) else np.nan,
+            "p_value": float(r.p_value), "unit": str(r.unit), "n_units": int(r.n_units),
+        })
+    shap = outputs.get("shapley_tests")
+    if shap is not None and len(shap):
+        dom = shap[(shap["test"] == "dominance") & shap.get("primary", True)]
+        dom = dom[dom["transition"].astype(str) == "all"] if "transition" in dom else dom
+        zero = shap[shap["test"] == "against_zero"]
+        zero = zero[zero["transition"].astype(str) == "all"] if "transition" in zero else zero
+        for r in dom.itertuples(index=False):
+            est = zero[zero["channel"] == r.dominant_channel]
+            rows.append({
+                "family": "model (Shapley)", "method": "channel_shapley", "source": "Shapley value",
+                "dominant_channel": str(r.dominant_channel),
+                "estimate": float(est["estimate"].iloc[0]) if len(est) and "estimate" in est else np.nan,
+                "ci_low": float(est["ci_low"].iloc[0]) if len(est) and "ci_low" in est else np.nan,
+                "ci_high": float(est["ci_high"].iloc[0]) if len(est) and "ci_high" in est else np.nan,
+                "p_value": float(r.p_value), "unit": str(r.unit), "n_units": int(r.n_units),
+            })
+    table = pd.DataFrame(rows, columns=["family", "method", "source", "dominant_channel", "estimate", "ci_low", "ci_high",
+                                        "p_value", "unit", "n_units"])
+    named = table.loc[table["dominant_channel"] != "none", "dominant_channel"]
+    majority = named.mode().iloc[0] if len(named) else "none"
+    table["agrees_with_majority"] = table["dominant_channel"] == majority
+    return table
+
+
+STAGE = Stage(
+    name="stats",
+    config=StatsConfig,
+    reads=("dataset", "attributions", "dac_scores", "channel_shapley"),
+    writes=("channel_mass", "channel_tests", "channel_share_ci", "map_similarity", "strategy_comparison", "shapley_tests",
+            "answer"),
+    whole_set=whole_set,
+)

@@ -7,9 +7,12 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from chanstat.stats.bootstrap import bootstrap_unit_means, percentile_interval
-from chanstat.stats.design import PLATE_COLUMN, WELL_COLUMNS, as_tuple, require_columns, resolve_unit, unit_columns
-from chanstat.stats.inference import ADJUSTMENTS, wilcoxon_paired
+from chanstat.stats.design import (
+    PLATE_COLUMN, WELL_COLUMNS, as_tuple, drop_missing_units, require_columns, resolve_unit, unit_columns,
+)
+from chanstat.stats.dominance import t_interval
+from chanstat.stats.inference import wilcoxon_paired
+from chanstat.stats.padjust import adjust, check_padjust
 
 COLUMNS = (
     "comparison",
@@ -27,10 +30,12 @@ COLUMNS = (
     "p_value",
     "p_adj",
     "p_adj_method",
+    "multiplicity_scope",
     "effect_size",
     "effect_size_name",
     "unit",
     "n_units",
+    "warning",
     "note",
 )
 
@@ -46,9 +51,7 @@ def compare_strategies(
     plate: str | None = PLATE_COLUMN,
     unit: str = "auto",
     padjust: str = "holm",
-    n_boot: int = 2000,
     ci: float = 0.95,
-    seed: int = 0,
 ) -> pd.DataFrame:
     """Paired Wilcoxon comparisons of DAC scores between strategies and between methods.
 
@@ -70,9 +73,10 @@ def compare_strategies(
         ``dac`` (one row each), plus the well columns unless ``unit="image"``.
     value, sample, method, strategy, channel : column names.
     well, plate, unit : unit of replication, as in :func:`chanstat.stats.test_channels`.
-    padjust : adjustment of ``p_adj`` (``"holm"`` or ``"fdr_bh"``) within each comparison
-        family (one method's strategy pairs, or one strategy's method pairs, per channel).
-    n_boot, ci, seed : bootstrap (over units) of the mean paired difference.
+    padjust : adjustment of ``p_adj`` (see :func:`chanstat.stats.padjust.adjust`) within each
+        comparison family (one method's strategy pairs, or one strategy's method pairs, per
+        channel); the family is named in ``multiplicity_scope``.
+    ci : level of the t-interval (over units) of the mean paired difference.
 
     Returns
     -------
@@ -87,13 +91,13 @@ def compare_strategies(
     ``mean_a``, ``mean_b``, ``estimate``
         mean DAC of a and b over paired units, and the mean of ``a - b``.
     ``ci_low``, ``ci_high``
-        percentile bootstrap interval of ``estimate`` (resampling units).
-    ``statistic``, ``p_value``, ``p_adj``, ``p_adj_method``
-        Wilcoxon signed-rank W, its two-sided p-value, adjusted p-value.
+        t-interval of ``estimate`` over units (n - 1 df).
+    ``statistic``, ``p_value``, ``p_adj``, ``p_adj_method``, ``multiplicity_scope``
+        Wilcoxon signed-rank W, its two-sided p-value, adjusted p-value and its family.
     ``effect_size``, ``effect_size_name``
         matched-pairs rank-biserial correlation (positive: a > b).
-    ``unit``, ``n_units``
-        unit of replication and number of pairs.
+    ``unit``, ``n_units``, ``warning``
+        unit of replication, number of pairs, unit warning (``""`` if none).
     ``note``
         e.g. fewer than 2 pairs.
     """
@@ -102,14 +106,14 @@ def compare_strategies(
     if dac_scores.empty:
         raise ValueError("compare_strategies: the table is empty")
     require_columns(dac_scores, [value, sample, method, strategy, channel], "compare_strategies")
-    if padjust not in ADJUSTMENTS:
-        raise ValueError(f"padjust must be one of {sorted(ADJUSTMENTS)}; got {padjust!r}")
+    check_padjust(padjust)
     vals = pd.to_numeric(dac_scores[value], errors="coerce").to_numpy(float, na_value=np.nan)
     if not np.isfinite(vals).all():
         raise ValueError(f"compare_strategies: column {value!r} holds {int((~np.isfinite(vals)).sum())} NaN/inf values")
     well = as_tuple(well)
-    unit = resolve_unit(dac_scores, unit, well, plate, "compare_strategies")
+    unit, unit_warning = resolve_unit(dac_scores, unit, well, plate, "compare_strategies")
     ucols = list(unit_columns(unit, well, plate)) or [sample]
+    dac_scores, _ = drop_missing_units(dac_scores, ucols, "compare_strategies")
     keys = [method, strategy, channel]
     dup = dac_scores.duplicated(keys + [sample])
     if dup.any():
@@ -117,7 +121,6 @@ def compare_strategies(
         raise ValueError(f"compare_strategies: more than one score for {first}")
     unit_means = dac_scores.groupby(keys + ucols, sort=False, observed=True, dropna=False)[value].mean().reset_index()
     unit_means["_unit"] = unit_means[ucols].astype(str).agg("/".join, axis=1)
-    rng = np.random.default_rng(seed)
     rows = []
     families = (("strategy", strategy, [method, channel]), ("method", method, [strategy, channel]))
     for label, compared, fixed in families:
@@ -138,6 +141,7 @@ def compare_strategies(
                     "b": b,
                     "unit": unit,
                     "n_units": n,
+                    "warning": unit_warning,
                     "effect_size_name": "rank_biserial",
                     "note": "",
                 }
@@ -149,15 +153,18 @@ def compare_strategies(
                     xa, xb = pair[a].to_numpy(float), pair[b].to_numpy(float)
                     res = wilcoxon_paired(xa, xb)
                     diff = (xa - xb)[:, None]
-                    low, high = percentile_interval(bootstrap_unit_means(diff, n_boot, rng), ci)
+                    _, low, high = t_interval(diff, ci)
                     row.update(mean_a=xa.mean(), mean_b=xb.mean(), estimate=float(diff.mean()),
                                ci_low=float(low[0]), ci_high=float(high[0]), statistic=res.statistic,
                                p_value=res.p, effect_size=res.effect_size)
                 family_rows.append(row)
-            p_adj = ADJUSTMENTS[padjust](np.array([r["p_value"] for r in family_rows], dtype=float))
+            p_family = np.array([r["p_value"] for r in family_rows], dtype=float)
+            p_adj = adjust(p_family, padjust)
+            scope = f"{padjust} over {int(np.isfinite(p_family).sum())} {label} pairs ({', '.join(map(str, fixed_values))})"
             for r, q in zip(family_rows, p_adj):
                 r["p_adj"] = q
                 r["p_adj_method"] = padjust
+                r["multiplicity_scope"] = scope
             rows.extend(family_rows)
     if not rows:
         return pd.DataFrame(columns=list(COLUMNS))

@@ -1,0 +1,92 @@
+"""Losses of the conversion network (StarGAN v2 objectives plus two for counterfactuals).
+
+Notation: ``x`` real images of class ``y``, ``s`` a style code of target class ``t`` (from
+the mapping network or the style encoder), ``x' = G(x, s)``.
+
+- adversarial (non-saturating): the discriminator minimises ``softplus(-D(x, y)) +
+  softplus(D(x', t))``, the generator ``softplus(-D(x', t))``;
+- R1: ``r1/2 * E ||grad_x D(x, y)||^2`` on real images (zero-centred gradient penalty);
+- style reconstruction: ``E |E(x', t) - s|``;
+- style diversity: ``E |G(x, s1) - G(x, s2)|``, *maximised* (its weight decays to 0);
+- cycle consistency: ``E |G(x', E(x, y)) - x|``;
+- classifier (optional, frozen classifier f): ``CE(f(x'), t)``;
+- identity / sparsity: ``E |x' - x| / std`` per channel (standardised units): the price of a
+  change, so the network prefers the smallest change that does the job.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class LossWeights:
+    """Weights of the loss terms (0 switches a term off).
+
+    ``diversity`` decays linearly to 0 over training, as in StarGAN v2. ``classifier`` needs a
+    classifier; ``identity`` trades realism for minimal change (larger: smaller, sparser
+    changes; too large and the counterfactuals stop flipping the classifier).
+    """
+
+    adversarial: float = 1.0
+    r1: float = 1.0
+    style: float = 1.0
+    diversity: float = 0.5
+    cycle: float = 1.0
+    classifier: float = 1.0
+    identity: float = 2.0
+
+    @classmethod
+    def from_options(cls, options: dict | None) -> "LossWeights":
+        options = dict(options or {})
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(set(options) - set(names))
+        if unknown:
+            raise ValueError(f"unknown loss weights {unknown}; known: {names}")
+        weights = cls(**{k: float(v) for k, v in options.items()})
+        negative = [k for k, v in asdict(weights).items() if not v >= 0]
+        if negative:
+            raise ValueError(f"loss weights must be >= 0; got {[(k, asdict(weights)[k]) for k in negative]}")
+        return weights
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def adversarial_loss(logits: torch.Tensor, real: bool) -> torch.Tensor:
+    """Non-saturating GAN loss of discriminator logits (N,) against label real/fake."""
+    logits = logits.float()
+    return F.softplus(-logits).mean() if real else F.softplus(logits).mean()
+
+
+def r1_penalty(logits_real: torch.Tensor, images_real: torch.Tensor) -> torch.Tensor:
+    """``0.5 * mean_n ||d D(x_n) / d x_n||^2``; ``images_real`` must require grad."""
+    (grad,) = torch.autograd.grad(logits_real.float().sum(), images_real, create_graph=True)
+    return 0.5 * grad.float().pow(2).flatten(1).sum(1).mean()
+
+
+def style_reconstruction_loss(style_predicted: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+    return (style_predicted.float() - style.float()).abs().mean()
+
+
+def diversity_term(fake1: torch.Tensor, fake2: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Mean |x'_1 - x'_2| in standardised units (to be maximised)."""
+    return ((fake1.float() - fake2.float()) / std).abs().mean()
+
+
+def cycle_loss(reconstructed: torch.Tensor, images: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    return ((reconstructed.float() - images.float()) / std).abs().mean()
+
+
+def identity_loss(fake: torch.Tensor, images: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    return ((fake.float() - images.float()) / std).abs().mean()
+
+
+def classifier_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the frozen classifier's logits (N, K) on ``x'`` toward the target class."""
+    logits = logits.float()
+    if logits.ndim == 2 and logits.shape[1] == 1:  # single-logit model: sigmoid for class 1
+        return F.binary_cross_entropy_with_logits(logits[:, 0], target.float())
+    return F.cross_entropy(logits, target)

@@ -1,0 +1,118 @@
+"""Provider ``"generator"``: counterfactuals from a conversion network trained on the data set."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from chanstat.counterfactual.base import CounterfactualProvider
+from chanstat.counterfactual.generator.candidates import select_counterfactuals
+from chanstat.counterfactual.generator.networks import ConversionNetwork
+from chanstat.counterfactual.generator.training import (
+    GeneratorTraining,
+    load_generator,
+    save_generator,
+    train_generator,
+)
+from chanstat.io import write_table
+
+GENERATOR_FILE = "generator.pt"
+LOG_FILE = "generator_log.parquet"
+CHECKPOINT_FOLDER = "generator_checkpoints"
+
+
+class GeneratorCounterfactuals(CounterfactualProvider):
+    """Counterfactuals from a StarGAN-v2-style conversion network (see :mod:`chanstat.counterfactual.generator`).
+
+    Without ``generator`` one is trained on the data set (guided by the classifier unless
+    ``loss = {classifier = 0}``); then every image gets ``n_latent + n_reference`` candidates
+    and keeps the smallest change the classifier assigns to the target class.
+
+    Parameters
+    ----------
+    generator : a trained :class:`ConversionNetwork`, or the path of a ``generator.pt``
+        (:func:`save_generator`); None trains one.
+    steps, train_batch_size, lr, architecture, augment, mixed_precision, checkpoint_every :
+        training settings (:func:`train_generator`; ``architecture`` holds
+        :class:`ConversionNetwork` keywords such as ``widths``, ``style_dim``).
+    loss : loss weights (``adversarial``, ``r1``, ``style``, ``diversity``, ``cycle``,
+        ``classifier``, ``identity``); ``identity`` trades realism for minimal change.
+    n_latent, n_reference : candidates per image from random latents / target-class references.
+    seed : seeds training and candidate draws.
+    save_dir : when given, ``generator.pt``, ``generator_log.parquet`` and checkpoints
+        (``generator_checkpoints/``) are written there; ``resume`` continues an interrupted
+        training from those checkpoints.
+    """
+
+    name = "generator"
+    needs_model = True
+    description = "StarGAN-v2-style conversion network trained on the data; best of several candidates per image"
+
+    def __init__(self, model=None, *, generator: ConversionNetwork | str | os.PathLike | None = None,
+                 steps: int = 2000, train_batch_size: int = 16, lr: float = 1e-3, architecture: dict | None = None,
+                 loss: dict | None = None, augment: bool = True, mixed_precision: bool | str = "auto",
+                 checkpoint_every: int = 500, n_latent: int = 10, n_reference: int = 10, seed: int = 0,
+                 save_dir: str | os.PathLike | None = None, resume: bool = False, **common):
+        super().__init__(model, **common)
+        if generator is not None and not isinstance(generator, (ConversionNetwork, str, os.PathLike)):
+            raise TypeError(f"generator must be a ConversionNetwork or a path; got {type(generator).__name__}")
+        if n_latent < 0 or n_reference < 0 or n_latent + n_reference < 1:
+            raise ValueError(f"need n_latent, n_reference >= 0 and at least one candidate; got {n_latent}, {n_reference}")
+        self.generator = generator
+        self.train_options = dict(
+            steps=int(steps), batch_size=int(train_batch_size), lr=float(lr), architecture=dict(architecture or {}),
+            augment=bool(augment), mixed_precision=mixed_precision, checkpoint_every=int(checkpoint_every),
+            resume=bool(resume), **dict(loss or {}),
+        )
+        self.n_latent, self.n_reference, self.seed = int(n_latent), int(n_reference), int(seed)
+        self.save_dir = None if save_dir is None else Path(save_dir)
+        self.training: GeneratorTraining | None = None
+
+    def network_for(self, dataset) -> ConversionNetwork:
+        """The given network (checked against the data set) or a newly trained one."""
+        if self.generator is None:
+            checkpoints = self.save_dir / CHECKPOINT_FOLDER if self.save_dir is not None else None
+            self.training = train_generator(dataset, self.model, seed=self.seed, device=self.device,
+                                            checkpoint_dir=checkpoints, progress=self.progress, **self.train_options)
+            network = self.training.network
+        else:
+            network = self.generator if isinstance(self.generator, ConversionNetwork) else load_generator(self.generator)
+        for key, names in (("channels", dataset.channels), ("classes", dataset.classes)):
+            stored = network.config.get(key)
+            if stored is not None and list(stored) != list(names):
+                raise ValueError(f"the generator was trained on {key} {stored}; the data set has {list(names)}")
+        return network.to(self.device).eval()
+
+    def _generate(self, dataset, target):
+        targets = self.targets(dataset, target)
+        network = self.network_for(dataset)
+        counterfactuals, details = select_counterfactuals(
+            network, self.model, dataset.images, targets, references=dataset.images, reference_labels=dataset.labels,
+            n_latent=self.n_latent, n_reference=self.n_reference, confidence=self.confidence, seed=self.seed,
+            batch_size=self.batch_size, device=self.device, progress=self.progress,
+        )
+        info = {
+            "n_candidates": int(self.n_latent + self.n_reference),
+            "mean_accepted_candidates": float(details["n_accepted"].mean()),
+            "any_accepted_rate": float((details["n_accepted"] > 0).mean()),
+            "reference_share": float((details["candidate"] == "reference").mean()),
+        }
+        if self.training is not None:
+            info.update(training_steps=self.training.steps, training_seconds=round(self.training.seconds, 2))
+        if self.save_dir is not None:
+            save_generator(network, self.save_dir / GENERATOR_FILE,
+                           settings=None if self.training is None else self.training.settings)
+            if self.training is not None:
+                write_table(self.training.log, self.save_dir / LOG_FILE)
+        return counterfactuals, targets, details, info
+
+
+def generator_summary(training: GeneratorTraining | None) -> dict:
+    """Plain numbers about a training run for provenance (last logged losses, steps, seconds)."""
+    if training is None or not len(training.log):
+        return {}
+    last = training.log.iloc[-1]
+    return {"steps": training.steps, "seconds": round(training.seconds, 2),
+            "final": {k: float(last[k]) for k in training.log.columns if k not in ("step", "seconds")}}
+
+
+__all__ = ["GeneratorCounterfactuals", "GENERATOR_FILE", "LOG_FILE", "CHECKPOINT_FOLDER", "generator_summary"]

@@ -1,0 +1,47 @@
+"""Decompose a classifier's decision by channel and by compartment, and link it to CellProfiler.
+
+- :func:`channel_shapley` — exact (or sampled) Shapley values of channels or channel groups
+  for ``p(target | x)``, with the counterfactual (or a zero / mean / blurred image) as baseline.
+- :func:`compartment_mass` — attribution mass per compartment (nuclei, cytoplasm,
+  background) and channel, and per object (keyed like CellProfiler's per-object tables).
+- :func:`labels_from_outlines`, :func:`segment_cells`, :func:`match_objects` — label images
+  from CellProfiler outline images, or a built-in nuclei + cells segmentation.
+- :func:`attribution_feature_link` — which per-cell CellProfiler features go with a cell's
+  attribution mass, tested at the well level.
+
+Names load on first use: only :func:`channel_shapley` imports torch.
+"""
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "channel_shapley": "shapley",
+    "ChannelShapleyResult": "shapley",
+    "shapley_from_values": "shapley",
+    "interactions_from_values": "shapley",
+    "MAX_EXACT_PLAYERS": "shapley",
+    "BASELINES": "shapley",
+    "compartment_mass": "compartments",
+    "CompartmentMass": "compartments",
+    "compartment_labels": "compartments",
+    "labels_from_outlines": "segmentation",
+    "segment_cells": "segmentation",
+    "match_objects": "segmentation",
+    "attribution_feature_link": "percell",
+    "LINK_COLUMNS": "percell",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f"chanstat.decompose.{_EXPORTS[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'chanstat.decompose' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

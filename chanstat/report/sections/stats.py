@@ -1,0 +1,225 @@
+"""Sections of "Channel shares": shares per image, the channel tests, share intervals, map
+similarity, DAC strategy comparisons, and the pseudo-replicate warning."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from chanstat.report.display import format_value, note, show_figure, show_markdown, show_table
+from chanstat.report.plots import charts, matrices, style
+from chanstat.report.sections.base import (
+    POOLED, describe_constant, drop_empty, is_true, ordered, pooled_first, pooled_rows, require, section,
+    split_constant, with_transition,
+)
+from chanstat.report.text import Markdown, code, md
+from chanstat.rundir import RunDirectory
+
+TEST_COLUMNS = ("method", "transition", "test", "contrast", "channel_a", "channel_b", "statistic", "df1", "df2",
+                "p_value", "p_adj", "q_value", "effect_size", "effect_size_name", "estimate", "dominant_channel",
+                "dominant_share", "dominant_ci_low", "dominant_ci_high", "unit", "n_units", "n_samples")
+DOMINANT = ("dominant_channel", "dominant_share", "dominant_ci_low", "dominant_ci_high")
+CONSTANT = ("test", "contrast", "channel_a", "channel_b", "unit", "n_units", "n_samples", "effect_size_name",
+            "p_adj_method")
+NO_CHANNEL = "none"
+
+
+def names_channel(value) -> bool:
+    """Whether a ``dominant_channel`` value names a channel (not ``"none"``, empty or missing)."""
+    return isinstance(value, str) and value.strip() != "" and value.strip().lower() != NO_CHANNEL
+
+
+def pseudo_replicates(run: RunDirectory) -> str | None:
+    """What the run says about pseudo-replicate units (plain text), or None when its units are independent.
+
+    Read from the data stage's provenance record (``pseudo_replicates``) or the ``pseudo_replicates``
+    column of ``channel_tests``.
+    """
+    record = ((run.provenance.get("stages") or {}).get("data") or {}).get("pseudo_replicates")
+    if not record and run.has("channel_tests"):
+        tests = run.table("channel_tests")
+        if "pseudo_replicates" in tests and tests["pseudo_replicates"].fillna(False).astype(bool).any():
+            record = True
+    if not record:
+        return None
+    if isinstance(record, dict):
+        return "; ".join(f"{k}: {format_value(v)}" for k, v in record.items())
+    return "" if record is True else format_value(record)
+
+
+def pseudo_replicate_note(run: RunDirectory) -> None:
+    """A warning when the units of replication are spatial blocks of one field, not wells."""
+    detail = pseudo_replicates(run)
+    if detail is None:
+        return
+    note(md("**Pseudo-replicates.** The units these tests and intervals resample are spatial blocks of one "
+            "field of view, not independent wells or plates{}. They describe variation within this field; they do "
+            "not say the result would repeat in another well, plate or experiment.",
+            md(" ({})", detail) if detail else Markdown("")), kind="info")
+
+
+@section
+def channel_shares(run: RunDirectory) -> None:
+    """Reads ``channel_mass`` (sample, method, channel, share; transition from the data set): per-image
+    shares as box plots (a panel per method, a colour per transition) and the mean share per channel."""
+    if not require(run, "channel_mass"):
+        return
+    mass = with_transition(run, run.table("channel_mass"))
+    channels = ordered(mass["channel"], run.channels)
+    hue = "transition" if "transition" in mass else None
+    show_figure(charts.share_boxes(mass, channels, value="share", facet="method", hue=hue,
+                                   ylabel="share of |attribution|"))
+    keys = [c for c in ("method", hue) if c]
+    wide = mass.pivot_table(index=keys, columns="channel", values="share", aggfunc="mean", sort=False)
+    wide = wide.reindex(columns=[c for c in channels if c in wide.columns])
+    wide.columns = [str(c) for c in wide.columns]
+    show_table(wide.reset_index(), caption="Mean share per channel", max_rows=60)
+
+
+def _primary_summary(primary: pd.DataFrame) -> None:
+    first = primary.iloc[0]
+    parts = [md("**Primary test:** {}", code(first["test"]))]
+    if pd.notna(first["unit"]):
+        parts.append(md("; unit of replication: {} ({} units)", first["unit"], format_value(first["n_units"])))
+    if "p_adj_method" in primary and pd.notna(first["p_adj_method"]):
+        parts.append(md(", p adjusted by {}", first["p_adj_method"]))
+    lines = []
+    for _, row in pooled_rows(primary).head(12).iterrows():
+        p = md("p = {}", format_value(row["p_value"])) if pd.notna(row["p_value"]) else Markdown("no p-value")
+        dominant = md(", dominant channel **{}**", row["dominant_channel"]) if names_channel(row["dominant_channel"]) \
+            else Markdown(", no dominant channel")
+        lines.append(md("- {}: {}{}", code(row["method"]), p, dominant))
+    text = Markdown("").join(parts) + Markdown(".")
+    note(text + (Markdown("\n\n") + Markdown("\n").join(lines) if lines else Markdown("")), kind="info")
+
+
+def _table(rows: pd.DataFrame, caption: str, drop=(), **kwargs) -> None:
+    cols = [c for c in TEST_COLUMNS if c in rows and c not in drop]
+    table, constant = split_constant(rows[cols], CONSTANT + ("transition",))
+    fixed = describe_constant(constant)
+    show_table(drop_empty(table), caption=caption + (f" ({fixed})" if fixed else ""), **kwargs)
+
+
+@section
+def channel_tests(run: RunDirectory, max_pairwise: int = 30) -> None:
+    """Reads ``channel_tests`` (the declared test columns; ``primary`` marks the primary test): the
+    primary test per method (bold), within each transition, the other omnibus tests, the pairwise
+    contrasts and the tests' notes."""
+    if not require(run, "channel_tests"):
+        return
+    pseudo_replicate_note(run)
+    tests = run.table("channel_tests")
+    primary = is_true(tests["primary"])
+    rest = tests[~primary]
+    if primary.any():
+        prim = pooled_first(tests[primary])
+        _primary_summary(prim)
+        _table(prim, "Primary test per method", bold_rows=np.ones(len(prim), bool), max_rows=None)
+        # the primary test within each class transition (the primary rows pool the transitions)
+        per = rest[(rest["test"] == prim["test"].iloc[0]) & (rest["transition"] != POOLED)]
+        if len(per):
+            _table(per, "Primary test within each transition", max_rows=60)
+            rest = rest.drop(per.index)
+    omnibus = rest[rest["contrast"] == "channel"]
+    if len(omnibus):
+        _table(pooled_rows(omnibus), "Other tests across channels", drop=DOMINANT, max_rows=60)
+    pairwise = rest.drop(omnibus.index)
+    if len(pairwise):
+        by = "p_adj" if "p_adj" in pairwise else "p_value"
+        shown = pooled_rows(pairwise).sort_values(by, kind="stable")
+        _table(shown, f"Pairwise channel contrasts, smallest {by} first", drop=DOMINANT, max_rows=max_pairwise)
+    if "note" in tests:
+        notes = pooled_first(tests)[["test", "note"]]
+        notes = notes[notes["note"].fillna("").astype(str).str.strip() != ""].drop_duplicates("test")
+        if len(notes):
+            show_table(notes, caption="Notes on the tests (first row of each)", max_rows=None, max_text=400)
+
+
+@section
+def channel_share_ci(run: RunDirectory) -> None:
+    """Reads ``channel_share_ci`` (method, transition, channel, mean, ci_low, ci_high, unit, n_units):
+    mean share [interval] per channel as a table and a forest plot."""
+    if not require(run, "channel_share_ci"):
+        return
+    ci = pooled_first(run.table("channel_share_ci"))
+    chans = ordered(ci["channel"], run.channels)
+    keys = ["method", "transition"]
+    d = ci.assign(_cell=[f"{format_value(e)} [{format_value(lo)}, {format_value(hi)}]"
+                         for e, lo, hi in zip(ci["mean"], ci["ci_low"], ci["ci_high"])])
+    wide = d.pivot_table(index=keys, columns="channel", values="_cell", aggfunc="first", sort=False)
+    wide = wide.reindex(columns=[c for c in chans if c in wide.columns])
+    wide.columns = [str(c) for c in wide.columns]
+    wide = wide.reset_index().merge(d.drop_duplicates(keys)[keys + ["unit", "n_units"]], on=keys, how="left")
+    table, constant = split_constant(wide, ("transition", "unit", "n_units"))
+    fixed = describe_constant(constant)
+    show_table(table, caption="Channel shares: mean [ci_low, ci_high]" + (f" ({fixed})" if fixed else ""), max_rows=60)
+    plot = pooled_rows(d)
+    group_cols = [c for c in keys if plot[c].nunique() > 1]
+    if group_cols:
+        plot = plot.assign(_group=[" · ".join(str(v) for v in row)
+                                   for row in plot[group_cols].itertuples(index=False, name=None)])
+    show_figure(charts.interval_plot(plot, "mean", "ci_low", "ci_high", "channel", "_group" if group_cols else None,
+                                     colours=style.channel_colours(chans), xlabel="share (mean, interval)",
+                                     ref=1 / max(len(chans), 1)))
+
+
+@section
+def map_similarity(run: RunDirectory) -> None:
+    """Reads ``map_similarity`` (method, channel_a, channel_b, mean, n_undefined): the mean Spearman
+    correlation between channel maps of one image, a heatmap per method."""
+    if not require(run, "map_similarity"):
+        return
+    sim = run.table("map_similarity")
+    mats = {}
+    for method in ordered(sim["method"], run.method_order)[:12]:
+        sub = sim[sim["method"] == method]
+        names = ordered(pd.concat([sub["channel_a"], sub["channel_b"]]), run.channels)
+        mat = pd.DataFrame(np.nan, index=names, columns=names)
+        for a, b, v in zip(sub["channel_a"].astype(str), sub["channel_b"].astype(str), sub["mean"]):
+            mat.loc[a, b] = v
+            if pd.isna(mat.loc[b, a]):
+                mat.loc[b, a] = v
+        for n in names:  # a map is perfectly correlated with itself
+            if pd.isna(mat.loc[n, n]):
+                mat.loc[n, n] = 1.0
+        mats[method] = mat
+    show_figure(matrices.heatmap_facets(mats, vmin=-1.0, vmax=1.0, cmap="RdBu_r",
+                                        colorbar_label="Spearman ρ (mean over images)"))
+    show_markdown("Low correlation between two channels' maps means the method attributes different places in "
+                  "different channels; values near 1 mean the channel maps are copies of one another. "
+                  "Grey cells (n/a): the correlation is undefined because a channel's map is constant "
+                  "(e.g. all zero) in every image.")
+    per = sim.groupby("method", sort=False)["mean"]
+    summary = pd.DataFrame({"mean": per.mean(), "lowest pair": per.min(), "highest pair": per.max(), "pairs": per.size(),
+                            "pairs undefined": sim["mean"].isna().groupby(sim["method"], sort=False).sum(),
+                            "image pairs undefined": sim.groupby("method", sort=False)["n_undefined"].sum()})
+    show_table(summary.rename_axis("method").reset_index(), caption="Map similarity per method (over channel pairs)",
+               max_rows=None)
+
+
+COMPARISON_COLUMNS = ("method", "strategy", "channel", "a", "b", "mean_a", "mean_b", "estimate", "ci_low", "ci_high",
+                      "statistic", "p_value", "p_adj", "p_adj_method", "effect_size", "effect_size_name", "unit",
+                      "n_units", "note")
+
+
+@section
+def strategy_comparison(run: RunDirectory) -> None:
+    """Reads ``strategy_comparison`` (comparison, a, b, estimate, interval, p-values): strategies
+    compared within each method, then methods within each strategy."""
+    if not require(run, "strategy_comparison"):
+        return
+    comp = run.table("strategy_comparison")
+    for kind, caption, fixed in (("strategy", "Mask strategies compared within each method (DAC of a − b)", "strategy"),
+                                 ("method", "Methods compared within each strategy (DAC of a − b)", "method")):
+        part = comp[comp["comparison"] == kind]
+        if part.empty:
+            continue
+        cols = [c for c in COMPARISON_COLUMNS if c in part and c != fixed]
+        part = part.sort_values("p_adj", kind="stable") if kind == "method" else part
+        table, constant = split_constant(part[cols], ("channel", "effect_size_name", "unit", "n_units", "note",
+                                                      "p_adj_method"))
+        known = describe_constant(constant)
+        show_table(drop_empty(table), caption=caption + (", sorted by p_adj" if kind == "method" else "")
+                   + (f" ({known})" if known else ""), max_rows=40)
+    other = comp[~comp["comparison"].isin(("strategy", "method"))]
+    if len(other):
+        show_table(drop_empty(other), caption="Other DAC comparisons", max_rows=40)

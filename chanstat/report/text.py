@@ -1,0 +1,91 @@
+"""Trusted and untrusted text in the report.
+
+Everything a section shows is either *plain text* (any ``str``: class, channel, well, plate,
+feature, method and file names, config values, error messages — anything that can come from
+data) or *trusted markup* written by the template or a section (:class:`Markdown`). The display helpers (:mod:`chanstat.report.display`) escape plain text
+themselves, so a section cannot forget to; markup is passed through. Data goes into markup
+only through :meth:`Markdown.format` / :func:`md`, which escape every argument that is not
+itself :class:`Markdown`.
+
+Escaping is by backslash before every ASCII punctuation character (CommonMark, pandoc and
+mistune all read ``\\<`` as a literal ``<``), so the text stays literal in the HTML page
+(nbconvert or Quarto), in the Typst/PDF writer (which reads the same Markdown) and in Quarto's
+own Markdown path. Matplotlib text is made literal by the figure style (``text.parse_math``
+off), so ``$`` in a channel name cannot start mathtext.
+"""
+from __future__ import annotations
+
+import html
+import re
+import string
+from typing import Any
+
+_PUNCTUATION = re.compile("([" + re.escape(string.punctuation) + "])")
+
+
+class Markdown(str):
+    """Trusted Markdown (template or section text, never data).
+
+    ``+`` with a plain ``str`` escapes the plain part; :meth:`format` escapes its arguments.
+    """
+
+    def format(self, *args: Any, **kwargs: Any) -> "Markdown":  # type: ignore[override]
+        return Markdown(_FORMATTER.vformat(str(self), args, kwargs))
+
+    def __add__(self, other: Any) -> "Markdown":
+        return Markdown(str.__add__(self, as_markdown(other)))
+
+    def __radd__(self, other: Any) -> "Markdown":
+        return Markdown(as_markdown(other) + str(self))
+
+    def join(self, parts) -> "Markdown":  # type: ignore[override]
+        return Markdown(str.join(self, [as_markdown(p) for p in parts]))
+
+
+def escape_markdown(text: Any) -> str:
+    """``text`` as Markdown that reads back as exactly ``text`` (one line; newlines become spaces)."""
+    from chanstat.report.display import format_value
+
+    value = text if isinstance(text, str) else format_value(text)
+    value = re.sub(r"[\r\n\t\v\f]+", " ", value)
+    return _PUNCTUATION.sub(r"\\\1", value)
+
+
+def escape_html(text: Any) -> str:
+    from chanstat.report.display import format_value
+
+    return html.escape(text if isinstance(text, str) else format_value(text), quote=True)
+
+
+def as_markdown(value: Any) -> Markdown:
+    """``value`` itself when it is :class:`Markdown`, else its text escaped."""
+    return value if isinstance(value, Markdown) else Markdown(escape_markdown(value))
+
+
+def md(template: str, *args: Any, **kwargs: Any) -> Markdown:
+    """``Markdown(template).format(*args, **kwargs)``: trusted template, escaped values."""
+    return Markdown(template).format(*args, **kwargs)
+
+
+def code(value: Any) -> Markdown:
+    """Inline code holding ``value`` literally (a backtick fence longer than any run inside it)."""
+    from chanstat.report.display import format_value
+
+    text = value if isinstance(value, str) else format_value(value)
+    text = re.sub(r"[\r\n]+", " ", text)
+    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") or not text.strip() else ""
+    return Markdown(f"{fence}{pad}{text}{pad}{fence}")
+
+
+class _EscapingFormatter(string.Formatter):
+    def format_field(self, value: Any, format_spec: str) -> str:
+        if isinstance(value, Markdown):
+            return str(value)
+        if format_spec:
+            return escape_markdown(format(value, format_spec))
+        return escape_markdown(value)
+
+
+_FORMATTER = _EscapingFormatter()
