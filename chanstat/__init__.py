@@ -1,14 +1,16 @@
 """chanstat: which stain drives a classifier's decision?
 
-The verbs read like the analysis::
+The verbs read like the analysis (README.md has a complete example)::
 
     import chanstat as cs
     data = cs.read("loaddata.csv", channels=["DNA", "ER", "RNA", "AGP", "Mito"])
-    maps = cs.attribute(model, data.images, target, "d_ig", counterfactuals=cf, counterfactual_target=cf_y)
-    result = cs.dac(model, data.images, cf, maps, data.labels, strategy="single_channel")
-    tests = cs.test_channels(cs.channel_mass(maps.numpy(), data.channels, data.meta))
-    diff = cs.differential(profiles, by="Metadata_Class", case="treated", control="control")
-    cs.render("runs/demo")
+    maps = cs.attribute(model, data.images, data.labels, "d_ig",
+                        counterfactuals=cf, counterfactual_target=cf_labels)
+    result = cs.dac(model, data.images, data.labels, maps, counterfactuals=cf, channels=data.channels)
+    shapley = cs.channel_shapley(model, data.images, data.labels, counterfactuals=cf, channels=data.channels)
+    tests = cs.test_channels(cs.channel_mass({"d_ig": maps}, data.channels, data.meta))
+    cs.RunDirectory("runs/mine", create=True).save(dataset=data, attributions={"d_ig": maps}, dac={"d_ig": result})
+    cs.render("runs/mine")
 
 Imports are lazy, so ``chanstat.stats`` and ``chanstat.cellprofiler`` work without loading torch.
 """
@@ -24,10 +26,16 @@ _VERBS = {
     "ImageSet": ("chanstat.data.imageset", "ImageSet"),
     "attribute": ("chanstat.attribution", "attribute"),
     "dac": ("chanstat.dac", None),  # the package itself is callable: chanstat.dac(...)
+    "channel_shapley": ("chanstat.decompose", "channel_shapley"),
+    "compartment_mass": ("chanstat.decompose", "compartment_mass"),
+    "generate_counterfactuals": ("chanstat.counterfactual", "generate_counterfactuals"),
     "channel_mass": ("chanstat.stats", "channel_mass"),
     "test_channels": ("chanstat.stats", "test_channels"),
+    "channel_share_ci": ("chanstat.stats", "channel_share_ci"),
+    "test_against_zero": ("chanstat.stats", "test_against_zero"),
     "differential": ("chanstat.cellprofiler", "differential"),
     "render": ("chanstat.report", "render"),
+    "RunDirectory": ("chanstat.rundir", "RunDirectory"),
     "run": ("chanstat.pipeline", "run"),
 }
 

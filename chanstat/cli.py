@@ -50,8 +50,32 @@ def _cmd_config(args: argparse.Namespace) -> int:
         pipeline.load_config(args.check)
         print(f"{args.check}: valid")
         return 0
-    print(schema_markdown(pipeline.stages()))
+    text = schema_markdown(pipeline.stages())
+    if args.readme:
+        update_readme(Path(args.readme), text)
+        print(f"{args.readme}: config schema updated")
+        return 0
+    print(text)
     return 0
+
+
+README_MARKERS = ("<!-- config-schema:start -->", "<!-- config-schema:end -->")
+
+
+def readme_block(text: str) -> str:
+    """The generated config-schema block of a README (between its markers)."""
+    start, end = README_MARKERS
+    if start not in text or end not in text:
+        raise ValueError(f"README has no {start} ... {end} block")
+    return text.split(start, 1)[1].split(end, 1)[0].strip()
+
+
+def update_readme(path: Path, schema: str) -> None:
+    start, end = README_MARKERS
+    text = path.read_text()
+    before, rest = text.split(start, 1)
+    after = rest.split(end, 1)[1]
+    path.write_text(f"{before}{start}\n{schema}\n{end}{after}")
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:
@@ -84,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("config", help="print the config schema (or --check a config file)")
     p.add_argument("--check", default=None, help="validate this config file and exit")
+    p.add_argument("--readme", default=None, help="rewrite the config-schema block of this README")
     p.set_defaults(func=_cmd_config)
 
     p = sub.add_parser("schema", help="print the run-directory schema (every file a run writes)")

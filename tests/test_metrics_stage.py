@@ -11,9 +11,9 @@ from chanstat.io import read_table
 
 @pytest.fixture(scope="module")
 def stage_run(tiny_synthetic, trained_model, tmp_path_factory):
+    from chanstat import pipeline
     from chanstat.attribution import attribute
-    from chanstat.metrics import stage
-    from chanstat.pipeline import RunContext
+    from chanstat.stage import Arrays
 
     data = tiny_synthetic
     maps = {
@@ -33,9 +33,9 @@ def stage_run(tiny_synthetic, trained_model, tmp_path_factory):
         }
     }
     out = tmp_path_factory.mktemp("metrics_stage")
-    ctx = RunContext(config=config, out=out, dataset=data, model=trained_model, artifacts={"attributions": maps},
-                     progress=False, device=torch.device("cpu"))
-    info = stage.run(ctx)
+    ctx = pipeline.context({**config, "run": {"device": "cpu"}}, out, dataset=data, model=trained_model)
+    ctx.run.write("attributions", Arrays(maps))
+    info = pipeline.run_stage("metrics", ctx)
     return out, info, ctx
 
 
@@ -55,7 +55,7 @@ def test_localisation_table_is_method_by_channel(stage_run, tiny_synthetic):
     per_channel = loc[(loc["method"] == "residual") & (loc["channel"] != "all")].set_index("channel")
     assert per_channel["pxap"].drop(planted).isna().all()  # no foreground outside the planted channel
     assert not loc.loc[loc["method"].isin(["gradcam", "pixelcam"]), "channel_resolved"].any()
-    assert ctx.artifacts["localisation"] is not None
+    assert ctx.results["localisation"].equals(loc)
 
 
 def test_faithfulness_tables(stage_run, tiny_synthetic):
@@ -98,14 +98,13 @@ def test_randomisation_table(stage_run, tiny_synthetic):
 
 
 def test_stage_needs_masks(tiny_synthetic, trained_model, tmp_path):
-    from chanstat.metrics import stage
-    from chanstat.pipeline import RunContext
+    from chanstat import pipeline
 
     data = tiny_synthetic.subset(np.arange(4))
     data.signal_masks = None
-    ctx = RunContext(config={"metrics": {}}, out=tmp_path, dataset=data, model=trained_model)
+    ctx = pipeline.context({"metrics": {}}, tmp_path, dataset=data, model=trained_model)
     with pytest.raises(RuntimeError, match="signal_masks"):
-        stage.run(ctx)
+        pipeline.run_stage("metrics", ctx)
 
 
 def test_quick_demo_writes_the_metrics_tables(quick_run):

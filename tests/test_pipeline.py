@@ -1,7 +1,10 @@
-"""The pipeline and CLI: run directory contents, provenance, refusing to overwrite."""
+"""The pipeline, the stage contract, the run-directory schema and the package's shape."""
 from __future__ import annotations
 
+import ast
 import json
+import os
+import re
 import subprocess
 import sys
 import tomllib
@@ -11,73 +14,145 @@ import pandas as pd
 import pytest
 
 from chanstat import pipeline
-from chanstat.io import read_arrays
+from chanstat.rundir import RunDirectory
+from chanstat.schema import BY_FILE, SCHEMA, SchemaError, TableSpec
 
 ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "chanstat"
 
 
 def test_quick_run_writes_the_run_directory(quick_run):
-    for name in ("config.toml", "provenance.json", "model.pt", "dataset.zarr", "meta.parquet", "training_history.parquet"):
-        assert (quick_run / name).exists(), name
-    prov = json.loads((quick_run / "provenance.json").read_text())
+    run = RunDirectory(quick_run)
+    for name in ("config", "provenance", "model", "dataset", "meta", "training_history", "marker", "report_html"):
+        assert run.has(name), name
+    prov = run.provenance
     assert prov["seed"] == 0 and prov["quick"] is True
     assert prov["versions"]["torch"].startswith("2.13.0")
     assert prov["device"]["device"] in ("cpu", "cuda")
-    assert all(stage["status"] == "done" and stage["wall_s"] >= 0 for stage in prov["stages"].values())
+    assert all(stage["status"] == "done" and stage["wall_s"] >= 0 and len(stage["fingerprint"]) == 16
+               for stage in prov["stages"].values())
     assert prov["stages"]["model"]["val_accuracy"] >= 0.8
-    arrays, _ = read_arrays(quick_run / "dataset.zarr", ["images", "labels"])
-    meta = pd.read_parquet(quick_run / "meta.parquet")
-    assert arrays["images"].shape[0] == len(meta) == prov["stages"]["data"]["n_images"]
+    assert run.n_images() == len(run.table("meta")) == prov["stages"]["data"]["n_images"]
     config = tomllib.loads((quick_run / "config.toml").read_text())
     assert config["data"]["synthetic"]["size"] == 48  # the [quick] table was merged
+    assert config["dac"]["schedule"] == "adaptive"  # defaults are filled in and recorded
 
 
-def test_run_refuses_existing_directory(tmp_path):
-    out = tmp_path / "run"
-    out.mkdir()
-    (out / "something").write_text("x")
-    with pytest.raises(FileExistsError, match="--force"):
-        pipeline.run(ROOT / "analyses" / "demo.toml", out, quick=True)
+def test_every_table_of_the_quick_demo_validates_against_the_schema(quick_run):
+    written = sorted(p.name for p in quick_run.glob("*.parquet"))
+    assert len(written) >= 20
+    for name in written:
+        assert name in BY_FILE, f"{name} is written but not declared in chanstat/schema.py"
+        spec = BY_FILE[name]
+        assert isinstance(spec, TableSpec)
+        spec.validate(pd.read_parquet(quick_run / name), name)
+    prov = json.loads((quick_run / "provenance.json").read_text())
+    for stage, record in prov["stages"].items():
+        for output in record.get("outputs", []):
+            assert SCHEMA[output].stage in (stage, "run"), (stage, output)
 
 
-def test_quick_merge_and_missing_config(tmp_path):
-    cfg = pipeline.load_config(ROOT / "analyses" / "demo.toml", quick=True)
-    assert "quick" not in cfg and cfg["model"]["batch_size"] == 8
-    with pytest.raises(FileNotFoundError):
-        pipeline.load_config(tmp_path / "nope.toml")
+def test_the_schema_refuses_a_table_that_does_not_match(tmp_path):
+    run = RunDirectory(tmp_path / "run", create=True)
+    good = pd.DataFrame({"sample": [0], "method": ["d_ig"], "strategy": ["joint"], "channel": ["all"], "dac": [0.5]})
+    run.write_table("dac_scores", good)
+    pd.testing.assert_frame_equal(run.table("dac_scores"), good)
+    with pytest.raises(SchemaError, match=r"dac_scores.parquet: missing column 'dac'"):
+        run.write_table("dac_scores", good.drop(columns="dac"))
+    with pytest.raises(SchemaError, match=r"column 'sample' should be int"):
+        run.write_table("dac_scores", good.assign(sample=["a"]))
+    with pytest.raises(SchemaError, match=r"undeclared columns \['surprise'\]"):
+        run.write_table("dac_scores", good.assign(surprise=1))
+    with pytest.raises(KeyError, match="did you mean 'dac_scores'"):
+        run.write_table("dac_score", good)
 
 
-def test_cli_reports_errors_cleanly(tmp_path):
-    out = tmp_path / "run"
-    out.mkdir()
-    (out / "x").write_text("x")
-    proc = subprocess.run(
-        [sys.executable, "-m", "chanstat.cli", "demo", "--out", str(out), "--quick"],
-        capture_output=True, text=True, timeout=120,
-    )
-    assert proc.returncode == 2 and "already exists" in proc.stderr
+def test_save_then_render_works_for_a_python_analysis(tmp_path):
+    run = RunDirectory(tmp_path / "mine", create=True)
+    mass = pd.DataFrame({"sample": [0, 0, 1, 1], "method": "d_ig", "channel": ["DNA", "Mito"] * 2,
+                         "mass": [1.0, 3.0, 1.0, 2.0], "share": [0.25, 0.75, 1 / 3, 2 / 3],
+                         "Metadata_Plate": "P", "Metadata_Well": ["A01", "A01", "A02", "A02"]})
+    run.save(channel_mass=mass)
+    assert run.table("channel_mass").equals(mass)
+    with pytest.raises(KeyError, match="did you mean 'channel_mass'"):
+        run.save(channel_mas=mass)
 
 
-def test_stats_and_cellprofiler_import_without_torch():
-    code = "import sys, chanstat, chanstat.io; assert 'torch' not in sys.modules, 'torch imported'"
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+def _imports(path: Path) -> list[str]:
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found += [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+    return found
 
 
-def test_top_level_verbs_read_like_the_analysis(tiny_synthetic, trained_model):
-    import numpy as np
+def _module(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
-    import chanstat as cs
 
-    data = tiny_synthetic.subset(np.arange(0, len(tiny_synthetic), 6))
-    maps = cs.attribute(
-        trained_model, data.images, data.counterfactual_labels, "d_ig",
-        counterfactuals=data.counterfactuals, counterfactual_target=data.counterfactual_labels, n_steps=8,
-    )
-    assert maps.shape == data.images.shape
-    result = cs.dac(trained_model, data.images, data.counterfactuals, maps, data.labels,
-                    strategy="single_channel", steps=20, channels=data.channels)
-    per_channel = result.scores.groupby("channel")["dac"].mean()
-    assert per_channel.idxmax() == "Mito" and (per_channel.drop("Mito") == 0).all()
-    mass = cs.channel_mass(maps.numpy(), data.channels, data.meta, method="d_ig")
-    primary = cs.test_channels(mass).query("primary")
-    assert (primary["dominant_channel"] == "Mito").all() and (primary["unit"] == "well").all()
+def test_no_import_cycle_in_the_package_even_inside_functions():
+    modules = {_module(p): p for p in PACKAGE.rglob("*.py")}
+    graph = {m: sorted({i for i in _imports(p) if i in modules and i != m}) for m, p in modules.items()}
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(m: str) -> None:
+        state[m] = 1
+        stack.append(m)
+        for n in graph[m]:
+            if state.get(n) == 1:
+                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(n):] + [n]))
+            if n not in state:
+                visit(n)
+        stack.pop()
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m)
+
+
+def test_no_module_is_longer_than_500_lines():
+    long = {str(p.relative_to(ROOT)): n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > 500}
+    assert not long, long
+
+
+@pytest.mark.parametrize("module", ["chanstat.stats", "chanstat.cellprofiler", "chanstat.report", "chanstat.schema",
+                                    "chanstat.stage", "chanstat.rundir", "chanstat.io"])
+def test_torch_free_parts_import_without_torch(module):
+    code = f"import sys, {module}; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_every_stage_declares_its_outputs_in_the_schema():
+    names = [s.name for s in pipeline.stages()]
+    assert names == ["data", "model", "counterfactual", "attribution", "dac", "decompose", "metrics", "stats",
+                     "cellprofiler", "report"]
+    for stage in pipeline.stages():
+        for output in stage.writes:
+            assert SCHEMA[output].stage == stage.name or output in ("dataset", "meta"), (stage.name, output)
+
+
+def test_readme_config_schema_is_the_generated_one():
+    from chanstat.cli import readme_block
+    from chanstat.config import schema_markdown
+
+    assert readme_block((ROOT / "README.md").read_text()) == schema_markdown(pipeline.stages()), (
+        "README's config schema is stale: run `chanstat config --readme README.md`")
+
+
+def test_readme_python_example_runs_as_written(tmp_path):
+    text = (ROOT / "README.md").read_text()
+    block = text.split("<!-- example:start -->", 1)[1].split("<!-- example:end -->", 1)[0]
+    code = re.search(r"```python\n(.*?)```", block, re.S).group(1)
+    script = tmp_path / "example.py"
+    script.write_text(code)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=1200, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = tmp_path / "runs" / "example" / "report.html"
+    assert report.is_file() and report.stat().st_size > 10_000
+    assert "Mito" in proc.stdout

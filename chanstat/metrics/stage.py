@@ -203,6 +203,9 @@ def whole_set(ctx, outputs) -> tuple[dict, dict]:
         ignore_index=True,
     )
     loc = loc[["method"] + [c for c in loc.columns if c != "method"]]
+    not_found = sorted(set(section.get("faithfulness_methods") or []) - set(all_maps))
+    if not_found:
+        info["faithfulness_skipped"] = {m: "no maps in this run" for m in not_found}
     faith = outputs.get("faithfulness")
     if faith is not None and len(faith):
         means = faith.pivot_table(index=["method", "channel"], columns="metric", values="auc", aggfunc="mean")
