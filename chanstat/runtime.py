@@ -30,14 +30,12 @@ def resolve_device(spec: str | None = "auto"):
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and (if installed) torch; deterministic algorithms where cheap."""
+    """Seed Python, NumPy and torch."""
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % (2**32))
     os.environ.setdefault("PYTHONHASHSEED", str(seed))
-    try:
-        import torch
-    except ImportError:  # stats-only installs
-        return
     torch.manual_seed(seed)
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
@@ -55,16 +53,13 @@ def package_versions(names=TRACKED_PACKAGES) -> dict[str, str | None]:
 
 
 def device_description(device) -> dict:
-    info = {"device": str(device), "platform": platform.platform(), "cpu_count": os.cpu_count()}
-    try:
-        import torch
+    import torch
 
-        info["torch_threads"] = torch.get_num_threads()
-        if str(device).startswith("cuda") and torch.cuda.is_available():
-            info["gpu"] = torch.cuda.get_device_name(torch.device(device))
-            info["cuda"] = torch.version.cuda
-    except ImportError:
-        pass
+    info = {"device": str(device), "platform": platform.platform(), "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads()}
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+        info["cuda"] = torch.version.cuda
     return info
 
 

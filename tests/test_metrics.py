@@ -128,14 +128,14 @@ def test_dice_threshold_is_chosen_on_validation_and_applied_to_test():
     maps = np.where(masks, 0.8, 0.2) + 0.05 * rng.standard_normal(masks.shape)
     split = np.array([True] * 5 + [False] * 5)
     table = localisation(maps.astype(np.float32), masks, split=split)
-    r = row(table, "0")
+    r = row(table, "ch0")
     assert (r["n_val"], r["n_test"]) == (5, 5)
     assert r["dice"] == pytest.approx(1.0) and r["miou"] == pytest.approx(1.0)
     assert 0.2 < r["dice_threshold"] < 0.8
     # a test set unlike validation shows the cost of a transferred threshold
     shifted = maps.copy()
     shifted[~split] = np.where(masks[~split], 0.8, 0.6) + 0.05 * rng.standard_normal(masks[~split].shape)
-    assert row(localisation(shifted.astype(np.float32), masks, split=split), "0")["dice"] < 1.0
+    assert row(localisation(shifted.astype(np.float32), masks, split=split), "ch0")["dice"] < 1.0
 
 
 def test_channel_agnostic_maps_are_broadcast_and_flagged():

@@ -121,7 +121,8 @@ def test_no_module_is_longer_than_500_lines():
 
 
 @pytest.mark.parametrize("module", ["chanstat.stats", "chanstat.cellprofiler", "chanstat.report", "chanstat.schema",
-                                    "chanstat.stage", "chanstat.rundir", "chanstat.io"])
+                                    "chanstat.stage", "chanstat.rundir", "chanstat.io",
+                                    "chanstat.objects", "chanstat.decompose.compartments"])
 def test_torch_free_parts_import_without_torch(module):
     code = f"import sys, {module}; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

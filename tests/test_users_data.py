@@ -182,16 +182,17 @@ def test_sqlite_table_name_with_a_double_quote_is_read(tmp_path):
 # ---------------------------------------------------------------------------------------------
 def test_imageset_save_and_load_rows(tmp_path):
     from chanstat.data import synthetic
+    from chanstat.rundir import RunDirectory
 
     s = synthetic(n_plates=1, wells_per_class=1, sites_per_well=3, size=24, seed=0)
     s.meta.attrs["scaling"] = {"method": "plate", "percentiles": [1.0, 99.5]}
-    run = s.save(tmp_path / "run")
-    back = ImageSet.load(run)
+    run = RunDirectory(tmp_path / "run", create=True).save(dataset=s)
+    back = run.dataset()
     assert torch.equal(back.images, s.images) and torch.equal(back.counterfactuals, s.counterfactuals)
     pd.testing.assert_frame_equal(back.meta, s.meta, check_dtype=False)
     assert back.meta.attrs["scaling"]["method"] == "plate"
     rows = [4, 1, 3]
-    part = ImageSet.load(run, indices=rows)
+    part = run.dataset(rows)
     expected = s.subset(rows)
     assert torch.equal(part.images, expected.images) and torch.equal(part.labels, expected.labels)
     assert part.meta["Metadata_Well"].tolist() == expected.meta["Metadata_Well"].tolist()

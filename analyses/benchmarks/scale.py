@@ -15,6 +15,11 @@ Prints, in one run:
    killed (with its workers) when half the shards are committed, and the stage is run again.
    Reported: shards the resumed run computed (target: exactly the uncommitted ones) and the time
    lost = killed run + resumed run - undisturbed run.
+1b. **Plain Dask shards, 1 vs 2 workers** (``--dask-shards``, only this part) -- D-IG on 64
+   random 5 x 64 x 64 images in 8 shards, each shard's wall and CPU seconds measured inside
+   the task: the ratio, the share of a core each worker got, the idle worker time between
+   shards, and the ratio a whole core per worker would give. Uses only ``distributed`` and
+   ``chanstat.attribution`` (parts 1-3 use ``chanstat.compute`` and follow its API).
 4. **Peak memory of streamed well aggregation** -- a per-cell Parquet table of 1,000,000 cells
    x 1,000 float32 features (768 wells) is generated in row groups into a temporary folder;
    ``aggregate_wells_streaming`` runs in a child process whose resident memory is sampled
@@ -23,6 +28,7 @@ Prints, in one run:
     python analyses/benchmarks/scale.py            # full size (about 10 minutes on 2 cores)
     python analyses/benchmarks/scale.py --quick    # small sizes, about a minute
     python analyses/benchmarks/scale.py --skip-aggregation --json out.json
+    python analyses/benchmarks/scale.py --dask-shards           # part 1b only (a few minutes)
 
 Timings depend on the machine and its load; the ratio and the recomputed shards are the
 numbers to compare.
@@ -139,6 +145,68 @@ def bench_throughput(base: Path, config: dict, shard_size: int, workers=(1, 2)) 
                       "images_per_cpu_s": round(n_images / cpu, 2) if cpu > 0 else None}
     results["ratio_2_vs_1"] = round(results[2]["images_per_s"] / results[1]["images_per_s"], 2)
     return results
+
+
+# ---------------------------------------------------------------------------------------------
+# 1b. throughput of plain Dask shards, with the CPU each shard got (public APIs only)
+# ---------------------------------------------------------------------------------------------
+def _attribution_shard(seed: int, start: int, stop: int, n_images: int, size: int, n_steps: int) -> dict:
+    """One shard of D-IG maps on a seeded model and seeded images; its wall and CPU seconds."""
+    import torch
+
+    from chanstat.attribution import attribute
+    from chanstat.models import VGGClassifier
+
+    torch.set_num_threads(1)
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    torch.manual_seed(seed)
+    model = VGGClassifier(5, 2).eval()
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(n_images, 5, size, size, generator=g)[start:stop]
+    counterfactuals = torch.rand(n_images, 5, size, size, generator=g)[start:stop]
+    setup_s = time.perf_counter() - wall0
+    maps = attribute(model, images, 0, "d_ig", counterfactuals=counterfactuals, counterfactual_target=1, n_steps=n_steps)
+    return {"wall_s": time.perf_counter() - wall0, "cpu_s": time.process_time() - cpu0, "setup_s": setup_s,
+            "checksum": float(maps.double().sum())}
+
+
+def bench_dask_shards(n_images: int, shard_size: int, size: int, n_steps: int, workers=(1, 2)) -> dict:
+    """1 vs 2 single-threaded worker processes on the same shards (cluster started and warmed
+    up before timing). Per shard: wall and CPU seconds inside the task, so the ratio can be
+    split into the cores the workers got (CPU / wall per shard) and the idle time between
+    shards (workers x wall - sum of shard walls)."""
+    from distributed import Client, LocalCluster
+
+    shards = [(start, min(start + shard_size, n_images)) for start in range(0, n_images, shard_size)]
+    out: dict = {"n_images": n_images, "shard_size": shard_size, "n_shards": len(shards), "size": size,
+                 "n_steps": n_steps}
+    for n in workers:
+        with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
+                          host="127.0.0.1") as cluster, Client(cluster) as client:
+            client.run(_warm_up)
+            client.gather(client.map(_attribution_shard, [0] * n, [0] * n, [1] * n, [n_images] * n, [size] * n,
+                                     [2] * n, pure=False))  # warm-up: imports, allocator, oneDNN kernels
+            t0 = time.perf_counter()
+            futures = [client.submit(_attribution_shard, 0, a, b, n_images, size, n_steps, pure=False) for a, b in shards]
+            reports = client.gather(futures)
+            wall = time.perf_counter() - t0
+        shard_wall = sum(r["wall_s"] for r in reports)
+        shard_cpu = sum(r["cpu_s"] for r in reports)
+        out[n] = {
+            "wall_s": round(wall, 2), "images_per_s": round(n_images / wall, 3),
+            "shard_wall_s_mean": round(shard_wall / len(reports), 3), "shard_cpu_s_mean": round(shard_cpu / len(reports), 3),
+            # share of a core each busy worker got (1.0 on an idle machine)
+            "core_share": round(shard_cpu / shard_wall, 3),
+            # worker time not spent inside a shard: scheduling, transfers, waiting for the last shard
+            "idle_s": round(n * wall - shard_wall, 2),
+            "checksum": round(sum(r["checksum"] for r in reports), 3),
+        }
+    out["ratio_2_vs_1"] = round(out[2]["images_per_s"] / out[1]["images_per_s"], 3)
+    # the ratio if every worker had a whole core: shards in sequence x CPU seconds per shard
+    rounds_two = -(-len(shards) // 2)
+    out["whole_core_ratio"] = round(len(shards) * out[1]["shard_cpu_s_mean"] / (rounds_two * out[2]["shard_cpu_s_mean"]), 3)
+    out["same_maps"] = out[1]["checksum"] == out[2]["checksum"]
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -392,6 +460,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--memory-limit", default="512MB", help="aggregate_wells_streaming memory_limit")
     parser.add_argument("--shard-size", type=int, default=None, help="images per shard (default 16; quick 4)")
     parser.add_argument("--skip-workers", action="store_true", help="skip parts 1-3 (Dask)")
+    parser.add_argument("--dask-shards", action="store_true",
+                        help="only part 1b: 1 vs 2 Dask workers on plain D-IG shards, with CPU seconds per shard")
+    parser.add_argument("--images", type=int, default=64, help="part 1b: images (default 64)")
     parser.add_argument("--skip-aggregation", action="store_true", help="skip part 4")
     parser.add_argument("--compare-read", action="store_true",
                         help="also measure chanstat.cellprofiler.read(path, aggregate='well') on the same table")
@@ -401,7 +472,24 @@ def main(argv=None) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    results: dict = {"quick": args.quick, "cpu_count": os.cpu_count()}
+    results: dict = {"quick": args.quick, "cpu_count": os.cpu_count(), "load_average": os.getloadavg()}
+    if args.dask_shards:
+        shard_size = args.shard_size or (4 if args.quick else 8)
+        shards = bench_dask_shards(args.images if not args.quick else 16, shard_size, 32 if args.quick else 64,
+                                   8 if args.quick else 32)
+        results["dask_shards"] = shards
+        one, two = shards[1], shards[2]
+        print(f"[1b] d_ig, {shards['n_images']} images of {shards['size']}x{shards['size']}, {shards['n_shards']} shards "
+              f"(load average before: {results['load_average'][0]:.1f} on {os.cpu_count()} cores): "
+              f"1 worker {one['images_per_s']} img/s, 2 workers {two['images_per_s']} img/s, ratio "
+              f"{shards['ratio_2_vs_1']}; per shard {one['shard_wall_s_mean']} s wall / {one['shard_cpu_s_mean']} s CPU "
+              f"(1 worker) vs {two['shard_wall_s_mean']} s / {two['shard_cpu_s_mean']} s (2 workers); core share "
+              f"{one['core_share']} vs {two['core_share']}; idle worker-seconds {one['idle_s']} vs {two['idle_s']}; "
+              f"same maps: {shards['same_maps']}; ratio with a whole core per worker (from CPU seconds): "
+              f"{shards['whole_core_ratio']}", flush=True)
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2, default=str))
+        return results
     if not args.skip_workers:
         config = make_config(args.quick)
         shard_size = args.shard_size or (4 if args.quick else 16)

@@ -20,6 +20,8 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from chanstat.objects import compartment_labels
+
 #: Which measurement runs on which compartment by default: intensity everywhere, shape of
 #: nuclei and cells, texture/granularity/colocalisation on whole cells. Chosen to keep a few
 #: hundred 48-64 px tiles under a minute while covering every channel-resolved category.
@@ -45,22 +47,13 @@ def _relabel(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _compartment_labels(nuclei: np.ndarray, cells: np.ndarray) -> dict[str, np.ndarray]:
-    """Label images of nuclei, cells and cytoplasm, all numbered by their cell's id.
-
-    Every nucleus takes the id of the cell it overlaps most (nuclei outside any cell are
-    dropped); the cytoplasm is the cell without any nucleus pixel.
-    """
-    n_max, c_max = int(nuclei.max(initial=0)), int(cells.max(initial=0))
-    both = (nuclei > 0) & (cells > 0)
-    overlap = np.zeros((n_max + 1, c_max + 1), dtype=np.int64)
-    np.add.at(overlap, (nuclei[both], cells[both]), 1)
-    cell_of = overlap.argmax(axis=1)
-    cell_of[overlap.max(axis=1) == 0] = 0
-    cell_of[0] = 0
+    """Label images of nuclei, cells and cytoplasm, all numbered by their cell's id (nuclei
+    outside any cell are dropped), as cp-measure measures them."""
+    parts = compartment_labels(nuclei, cells)
     return {
-        "Nuclei": cell_of[nuclei].astype(np.int32),
-        "Cells": cells.astype(np.int32),
-        "Cytoplasm": np.where(nuclei > 0, 0, cells).astype(np.int32),
+        "Nuclei": parts["nucleus_cell"][parts["nuclei"]].astype(np.int32),
+        "Cells": parts["cells"].astype(np.int32),
+        "Cytoplasm": parts["cytoplasm"].astype(np.int32),
     }
 
 

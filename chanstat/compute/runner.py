@@ -39,7 +39,6 @@ from tqdm.auto import tqdm
 from chanstat.compute.manifest import ShardStore
 from chanstat.compute.plan import Shard
 
-SCHEDULERS = ("sync", "local")
 
 class ComputeConfig(BaseModel):
     """``[compute]``: run the per-image parts of stages in shards (on Dask unless ``"sync"``).
@@ -160,13 +159,10 @@ class ShardsFailed(RuntimeError):
 # ---------------------------------------------------------------------------------------------
 def default_n_workers() -> int:
     """One worker per CUDA device when there are any, else one per CPU core."""
-    try:
-        import torch
+    import torch
 
-        if torch.cuda.is_available() and torch.cuda.device_count() > 0:
-            return int(torch.cuda.device_count())
-    except ImportError:
-        pass
+    if torch.cuda.is_available() and torch.cuda.device_count() > 0:
+        return int(torch.cuda.device_count())
     return max(1, os.cpu_count() or 1)
 
 

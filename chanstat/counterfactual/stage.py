@@ -26,7 +26,7 @@ from chanstat.config import Section
 from chanstat.counterfactual import PROVIDERS, get_provider, with_counterfactuals
 from chanstat.stage import Arrays, Stage
 
-PATH_KEYS = ("path", "index", "target_labels", "generator", "checkpoint_dir")
+PATH_KEYS = ("path", "index", "target_labels", "key_table", "generator", "checkpoint_dir")
 
 
 class CounterfactualConfig(Section):

@@ -40,7 +40,6 @@ COARSE_INTERVALS = 8
 COARSE_STEP_INTERVALS = 6
 
 
-
 def distinct_steps(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """First step of every distinct mask, and the step each step takes its result from.
 

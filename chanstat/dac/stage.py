@@ -51,7 +51,7 @@ class DacConfig(Section):
     methods: list[str] | None = Field(None, description="Default: every discriminative map of the run.")
     steps: int = Field(200, ge=1, description="Threshold intervals of the value/rank grid (curves have steps + 1 points).")
     schedule: str = Field("adaptive", description='"adaptive" (few forward passes), "value" or "rank".')
-    tolerance: float = Field(0.005, gt=0, le=0.1, description="Adaptive schedule: largest DAC error per curve.")
+    tolerance: float = Field(0.0025, gt=0, le=0.1, description="Adaptive schedule: largest DAC area error per curve.")
     closing: int = Field(10, ge=0, description="Closing element size in pixels (0 = off).")
     closing_shape: str = Field("ellipse", description='"ellipse" or "square".')
     sigma: float = Field(2.0, ge=0, description="Gaussian blur of each mask in pixels (0 = off).")

@@ -1,9 +1,7 @@
 """The in-memory image container every stage passes along."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -107,25 +105,6 @@ class ImageSet:
                 if lab.shape != (n, h, w):
                     raise ValueError(f"objects[{name!r}] must have shape {(n, h, w)}; got {lab.shape}")
                 self.objects[name] = lab.astype(np.int32, copy=False)
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write this set into the run directory ``path`` (created if needed) as the data stage
-        does: ``dataset.zarr`` (images, labels, counterfactuals, masks, ``objects_*``; channel
-        and class names and ``meta.attrs`` as group attributes) and ``meta.parquet`` (a
-        ``sample`` column, then the metadata). Returns the run directory's path."""
-        from chanstat.rundir import RunDirectory
-
-        run = RunDirectory(path, create=True)
-        run.write_dataset(self)
-        return run.path
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, indices: Sequence[int] | None = None) -> "ImageSet":
-        """The set a run directory holds (written by :meth:`save` or the data stage);
-        ``indices``: only those images, in that order (read without loading the rest)."""
-        from chanstat.rundir import RunDirectory
-
-        return RunDirectory(path).dataset(indices)
 
     def __len__(self) -> int:
         return int(self.images.shape[0])

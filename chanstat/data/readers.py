@@ -40,6 +40,7 @@ def read_loaddata(
     percentiles: tuple[float, float] = (1.0, 99.5),
     control_column: str | None = None,
     control_values: list[str] | str | None = None,
+    objects: Mapping[str, str] | None = None,
     progress: bool = False,
 ) -> ImageSet:
     """Read the images listed in a CellProfiler LoadData CSV.
@@ -154,7 +155,38 @@ def read_loaddata(
         codes, uniques = pd.factorize(table[label_column].astype(str), sort=True)
         classes, labels = list(uniques), codes
     meta.attrs["scaling"] = record
-    return ImageSet(images=images, channels=wanted, labels=labels, classes=classes, meta=meta)
+    labels_by_object = {name: read_objects(table, csv, token, images.shape[2:]) for name, token in (objects or {}).items()}
+    return ImageSet(images=images, channels=wanted, labels=labels, classes=classes, meta=meta,
+                    objects=labels_by_object or None)
+
+
+def read_objects(table: pd.DataFrame, csv: Path, token: str, shape: tuple[int, ...]) -> np.ndarray:
+    """Label images (N, H, W) of one object type from LoadData columns ``ObjectsFileName_<token>``
+    / ``ObjectsPathName_<token>`` (label images) or ``FileName_<token>`` / ``PathName_<token>``
+    (e.g. CellProfiler's ``CellsOutlines``: outline images are filled into labels)."""
+    import tifffile
+
+    from chanstat.objects import labels_from_outlines
+
+    for file_col, path_col in ((f"ObjectsFileName_{token}", f"ObjectsPathName_{token}"),
+                               (f"FileName_{token}", f"PathName_{token}")):
+        if file_col in table.columns and path_col in table.columns:
+            break
+    else:
+        raise ValueError(f"{csv} has no ObjectsFileName_{token} or FileName_{token} column for objects {token!r}")
+    out = []
+    for _, row in table.iterrows():
+        folder = Path(str(row[path_col]))
+        path = (folder if folder.is_absolute() else csv.parent / folder) / str(row[file_col])
+        if not path.exists():
+            raise FileNotFoundError(f"object image {token} not found: {path}")
+        plane = np.squeeze(tifffile.imread(path))
+        if plane.shape != tuple(shape):
+            raise ValueError(f"{path} has shape {plane.shape}; the images are {tuple(shape)}")
+        values = np.unique(plane)
+        outlines = values.size <= 2  # a binary image draws outlines; anything else already labels objects
+        out.append(labels_from_outlines(plane > 0) if outlines else plane.astype(np.int32))
+    return np.stack(out).astype(np.int32)
 
 
 def tile(

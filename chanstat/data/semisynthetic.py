@@ -278,6 +278,8 @@ def plant(
         plant_kind=kind,
         plant_effect=effect,
         pseudo_wells=list(grid),
+        # the "wells" are spatial blocks of the same fields: every table and the report say so
+        pseudo_replicates=f"{grid[0]} x {grid[1]} spatial blocks of each field (Metadata_Well), not independent wells",
         plant_assign=assign,
         dna_threshold=used_threshold,
     )

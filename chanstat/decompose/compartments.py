@@ -16,6 +16,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from chanstat.objects import compartment_labels  # noqa: F401  (the decompose API)
+
 #: Disjoint compartments of the per-image table, in this order.
 PARTITION = ("nuclei", "cytoplasm", "background")
 #: Compartments of the per-object table (cells overlap nuclei and cytoplasm, as in CellProfiler).
@@ -55,38 +57,6 @@ def _pick(labels: Mapping[str, np.ndarray], key: str):
         if str(k).lower() == key:
             return v
     return None
-
-
-def compartment_labels(nuclei: np.ndarray | None, cells: np.ndarray | None) -> dict[str, np.ndarray]:
-    """Per-image label images of nuclei, cytoplasm and cells, and the cell of every nucleus.
-
-    Parameters
-    ----------
-    nuclei, cells : int arrays (H, W) or None
-        Label images (0 = no object). One of them may be missing.
-
-    Returns
-    -------
-    dict with ``nuclei``, ``cytoplasm``, ``cells`` (int64 label images; cytoplasm numbered by
-    cell) and ``nucleus_cell`` (int64 array: ``nucleus_cell[j]`` is the cell that nucleus ``j``
-    overlaps most, 0 when none).
-    """
-    shape = (nuclei if nuclei is not None else cells).shape
-    nuc = np.zeros(shape, np.int64) if nuclei is None else np.asarray(nuclei, dtype=np.int64)
-    cel = np.zeros(shape, np.int64) if cells is None else np.asarray(cells, dtype=np.int64)
-    n_max, c_max = int(nuc.max(initial=0)), int(cel.max(initial=0))
-    both = (nuc > 0) & (cel > 0)
-    overlap = np.zeros((n_max + 1, c_max + 1), dtype=np.int64)
-    np.add.at(overlap, (nuc[both], cel[both]), 1)
-    nucleus_cell = overlap.argmax(axis=1)
-    nucleus_cell[overlap.max(axis=1) == 0] = 0
-    nucleus_cell[0] = 0
-    return {
-        "nuclei": nuc,
-        "cytoplasm": np.where(nuc > 0, 0, cel),
-        "cells": cel,
-        "nucleus_cell": nucleus_cell,
-    }
 
 
 def _check_labels(labels, n: int, hw: tuple[int, int]) -> tuple[np.ndarray | None, np.ndarray | None]:

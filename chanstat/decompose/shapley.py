@@ -175,10 +175,8 @@ def _baseline_images(baseline: str, images: torch.Tensor, counterfactuals, blur_
 def _memory_format(model, probe: torch.Tensor) -> torch.memory_format:
     """The input layout DAC scores hybrids in (channels-last where the model gives the same
     probabilities and it pays, i.e. on CPUs), so both cost the same per forward pass."""
-    try:
-        from chanstat.dac.scoring import input_memory_format
-    except ImportError:  # the DAC helpers moved: plain layout is always correct
-        return torch.contiguous_format
+    from chanstat.dac.scoring import input_memory_format
+
     return input_memory_format(model, probe)
 
 

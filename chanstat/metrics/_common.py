@@ -13,27 +13,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from chanstat.tensors import ALL, as_images, as_target, channel_names, device_of
-
-# The metrics modules still call these by their old names; they are the shared helpers of
-# chanstat.tensors, not copies (switch the callers to the tensors names, then drop these lines).
-__all__ = ["ALL", "as_images", "as_target", "channel_names", "device_of", "as_float_tensor", "targets_tensor",
-           "resolve_device", "as_bool_tensor", "check_maps_masks", "views", "view_flat", "minmax_per_sample"]
-
-
-def as_float_tensor(x, name: str) -> torch.Tensor:
-    """:func:`chanstat.tensors.as_images` (float32, (N, C|1, H, W), finite; N = 0 allowed)."""
-    return as_images(x, name, allow_empty=True)
-
-
-def targets_tensor(target, n: int) -> torch.Tensor:
-    """:func:`chanstat.tensors.as_target`."""
-    return as_target(target, n)
-
-
-def resolve_device(device, fallback: torch.nn.Module | None = None) -> torch.device:
-    """:func:`chanstat.tensors.device_of`."""
-    return device_of(device, fallback)
+from chanstat.tensors import ALL
 
 
 def as_bool_tensor(x, name: str) -> torch.Tensor:

@@ -27,15 +27,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from chanstat.metrics._common import (
-    ALL,
-    as_float_tensor,
-    channel_names,
-    resolve_device,
-    targets_tensor,
-    view_flat,
-    views,
-)
+from chanstat.metrics._common import view_flat, views
+from chanstat.tensors import ALL, as_images, as_target, channel_names, device_of
 from chanstat.metrics.imputation import noisy_linear_impute
 
 SCORES = ("probability", "logit")
@@ -104,12 +97,12 @@ def _baseline_fn(baseline, blur_sigma: float) -> Callable[[torch.Tensor, slice],
 def _check_inputs(model, images, maps, target, channels):
     if not isinstance(model, nn.Module):
         raise TypeError("model must be a torch.nn.Module")
-    x = as_float_tensor(images, "images")
-    m = as_float_tensor(maps, "maps")
+    x = as_images(images, "images", allow_empty=True)
+    m = as_images(maps, "maps", allow_empty=True)
     n, c, h, w = x.shape
     if m.shape[0] != n or m.shape[2:] != x.shape[2:] or m.shape[1] not in (1, c):
         raise ValueError(f"maps {tuple(m.shape)} must be (N, C, H, W) or (N, 1, H, W) for images {tuple(x.shape)}")
-    t = targets_tensor(target, n)
+    t = as_target(target, n)
     names = channel_names(channels, c)
     return x, m, t, names
 
@@ -250,7 +243,7 @@ def _deletion_like(mode, model, images, maps, target, steps, baseline, blur_sigm
     x, m, t, names = _check_inputs(model, images, maps, target, channels)
     if steps < 1:
         raise ValueError(f"steps must be >= 1; got {steps}")
-    dev = resolve_device(device, model)
+    dev = device_of(device, model)
     ids = _samples(samples, x.shape[0])
     base_of = _baseline_fn(baseline, blur_sigma)
     cache: dict[int, torch.Tensor] = {}
@@ -401,7 +394,7 @@ def road(
     orders = {"both": ["morf", "lerf"], "morf": ["morf"], "lerf": ["lerf"]}.get(order)
     if orders is None:
         raise ValueError(f"order must be 'morf', 'lerf' or 'both'; got {order!r}")
-    dev = resolve_device(device, model)
+    dev = device_of(device, model)
     ids = _samples(samples, x.shape[0])
     gen = torch.Generator(device=dev)
     gen.manual_seed(int(seed))

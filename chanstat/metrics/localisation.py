@@ -42,16 +42,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from chanstat.metrics._common import (
-    as_bool_tensor,
-    as_float_tensor,
-    channel_names,
-    check_maps_masks,
-    minmax_per_sample,
-    resolve_device,
-    view_flat,
-    views,
-)
+from chanstat.metrics._common import as_bool_tensor, check_maps_masks, minmax_per_sample, view_flat, views
+from chanstat.tensors import as_images, channel_names, device_of
 
 
 def _subsets_from_split(split, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -221,7 +213,7 @@ def _pick(curve_val: np.ndarray, curve_test: np.ndarray, thresholds: int, has_fg
 
 
 def _prepare(maps, masks, channels):
-    maps_t = as_float_tensor(maps, "maps")
+    maps_t = as_images(maps, "maps", allow_empty=True)
     masks_t = as_bool_tensor(masks, "masks")
     n, c, _, _ = check_maps_masks(maps_t, masks_t)
     names = channel_names(channels, c)
@@ -261,7 +253,7 @@ def pxap(
         ``foreground_fraction``, ``n_images``, ``n_foreground``, ``n_background``.
     """
     maps_t, masks_t, n, c, names = _prepare(maps, masks, channels)
-    dev = resolve_device(device)
+    dev = device_of(device)
     acc = _accumulate(maps_t, masks_t, c, names, [np.ones(n, bool)], thresholds, absolute, 0, False, dev, batch_size, progress)
     resolved = maps_t.shape[1] == c
     rows = []
@@ -331,7 +323,7 @@ def localisation(
     if pointing_tolerance < 0:
         raise ValueError(f"pointing_tolerance must be >= 0; got {pointing_tolerance}")
     val, test = _subsets_from_split(split, n, seed)
-    dev = resolve_device(device)
+    dev = device_of(device)
     subsets = [np.ones(n, bool), val, test]
     acc = _accumulate(
         maps_t, masks_t, c, names, subsets, thresholds, absolute, int(pointing_tolerance), True, dev, batch_size, progress

@@ -20,7 +20,8 @@ from scipy.stats import rankdata
 from torch import nn
 from tqdm.auto import tqdm
 
-from chanstat.metrics._common import as_float_tensor, channel_names, targets_tensor, view_flat, views
+from chanstat.metrics._common import view_flat, views
+from chanstat.tensors import as_images, as_target, channel_names
 
 
 def randomisable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -100,9 +101,9 @@ def randomisation_check(
     """
     if not isinstance(model, nn.Module):
         raise TypeError("model must be a torch.nn.Module")
-    x = as_float_tensor(images, "images")
+    x = as_images(images, "images", allow_empty=True)
     n, c, _, _ = x.shape
-    y = targets_tensor(target, n)
+    y = as_target(target, n)
     names = channel_names(channels, c)
     fn = _method_fn(method, dict(method_options or {}))
     work = copy.deepcopy(model).eval()
@@ -120,7 +121,7 @@ def randomisation_check(
 
     def compute(m: nn.Module) -> torch.Tensor:
         maps = fn(m, x, y)
-        maps = as_float_tensor(maps, "maps").cpu()
+        maps = as_images(maps, "maps", allow_empty=True).cpu()
         if maps.shape[0] != n or maps.shape[2:] != x.shape[2:] or maps.shape[1] not in (1, c):
             raise ValueError(f"method returned maps of shape {tuple(maps.shape)} for images {tuple(x.shape)}")
         return maps.abs() if absolute else maps

@@ -21,7 +21,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from chanstat.report.text import Markdown, as_markdown, code, md
+from chanstat.report.text import Markdown, as_markdown, code, format_value, md
 
 TABLE_MIME = "application/vnd.chanstat.table+json"
 #: Notes carry this mime type too, so tests and the PDF writer can tell them from prose.
@@ -37,38 +37,6 @@ def _display(bundle: dict, metadata: dict | None = None) -> None:
 
 
 # ---- numbers ------------------------------------------------------------------------------
-def format_value(value: Any, digits: int = 3) -> str:
-    """How the report writes one table cell.
-
-    Floats get ``digits`` significant digits (``f"{x:.3g}"``, so p-values below 1e-4 appear as
-    ``1.23e-05``); NaN and None become an en dash; booleans ``yes``/``no``; sequences are joined
-    with ", ".
-    """
-    if value is None:
-        return "–"
-    if isinstance(value, (bool, np.bool_)):
-        return "yes" if value else "no"
-    if isinstance(value, (int, np.integer)):
-        return str(int(value))
-    if isinstance(value, (float, np.floating)):
-        v = float(value)
-        if math.isnan(v):
-            return "–"
-        if math.isinf(v):
-            return "∞" if v > 0 else "−∞"
-        return f"{v:.{digits}g}"
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return ", ".join(format_value(v, digits) for v in value)
-    if isinstance(value, dict):
-        return ", ".join(f"{k}: {format_value(v, digits)}" for k, v in value.items())
-    try:
-        if pd.isna(value):
-            return "–"
-    except (TypeError, ValueError):
-        pass
-    return str(value)
-
-
 # ---- figures ------------------------------------------------------------------------------
 def show_figure(fig, dpi: int = FIGURE_DPI, caption: str | Markdown | None = None, alt: str | None = None) -> None:
     """Show a matplotlib figure as an inline PNG.

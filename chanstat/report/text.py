@@ -16,9 +16,13 @@ off), so ``$`` in a channel name cannot start mathtext.
 from __future__ import annotations
 
 import html
+import math
 import re
 import string
 from typing import Any
+
+import numpy as np
+import pandas as pd
 
 _PUNCTUATION = re.compile("([" + re.escape(string.punctuation) + "])")
 
@@ -44,16 +48,12 @@ class Markdown(str):
 
 def escape_markdown(text: Any) -> str:
     """``text`` as Markdown that reads back as exactly ``text`` (one line; newlines become spaces)."""
-    from chanstat.report.display import format_value
-
     value = text if isinstance(text, str) else format_value(text)
     value = re.sub(r"[\r\n\t\v\f]+", " ", value)
     return _PUNCTUATION.sub(r"\\\1", value)
 
 
 def escape_html(text: Any) -> str:
-    from chanstat.report.display import format_value
-
     return html.escape(text if isinstance(text, str) else format_value(text), quote=True)
 
 
@@ -69,8 +69,6 @@ def md(template: str, *args: Any, **kwargs: Any) -> Markdown:
 
 def code(value: Any) -> Markdown:
     """Inline code holding ``value`` literally (a backtick fence longer than any run inside it)."""
-    from chanstat.report.display import format_value
-
     text = value if isinstance(value, str) else format_value(value)
     text = re.sub(r"[\r\n]+", " ", text)
     longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
@@ -89,3 +87,35 @@ class _EscapingFormatter(string.Formatter):
 
 
 _FORMATTER = _EscapingFormatter()
+
+
+def format_value(value: Any, digits: int = 3) -> str:
+    """How the report writes one table cell.
+
+    Floats get ``digits`` significant digits (``f"{x:.3g}"``, so p-values below 1e-4 appear as
+    ``1.23e-05``); NaN and None become an en dash; booleans ``yes``/``no``; sequences are joined
+    with ", ".
+    """
+    if value is None:
+        return "–"
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        v = float(value)
+        if math.isnan(v):
+            return "–"
+        if math.isinf(v):
+            return "∞" if v > 0 else "−∞"
+        return f"{v:.{digits}g}"
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return ", ".join(format_value(v, digits) for v in value)
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {format_value(v, digits)}" for k, v in value.items())
+    try:
+        if pd.isna(value):
+            return "–"
+    except (TypeError, ValueError):
+        pass
+    return str(value)

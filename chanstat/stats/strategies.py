@@ -35,6 +35,7 @@ COLUMNS = (
     "effect_size_name",
     "unit",
     "n_units",
+    "pseudo_replicates",
     "warning",
     "note",
 )
@@ -52,6 +53,7 @@ def compare_strategies(
     unit: str = "auto",
     padjust: str = "holm",
     ci: float = 0.95,
+    pseudo_replicates: bool = False,
 ) -> pd.DataFrame:
     """Paired Wilcoxon comparisons of DAC scores between strategies and between methods.
 
@@ -77,6 +79,8 @@ def compare_strategies(
         comparison family (one method's strategy pairs, or one strategy's method pairs, per
         channel); the family is named in ``multiplicity_scope``.
     ci : level of the t-interval (over units) of the mean paired difference.
+    pseudo_replicates : the units are pseudo-replicates (spatial blocks of one field); carried
+        into the ``pseudo_replicates`` column.
 
     Returns
     -------
@@ -96,8 +100,8 @@ def compare_strategies(
         Wilcoxon signed-rank W, its two-sided p-value, adjusted p-value and its family.
     ``effect_size``, ``effect_size_name``
         matched-pairs rank-biserial correlation (positive: a > b).
-    ``unit``, ``n_units``, ``warning``
-        unit of replication, number of pairs, unit warning (``""`` if none).
+    ``unit``, ``n_units``, ``pseudo_replicates``, ``warning``
+        unit of replication, number of pairs, pseudo-replicate flag, unit warning (``""`` if none).
     ``note``
         e.g. fewer than 2 pairs.
     """
@@ -141,6 +145,7 @@ def compare_strategies(
                     "b": b,
                     "unit": unit,
                     "n_units": n,
+                    "pseudo_replicates": bool(pseudo_replicates),
                     "warning": unit_warning,
                     "effect_size_name": "rank_biserial",
                     "note": "",
