@@ -138,7 +138,8 @@ _TEST_COLUMNS = (
     "method:str transition:str test:str contrast:str channel_a:str? channel_b:str? statistic:float df1:float? "
     "df2:float? p_value:float p_adj:float? p_adj_method:str? q_value:float? effect_size:float? "
     "effect_size_name:str? estimate:float? unit:str n_units:int n_samples:int primary:bool dominant_channel:str "
-    "dominant_share:float? dominant_ci_low:float? dominant_ci_high:float? note:str? pseudo_replicates:bool?"
+    "dominant_share:float? dominant_ci_low:float? dominant_ci_high:float? note:str? pseudo_replicates:bool? "
+    "role:str? multiplicity_scope:str? n_plates:int? warning:str?"
 )
 
 _ENTRIES: list[Entry] = [
@@ -203,7 +204,9 @@ _ENTRIES: list[Entry] = [
            order=("method", "sample"), extra=("Metadata_",)),
     _table("channel_tests", "stats", _TEST_COLUMNS, "Channel tests per method (and transition).", order=(), extra=("*",)),
     _table("channel_share_ci", "stats",
-           "method:str transition:str channel:str mean:float ci_low:float ci_high:float unit:str n_units:int n_samples:int",
+           "method:str transition:str channel:str mean:float ci_low:float ci_high:float unit:str n_units:int n_samples:int "
+           "interval:str? simultaneous_ci_low:float? simultaneous_ci_high:float? rank:int? dominant:bool? "
+           "pseudo_replicates:bool? warning:str?",
            "Mean unit-level share per channel with its interval.", order=(), extra=("*",)),
     _table("map_similarity", "stats", "method:str channel_a:str channel_b:str mean:float sd:float median:float n:int n_undefined:int",
            "Correlation between channels' maps.", order=()),
@@ -212,7 +215,12 @@ _ENTRIES: list[Entry] = [
            "ci_low:float ci_high:float statistic:float p_value:float p_adj:float p_adj_method:str effect_size:float "
            "effect_size_name:str unit:str n_units:int note:str?",
            "DAC compared between strategies and methods at the unit level.", order=(), extra=("*",)),
-    _table("shapley_tests", "stats", "source:str channel:str estimate:float? ci_low:float? ci_high:float?", "Channel Shapley values tested against zero and for dominance.",
+    _table("shapley_tests", "stats",
+           "source:str channel:str estimate:float? ci_low:float? ci_high:float? method:str? transition:str? test:str? "
+           "role:str? mean:float? sd:float? simultaneous_ci_low:float? simultaneous_ci_high:float? statistic:float? "
+           "df:float? p_value:float? p_adj:float? p_adj_method:str? multiplicity_scope:str? alternative:str? unit:str? "
+           "n_units:int? n_samples:int? pseudo_replicates:bool? dominant_channel:str? dominant_share:float? "
+           "dominant_ci_low:float? dominant_ci_high:float? warning:str? note:str?", "Channel Shapley values tested against zero and for dominance.",
            order=(), extra=("*",)),
     _table("answer", "stats",
            "family:str method:str dominant_channel:str source:str? quantity:str? estimate:float? ci_low:float? "
@@ -225,13 +233,17 @@ _ENTRIES: list[Entry] = [
     _table("cp_differential", "cellprofiler",
            "feature:str compartment:str category:str measurement:str? channels:list status:str n_case:int n_control:int "
            "statistic:float p_value:float q_value:float effect_size:float ci_low:float ci_high:float significant:bool "
-           "case:str? control:str? level:str?",
+           "case:str? control:str? level:str? multiplicity_scope:str?",
            "Every CellProfiler feature tested case vs control at the well level.", order=(), extra=("*",)),
-    _table("channel_enrichment", "cellprofiler", "channel:str n_features:int n_significant:int odds_ratio:float?",
+    _table("channel_enrichment", "cellprofiler", "channel:str n_features:int n_significant:int odds_ratio:float? fraction_significant:float? n_up:int? "
+           "n_down:int? mean_abs_effect:float? median_abs_effect:float? statistic:float? score_inside:float? "
+           "score_outside:float? p_value:float? p_adj:float? p_adj_method:str? multiplicity_scope:str? "
+           "statistic_name:str? n_perm:number? n_units:number? n_features_competitive:number?",
            "Which channel's features differ more than the others'.", order=(), extra=("*",)),
     _table("compartment_channel", "cellprofiler", "compartment:str channel:str n_features:int n_significant:int",
            "Differential features per compartment and channel.", order=(), extra=("*",)),
-    _table("concordance", "cellprofiler", "method:str statistic:str estimate:float p_value:float ci_low:float? ci_high:float?",
+    _table("concordance", "cellprofiler", "method:str statistic:str estimate:float p_value:float ci_low:float? ci_high:float? n_boot:int? "
+           "resampled:str? min_p_value:float? critical_estimate:float? grain:str? note:str?",
            "Agreement of attribution and CellProfiler channel rankings.", order=(), extra=("*",)),
     _table("concordance_ranks", "cellprofiler", "method:str channel:str attribution_rank:float? feature_rank:float?",
            "Channel ranks on both sides of the concordance.", order=(), extra=("*",)),

@@ -612,8 +612,9 @@ def test_measure_synthetic_names_and_planted_mito_effect(measured, tiny_syntheti
 
 
 def test_stage_writes_run_files(tmp_path, tiny_synthetic):
-    from chanstat.cellprofiler import stage
-    from chanstat.pipeline import RunContext
+    from chanstat.cellprofiler.stage import STAGE, CellProfilerConfig
+    from chanstat.context import RunContext
+    from chanstat.rundir import RunDirectory
 
     rng = np.random.default_rng(0)
     n, channels = len(tiny_synthetic), list(tiny_synthetic.channels)
@@ -621,25 +622,26 @@ def test_stage_writes_run_files(tmp_path, tiny_synthetic):
     mass = pd.DataFrame({"sample": np.repeat(np.arange(n), 5), "method": "d_ig", "channel": np.tile(channels, n),
                          "mass": share.ravel(), "share": share.ravel()})
     mass = pd.concat([mass, tiny_synthetic.meta.loc[np.repeat(np.arange(n), 5)].reset_index(drop=True)], axis=1)
-    config = {"cellprofiler": {"n_permutations": 20, "n_boot": 50,
-                               "measure": {"measurements": {"intensity": ["Cells", "Cytoplasm"], "texture": ["Cells"]}}}}
-    ctx = RunContext(config=config, out=tmp_path, dataset=tiny_synthetic, artifacts={"channel_mass": mass}, progress=False)
-    info = stage.run(ctx)
-    for name in ("cp_features", "cp_differential", "channel_enrichment", "compartment_channel", "concordance",
-                 "concordance_ranks"):
-        assert (tmp_path / f"{name}.parquet").exists(), name
-    assert info["top_channel"] == "Mito"
-    wells = pd.read_parquet(tmp_path / "cp_features.parquet")
+    section = CellProfilerConfig(n_perm=199, n_boot=50).model_dump()
+    ctx = RunContext(config={"cellprofiler": section}, run=RunDirectory(tmp_path, create=True), progress=False,
+                     results={"dataset": tiny_synthetic, "channel_mass": mass})
+    outputs, info = STAGE.whole_set(ctx, {})
+    assert set(outputs) == {"cp_features", "cp_differential", "channel_enrichment", "compartment_channel", "concordance",
+                            "concordance_ranks"}
+    wells = outputs["cp_features"]
     assert len(wells) == tiny_synthetic.meta[["Metadata_Plate", "Metadata_Well"]].drop_duplicates().shape[0]
-    diff = pd.read_parquet(tmp_path / "cp_differential.parquet")
+    diff = outputs["cp_differential"]
     assert {"feature", "compartment", "category", "channels", "statistic", "p_value", "q_value", "effect_size"} <= set(diff.columns)
-    enrichment = pd.read_parquet(tmp_path / "channel_enrichment.parquet")
-    assert {"channel", "n_features", "n_significant", "odds_ratio", "mean_abs_effect",
-            "competitive_p_value", "competitive_p_adj"} <= set(enrichment.columns)
-    conc = pd.read_parquet(tmp_path / "concordance.parquet")
-    assert {"method", "statistic", "p_value", "estimate", "ci_low", "ci_high", "attribution_rank_Mito"} <= set(conc.columns)
+    enrichment = outputs["channel_enrichment"].set_index("channel")
+    # descriptive odds ratios and the valid competitive test side by side; only Mito's features differ
+    assert {"n_features", "n_significant", "odds_ratio", "mean_abs_effect", "p_value", "p_adj", "enriched",
+            "n_features_competitive"} <= set(enrichment.columns)
+    assert enrichment["odds_ratio"].idxmax() == "Mito" and enrichment["statistic"].idxmax() == "Mito"
+    assert info["enriched_channels"] in ([], ["Mito"])  # 6 wells per class: power, not a known answer
+    conc = outputs["concordance"]
+    assert {"method", "statistic", "p_value", "estimate", "ci_low", "ci_high", "resampled", "note"} <= set(conc.columns)
+    assert set(conc["resampled"]) == {"both"}
     assert set(conc["statistic"]) == {"kendall_tau", "spearman_rho"}
-    assert set(ctx.artifacts) >= {"cp_differential", "channel_enrichment", "concordance"}
 
 
 def test_cli_diff(tmp_path, shared_data, capsys):

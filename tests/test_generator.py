@@ -297,7 +297,7 @@ def test_generator_study_meets_the_done_criteria(phenotype, channel, size, steps
         scores = dac(model, x, y, maps, counterfactuals=xc, counterfactual_target=t, channels=data.channels,
                      strategy="single_channel", schedule="value", steps=20).scores
         by_channel = scores.groupby("channel")["dac"].mean()
-        print(f"  {method}: mass share {dict(zip(data.channels, (mass / mass.sum()).round(3).tolist()))}; "
+        print(f"  {method}: mass share {dict(zip(data.channels, (mass / mass.sum()).round(decimals=3).tolist()))}; "
               f"single-channel DAC {by_channel.round(3).to_dict()}")
         assert data.channels[int(mass.argmax())] == channel
         assert by_channel.idxmax() == channel

@@ -515,22 +515,15 @@ class _Dataset:
         self.meta, self.channels, self.classes, self.counterfactual_labels = meta, channels, classes, counterfactual_labels
 
 
-class _Context:
-    def __init__(self, out, dataset, artifacts):
-        self.out, self.dataset, self.artifacts = out, dataset, artifacts
-        self.seed, self.progress, self.quick = 0, False, True
-        self.config = {"stats": {"n_boot": 200}}
-
-    def section(self, name):
-        return self.config.get(name, {})
-
-
 def test_stage_writes_tables(tmp_path, dac_scores):
-    from chanstat.io import read_table
-    from chanstat.stats import stage
+    """The stats stage on plain arrays (no torch): Mito carries the mass, d_gradcam is channel-agnostic."""
+    from chanstat.context import RunContext
+    from chanstat.rundir import RunDirectory
+    from chanstat.stage import Arrays
+    from chanstat.stats.stage import STAGE, StatsConfig
 
     rng = np.random.default_rng(0)
-    n, plates, wells = 24, 2, 6
+    n = 24
     meta = pd.DataFrame(
         {
             "Metadata_Plate": [f"P{i // 12 + 1}" for i in range(n)],
@@ -542,22 +535,25 @@ def test_stage_writes_tables(tmp_path, dac_scores):
     cf = np.array([1 if c == "control" else 0 for c in meta["Metadata_Class"]])
     planted = rng.normal(size=(n, 5, 8, 8)).astype(np.float32)
     planted[:, 4] *= 3.0  # Mito carries the mass
-    artifacts = {
-        "attributions": {"d_ig": planted, "d_gradcam": rng.normal(size=(n, 1, 8, 8)).astype(np.float32)},
+    results = {
+        "dataset": _Dataset(meta, CHANNELS, ["control", "treated"], cf),
+        "attributions": Arrays({"d_ig": planted, "d_gradcam": rng.normal(size=(n, 1, 8, 8)).astype(np.float32)}),
         "dac_scores": dac_scores[dac_scores["sample"] < n].drop(columns=WELL),
     }
-    ctx = _Context(tmp_path, _Dataset(meta, CHANNELS, ["control", "treated"], cf), artifacts)
-    info = stage.run(ctx)
-    for name in ("channel_mass", "channel_tests", "channel_share_ci", "map_similarity", "strategy_comparison"):
-        assert (tmp_path / f"{name}.parquet").exists(), name
-        assert name in ctx.artifacts
-    mass = read_table(tmp_path / "channel_mass.parquet")
+    ctx = RunContext(config={"stats": StatsConfig(n_boot=200).model_dump()}, run=RunDirectory(tmp_path, create=True),
+                     results=results, progress=False)
+    outputs, info = STAGE.whole_set(ctx, {})
+    assert set(outputs) == {"channel_mass", "channel_tests", "channel_share_ci", "map_similarity", "strategy_comparison",
+                            "answer"}
+    mass = outputs["channel_mass"]
     assert set(mass["method"]) == {"d_ig"} and set(mass["transition"]) == {"control->treated", "treated->control"}
-    tests = read_table(tmp_path / "channel_tests.parquet")
-    assert tests["primary"].sum() == 1
-    assert info["methods"]["d_ig"]["dominant_channel"] == "Mito"
-    assert info["methods"]["d_ig"]["p_value"] < 0.01
-    assert info["unit"] == "well" and info["skipped_methods"] == ["d_gradcam"]
+    tests = outputs["channel_tests"]
+    primary = tests[tests["primary"] & (tests["transition"] == "all")]
+    assert len(primary) == 1 and primary["dominant_channel"].iloc[0] == "Mito" and primary["p_value"].iloc[0] < 0.05
+    assert info["dominant_channel"]["d_ig"] == "Mito" and info["unit"] == "well"
+    answer = outputs["answer"]
+    assert answer[["method", "dominant_channel"]].values.tolist() == [["d_ig", "Mito"]]
+    assert answer["ci_low"].iloc[0] < answer["estimate"].iloc[0] < answer["ci_high"].iloc[0]
 
 
 def test_calibration_script_smoke(tmp_path):

@@ -62,7 +62,7 @@ def test_streamed_medians_are_pandas_medians(cells_parquet):
 def test_options_match_in_memory_options(cells_parquet, tmp_path):
     frame = pd.read_parquet(cells_parquet)
     features = ["Cells_AreaShape_Area", "Nuclei_Intensity_MeanIntensity_Mito"]
-    expected = aggregate_wells(read(cells_parquet), features=features, func="mean", well_columns=["Metadata_Well"])
+    expected = aggregate_wells(read(cells_parquet), features=features, func="mean", well=["Metadata_Well"])
     streamed = aggregate_wells_streaming(cells_parquet, features=features, func="mean", well=["Metadata_Well"],
                                          memory_limit="10kB")
     # medians are exact; a mean over a block of wells may differ in the last bit (pandas' summation)

@@ -20,6 +20,7 @@ Mito fragmentation). Example::
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 
@@ -95,6 +96,7 @@ def main(argv=None) -> int:
     print(f"generation: {len(data) / seconds:.1f} images/s with {args.candidates} candidates each "
           f"({len(data) * args.candidates / seconds:.1f} candidates/s)")
 
+    cpu0 = time.process_time()
     with tempfile.TemporaryDirectory() as folder:
         steps, train_seconds, check_seconds, flip = 0, 0.0, 0.0, 0.0
         while steps < args.max_steps:
@@ -113,7 +115,9 @@ def main(argv=None) -> int:
                 break
     usable = "usable" if flip >= args.flip else f"NOT usable after {steps} steps"
     print(f"time to a usable generator (flip >= {args.flip}): {usable}; {steps} steps, training {train_seconds:.1f} s "
-          f"+ checks {check_seconds:.1f} s = {train_seconds + check_seconds:.1f} s")
+          f"+ checks {check_seconds:.1f} s = {train_seconds + check_seconds:.1f} s wall; "
+          f"{time.process_time() - cpu0:.1f} s of CPU time (wall exceeds CPU / threads when the machine is shared)")
+    print(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     return 0
 
 

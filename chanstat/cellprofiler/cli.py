@@ -28,7 +28,7 @@ def _cmd_diff(args: argparse.Namespace) -> int:
     path = Path(args.path)
     aggregate = "well" if args.level == "well" and path.suffix.lower() in (".parquet", ".pq") else None
     wells = args.well_columns.split(",") if args.well_columns else None
-    table = read(path, aggregate=aggregate, well_columns=wells)
+    table = read(path, aggregate=aggregate, well=wells)
     diff = differential(
         table, by=args.by, case=args.case, control=args.control, level=args.level,
         normalize="robust_z" if args.normalize else None, padjust=args.fdr, alpha=args.alpha,

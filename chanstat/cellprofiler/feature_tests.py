@@ -132,7 +132,7 @@ def prepare(
             warnings.warn(f"dropped {n_missing} rows with a missing well key {wells} (they would form one "
                           "pooled 'NaN well')", UserWarning, stacklevel=3)
             sub = sub.loc[~sub[wells].isna().any(axis=1).to_numpy()]
-        units = aggregate_wells(sub, features=features, well_columns=wells, keep=[by])
+        units = aggregate_wells(sub, features=features, well=wells, keep=[by])
     else:
         units = sub.reset_index(drop=True)
     unit_labels = units[by].astype("string").to_numpy() if by in units.columns else None

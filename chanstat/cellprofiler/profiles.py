@@ -75,11 +75,11 @@ def check_numeric(df: pd.DataFrame, features: Sequence[str]) -> None:
         )
 
 
-def resolve_well_columns(df_columns: Iterable[str], well_columns: Sequence[str] | None) -> list[str]:
-    """The well key: ``well_columns`` if given (must exist), else the default ones present."""
+def resolve_well_columns(df_columns: Iterable[str], well: Sequence[str] | None) -> list[str]:
+    """The well key: ``well`` if given (must exist), else the default ones present."""
     cols = list(df_columns)
-    if well_columns is not None:
-        wells = [well_columns] if isinstance(well_columns, str) else list(well_columns)
+    if well is not None:
+        wells = [well] if isinstance(well, str) else list(well)
         missing = [c for c in wells if c not in cols]
         if missing:
             raise ValueError(f"well columns {missing} are not in the table")
@@ -93,7 +93,7 @@ def resolve_well_columns(df_columns: Iterable[str], well_columns: Sequence[str] 
 def aggregate_wells(
     df: pd.DataFrame,
     features: Sequence[str] | None = None,
-    well_columns: Sequence[str] | None = None,
+    well: Sequence[str] | None = None,
     func: str = "median",
     keep: Sequence[str] = (),
 ) -> pd.DataFrame:
@@ -103,7 +103,7 @@ def aggregate_wells(
     ----------
     df : per-object (or per-image) table with ``Metadata_*`` columns and features.
     features : feature columns to aggregate; default :func:`feature_columns`.
-    well_columns : the well key; default ``Metadata_Plate`` + ``Metadata_Well`` (those present).
+    well : the well key; default ``Metadata_Plate`` + ``Metadata_Well`` (those present).
     func : ``"median"`` (default) or ``"mean"``.
     keep : further (non-``Metadata_``) columns to carry over when constant within wells.
 
@@ -116,9 +116,9 @@ def aggregate_wells(
     check_unique_columns(df)
     if func not in ("median", "mean"):
         raise ValueError(f"func must be 'median' or 'mean'; got {func!r}")
-    wells = resolve_well_columns(df.columns, well_columns)
+    wells = resolve_well_columns(df.columns, well)
     if not wells:
-        raise ValueError("cannot aggregate to wells: the table has no Metadata_Well column; pass well_columns")
+        raise ValueError("cannot aggregate to wells: the table has no Metadata_Well column; pass well")
     features = feature_columns(df.columns) if features is None else list(features)
     missing = [f for f in features if f not in df.columns]
     if missing:

@@ -52,7 +52,7 @@ def read(
     image_columns: str = "metadata",
     columns: Sequence[str] | None = None,
     aggregate: str | None = None,
-    well_columns: Sequence[str] | None = None,
+    well: Sequence[str] | None = None,
     chunk_columns: int = 512,
 ) -> pd.DataFrame:
     """Read a CellProfiler table into one wide DataFrame.
@@ -75,7 +75,7 @@ def read(
     aggregate : ``None`` (rows as stored) or ``"well"``: median per well
         (:func:`~chanstat.cellprofiler.aggregate_wells`). For Parquet this runs over column
         chunks of ``chunk_columns`` features, so memory stays bounded by one chunk.
-    well_columns : the well key for ``aggregate`` (default ``Metadata_Plate``, ``Metadata_Well``).
+    well : the well key for ``aggregate`` (default ``Metadata_Plate``, ``Metadata_Well``).
 
     Returns
     -------
@@ -99,19 +99,19 @@ def read(
     if aggregate not in (None, "well"):
         raise ValueError(f"aggregate must be None or 'well'; got {aggregate!r}")
     try:
-        return _read_any(path, compartments, image_columns, columns, aggregate, well_columns, chunk_columns)
+        return _read_any(path, compartments, image_columns, columns, aggregate, well, chunk_columns)
     except _DAMAGED as exc:  # e.g. a damaged Parquet file; CSV and SQLite readers name the file themselves
         raise _damaged(path, exc) from None
 
 
-def _read_any(path: Path, compartments, image_columns, columns, aggregate, well_columns, chunk_columns) -> pd.DataFrame:
+def _read_any(path: Path, compartments, image_columns, columns, aggregate, well, chunk_columns) -> pd.DataFrame:
     name = path.name.lower()
     if path.is_dir():
         df = read_spreadsheet_folder(path, compartments=compartments, image_columns=image_columns)
     elif name.endswith(_SQLITE_SUFFIXES):
         df = read_sqlite(path, compartments=compartments, image_columns=image_columns)
     elif name.endswith((".parquet", ".pq")) and aggregate == "well":
-        return _read_parquet_wells(path, columns, well_columns, chunk_columns)
+        return _read_parquet_wells(path, columns, well, chunk_columns)
     elif name.endswith(_PROFILE_SUFFIXES):
         df = read_profiles(path, columns=columns)
     else:
@@ -123,7 +123,7 @@ def _read_any(path: Path, compartments, image_columns, columns, aggregate, well_
         keep = tuple(f"{c}_" for c in compartments)
         df = df[[c for c in df.columns if c.startswith("Metadata_") or c.startswith(keep)]]
     if aggregate == "well":
-        df = aggregate_wells(df, well_columns=well_columns)
+        df = aggregate_wells(df, well=well)
     return df
 
 
@@ -458,7 +458,7 @@ def _order_metadata_first(df: pd.DataFrame) -> pd.DataFrame:
     return df[meta + [c for c in df.columns if c not in meta]]
 
 
-def _read_parquet_wells(path: Path, columns, well_columns, chunk_columns: int) -> pd.DataFrame:
+def _read_parquet_wells(path: Path, columns, well, chunk_columns: int) -> pd.DataFrame:
     """Median per well of a (large) per-object Parquet file, reading features in column chunks."""
     import pyarrow.parquet as pq
 
@@ -470,16 +470,16 @@ def _read_parquet_wells(path: Path, columns, well_columns, chunk_columns: int) -
     renamed = _rename_image_metadata(pd.DataFrame(columns=names)).columns.tolist()
     to_file = dict(zip(renamed, names))
     meta_cols = [c for c in renamed if c.startswith("Metadata_")]
-    wells = resolve_well_columns(renamed, well_columns)
+    wells = resolve_well_columns(renamed, well)
     if not wells:
-        raise ValueError(f"{path} has no Metadata_Well column to aggregate on; pass well_columns")
+        raise ValueError(f"{path} has no Metadata_Well column to aggregate on; pass well")
     wanted = feature_columns(renamed) if columns is None else [c for c in columns if c not in meta_cols]
     missing = [c for c in wanted if c not in to_file]
     if missing:
         raise ValueError(f"{path} has no columns {missing[:10]}")
     meta = pf.read(columns=[to_file[c] for c in meta_cols]).to_pandas()
     meta.columns = meta_cols
-    out = aggregate_wells(meta, features=[], well_columns=wells)
+    out = aggregate_wells(meta, features=[], well=wells)
     key = meta[wells].astype("string").fillna("<NA>")
     codes = key.groupby(wells, sort=True, dropna=False).ngroup().to_numpy()
     chunks = []

@@ -21,7 +21,12 @@ from typing import Literal
 import pandas as pd
 from pydantic import Field, model_validator
 
-from chanstat.cellprofiler.enrichment import channel_enrichment, compartment_channel_table, competitive_enrichment
+from chanstat.cellprofiler.enrichment import (
+    channel_enrichment,
+    channel_score_draws,
+    compartment_channel_table,
+    competitive_enrichment,
+)
 from chanstat.cellprofiler.feature_tests import differential
 from chanstat.cellprofiler.measure import measure_synthetic
 from chanstat.cellprofiler.profiles import aggregate_wells, feature_columns
@@ -60,7 +65,8 @@ class CellProfilerConfig(Section):
     alpha: float = Field(0.05, gt=0, lt=1)
     correlation: Literal["both", "pair", "exclude"] = Field("both", description="How a two-channel feature counts.")
     channel_map: dict[str, str] | None = Field(None, description="Channel token -> channel name.")
-    n_perm: int = Field(500, ge=0, description="Permutations of the competitive enrichment test (0 = off).")
+    n_perm: int = Field(500, ge=0, description="Permutations of the competitive enrichment test (0 = off; "
+                                               "at least 199 for Holm over 5 channels to reach 0.05).")
     enrichment_score: str = Field("mean_abs_effect", description="Feature-side score of the concordance.")
     n_boot: int = Field(1000, ge=1, description="Bootstrap draws of the concordance interval.")
     measure: MeasureConfig = Field(default_factory=MeasureConfig)
@@ -151,8 +157,10 @@ def whole_set(ctx, outputs) -> tuple[dict, dict]:
     mass = ctx.get("channel_mass")
     if mass is not None:
         options = dict(enrichment_score=cfg["enrichment_score"], channels=list(ctx.dataset.channels))
+        draws = channel_score_draws(features, **contrast, n_boot=cfg["n_boot"], correlation=cfg["correlation"], seed=ctx.seed,
+                                    **common)
         try:
-            outputs["concordance"] = concordance(mass, enrichment, n_boot=cfg["n_boot"], seed=ctx.seed,
+            outputs["concordance"] = concordance(mass, enrichment, n_boot=cfg["n_boot"], feature_draws=draws, seed=ctx.seed,
                                                  progress=ctx.progress, **options)
             outputs["concordance_ranks"] = channel_ranks(mass, enrichment, **options)
         except ValueError as exc:  # e.g. fewer than 3 shared channels

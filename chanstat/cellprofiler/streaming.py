@@ -119,7 +119,7 @@ def aggregate_wells_streaming(
     pandas.DataFrame
         One row per well, sorted by the well key: the well key, every other ``Metadata_*``
         column constant within each well, ``Metadata_n_objects``, then the features -- the
-        same table as ``aggregate_wells(read(source), features, well_columns, func, keep)``.
+        same table as ``aggregate_wells(read(source), features, well, func, keep)``.
 
     Raises
     ------
@@ -221,7 +221,7 @@ def _renamed(names: Iterable[str]) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 # Parquet: feature columns in batches
 # ---------------------------------------------------------------------------------------------
-def _parquet_wells(paths, features, well_columns, func, keep, compartments, budget, batch_rows, progress) -> pd.DataFrame:
+def _parquet_wells(paths, features, well, func, keep, compartments, budget, batch_rows, progress) -> pd.DataFrame:
     import pyarrow.parquet as pq
 
     files = [pq.ParquetFile(p) for p in paths]
@@ -237,7 +237,7 @@ def _parquet_wells(paths, features, well_columns, func, keep, compartments, budg
         prefixes = tuple(f"{c}_" for c in compartments)
         renamed = [c for c in renamed if c.startswith("Metadata_") or c.startswith(prefixes)]
     ordered = metadata_columns(renamed) + [c for c in renamed if not c.startswith("Metadata_")]
-    wells = resolve_well_columns(ordered, well_columns)
+    wells = resolve_well_columns(ordered, well)
     if not wells:
         raise ValueError("cannot aggregate to wells: the table has no Metadata_Well column; pass well=")
     features = feature_columns(ordered) if features is None else list(features)
@@ -346,7 +346,7 @@ def _fill(files, columns, itemsizes, n_rows, in_block, batch_rows) -> list[np.nd
 # ---------------------------------------------------------------------------------------------
 # SQLite: chunks of whole wells
 # ---------------------------------------------------------------------------------------------
-def _sqlite_wells(path, features, well_columns, func, keep, compartments, image_columns, budget, progress) -> pd.DataFrame:
+def _sqlite_wells(path, features, well, func, keep, compartments, image_columns, budget, progress) -> pd.DataFrame:
     from chanstat.cellprofiler.readers import read
 
     uri = f"file:{Path(path).resolve()}?mode=ro"
@@ -361,7 +361,7 @@ def _sqlite_wells(path, features, well_columns, func, keep, compartments, image_
         if "ImageNumber" not in keys:
             raise ValueError(f"{path}: the image table {image_table!r} has no ImageNumber column")
         renamed = dict(zip(_renamed(columns[image_table]), columns[image_table]))
-        wells = resolve_well_columns(list(renamed), well_columns)
+        wells = resolve_well_columns(list(renamed), well)
         if not wells:
             raise ValueError(
                 f"{path}: the image table has no Metadata_Well (or Image_Metadata_Well) column to group images "
@@ -391,7 +391,7 @@ def _sqlite_wells(path, features, well_columns, func, keep, compartments, image_
             cells = read(target, compartments=compartments, image_columns=image_columns)
             target.unlink()
             if len(cells):
-                parts.append(aggregate_wells(cells, features=features, well_columns=wells, func=func, keep=keep))
+                parts.append(aggregate_wells(cells, features=features, well=wells, func=func, keep=keep))
             del cells
     if not parts:
         raise ValueError(f"{path} holds no objects to aggregate")

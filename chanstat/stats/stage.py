@@ -99,7 +99,7 @@ def whole_set(ctx, outputs) -> tuple[dict, dict]:
         mass = channel_mass(resolved, channels, meta, positive_only=section["positive_only"])
         testable, n_dropped = drop_incomplete(mass, "share", "sample", ("method",), who="[stats]")
         tests = test_channels(testable, tests=section["tests"], primary=section["primary"], alpha=section["alpha"],
-                              padjust=section["padjust"], seed=ctx.seed, **common)
+                              padjust=section["padjust"], n_boot=section["n_boot"], seed=ctx.seed, **common)
         shares = channel_share_ci(testable, alpha=section["alpha"], n_boot=section["n_boot"], seed=ctx.seed, **common)
         similarity = map_similarity(resolved, channels, sample_ids=meta["sample"].to_numpy(), progress=ctx.progress)
         outputs = {"channel_mass": mass, "channel_tests": tests, "channel_share_ci": shares, "map_similarity": similarity}
@@ -112,7 +112,7 @@ def whole_set(ctx, outputs) -> tuple[dict, dict]:
         shapley = ctx.get("channel_shapley")
         if shapley is not None and len(shapley):
             outputs["shapley_tests"] = shapley_tests(shapley, meta, section, seed=ctx.seed, pseudo_replicates=pseudo)
-    outputs["answer"] = answer_table(outputs, ctx.get("dac_scores"))
+    outputs["answer"] = answer_table(outputs)
     primary = tests[tests["primary"]]
     info = {
         "primary_test": section["primary"],
@@ -121,6 +121,7 @@ def whole_set(ctx, outputs) -> tuple[dict, dict]:
         "dominant_channel": {str(r.method) + ("" if pd.isna(r.transition) or r.transition == "all" else f" [{r.transition}]"):
                              str(r.dominant_channel) for r in primary.itertuples(index=False)},
         "samples_without_mass": int(n_dropped),
+        "design_warnings": sorted({str(w) for w in tests.get("warning", pd.Series(dtype=object)).dropna() if str(w)}),
         "warnings": sorted({str(w.message)[:200] for w in caught if not issubclass(w.category, DeprecationWarning)})[:10],
     }
     return outputs, info
@@ -134,9 +135,8 @@ def shapley_tests(shapley: pd.DataFrame, meta: pd.DataFrame, section: dict, seed
                   pseudo_replicates=pseudo_replicates)
     zero = test_against_zero(table, value="shapley", padjust=section["padjust"], **common).assign(source="shapley", test="against_zero")
     dominance = test_channels(table, value="shapley", tests=["dominance"], primary="dominance", alpha=section["alpha"],
-                              padjust=section["padjust"], seed=seed, **common).assign(source="shapley")
-    if "channel" not in dominance:
-        dominance["channel"] = dominance.get("channel_a", "all")
+                              padjust=section["padjust"], n_boot=section["n_boot"], seed=seed, **common)
+    dominance = dominance.assign(source="shapley", channel=dominance["channel_a"])
     return pd.concat([zero, dominance], ignore_index=True)
 
 
@@ -148,49 +148,41 @@ FAMILIES = {
 }
 
 
-def answer_table(outputs: dict, dac_scores: pd.DataFrame | None) -> pd.DataFrame:
-    """The answer first: per method, its family, the dominant channel (or "none") with its share and
-    interval, from the primary test on all images; plus a Shapley row when values exist.
+def answer_table(outputs: dict, dac_scores: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The answer first: per method, its family and the dominant channel (or "none") of the primary
+    test on all images, with the channel's mean share (or mean Shapley value) and its simultaneous
+    interval (valid for a channel chosen from the data); a row for the channel Shapley values when
+    the decompose stage ran.
 
-    Columns: ``family, method, source, dominant_channel, estimate, ci_low, ci_high, p_value,
-    unit, n_units, agrees_with_majority``.
+    Columns: ``family, method, source, quantity, dominant_channel, estimate, ci_low, ci_high,
+    p_value, unit, n_units, agrees_with_majority, note``.
     """
-    tests = outputs["channel_tests"]
-    shares = outputs["channel_share_ci"]
-    primary = tests[tests["primary"] & (tests["transition"].astype(str) == "all")]
+    frames = [("attribution share", "share", outputs["channel_tests"])]
+    if outputs.get("shapley_tests") is not None:
+        frames.append(("Shapley value", "contribution", outputs["shapley_tests"]))
     rows = []
-    for r in primary.itertuples(index=False):
-        family = next((f for f, members in FAMILIES.items() if r.method in members), "other")
-        share = shares[(shares["method"] == r.method) & (shares["transition"].astype(str) == "all")
-                       & (shares["channel"] == r.dominant_channel)]
-        rows.append({
-            "family": family, "method": str(r.method), "source": "attribution share", "dominant_channel": str(r.dominant_channel),
-            "estimate": float(share["mean"].iloc[0]) if len(share) else np.nan,
-            "ci_low": float(share["ci_low"].iloc[0]) if len(share) else np.nan,
-            "ci_high": float(share["ci_high"].iloc[0]) if len(share) else np.nan,
-            "p_value": float(r.p_value), "unit": str(r.unit), "n_units": int(r.n_units),
-        })
-    shap = outputs.get("shapley_tests")
-    if shap is not None and len(shap):
-        dom = shap[(shap["test"] == "dominance") & shap.get("primary", True)]
-        dom = dom[dom["transition"].astype(str) == "all"] if "transition" in dom else dom
-        zero = shap[shap["test"] == "against_zero"]
-        zero = zero[zero["transition"].astype(str) == "all"] if "transition" in zero else zero
-        for r in dom.itertuples(index=False):
-            est = zero[zero["channel"] == r.dominant_channel]
+    for source, quantity, tests in frames:
+        primary = tests[tests["primary"].astype(bool) & (tests["test"] == "dominance")]
+        if "transition" in primary:
+            primary = primary[primary["transition"].astype(str) == "all"]
+        for r in primary.itertuples(index=False):
+            method = "channel_shapley" if source == "Shapley value" else str(r.method)
+            family = "model (Shapley)" if source == "Shapley value" else next(
+                (f for f, members in FAMILIES.items() if r.method in members), "other")
             rows.append({
-                "family": "model (Shapley)", "method": "channel_shapley", "source": "Shapley value",
-                "dominant_channel": str(r.dominant_channel),
-                "estimate": float(est["estimate"].iloc[0]) if len(est) and "estimate" in est else np.nan,
-                "ci_low": float(est["ci_low"].iloc[0]) if len(est) and "ci_low" in est else np.nan,
-                "ci_high": float(est["ci_high"].iloc[0]) if len(est) and "ci_high" in est else np.nan,
-                "p_value": float(r.p_value), "unit": str(r.unit), "n_units": int(r.n_units),
+                "family": family, "method": method, "source": source, "quantity": quantity,
+                "dominant_channel": str(r.dominant_channel), "estimate": float(r.dominant_share),
+                "ci_low": float(r.dominant_ci_low), "ci_high": float(r.dominant_ci_high), "p_value": float(r.p_value),
+                "unit": str(r.unit), "n_units": int(r.n_units), "note": str(getattr(r, "warning", "") or ""),
             })
-    table = pd.DataFrame(rows, columns=["family", "method", "source", "dominant_channel", "estimate", "ci_low", "ci_high",
-                                        "p_value", "unit", "n_units"])
+    columns = ["family", "method", "source", "quantity", "dominant_channel", "estimate", "ci_low", "ci_high", "p_value",
+               "unit", "n_units", "note"]
+    table = pd.DataFrame(rows, columns=columns)
     named = table.loc[table["dominant_channel"] != "none", "dominant_channel"]
     majority = named.mode().iloc[0] if len(named) else "none"
     table["agrees_with_majority"] = table["dominant_channel"] == majority
+    for col in ("family", "method", "source", "quantity", "dominant_channel", "unit", "note"):
+        table[col] = table[col].astype(object)
     return table
 
 
