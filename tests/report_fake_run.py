@@ -202,27 +202,15 @@ def make_fake_run(out: Path, names: Names | None = None, tables: tuple[str, ...]
             mass += [{"sample": s, "method": m, "channel": ch, "mass": raw[c], "share": raw[c] / raw.sum(),
                       "Metadata_Plate": names.plates[s % 2]} for c, ch in enumerate(chans)]
     put("channel_mass", mass)
-    base = {"transition": "all", "unit": "well", "n_units": 6, "n_samples": n, "p_adj_method": "holm", "note": ""}
-    put("channel_tests", [
-        {**base, "method": methods[0], "test": "friedman_f", "contrast": "channel", "channel_a": None, "channel_b": None,
-         "statistic": 5.4321, "df1": 4.0, "df2": 20.0, "p_value": 0.000123456, "p_adj": 0.000370368, "effect_size": 0.8765,
-         "effect_size_name": "kendall_w", "primary": True, "dominant_channel": names.signal, "dominant_share": 0.48,
-         "dominant_ci_low": 0.41234, "dominant_ci_high": 0.55678},
-        {**base, "method": methods[0], "test": "wilcoxon", "contrast": "pair", "channel_a": names.signal,
-         "channel_b": chans[0], "statistic": 21.0, "df1": np.nan, "df2": np.nan, "p_value": 0.03125, "p_adj": 0.3125,
-         "effect_size": 1.0, "effect_size_name": "rank_biserial", "primary": False, "dominant_channel": names.signal},
-        {**base, "method": methods[1], "test": "friedman_f", "contrast": "channel", "channel_a": None, "channel_b": None,
-         "statistic": 3.21, "df1": 4.0, "df2": 20.0, "p_value": 0.0123, "p_adj": 0.0246, "effect_size": 0.51,
-         "effect_size_name": "kendall_w", "primary": True, "dominant_channel": names.signal, "dominant_share": 0.45,
-         "dominant_ci_low": 0.3, "dominant_ci_high": 0.5},
-        {**base, "method": methods[2], "test": "friedman_f", "contrast": "channel", "channel_a": None, "channel_b": None,
-         "statistic": 0.4, "df1": 4.0, "df2": 20.0, "p_value": 0.81, "p_adj": 0.81, "effect_size": 0.05,
-         "effect_size_name": "kendall_w", "primary": True, "dominant_channel": "none"},
-    ])
+    put("channel_tests", channel_test_rows(names, n))
     put("channel_share_ci", [{"method": m, "transition": "all", "channel": ch, "mean": 0.2 + (0.25 if c == sig else -0.06),
                               "ci_low": 0.15 + (0.25 if c == sig else -0.06), "ci_high": 0.25 + (0.25 if c == sig else -0.06),
-                              "unit": "well", "n_units": 6, "n_samples": n}
-                             for m in methods for c, ch in enumerate(chans)])
+                              "interval": "boot_t", "simultaneous_ci_low": 0.1 + (0.25 if c == sig else -0.06),
+                              "simultaneous_ci_high": 0.3 + (0.25 if c == sig else -0.06),
+                              "rank": 1 if c == sig else c + 2, "dominant": c == sig and m == methods[0],
+                              "unit": "well", "n_units": 6, "n_samples": n, "pseudo_replicates": False,
+                              "warning": PLATE_WARNING}
+                             for m in methods[:2] for c, ch in enumerate(chans)])
     pairs = list(itertools.combinations(chans, 2))
     put("map_similarity", [{"method": m, "channel_a": a, "channel_b": b, "mean": 0.1 + 0.2 * k + 0.05 * i, "sd": 0.1,
                             "median": 0.1, "n": n, "n_undefined": 0}
@@ -232,7 +220,7 @@ def make_fake_run(out: Path, names: Names | None = None, tables: tuple[str, ...]
                                  "ci_high": 0.18, "statistic": 2.5, "p_value": 0.04, "p_adj": 0.08, "p_adj_method": "holm",
                                  "effect_size": 0.9, "effect_size_name": "dz", "unit": "well", "n_units": 6}
                                 for m in methods for a, b in itertools.combinations(STRATEGIES, 2)])
-    put("shapley_tests", [{"source": "shapley", "channel": ch} for ch in chans])
+    put("shapley_tests", shapley_test_rows(names, n))
     put("channel_shapley", [{"sample": s, "channel": ch, "shapley": (0.5 if c == sig else 0.02) + 0.01 * s}
                             for s in range(n) for c, ch in enumerate(chans)])
     put("channel_shapley_total", [{"sample": s, "p_real": 0.9, "p_counterfactual": 0.9 - (0.58 + 0.05 * s),
@@ -254,13 +242,24 @@ def make_fake_run(out: Path, names: Names | None = None, tables: tuple[str, ...]
     feats.append({"feature": "Cells_AreaShape_Constant", "compartment": "Cells", "category": "AreaShape", "channels": [],
                   "status": "constant", "n_case": 6, "n_control": 6, "statistic": np.nan, "p_value": np.nan,
                   "q_value": np.nan, "effect_size": np.nan, "ci_low": np.nan, "ci_high": np.nan, "significant": False})
-    put("cp_differential", feats)
-    put("channel_enrichment", {"channel": chans, "n_features": [24] * C,
-                               "n_significant": [1, 0, 2, 1, 15][:C - 1] + [15], "q_value": [1.0] * (C - 1) + [5e-6]})
+    put("cp_differential", [{**f, "multiplicity_scope": "bh over 120 tested features"} for f in feats])
+    n_sig = [1, 0, 2, 1, 15][:C - 1] + [15]
+    put("channel_enrichment", {
+        "channel": chans, "n_features": [24] * C, "n_significant": n_sig, "fraction_significant": [k / 24 for k in n_sig],
+        "n_up": n_sig, "n_down": [0] * C, "odds_ratio": [0.3, 0.1, 0.5, 0.3][:C - 1] + [12.5],
+        "mean_abs_effect": [0.4] * (C - 1) + [1.6], "median_abs_effect": [0.3] * (C - 1) + [1.4],
+        # the competitive test: only the signal channel is enriched (planted p_adj 0.00398 < 0.05)
+        "statistic": [-0.05] * (C - 1) + [0.21], "score_inside": [0.45] * (C - 1) + [0.7],
+        "score_outside": [0.5] * (C - 1) + [0.49], "p_value": [0.6] * (C - 1) + [0.000796],
+        "p_adj": [1.0] * (C - 1) + [0.00398], "p_adj_method": "holm",
+        "multiplicity_scope": f"holm over {C} channels of this contrast", "statistic_name": "competitive_rank",
+        "n_perm": 1999, "n_units": 12, "n_features_competitive": [23] * C})
     put("compartment_channel", [{"compartment": comp, "channel": ch, "n_features": 8, "n_significant": 6 if c == sig else 1}
                                 for comp in names.compartments for c, ch in enumerate(chans)])
     put("concordance", [{"method": m, "statistic": stat, "estimate": 0.9 - 0.3 * i, "p_value": 0.01 * (i + 1),
-                         "ci_low": 0.5 - 0.3 * i, "ci_high": 1.0}
+                         "ci_low": 0.5 - 0.3 * i, "ci_high": 1.0, "n_boot": 1000, "resampled": "both",
+                         "min_p_value": 1 / 120, "critical_estimate": 0.8, "grain": "channel",
+                         "note": CONCORDANCE_NOTE.format(stat=stat)}
                         for i, m in enumerate(methods[:2]) for stat in ("kendall_tau", "spearman_rho")])
     put("concordance_ranks", [{"method": m, "channel": ch, "attribution_rank": float(r if i == 0 else (r % C) + 1),
                                "feature_rank": float(r)}
@@ -268,12 +267,98 @@ def make_fake_run(out: Path, names: Names | None = None, tables: tuple[str, ...]
     for name, spec in SCHEMA.items():  # every other table, from its schema entry alone
         if name in want and isinstance(spec, TableSpec) and name not in planted and name != "answer":
             planted[name] = generic_frame(name, names, rng=rng)
-    if "answer" in want:
+    if "answer" in want:  # as the stats stage writes it: the marginal interval of channel_share_ci
+        common = {"unit": "well", "n_units": 6, "cellprofiler_channel": names.signal, "note": ""}
         planted["answer"] = schema_frame("answer", [
-            {"family": f, "method": m, "dominant_channel": names.signal if k < 2 else "none"}
-            for k, (f, m) in enumerate(zip(names.families, methods))], names, rng)
+            {**common, "family": names.families[0], "method": methods[0], "source": "attribution share",
+             "quantity": "share", "dominant_channel": names.signal, "estimate": 0.45, "ci_low": 0.4, "ci_high": 0.5,
+             "p_value": DOMINANCE_P[0], "agrees_with_majority": True, "agrees_with_cellprofiler": True},
+            {**common, "family": names.families[1], "method": methods[1], "source": "attribution share",
+             "quantity": "share", "dominant_channel": "none", "estimate": np.nan, "ci_low": np.nan, "ci_high": np.nan,
+             "p_value": DOMINANCE_P[1], "agrees_with_majority": False, "agrees_with_cellprofiler": False},
+            {**common, "family": "model (Shapley)", "method": "channel_shapley", "source": "Shapley value",
+             "quantity": "contribution", "dominant_channel": names.signal, "estimate": np.nan, "ci_low": np.nan,
+             "ci_high": np.nan, "p_value": 0.00456, "agrees_with_majority": True,
+             "agrees_with_cellprofiler": True}], names, rng)
     run.save(**planted)
     return run.path
+
+
+#: the warning test_channels writes when wells are the unit and there are too few plates for plate units
+PLATE_WARNING = ("unit=well with 2 plates (fewer than 6, the minimum for plate units): plate x channel effects are not "
+                 "averaged out, so p-values and intervals describe these 2 plates only (see the plate_x_channel test)")
+CONCORDANCE_NOTE = "with 5 ranks the smallest attainable p is 0.00833; p < 0.05 needs {stat} >= 0.8"
+#: planted p-values of the primary dominance test: the first method names the signal channel, the second none
+DOMINANCE_P = (0.0123, 0.41)
+PLATE_P = (0.33, 0.0271)
+
+
+def channel_test_rows(names: Names, n: int) -> list[dict]:
+    """``channel_tests`` as :func:`chanstat.stats.test_channels` writes it, for the first two methods
+    (the third is channel-agnostic): dominance (primary) with its components, the plate x channel
+    heterogeneity test, secondary omnibus and pairwise tests, and mixed-model estimates (no p-value)."""
+    chans, sig = names.channels, names.signal
+    rows = []
+    for k, method in enumerate(names.methods[:2]):
+        named = k == 0
+        base = {"method": method, "transition": "all", "unit": "well", "n_units": 6, "n_samples": n, "n_plates": 2,
+                "pseudo_replicates": False, "p_adj_method": "holm", "warning": PLATE_WARNING, "note": "",
+                "channel_a": None, "channel_b": None, "df1": np.nan, "df2": np.nan, "effect_size": np.nan,
+                "effect_size_name": "", "estimate": np.nan, "q_value": np.nan, "primary": False,
+                "dominant_channel": sig if named else "none", "dominant_share": 0.48 if named else np.nan,
+                "dominant_ci_low": 0.41234 if named else np.nan, "dominant_ci_high": 0.55678 if named else np.nan,
+                "multiplicity_scope": "holm over 2 groups (method) of this test", "contrast": "channel"}
+        candidate = sig if named else chans[0]
+        rival = chans[0] if named else chans[1]
+        p = DOMINANCE_P[k]
+        rows.append({**base, "test": "dominance", "role": "primary", "channel_a": candidate, "channel_b": rival,
+                     "statistic": 3.3 if named else 0.8, "df1": 5.0, "p_value": p, "p_adj": min(1.0, 2 * p),
+                     "effect_size": 1.1, "effect_size_name": "min_cohen_dz", "estimate": 0.2, "primary": True,
+                     "note": "intersection-union test of every pairwise comparison"})
+        for j, other in enumerate(c for c in chans if c != candidate):
+            rows.append({**base, "test": "dominance_pair", "role": "component", "contrast": f"{candidate} > {other}",
+                         "channel_a": candidate, "channel_b": other, "statistic": 3.3 + j, "df1": 5.0,
+                         "p_value": p / (j + 1), "p_adj": p / (j + 1),
+                         "multiplicity_scope": "none (intersection-union component)"})
+        rows.append({**base, "test": "plate_x_channel", "role": "heterogeneity", "statistic": 0.21, "df1": 1.0,
+                     "p_value": PLATE_P[k], "p_adj": PLATE_P[k],
+                     "note": "permutation test of equal composition across plates"})
+        rows.append({**base, "test": "friedman_f", "role": "secondary", "statistic": 5.4321, "df1": 4.0, "df2": 20.0,
+                     "p_value": 0.000123456 if named else 0.0345, "p_adj": 0.000246912 if named else 0.069,
+                     "effect_size": 0.8765, "effect_size_name": "kendall_w"})
+        rows.append({**base, "test": "hotelling", "role": "secondary", "statistic": 2.0, "df1": 4.0, "df2": 2.0,
+                     "p_value": 0.26, "p_adj": 0.52, "effect_size": 1.4,
+                     "effect_size_name": "aitchison_distance_from_uniform"})
+        for other in chans[:2]:
+            rows.append({**base, "test": "wilcoxon", "role": "secondary", "contrast": f"{sig} - {other}",
+                         "channel_a": sig, "channel_b": other, "statistic": 21.0, "p_value": 0.03125, "p_adj": 0.3125,
+                         "effect_size": 1.0, "effect_size_name": "rank_biserial",
+                         "multiplicity_scope": "holm over 10 channel pairs within the group"})
+        rows.append({**base, "test": "mixedlm", "role": "descriptive", "unit": "image (well random)", "statistic": 17.0,
+                     "df1": 4.0, "p_value": np.nan, "p_adj": np.nan, "effect_size": 1.43,
+                     "effect_size_name": "aitchison_distance_from_uniform",
+                     "note": "estimates only: the Wald chi-square is anti-conservative with few wells; no p-value"})
+    transition = f"{names.classes[0]} → {names.classes[1]}"
+    rows.append({**rows[0], "transition": transition, "primary": False, "p_value": 0.0456, "n_units": 3})
+    return rows
+
+
+def shapley_test_rows(names: Names, n: int) -> list[dict]:
+    """``shapley_tests`` as the stats stage writes it: every channel's Shapley value against zero,
+    then the dominance test on the Shapley values (the signal channel dominates)."""
+    chans, sig = names.channels, names.signal
+    base = {"source": "shapley", "method": "shapley", "transition": "all", "unit": "well", "n_units": 6,
+            "n_samples": n, "pseudo_replicates": False, "warning": PLATE_WARNING, "p_adj_method": "holm"}
+    rows = [{**base, "test": "against_zero", "channel": ch, "mean": 0.5 if ch == sig else 0.02, "sd": 0.1,
+             "ci_low": 0.4 if ch == sig else -0.03, "ci_high": 0.6 if ch == sig else 0.07,
+             "simultaneous_ci_low": 0.35 if ch == sig else -0.05, "simultaneous_ci_high": 0.65 if ch == sig else 0.09,
+             "statistic": 9.0 if ch == sig else 0.8, "df": 5.0, "p_value": 0.0003 if ch == sig else 0.46,
+             "p_adj": 0.0015 if ch == sig else 1.0, "multiplicity_scope": f"holm over {len(chans)} channels of the group",
+             "alternative": "two-sided", "note": ""} for ch in chans]
+    rows.append({**base, "test": "dominance", "role": "primary", "channel": sig, "statistic": 6.0, "p_value": 0.00456,
+                 "dominant_channel": sig, "dominant_share": 0.5, "dominant_ci_low": 0.31, "dominant_ci_high": 0.69,
+                 "note": "intersection-union test"})
+    return rows
 
 
 def schema_tables() -> list[str]:

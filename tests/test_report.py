@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from report_fake_run import Names, make_fake_run, schema_tables
+from report_fake_run import PLATE_P, PLATE_WARNING, Names, make_fake_run, schema_tables
 
 NAMES = Names()
 CHANNELS = NAMES.channels
@@ -71,6 +71,13 @@ def table_after(page: str, caption: str) -> str:
     assert start >= 0, f"no table captioned {caption!r}"
     end = page.find("</table>", start)
     return page[start:end]
+
+
+def html_text(fragment: str) -> str:
+    """The text of an HTML fragment (tags dropped, entities decoded, whitespace collapsed)."""
+    import html as html_lib
+
+    return re.sub(r"\s+", " ", html_lib.unescape(re.sub(r"<[^>]+>", "", fragment)))
 
 
 def row_html(*cells: str) -> str:
@@ -154,23 +161,103 @@ def test_dac_summary_is_area_under_mean_curve(fake_run):
 def test_primary_test_and_other_numbers_equal_the_parquet(rendered, fake_run):
     page = rendered["html"]
     tests = pd.read_parquet(fake_run / "channel_tests.parquet")
-    table = table_after(page, "Primary test per method")
-    assert "(test friedman_f, contrast channel, unit well" in table  # constant columns go to the caption
+    table = table_after(page, "Primary test per method, with the plate × channel heterogeneity test beside it")
     for row in tests[tests["primary"]].itertuples():
         p = f"{row.p_value:.3g}"
-        assert re.search(r'<tr class="chanstat-emph">' + row_html(row.method), table)
+        assert re.search(r'<tr class="chanstat-emph">' + row_html(row.method, "dominance", "primary"), table)
         assert f"p = {p}" in page  # the sentence above the table
         assert re.search(re.escape(row.method) + r".*?" + re.escape(p), table, re.S)
-    assert "0.000123" in page and "0.00037" in page  # planted primary p and adjusted p
-    enrichment = pd.read_parquet(fake_run / "channel_enrichment.parquet")
-    etable = table_after(page, "Channel enrichment")
-    for row in enrichment.itertuples():
-        assert re.search(row_html(row.channel, str(row.n_features), str(row.n_significant)), etable)
-        assert f"{row.q_value:.3g}" in etable
+    # the heterogeneity test sits in the same table, not in bold, with its own p-value
+    for method, p in zip(NAMES.methods[:2], PLATE_P):
+        assert re.search(r"<tr>" + row_html(method, "plate_x_channel", "heterogeneity") + r".*?" + re.escape(f"{p:.3g}"),
+                         table, re.S)
+    assert "friedman_f" not in table  # the equal-shares omnibus is secondary now
     conc = pd.read_parquet(fake_run / "concordance.parquet")
     ctable = table_after(page, "Concordance of attribution")
     for row in conc.itertuples():
-        assert re.search(row_html(row.method, row.statistic, f"{row.estimate:.3g}", f"{row.p_value:.3g}"), ctable)
+        assert re.search(row_html(row.method, row.statistic, f"{row.estimate:.3g}", f"{row.ci_low:.3g}",
+                                  f"{row.ci_high:.3g}", f"{row.p_value:.3g}"), ctable)
+
+
+def test_secondary_tests_are_labelled_and_mixedlm_has_no_p_value(rendered, fake_run):
+    page = rendered["html"]
+    secondary = table_after(page, "Secondary tests across channels")
+    assert "role secondary" in secondary  # the role is stated (constant, so in the caption)
+    assert re.search(row_html(NAMES.methods[0], "friedman_f", "5.43", "4", "20", "0.000123", "0.000247"), secondary)
+    assert "Secondary pairwise channel contrasts" in page
+    described = table_after(page, "Descriptive: mixed-model estimates only")
+    header = re.search(r"<thead>(.*?)</thead>", described, re.S).group(1)
+    assert "p_value" not in header and "p_adj" not in header and "q_value" not in header
+    assert re.search(row_html(NAMES.methods[0], "17", "4", "1.43"), described)
+    components = table_after(page, "Components of the dominance test")
+    assert f"{NAMES.signal} &gt; {CHANNELS[0]}" in components and "not adjusted" in components
+
+
+def test_mixedlm_p_value_is_never_printed(tmp_path):
+    """Even a table that carries a p-value for the mixed model (an older stats stage) does not show it."""
+    from chanstat.report.display import TABLE_MIME
+    from chanstat.report.sections import channel_tests
+    from chanstat.rundir import RunDirectory
+    from report_fake_run import channel_test_rows, schema_frame
+
+    rows = [dict(r) for r in channel_test_rows(NAMES, 12)]
+    for r in rows:
+        if r["test"] == "mixedlm":
+            r.update(p_value=0.0421, p_adj=0.0842, q_value=0.0631, role="")  # role missing: the test name decides
+    run = RunDirectory(tmp_path, create=True).save(channel_tests=schema_frame("channel_tests", rows, NAMES))
+    bundles = shown_by(channel_tests, run)
+    text = json.dumps([b.get(TABLE_MIME) or b.get("text/plain") for b in bundles])
+    assert "0.0421" not in text and "0.0842" not in text and "0.0631" not in text
+    assert "Descriptive: mixed-model estimates only" in text
+
+
+def test_heterogeneity_and_warning_stand_next_to_the_primary_test(rendered):
+    page = rendered["html"]
+    tests = page[page.find('id="Tests"'):page.find('id="Confidence-intervals"')]
+    plain = html_text(tests)
+    warning = plain.find(f"Warning (primary test): {PLATE_WARNING}")
+    primary = plain.find("Primary test per method")
+    assert 0 <= warning < primary  # the warning precedes the primary table, before any secondary test
+    assert plain.find("Secondary tests across channels") > primary
+    summary = plain[:primary]
+    assert f"{NAMES.methods[0]}: p = 0.0123, dominant channel Mito (share 0.48, simultaneous interval 0.412 to 0.557); " \
+           "plate × channel heterogeneity p = 0.33" in summary
+    assert f"{NAMES.methods[1]}: p = 0.41, no dominant channel; plate × channel heterogeneity p = 0.0271" in summary
+
+
+def test_enrichment_shows_the_competitive_test(rendered, fake_run):
+    page = rendered["html"]
+    enrichment = pd.read_parquet(fake_run / "channel_enrichment.parquet")
+    test = table_after(page, "Channel enrichment test: competitive")
+    assert "holm over 5 channels of this contrast" in test and "n_perm 1999" in test
+    for row in enrichment.itertuples():
+        enriched = "yes" if row.p_adj < 0.05 else "no"
+        assert re.search(row_html(row.channel, f"{row.statistic:.3g}") + r".*?" +
+                         row_html(f"{row.p_value:.3g}", f"{row.p_adj:.3g}", enriched), test, re.S), row.channel
+    section = html_text(page[page.find('id="Channel-enrichment"'):page.find('id="Compartment-%C3%97-channel"')])
+    assert "enriched: Mito." in section
+    described = table_after(page, "Channel enrichment, description")
+    header = re.search(r"<thead>(.*?)</thead>", described, re.S).group(1)
+    assert "odds_ratio" in header and "p_value" not in header and "q_value" not in header
+    for row in enrichment.itertuples():
+        assert re.search(row_html(row.channel, str(row.n_features), str(row.n_significant)), described)
+    assert "12.5" in described
+
+
+def test_concordance_states_what_its_ranks_can_show(rendered):
+    page = rendered["html"]
+    section = html_text(page[page.find('id="Concordance"'):page.find('id="Provenance"')])
+    assert "What these ranks can show: with 5 ranks the smallest attainable p is 0.00833; p < 0.05 needs " \
+           "kendall_tau >= 0.8" in section
+    assert "resampled both" in section and "grain channel" in section
+
+
+def test_share_intervals_marginal_and_simultaneous(rendered):
+    page = rendered["html"]
+    marginal = table_after(page, "Channel shares: mean [ci_low, ci_high], boot_t interval")
+    simultaneous = table_after(page, "Channel shares: mean [simultaneous interval]")
+    assert re.search(row_html(NAMES.methods[0], *["0.14 [0.09, 0.19]"] * 4, "0.45 [0.4, 0.5] *"), marginal)
+    assert re.search(row_html(NAMES.methods[1], *["0.14 [0.04, 0.24]"] * 4, "0.45 [0.35, 0.55]"), simultaneous)
 
 
 def test_pdf_holds_every_figure(rendered):
@@ -223,7 +310,7 @@ def test_missing_stages_get_a_note_each(partial_page):
     # what exists is still shown: the answer from channel_tests' primary rows, tables, training curves
     assert "Data set summary" in page and "Primary test per method" in page and page.count("<img") == 1
     answer = page[page.find('id="The-answer"'):page.find('id="Run-overview"')]
-    assert "no answer.parquet in this run" in answer.replace("<code>", "").replace("</code>", "")
+    assert "carries the difference" in answer and "no channel dominates" in answer
 
 
 def test_empty_run_directory_renders(tmp_path):
@@ -451,7 +538,7 @@ def test_answer_comes_first_and_never_names_a_channel_for_none(rendered, fake_ru
     answer = page[page.find('id="The-answer"'):page.find('id="Run-overview"')]
     table = pd.read_parquet(fake_run / "answer.parquet")
     items = re.findall(r"<li>(.*?)</li>", answer, re.S)
-    assert len(items) == len(table)
+    assert len(items) == len(table)  # the two tested methods and the Shapley row
     for item, row in zip(items, table.itertuples()):
         assert f"<code>{row.method}</code>" in item
         if row.dominant_channel == "none":
@@ -459,20 +546,30 @@ def test_answer_comes_first_and_never_names_a_channel_for_none(rendered, fake_ru
             assert not any(ch in item for ch in CHANNELS)
         else:
             assert f"channel <strong>{row.dominant_channel}</strong> carries the difference" in item
-    # two of three methods name Mito; CellProfiler's Mito features differ most (15 of 24 significant)
-    assert "The methods agree: 2 of 3 name <strong>Mito</strong>; the others name none." in answer
-    assert "differ most (largest fraction significant) in <strong>Mito</strong>, in agreement with the methods" in answer
+    ig, residual, shapley = (html_text(i) for i in items)
+    # the primary dominance row's share with its simultaneous interval, not answer.parquet's marginal one
+    assert "its share is 0.48 (simultaneous interval 0.412 to 0.557, valid although the channel was picked from " \
+           "the data) (dominance test, p = 0.0123); unit: well, 6 units." in ig and "0.4 to 0.5" not in ig
+    assert "Plate × channel heterogeneity (plate_x_channel): p = 0.33, no evidence that plates differ." in ig
+    assert "(dominance test, p = 0.41)" in residual and "p = 0.0271, the composition differs between plates" in residual
+    assert "its contribution is 0.5 (simultaneous interval 0.31 to 0.69" in shapley and "p = 0.00456" in shapley
+    text = html_text(answer)
+    assert f"Warning (every test above): {PLATE_WARNING}" in text
+    assert "The methods agree: 1 of 2 name Mito; the others name none. The channel Shapley values name Mito, as " \
+           "the methods do." in text
+    assert "CellProfiler: the features of Mito differ more than the other channels' (competitive enrichment test), " \
+           "in agreement with the methods." in text
 
 
 def test_answer_falls_back_to_the_primary_tests(partial_page):
     answer = partial_page[partial_page.find('id="The-answer"'):partial_page.find('id="Run-overview"')]
-    items = re.findall(r"<li>(.*?)</li>", answer, re.S)
-    assert len(items) == 3  # one per primary (pooled) row
-    assert "channel <strong>Mito</strong> carries the difference; its share is 0.48 (interval 0.412 to 0.557)" in items[0]
-    assert "p = 0.000123" in items[0]
-    assert "no channel dominates" in items[2] and "Mito" not in items[2] and "p = 0.81" in items[2]
-    assert "The methods agree: 2 of 3 name <strong>Mito</strong>" in answer
-    assert "features differ most" not in answer and "stand out" not in answer  # CellProfiler did not run
+    items = [html_text(i) for i in re.findall(r"<li>(.*?)</li>", answer, re.S)]
+    assert len(items) == 2  # one per primary (pooled) row; no Shapley values in this run
+    assert "channel Mito carries the difference; its share is 0.48 (simultaneous interval 0.412 to 0.557" in items[0]
+    assert "p = 0.0123" in items[0]
+    assert "no channel dominates" in items[1] and "Mito" not in items[1] and "p = 0.41" in items[1]
+    assert "The methods agree: 1 of 2 name <strong>Mito</strong>" in answer
+    assert "CellProfiler" not in html_text(answer)  # CellProfiler did not run
 
 
 def test_shapley_and_compartment_sections(rendered):
@@ -492,62 +589,64 @@ def test_counterfactual_candidates(rendered):
 
 
 def test_pseudo_replicates_are_labelled(tmp_path):
-    from chanstat.report.sections import channel_tests
+    from chanstat.report.display import TABLE_MIME
+    from chanstat.report.sections import answer, channel_share_ci, channel_tests
     from chanstat.rundir import RunDirectory
-    from report_fake_run import schema_frame
+    from report_fake_run import channel_test_rows, schema_frame
 
-    tests = schema_frame("channel_tests", [{"method": "m", "transition": "all", "test": "friedman_f",
-                                            "contrast": "channel", "statistic": 1.0, "p_value": 0.5, "unit": "well",
-                                            "n_units": 9, "n_samples": 90, "primary": True, "dominant_channel": "none"}],
-                         NAMES)
+    tests = schema_frame("channel_tests", channel_test_rows(NAMES, 12), NAMES)
     plain = RunDirectory(tmp_path / "a", create=True).save(channel_tests=tests)
     assert not any("Pseudo-replicates" in n for n in notes_of(shown_by(channel_tests, plain)))
     by_record = RunDirectory(tmp_path / "b", create=True).save(
         channel_tests=tests, provenance={"stages": {"data": {"pseudo_replicates": "9 spatial blocks of one field"}}})
     [text] = [n for n in notes_of(shown_by(channel_tests, by_record), "info") if "Pseudo-replicates" in n]
     assert "9 spatial blocks of one field" in text
-    by_column = RunDirectory(tmp_path / "c", create=True).save(channel_tests=tests.assign(pseudo_replicates=True))
-    assert any("Pseudo-replicates" in n for n in notes_of(shown_by(channel_tests, by_column), "info"))
+    flagged = tests.assign(pseudo_replicates=True)
+    ci = schema_frame("channel_share_ci", [{"method": "m", "transition": "all", "channel": ch, "mean": 0.2,
+                                            "ci_low": 0.1, "ci_high": 0.3, "unit": "block", "n_units": 9,
+                                            "n_samples": 90, "pseudo_replicates": True, "warning": ""}
+                                           for ch in CHANNELS], NAMES)
+    by_column = RunDirectory(tmp_path / "c", create=True).save(channel_tests=flagged, channel_share_ci=ci)
+    for section in (channel_tests, channel_share_ci, answer):
+        bundles = shown_by(section, by_column)
+        assert any("Pseudo-replicates" in n for n in notes_of(bundles, "info")), section.__name__
+        shown = json.dumps([b[TABLE_MIME] for b in bundles if TABLE_MIME in b] +
+                           [b["text/plain"] for b in bundles if TABLE_MIME not in b and "text/plain" in b])
+        assert "(pseudo-replicates)" in shown, section.__name__  # the unit itself is labelled
+        assert "pseudo_replicates" not in shown, section.__name__  # no bare yes/no flag column
 
 
-def test_sections_pick_up_declared_optional_columns(monkeypatch, tmp_path):
-    """Columns the schema declares later (the answer's interval and CellProfiler verdict, the Shapley
-    intervals) are used as soon as they are declared: here declared by patching the schema."""
-    import dataclasses
-
-    from chanstat import schema
-    from chanstat.report.sections import answer, channel_shapley
+def test_answer_from_the_answer_table_alone(tmp_path):
+    """Without channel_tests the answer table's own rows are read (the CellProfiler verdict included);
+    the Shapley bars use the against-zero rows of shapley_tests."""
+    from chanstat.report.markdown import markdown_to_html
+    from chanstat.report.sections import ERRORS, answer, channel_shapley
     from chanstat.rundir import RunDirectory
-    from report_fake_run import schema_frame
+    from report_fake_run import schema_frame, shapley_test_rows
 
-    def extend(name: str, columns: str) -> None:
-        spec = schema.SCHEMA[name]
-        monkeypatch.setitem(schema.SCHEMA, name, dataclasses.replace(spec, columns=spec.columns + schema._columns(columns)))
-
-    extend("answer", "quantity:str? estimate:float? ci_low:float? ci_high:float? p_value:float? "
-                     "cellprofiler_channel:str? agrees_with_cellprofiler:bool?")
-    extend("shapley_tests", "estimate:float? ci_low:float? ci_high:float?")
+    common = {"source": "attribution share", "unit": "well", "n_units": 8, "agrees_with_majority": True, "note": ""}
     table = schema_frame("answer", [
-        {"family": "ig", "method": "d_ig", "dominant_channel": "Mito", "quantity": "contribution", "estimate": 0.48,
-         "ci_low": 0.41234, "ci_high": 0.55678, "p_value": 0.002, "cellprofiler_channel": "Mito",
+        {**common, "family": "ig", "method": "d_ig", "dominant_channel": "Mito", "quantity": "contribution",
+         "estimate": 0.48, "ci_low": 0.41234, "ci_high": 0.55678, "p_value": 0.002, "cellprofiler_channel": "Mito",
          "agrees_with_cellprofiler": True},
-        {"family": "cam", "method": "gc", "dominant_channel": "none", "quantity": "share", "estimate": 0.3,
+        {**common, "family": "cam", "method": "gc", "dominant_channel": "none", "quantity": "share", "estimate": 0.3,
          "ci_low": 0.1, "ci_high": 0.5, "p_value": 0.4, "cellprofiler_channel": "Mito",
-         "agrees_with_cellprofiler": False}], NAMES)
+         "agrees_with_cellprofiler": False},
+        {**common, "family": "ig", "method": "d_dl", "dominant_channel": "Mito", "quantity": "share", "estimate": 0.4,
+         "ci_low": 0.3, "ci_high": 0.5, "p_value": 0.2, "cellprofiler_channel": "Mito",  # named, but p >= 0.05
+         "agrees_with_cellprofiler": True}], NAMES)
     shapley = schema_frame("channel_shapley", [{"sample": s, "channel": ch, "shapley": 0.1} for s in range(3)
                                                for ch in CHANNELS], NAMES)
-    tests = schema_frame("shapley_tests", [{"source": "shapley", "channel": ch, "estimate": 0.1, "ci_low": 0.05,
-                                            "ci_high": 0.15} for ch in CHANNELS], NAMES)
+    tests = schema_frame("shapley_tests", shapley_test_rows(NAMES, 3), NAMES)
     run = RunDirectory(tmp_path, create=True).save(answer=table, channel_shapley=shapley, shapley_tests=tests)
-    from chanstat.report.markdown import markdown_to_html
-    from chanstat.report.sections import ERRORS
-
     text = markdown_to_html(shown_by(answer, run)[0]["text/markdown"])
-    ig, cam = re.findall(r"<li>(.*?)</li>", text, re.S)
+    ig, cam, dl, shap = re.findall(r"<li>(.*?)</li>", text, re.S)
     assert ("channel <strong>Mito</strong> carries the difference; its contribution is 0.48 (interval 0.412 to 0.557)"
-            " (p = 0.002). CellProfiler features point to Mito — they agree.") in ig
-    assert cam.startswith("<strong>cam</strong> (<code>gc</code>): no channel dominates") and "they disagree" in cam
-    assert "carries" not in cam
+            " (primary test, p = 0.002); unit: well, 8 units. CellProfiler features point to Mito — they agree.") in ig
+    assert "no channel dominates" in cam and "Mito" not in cam and "carries" not in cam
+    assert "no channel dominates" in dl and "Mito" not in dl and "p = 0.2" in dl
+    assert "channel <strong>Mito</strong> carries the difference; its contribution is 0.5 (simultaneous interval " \
+           "0.31 to 0.69" in shap
     errors = len(ERRORS)
     bundles = shown_by(channel_shapley, run)
     assert sum("image/png" in b for b in bundles) == 1 and len(ERRORS) == errors

@@ -1,128 +1,222 @@
 """Section "The answer": which channel carries the difference, how sure we are, and whether the
-attribution methods and CellProfiler agree — in plain words, before any detail."""
+attribution methods, the channel Shapley values and CellProfiler agree — in plain words, before
+any detail."""
 from __future__ import annotations
 
 import pandas as pd
 
-from chanstat.report.display import format_value, missing_note, note, show_markdown, show_table
-from chanstat.report.sections.base import declared, drop_empty, has_column, is_true, pooled_rows, section
+from chanstat.report.display import missing_note, note, show_markdown, show_table
+from chanstat.report.sections.base import declared, drop_empty, is_true, section
 from chanstat.report.sections.cellprofiler import cellprofiler_channel
-from chanstat.report.sections.stats import NO_CHANNEL, names_channel, pseudo_replicate_note
+from chanstat.report.sections.inference import (
+    ALPHA, NO_CHANNEL, companion, dominance_line, label_pseudo, names_channel, pooled, primary_rows,
+    pseudo_replicate_note, warnings_of,
+)
 from chanstat.report.text import Markdown, code, md
 from chanstat.rundir import RunDirectory
 
-ALPHA = 0.05
+SHAPLEY_METHOD = "channel_shapley"
+SUMMARY = ("family", "method", "source", "dominant_channel", "share", "ci_low", "ci_high", "interval", "p_value",
+           "unit", "n_units", "pseudo_replicates", "plate_x_channel_p")
 
 
 @section
 def answer(run: RunDirectory) -> None:
-    """Reads ``answer`` (family, method, dominant_channel; ``quantity``, ``estimate``, ``ci_low``,
-    ``ci_high``, ``p_value``, ``unit``, ``n_units``, ``cellprofiler_channel``,
-    ``agrees_with_cellprofiler``, ``note`` when declared); without it, the primary rows of
-    ``channel_tests`` (``primary``, ``dominant_channel``, ``p_value``, ``dominant_share`` and its
-    interval) and ``channel_enrichment`` / ``concordance`` for the CellProfiler side."""
-    if run.has("answer"):
-        table = run.table("answer")
-        known = table[[c for c in table.columns if declared("answer", c)]]  # undeclared extras are not read
-        lines = [_answer_line(row, known) for _, row in known.iterrows()]
-        show_markdown(Markdown("\n").join(lines))
-        if has_column(known, "answer", "cellprofiler_channel"):
-            named = [c for c in known["cellprofiler_channel"].dropna().astype(str).unique() if names_channel(c)]
-            cp = named[0] if len(named) == 1 else NO_CHANNEL
-        else:
-            cp = cellprofiler_channel(run)
-        show_markdown(agreement(dict(zip(known["method"].astype(str), known["dominant_channel"])), cp))
-        show_table(drop_empty(table), caption="The answer per method", max_rows=None)
-    elif run.has("channel_tests"):
-        _from_channel_tests(run)
-    else:
+    """Reads the primary ``dominance`` row per method of ``channel_tests`` (``dominant_channel``,
+    ``dominant_share`` and its simultaneous interval ``dominant_ci_low`` / ``dominant_ci_high``,
+    ``p_value``, ``unit``, ``n_units``, ``pseudo_replicates``, ``warning``) beside the
+    ``plate_x_channel`` row of the same method; the ``dominance`` row of ``shapley_tests``
+    (``source == "shapley"``); ``answer`` for the families and the declared agreement columns
+    (``cellprofiler_channel``, ``agrees_with_cellprofiler``, ``note``); without ``channel_tests``,
+    the rows of ``answer`` alone. CellProfiler's side: ``channel_enrichment``'s competitive test."""
+    tests = run.table("channel_tests") if run.has("channel_tests") else None
+    table = run.table("answer") if run.has("answer") else None
+    shapley = run.table("shapley_tests") if run.has("shapley_tests") else None
+    if tests is None and table is None:
         missing_note(["answer.parquet", "channel_tests.parquet"], stage="stats",
                      what="which channel carries the difference is not known yet")
+        pseudo_replicate_note(run)
+        return
+    known = table[[c for c in table.columns if declared("answer", c)]] if table is not None else None
+    shared = _shared_warning(tests, shapley)
+    rows = _attribution_rows(run, tests, known, per_line=shared is None)
+    shap_row = _shapley_row(shapley, known, per_line=shared is None)
+    lines = [line for line, _ in rows] + ([shap_row[0]] if shap_row else [])
+    if not lines:
+        note("Neither channel_tests.parquet nor answer.parquet holds a primary row, so the report cannot say which "
+             "channel carries the difference.", kind="missing")
+        return
+    show_markdown(Markdown("\n").join(lines))
+    if shared:
+        note(md("**Warning** (every test above): {}", shared), kind="info")
+    dominant = {str(r["method"]): r["dominant_channel"] for _, r in rows}
+    cp = _cellprofiler(run, known)
+    show_markdown(agreement(dominant, cp, shapley=shap_row[1]["dominant_channel"] if shap_row else None))
+    summary = pd.DataFrame([r for _, r in rows] + ([shap_row[1]] if shap_row else []))
+    summary = label_pseudo(summary[[c for c in SUMMARY if c in summary]])
+    show_table(drop_empty(summary), caption="The answer per method (share: the dominant channel's mean; ci_low/ci_high: "
+               "its simultaneous interval)", max_rows=None)
+    if tests is None:
+        note(md("Read from {} alone (no {} in this run): the plate × channel heterogeneity test and the "
+                "simultaneous intervals are not available.", "answer.parquet", "channel_tests.parquet"), kind="info")
     pseudo_replicate_note(run)
 
 
-def _interval(row: pd.Series, est: str, low: str, high: str, what: str) -> Markdown:
-    if pd.isna(row.get(est)):
-        return Markdown("")
-    text = md("; its {} is {}", what, format_value(row[est]))
-    if pd.notna(row.get(low)) and pd.notna(row.get(high)):
-        text = text + md(" (interval {} to {})", format_value(row[low]), format_value(row[high]))
-    return text
+def _shared_warning(tests: pd.DataFrame | None, shapley: pd.DataFrame | None) -> str | None:
+    """The one warning every primary row carries (shown once below the lines), else None."""
+    texts = []
+    if tests is not None:
+        texts += warnings_of(primary_rows(tests)) or ([""] if len(primary_rows(tests)) else [])
+    if shapley is not None and "test" in shapley:
+        texts += warnings_of(shapley[shapley["test"].astype(str) == "dominance"]) or [""]
+    texts = list(dict.fromkeys(texts))
+    return texts[0] if len(texts) == 1 and texts[0] else None
 
 
-def _answer_line(row: pd.Series, table: pd.DataFrame) -> Markdown:
-    def opt(column: str):
-        return row[column] if has_column(table, "answer", column) and pd.notna(row[column]) else None
-
-    head = md("- **{}** ({}): ", row["family"], code(row["method"]))
-    quantity = opt("quantity") or "share"
-    if names_channel(row["dominant_channel"]):
-        text = head + md("channel **{}** carries the difference", row["dominant_channel"])
-        text = text + _interval(row, "estimate", "ci_low", "ci_high", quantity)
-    else:
-        text = head + md("no channel dominates: no channel's {} exceeds every other channel's with confidence", quantity)
-    if opt("p_value") is not None:
-        text = text + md(" (p = {})", format_value(row["p_value"]))
-    if opt("unit") is not None:
-        text = text + md("; unit: {}", row["unit"]) + (md(", {} units", int(row["n_units"])) if opt("n_units") is not None else "")
-    cp, agrees = opt("cellprofiler_channel"), opt("agrees_with_cellprofiler")
-    if cp is not None or agrees is not None:
-        cp_text = md("CellProfiler features point to {}", cp) if cp is not None and names_channel(cp) \
-            else Markdown("CellProfiler features point to no single channel")
-        verdict = Markdown("") if agrees is None else md(" — {}", "they agree" if bool(agrees) else "they disagree")
-        text = text + md(". {}{}", cp_text, verdict)
-    if opt("note") is not None:
-        text = text + md(". {}", row["note"])
-    return text + Markdown(".")
-
-
-def _from_channel_tests(run: RunDirectory) -> None:
-    tests = run.table("channel_tests")
-    primary = pooled_rows(tests[is_true(tests["primary"])])
-    if primary.empty:
-        note("channel_tests.parquet holds no primary test, so the report cannot say which channel carries the "
-             "difference.", kind="missing")
-        return
+def _families(run: RunDirectory, known: pd.DataFrame | None) -> dict[str, str]:
     families = {}
     if run.has("attributions"):
         families = {m: str(run.array_attrs("attributions", m).get("family") or m) for m in run.method_order}
-    concordance = run.table("concordance") if run.has("concordance") else None
-    lines, dominant = [], {}
-    for _, row in primary.iterrows():
-        method = str(row["method"])
-        head = md("- **{}** ({}): ", families.get(method, method), code(method))
-        significant = pd.notna(row["p_value"]) and row["p_value"] < ALPHA
-        dominant[method] = row["dominant_channel"] if significant else NO_CHANNEL
-        if names_channel(dominant[method]):
-            text = head + md("channel **{}** carries the difference", row["dominant_channel"])
-            if "dominant_share" in row:
-                text = text + _interval(row, "dominant_share", "dominant_ci_low", "dominant_ci_high", "share")
-        else:
-            text = head + Markdown("no channel dominates")
-        text = text + md(" (primary test {}, p = {})", code(row["test"]), format_value(row["p_value"]))
-        if concordance is not None:
-            for _, c in concordance[concordance["method"].astype(str) == method].head(1).iterrows():
-                text = text + md("; rank agreement with CellProfiler {} = {} (p = {})", c["statistic"],
-                                 format_value(c["estimate"]), format_value(c["p_value"]))
-        lines.append(text + Markdown("."))
-    show_markdown(Markdown("\n").join(lines))
-    show_markdown(agreement(dominant, cellprofiler_channel(run)))
-    note(md("Read from the primary rows of {} (no {} in this run). A channel is named only when the table names "
-            "one and the primary test rejects at {}; the primary test asks whether the shares differ between "
-            "channels, not whether one channel exceeds all others.",
-            "channel_tests.parquet", "answer.parquet", ALPHA), kind="info")
+    if known is not None:
+        families.update({str(m): str(f) for m, f in zip(known["method"], known["family"])})
+    return families
 
 
-def agreement(dominant: dict[str, object], cellprofiler: str | None) -> Markdown:
-    """Whether the methods name the same channel, and whether CellProfiler points to it too.
+def _answer_of(known: pd.DataFrame | None, method: str) -> pd.Series | None:
+    if known is None:
+        return None
+    hit = known[known["method"].astype(str) == method]
+    return hit.iloc[0] if len(hit) else None
+
+
+def _extras(answer_row: pd.Series | None, named: bool = True) -> Markdown:
+    """The CellProfiler verdict and note the answer table adds to a method's line (when declared);
+    a line that names no channel gets no CellProfiler channel either (the agreement line says it)."""
+    if answer_row is None:
+        return Markdown("")
+
+    def opt(column: str):
+        return answer_row[column] if column in answer_row.index and pd.notna(answer_row[column]) else None
+
+    text = Markdown("")
+    cp, agrees = opt("cellprofiler_channel"), opt("agrees_with_cellprofiler")
+    if named and (cp is not None or agrees is not None):
+        cp_text = md("CellProfiler features point to {}", cp) if cp is not None and names_channel(cp) \
+            else Markdown("CellProfiler features point to no single channel")
+        verdict = Markdown("") if agrees is None else md(" — {}", "they agree" if bool(agrees) else "they disagree")
+        text = text + md(" {}{}.", cp_text, verdict)
+    if opt("note") is not None and str(answer_row["note"]).strip():
+        text = text + md(" {}", answer_row["note"])
+    return text
+
+
+def _checked(row: pd.Series) -> pd.Series:
+    """A channel is named only when the table names one and its test rejects at ALPHA."""
+    row = row.copy()
+    if names_channel(row.get("dominant_channel")) and pd.notna(row.get("p_value")) and row["p_value"] >= ALPHA:
+        row["dominant_channel"] = NO_CHANNEL
+    if not names_channel(row.get("dominant_channel")):
+        row["dominant_channel"] = NO_CHANNEL
+        for col in ("dominant_share", "dominant_ci_low", "dominant_ci_high"):
+            row[col] = float("nan")
+    return row
+
+
+def _summary(row: pd.Series, family: str, source: str, het: pd.Series | None, interval: str) -> dict:
+    return {"family": family, "method": str(row["method"]), "source": source,
+            "dominant_channel": row["dominant_channel"], "share": row.get("dominant_share"),
+            "ci_low": row.get("dominant_ci_low"), "ci_high": row.get("dominant_ci_high"), "interval": interval,
+            "p_value": row.get("p_value"), "unit": row.get("unit"), "n_units": row.get("n_units"),
+            "pseudo_replicates": bool(row.get("pseudo_replicates")) if pd.notna(row.get("pseudo_replicates", None)) else False,
+            "plate_x_channel_p": het["p_value"] if het is not None else float("nan"),
+            "warning": row.get("warning") if isinstance(row.get("warning"), str) else ""}
+
+
+def _attribution_rows(run: RunDirectory, tests: pd.DataFrame | None, known: pd.DataFrame | None,
+                      per_line: bool = True) -> list[tuple]:
+    """(line, summary row) per method: from the primary dominance rows, else from the answer table."""
+    families = _families(run, known)
+    out = []
+    primary = pooled(primary_rows(tests)) if tests is not None else pd.DataFrame()
+    if tests is not None and primary.empty:
+        primary = primary_rows(tests)
+    if len(primary):
+        for _, raw in primary.iterrows():
+            row = _checked(raw)
+            method = str(row["method"])
+            het = companion(tests, raw, "plate_x_channel")
+            family = families.get(method, method)
+            head = md("- **{}** ({}, attribution share): ", family, code(method))
+            line = dominance_line(head, row, "share", het, test_name=md("{}", code(row["test"])), warning=per_line)
+            line = line + _extras(_answer_of(known, method), names_channel(row["dominant_channel"]))
+            out.append((line, _summary(row, family, "attribution share", het, "simultaneous")))
+        return out
+    if known is None:
+        return out
+    for _, a in known.iterrows():
+        if _is_shapley(a):
+            continue
+        row = _checked(pd.Series({"method": a["method"], "dominant_channel": a["dominant_channel"],
+                                  "dominant_share": a.get("estimate"), "dominant_ci_low": a.get("ci_low"),
+                                  "dominant_ci_high": a.get("ci_high"), "p_value": a.get("p_value"),
+                                  "unit": a.get("unit"), "n_units": a.get("n_units")}))
+        head = md("- **{}** ({}, {}): ", a["family"], code(a["method"]), str(a.get("source") or "attribution share"))
+        line = dominance_line(head, row, str(a.get("quantity") or "share"), None, test_name=Markdown("primary"))
+        out.append((line + _extras(a, names_channel(row["dominant_channel"])), _summary(row, str(a["family"]), str(a.get("source") or ""), None, "as in answer.parquet")))
+    return out
+
+
+def _is_shapley(a: pd.Series) -> bool:
+    return str(a["method"]) == SHAPLEY_METHOD or "shapley" in str(a.get("source") or "").lower()
+
+
+def _shapley_row(shapley: pd.DataFrame | None, known: pd.DataFrame | None, per_line: bool = True) -> tuple | None:
+    """(line, summary row) for the channel Shapley values' dominance test, when the run has one."""
+    head = md("- **{}** ({}, Shapley value): ", "model (Shapley)", code(SHAPLEY_METHOD))
+    if shapley is not None and "test" in shapley and "dominant_channel" in shapley:
+        dom = shapley[(shapley["test"].astype(str) == "dominance") & (shapley["source"].astype(str) == "shapley")]
+        if "primary" in dom:
+            dom = dom[is_true(dom["primary"])] if is_true(dom["primary"]).any() else dom
+        dom = pooled(dom) if len(pooled(dom)) else dom
+        if len(dom):
+            row = _checked(dom.iloc[0])
+            row["method"] = SHAPLEY_METHOD
+            line = dominance_line(head, row, "contribution", None, test_name=Markdown("dominance"), warning=per_line)
+            return line + _extras(_answer_of(known, SHAPLEY_METHOD), names_channel(row["dominant_channel"])), \
+                _summary(row, "model (Shapley)", "Shapley value", None, "simultaneous")
+    if known is not None:
+        for _, a in known.iterrows():
+            if _is_shapley(a):
+                row = _checked(pd.Series({"method": a["method"], "dominant_channel": a["dominant_channel"],
+                                          "dominant_share": a.get("estimate"), "dominant_ci_low": a.get("ci_low"),
+                                          "dominant_ci_high": a.get("ci_high"), "p_value": a.get("p_value"),
+                                          "unit": a.get("unit"), "n_units": a.get("n_units")}))
+                line = dominance_line(head, row, "contribution", None, test_name=Markdown("dominance"))
+                return line + _extras(a, names_channel(row["dominant_channel"])), _summary(row, "model (Shapley)", "Shapley value", None, "as in answer.parquet")
+    return None
+
+
+def _cellprofiler(run: RunDirectory, known: pd.DataFrame | None) -> str | None:
+    if known is not None and "cellprofiler_channel" in known:
+        named = [c for c in known["cellprofiler_channel"].dropna().astype(str).unique() if names_channel(c)]
+        if known["cellprofiler_channel"].notna().any():
+            return named[0] if len(named) == 1 else NO_CHANNEL
+    return cellprofiler_channel(run)
+
+
+def agreement(dominant: dict[str, object], cellprofiler: str | None, shapley: str | None = None) -> Markdown:
+    """Whether the methods name the same channel, whether the Shapley values and CellProfiler point to it too.
 
     ``dominant``: method -> its dominant channel (``"none"`` when it names none);
-    ``cellprofiler``: the channel whose features differ most, ``"none"`` when no single one
-    does, None when the CellProfiler stage did not run.
+    ``cellprofiler``: the channel CellProfiler's competitive enrichment test names, ``"none"``
+    when it names no single one, None when the CellProfiler stage did not run;
+    ``shapley``: the Shapley values' dominant channel (``"none"``), None without them.
     """
     named = {m: str(c) for m, c in dominant.items() if names_channel(c)}
     channels = sorted(set(named.values()))
-    if not named:
+    if not dominant:
+        text = Markdown("")
+    elif not named:
         text = md("No method names a dominant channel ({} methods).", len(dominant))
     elif len(channels) == 1:
         text = md("The methods agree: {} of {} name **{}**; the others name none.", len(named), len(dominant),
@@ -130,13 +224,20 @@ def agreement(dominant: dict[str, object], cellprofiler: str | None) -> Markdown
                                                                      len(named), channels[0])
     else:
         text = md("The methods disagree: {}.", Markdown("; ").join(md("{} names {}", code(m), c) for m, c in named.items()))
+    if shapley is not None:
+        if not names_channel(shapley):
+            text = text + Markdown(" The channel Shapley values name no dominant channel.")
+        else:
+            same = md(", as the methods do") if channels == [shapley] else (
+                md(", not the channel the methods name") if len(channels) == 1 else Markdown(""))
+            text = text + md(" The channel Shapley values name **{}**{}.", shapley, same)
     if cellprofiler is None:
         return text
     if not names_channel(cellprofiler):
-        return text + Markdown(" No single channel's CellProfiler features stand out.")
+        return text + Markdown(" No single channel's CellProfiler features are enriched (competitive test).")
     verdict = Markdown("")
     if len(channels) == 1:
         verdict = md(", in agreement with the methods") if channels[0] == cellprofiler \
             else md(", not the channel the methods name")
-    return text + md(" The CellProfiler features differ most (largest fraction significant) in **{}**{}.",
-                     cellprofiler, verdict)
+    return text + md(" CellProfiler: the features of **{}** differ more than the other channels' (competitive "
+                     "enrichment test){}.", cellprofiler, verdict)

@@ -3,11 +3,14 @@ channel (beside the attribution per compartment), and the concordance of the two
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
-from chanstat.report.display import format_value, missing_note, show_figure, show_markdown, show_table
+from chanstat.report.display import format_value, missing_note, note, show_figure, show_markdown, show_table
 from chanstat.report.plots import charts, matrices
-from chanstat.report.sections.base import drop_empty, has_column, ordered, require, section
-from chanstat.report.text import md
+from chanstat.report.sections.base import (
+    describe_constant, drop_empty, has_column, ordered, require, section, split_constant,
+)
+from chanstat.report.text import Markdown, code, md
 from chanstat.rundir import RunDirectory
 
 ALPHA = 0.05
@@ -44,27 +47,81 @@ def cp_differential(run: RunDirectory, top: int = 20) -> None:
                                      alpha=ALPHA, name="feature"))
     keep = ["feature", "compartment", "category", "channels", "n_case", "n_control", "statistic", "p_value", "q_value",
             "effect_size", "ci_low", "ci_high", "significant"]
-    show_table(tested.sort_values("q_value")[keep], caption=f"Most significant features (top {top} by q_value)",
+    scope = ""
+    if has_column(tested, "cp_differential", "multiplicity_scope") and tested["multiplicity_scope"].nunique() == 1:
+        scope = f"; q_value: {tested['multiplicity_scope'].iloc[0]}"
+    elif has_column(tested, "cp_differential", "multiplicity_scope"):
+        keep.append("multiplicity_scope")
+    show_table(tested.sort_values("q_value")[keep], caption=f"Most significant features (top {top} by q_value{scope})",
                max_rows=top)
+
+
+DESCRIPTIVE = ("channel", "n_features", "n_significant", "fraction_significant", "n_up", "n_down", "odds_ratio",
+               "mean_abs_effect", "median_abs_effect")
+COMPETITIVE = ("channel", "statistic", "score_inside", "score_outside", "p_value", "p_adj", "enriched", "n_features",
+               "n_features_competitive", "statistic_name", "p_adj_method", "multiplicity_scope", "n_perm", "n_units")
+
+
+def competitive(enr: pd.DataFrame) -> pd.DataFrame | None:
+    """The competitive enrichment test's columns of ``channel_enrichment`` (None when it did not run),
+    with ``enriched`` = ``p_adj`` < 0.05 (the test's own definition)."""
+    if not all(has_column(enr, "channel_enrichment", c) for c in ("statistic", "p_value", "p_adj")):
+        return None
+    out = enr.assign(enriched=np.nan_to_num(enr["p_adj"].to_numpy(float), nan=1.0) < ALPHA)
+    if has_column(enr, "channel_enrichment", "n_features_competitive"):  # the test's own count, not Fisher's
+        out = out.drop(columns="n_features").rename(columns={"n_features_competitive": "n_features"})
+    for col in ("n_features", "n_perm", "n_units"):  # counts stored as float after the merge read as counts
+        values = out[col].to_numpy(float) if col in out else None
+        if values is not None and np.isfinite(values).all() and (values == np.round(values)).all():
+            out[col] = values.astype(np.int64)
+    return out[[c for c in COMPETITIVE if c in out]]
 
 
 @section
 def channel_enrichment(run: RunDirectory) -> None:
-    """Reads ``channel_enrichment`` (channel, n_features, n_significant; ``odds_ratio`` when declared):
-    the share of each channel's features that differ, as bars, and the table."""
+    """Reads ``channel_enrichment``: the competitive test (``statistic``, ``score_inside``,
+    ``score_outside``, ``p_value``, ``p_adj``, ``multiplicity_scope``; a channel is enriched
+    when ``p_adj`` < 0.05) as the enrichment test, and the descriptive columns (``n_features``,
+    ``n_significant``, ``fraction_significant``, ``n_up`` / ``n_down``, ``odds_ratio``,
+    ``mean_abs_effect``) as a description without p-values."""
     if not require(run, "channel_enrichment"):
         return
     enr = run.table("channel_enrichment")
     d = enr.copy()
     d["channel"] = d["channel"].astype(str)
     d = d.set_index("channel").loc[ordered(d["channel"], run.channels)].reset_index()
-    d["fraction_significant"] = d["n_significant"] / d["n_features"].where(d["n_features"] > 0)
+    if not has_column(d, "channel_enrichment", "fraction_significant"):
+        d["fraction_significant"] = d["n_significant"] / d["n_features"].where(d["n_features"] > 0)
     d["_count"] = [f"{int(a)}/{int(b)}" for a, b in zip(d["n_significant"], d["n_features"])]
-    panels = [("fraction_significant", "fraction of features significant", None, False)]
+    test = competitive(d)
+    panels = []
+    annotate = "_count"
+    if test is not None:
+        d["_competitive"] = test["statistic"].to_numpy()
+        d["_p"] = [f"p_adj {format_value(v)}" for v in test["p_adj"]]
+        panels.append(("_competitive", "competitive statistic (inside − outside)", 0.0, False))
+        annotate = "_p"
+    panels.append(("fraction_significant", "fraction of features significant (description)", None, False))
     if has_column(d, "channel_enrichment", "odds_ratio"):
-        panels.append(("odds_ratio", "odds ratio (significant features)", 1.0, True))
-    show_figure(charts.channel_bars(d, "channel", panels, annotate="_count"))
-    show_table(enr, caption="Channel enrichment of significant CellProfiler features", max_rows=None)
+        panels.append(("odds_ratio", "odds ratio (description, no p-value)", 1.0, True))
+    show_figure(charts.channel_bars(d, "channel", panels, annotate=annotate))
+    if test is None:
+        note(md("No competitive enrichment test in this run (cellprofiler {} = 0?): the counts below describe which "
+                "channels' features differ; they are not a test (features are correlated).", code("n_perm")),
+             kind="info")
+    else:
+        table, constant = split_constant(test, ("statistic_name", "p_adj_method", "multiplicity_scope", "n_perm",
+                                                "n_units"))
+        fixed = describe_constant(constant)
+        enriched = test.loc[test["enriched"], "channel"].astype(str).tolist()
+        show_markdown(md("Competitive enrichment test (case/control labels of whole wells permuted, so the null keeps "
+                         "the correlation between features): {}.",
+                         md("enriched: {}", ", ".join(enriched)) if enriched else Markdown("no channel is enriched")))
+        show_table(drop_empty(table), caption="Channel enrichment test: competitive, p_adj over channels"
+                   + (f" ({fixed})" if fixed else ""), max_rows=None)
+    show_table(drop_empty(d[[c for c in DESCRIPTIVE if c in d]]),
+               caption="Channel enrichment, description: significant features per channel and odds ratios "
+               "(no p-values: a Fisher test would treat correlated features as independent)", max_rows=None)
 
 
 @section
@@ -98,20 +155,32 @@ def compartment_channel(run: RunDirectory) -> None:
     show_table(cc, caption="Compartment × channel (CellProfiler features)", max_rows=60)
 
 
+CONCORDANCE = ("method", "statistic", "estimate", "ci_low", "ci_high", "p_value", "min_p_value", "critical_estimate",
+               "grain", "resampled", "n_boot")
+
+
 @section
 def concordance(run: RunDirectory) -> None:
-    """Reads ``concordance`` (method, statistic, estimate, p_value; ``ci_low`` / ``ci_high`` when declared)
-    and ``concordance_ranks`` (``attribution_rank`` / ``feature_rank`` when declared)."""
+    """Reads ``concordance`` (method, statistic, estimate, p_value; ``ci_low`` / ``ci_high``,
+    ``min_p_value``, ``critical_estimate``, ``grain``, ``resampled``, ``n_boot`` and ``note`` when
+    declared) and ``concordance_ranks`` (``attribution_rank`` / ``feature_rank`` when declared)."""
     if not require(run, "concordance"):
         return
     con = run.table("concordance")
+    if has_column(con, "concordance", "note"):
+        for text in dict.fromkeys(t for t in con["note"].dropna().astype(str) if t.strip()):
+            note(md("**What these ranks can show:** {}", text), kind="info")
     d = con.assign(_p=[f"p = {format_value(v)}" for v in con["p_value"]])
     interval = all(has_column(d, "concordance", c) for c in ("ci_low", "ci_high"))
     show_figure(charts.estimate_intervals(d, "method", "estimate", "ci_low" if interval else None,
                                           "ci_high" if interval else None,
                                           facet="statistic" if d["statistic"].nunique() > 1 else None,
                                           xlabel="rank agreement (attribution shares vs CellProfiler)", annotate="_p"))
-    show_table(drop_empty(con), caption="Concordance of attribution and CellProfiler channel rankings", max_rows=60)
+    cols = [c for c in CONCORDANCE if has_column(con, "concordance", c)]
+    table, constant = split_constant(con[cols], ("grain", "resampled", "n_boot", "min_p_value"))
+    fixed = describe_constant(constant)
+    show_table(drop_empty(table), caption="Concordance of attribution and CellProfiler channel rankings"
+               + (f" ({fixed})" if fixed else ""), max_rows=60)
     if run.has("concordance_ranks"):
         ranks = run.table("concordance_ranks")
         if all(has_column(ranks, "concordance_ranks", c) for c in ("attribution_rank", "feature_rank")):
@@ -123,16 +192,24 @@ def concordance(run: RunDirectory) -> None:
 
 
 def cellprofiler_channel(run: RunDirectory) -> str | None:
-    """The channel whose CellProfiler features differ most (largest fraction significant; a
-    description, not a test): ``"none"`` when no feature differs or channels tie, None without
+    """The channel CellProfiler's features single out: the one channel the competitive enrichment
+    test finds enriched (``p_adj`` < 0.05), the largest statistic among several enriched ones,
+    ``"none"`` when none is; without that test, the largest fraction of significant features (a
+    description; ``"none"`` when no feature differs or channels tie). None without
     ``channel_enrichment``."""
     if not run.has("channel_enrichment"):
         return None
     enr = run.table("channel_enrichment")
+    test = competitive(enr)
+    if test is not None:
+        hits = test[test["enriched"]]
+        if hits.empty:
+            return "none"
+        top = hits.loc[hits["statistic"] == hits["statistic"].max(), "channel"].astype(str).tolist()
+        return top[0] if len(top) == 1 else "none"
     enr = enr[enr["n_features"] > 0]
     if enr.empty or not (enr["n_significant"] > 0).any():
         return "none"
     frac = enr["n_significant"] / enr["n_features"]
     winners = enr.loc[frac == frac.max(), "channel"].astype(str).tolist()
     return winners[0] if len(winners) == 1 else "none"
-
