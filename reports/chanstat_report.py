@@ -130,6 +130,12 @@ S.channel_shares(run)
 
 # %% [markdown]
 # ### Tests
+#
+# The primary test asks the biologist's question: does one channel's share exceed every other
+# channel's? (a dominance test: each pair tested, a channel named only when it beats every
+# rival; "none" otherwise). Beside it, whether the channel composition differs between plates.
+# The equal-shares tests that follow are secondary: shares are never exactly equal, so they
+# say little about which channel matters. Mixed-model rows are estimates only, without p-values.
 
 # %%
 S.channel_tests(run)
@@ -178,7 +184,9 @@ S.localisation(run)
 # ## CellProfiler features
 #
 # Differential CellProfiler features between the classes (the well is the unit), their
-# channels, and which channels are enriched among the significant ones.
+# channels, and whether one channel's features differ more than the other channels' (a
+# competitive test whose permutations of whole wells keep the correlation between features;
+# the counts and odds ratios beside it are descriptions).
 
 # %%
 S.cp_differential(run)
@@ -201,7 +209,8 @@ S.compartment_channel(run)
 # %% [markdown]
 # ## Concordance
 #
-# Do the attribution maps and the CellProfiler features rank the channels alike?
+# Do the attribution maps and the CellProfiler features rank the channels alike? With few
+# channels the smallest attainable p-value is large; the note says what these ranks can show.
 
 # %%
 S.concordance(run)

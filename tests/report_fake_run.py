@@ -267,18 +267,19 @@ def make_fake_run(out: Path, names: Names | None = None, tables: tuple[str, ...]
     for name, spec in SCHEMA.items():  # every other table, from its schema entry alone
         if name in want and isinstance(spec, TableSpec) and name not in planted and name != "answer":
             planted[name] = generic_frame(name, names, rng=rng)
-    if "answer" in want:  # as the stats stage writes it: the marginal interval of channel_share_ci
-        common = {"unit": "well", "n_units": 6, "cellprofiler_channel": names.signal, "note": ""}
+    if "answer" in want:  # as the stats stage writes it (answer_table): the primary dominance rows, warning as note
+        common = {"unit": "well", "n_units": 6, "cellprofiler_channel": names.signal, "note": PLATE_WARNING}
         planted["answer"] = schema_frame("answer", [
             {**common, "family": names.families[0], "method": methods[0], "source": "attribution share",
-             "quantity": "share", "dominant_channel": names.signal, "estimate": 0.45, "ci_low": 0.4, "ci_high": 0.5,
+             "quantity": "share", "dominant_channel": names.signal, "estimate": 0.48, "ci_low": 0.41234,
+             "ci_high": 0.55678,
              "p_value": DOMINANCE_P[0], "agrees_with_majority": True, "agrees_with_cellprofiler": True},
             {**common, "family": names.families[1], "method": methods[1], "source": "attribution share",
              "quantity": "share", "dominant_channel": "none", "estimate": np.nan, "ci_low": np.nan, "ci_high": np.nan,
              "p_value": DOMINANCE_P[1], "agrees_with_majority": False, "agrees_with_cellprofiler": False},
             {**common, "family": "model (Shapley)", "method": "channel_shapley", "source": "Shapley value",
-             "quantity": "contribution", "dominant_channel": names.signal, "estimate": np.nan, "ci_low": np.nan,
-             "ci_high": np.nan, "p_value": 0.00456, "agrees_with_majority": True,
+             "quantity": "contribution", "dominant_channel": names.signal, "estimate": 0.5, "ci_low": 0.31,
+             "ci_high": 0.69, "p_value": 0.00456, "agrees_with_majority": True,
              "agrees_with_cellprofiler": True}], names, rng)
     run.save(**planted)
     return run.path

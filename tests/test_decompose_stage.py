@@ -56,3 +56,23 @@ def test_stats_test_the_shapley_values_and_the_link_runs(decomposed):
     link = ctx.run.table("feature_link")
     assert len(link) and {"feature", "compartment", "channel", "p_value"} <= set(link.columns)
     assert infos["cellprofiler"]["feature_link_rows"] == len(link)
+
+
+def test_real_field_objects_come_from_the_cellprofiler_outlines(shared_data):
+    """The LoadData reader fills CellProfiler's outline images into label images; compartment
+    masses then partition the field's attribution mass (a uniform map: mass = area)."""
+    from pathlib import Path
+
+    from chanstat.data.readers import read_loaddata
+    from chanstat.decompose import compartment_mass
+
+    csv = Path(__file__).resolve().parents[1] / "analyses" / "real_field_loaddata.csv"
+    data = read_loaddata(csv, channels=["DNA", "Mito"], objects={"cells": "CellsOutlines", "nuclei": "NucleiOutlines"})
+    nuclei, cells = data.objects["nuclei"], data.objects["cells"]
+    assert len(np.unique(nuclei)) - 1 == 37  # the 37 nuclei CellProfiler outlined in this field
+    assert 25 <= len(np.unique(cells)) - 1 <= 37  # cells cut by the field's border merge into the background
+    uniform = np.ones((1, 2, *nuclei.shape[1:]), np.float32)
+    result = compartment_mass(uniform, data.objects, channels=["DNA", "Mito"])
+    shares = result.compartments.groupby("compartment")["share"].sum()
+    assert shares.sum() == pytest.approx(1.0)
+    assert shares["nuclei"] == pytest.approx((nuclei > 0).mean(), abs=1e-9)

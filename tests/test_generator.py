@@ -229,17 +229,20 @@ def test_provider_trains_saves_and_reuses_its_generator(tmp_path):
 
     data = tiny_set(n=8)
     options = dict(steps=4, train_batch_size=4, architecture=TINY, n_latent=2, n_reference=2, seed=0)
-    first = generate_counterfactuals(data, "generator", model=MeanModel(), save_dir=tmp_path, **options)
+    first = generate_counterfactuals(data, "generator", model=MeanModel(), checkpoint_dir=tmp_path / "ckpt", **options)
     assert list(first.quality.columns)[: len(QUALITY_COLUMNS)] == list(QUALITY_COLUMNS)
     assert set(CANDIDATE_COLUMNS) <= set(first.quality.columns)
     assert first.info["training_steps"] == 4 and first.info["n_candidates"] == 4
     assert (first.summary["mean_candidates"] == 4).all()
-    assert (tmp_path / "generator.pt").exists() and (tmp_path / "generator_log.parquet").exists()
-    assert (tmp_path / "generator_checkpoints" / "generator_checkpoint.pt").exists()
+    assert (tmp_path / "ckpt" / "generator_checkpoint.pt").exists()
+    assert set(first.artifacts) == {"generator", "generator_log"}
+    assert list(first.artifacts["generator_log"].columns) == list(LOG_COLUMNS)
+    first.artifacts["generator"].save(tmp_path / "generator.pt")
     again = generate_counterfactuals(data, "generator", model=MeanModel(), generator=tmp_path / "generator.pt",
                                      n_latent=2, n_reference=2, seed=0)
     torch.testing.assert_close(again.counterfactuals, first.counterfactuals)
     assert (again.target_labels != data.labels).all()
+    assert len(again.artifacts["generator_log"]) == 0  # nothing trained this time
     other = tiny_set(n=8, channels=("A", "X"))
     with pytest.raises(ValueError, match="trained on channels"):
         generate_counterfactuals(other, "generator", model=MeanModel(), generator=tmp_path / "generator.pt")

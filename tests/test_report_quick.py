@@ -89,8 +89,7 @@ def test_quick_report_numbers_equal_the_parquet(quick_report):
     assert len(primary)
     table = _table(page, "Primary test per method")
     for row in primary.itertuples():
-        start = _cells(row.method, row.transition) if "transition" in primary else _cells(row.method)
-        match = re.search(r'<tr class="chanstat-emph">' + start + r"(.*?)</tr>", table)
+        match = re.search(r'<tr class="chanstat-emph">' + _cells(row.method, row.test) + r"(.*?)</tr>", table)
         assert match, row
         if pd.notna(row.p_value):
             assert f">{row.p_value:.3g}<" in match.group(1)
@@ -109,6 +108,18 @@ def test_quick_report_numbers_equal_the_parquet(quick_report):
             if strategy == "single_channel":
                 assert re.search(_cells(str(method)) + r".*?" + re.escape(f"{value:.3g}"), single, re.S)
     enrichment = pd.read_parquet(run / "channel_enrichment.parquet")
-    etable = _table(page, "Channel enrichment")
+    etable = _table(page, "Channel enrichment, description")
     for row in enrichment.itertuples():
         assert re.search(_cells(str(row.channel), str(row.n_features), str(row.n_significant)), etable), row
+    if "p_adj" in enrichment:  # the competitive test is the enrichment test
+        ctable = _table(page, "Channel enrichment test: competitive")
+        for row in enrichment.itertuples():
+            assert re.search(_cells(str(row.channel), f"{row.statistic:.3g}"), ctable), row
+    mixed = tests[tests["test"] == "mixedlm"]
+    for row in mixed.itertuples():  # estimates only: no p-value column in its table
+        header = re.search(r"<thead>(.*?)</thead>", _table(page, "Descriptive: mixed-model estimates only"), re.S)
+        assert "p_value" not in header.group(1)
+    if (run / "concordance.parquet").exists():
+        notes = pd.read_parquet(run / "concordance.parquet")["note"].dropna()
+        text = html_lib.unescape(re.sub(r"<[^>]+>", "", page))
+        assert all(n in text for n in notes if n.strip())

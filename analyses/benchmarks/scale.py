@@ -357,14 +357,15 @@ def bench_worker_kill(base: Path, config: dict, shard_size: int, reference: dict
         while len(store.committed()) < n_shards // 2:
             time.sleep(0.05)
         address, pid = sorted(client.run(os.getpid).items())[0]
-        killed.update(pid=pid, committed_at_kill=len(store.committed()), at_s=round(time.perf_counter() - t0, 2))
+        killed.update(pid=pid, committed_at_kill=len(store.committed()), at_s=round(time.perf_counter() - t0, 2),
+                      at_time=time.time())
         os.kill(pid, signal.SIGKILL)
 
     try:
         warm_workers(client, task, run_dir / "warm-up")
         load_before = load_average()
         thread = threading.Thread(target=killer, daemon=True)
-        t0 = time.perf_counter()
+        t_start, t0 = time.time(), time.perf_counter()
         thread.start()
         parts, summary = run_parts(TimedTask(task), np.arange(n_images), compute_settings(shard_size),
                                    store.root, key=key, read=read_with_record, client=client, label="attribution")
@@ -374,12 +375,23 @@ def bench_worker_kill(base: Path, config: dict, shard_size: int, reference: dict
         cluster.close()
     maps = merged_maps(parts)
     undisturbed = reference[2]
+    records = [p["record"] for p in parts]
+    # the replacement worker: a pid that ran shards only after the kill; its first shard's start
+    # minus the kill time is the restart (spawn, imports, model load) Dask's nanny needed
+    late = [r["info"]["start"] for r in records if r["info"]["pid"] not in (killed.get("pid"),)
+            and all(q["info"]["start"] >= killed.get("at_time", 0) for q in records if q["info"]["pid"] == r["info"]["pid"])]
+    accounting = shard_accounting(records, 2, wall, t_start)
     return {
         "n_shards": n_shards, "wall_s": round(wall, 2), "undisturbed_wall_s": undisturbed["wall_s_per_run"],
         "wall_ratio_vs_undisturbed": round(wall / undisturbed["wall_s_per_run"], 3),
         # the loss in units of the same run's mean shard: load-independent enough to compare
         "time_lost_in_shards": round((wall - undisturbed["wall_s_per_run"]) / undisturbed["shard_wall_s_mean"], 2),
         "killed": killed, "shards_run_more_than_once": summary["attempts"],
+        "restart_s": round(min(late) - killed["at_time"], 2) if late and "at_time" in killed else None,
+        # against part 1's 2-worker runs: did the shards cost more CPU, or did the workers get less of a core?
+        "shard_cpu_s_mean": accounting["shard_cpu_s_mean"], "undisturbed_shard_cpu_s_mean": undisturbed["shard_cpu_s_mean"],
+        "core_share": accounting["core_share"], "undisturbed_core_share": undisturbed["core_share"],
+        "busy_share": accounting["busy_share"],
         "result_identical": all(np.array_equal(maps[k], reference["maps_2"][k]) for k in reference["maps_2"]),
         "load_average_before": load_before, "load_average_after": load_average(),
     }
@@ -713,7 +725,10 @@ def main(argv=None) -> dict:
                 results["worker_killed"] = kill
                 print(f"[2] worker killed after {kill['killed'].get('committed_at_kill')} of {kill['n_shards']} shards: "
                       f"wall {kill['wall_ratio_vs_undisturbed']} x the undisturbed 2-worker run (lost "
-                      f"{kill['time_lost_in_shards']} mean shards); shards run more than once: "
+                      f"{kill['time_lost_in_shards']} mean shards; replacement worker's first shard {kill['restart_s']} s after the "
+                      f"kill; core share {kill['core_share']} vs {kill['undisturbed_core_share']} undisturbed, CPU s per "
+                      f"shard {kill['shard_cpu_s_mean']} vs {kill['undisturbed_shard_cpu_s_mean']}, busy share "
+                      f"{kill['busy_share']}); shards run more than once: "
                       f"{kill['shards_run_more_than_once'] or 'none'}; result identical: {kill['result_identical']}; "
                       f"load {kill['load_average_before'][0]} -> {kill['load_average_after'][0]}", flush=True)
                 resume = bench_resume(base, config, shard_size, throughput)

@@ -74,6 +74,10 @@ class CounterfactualResult:
     provider : str
     info : dict
         Provider-specific scalars (e.g. number of optimisation steps), JSON-serialisable.
+    artifacts : dict
+        What the run directory should keep besides the tables, by schema entry name (the
+        ``generator`` provider: ``generator`` -- the trained network, which has ``save(path)``
+        -- and ``generator_log``, its training log). Empty for the other providers.
     """
 
     counterfactuals: torch.Tensor
@@ -82,6 +86,7 @@ class CounterfactualResult:
     summary: pd.DataFrame
     provider: str
     info: dict = field(default_factory=dict)
+    artifacts: dict = field(default_factory=dict)
 
     def summary_dict(self) -> dict[str, Any]:
         """Flip rate, success rate and mean distance per channel as plain numbers (for provenance)."""
@@ -341,7 +346,12 @@ class CounterfactualProvider(ABC):
             summary=summarise_quality(quality),
             provider=self.name,
             info=info or {},
+            artifacts=self.artifacts(),
         )
+
+    def artifacts(self) -> dict[str, Any]:
+        """Objects for the run directory from the last :meth:`generate` (see ``CounterfactualResult.artifacts``)."""
+        return {}
 
     @abstractmethod
     def _generate(self, dataset, target: str) -> tuple[torch.Tensor, torch.Tensor, pd.DataFrame | None, dict | None]:

@@ -181,11 +181,12 @@ def read_objects(table: pd.DataFrame, csv: Path, token: str, shape: tuple[int, .
         if not path.exists():
             raise FileNotFoundError(f"object image {token} not found: {path}")
         plane = np.squeeze(tifffile.imread(path))
-        if plane.shape != tuple(shape):
+        colour = plane.ndim == 3 and plane.shape[-1] in (3, 4)  # outlines drawn in colour (OverlayOutlines)
+        if plane.shape[:2] != tuple(shape) or (plane.ndim == 3 and not colour):
             raise ValueError(f"{path} has shape {plane.shape}; the images are {tuple(shape)}")
-        values = np.unique(plane)
-        outlines = values.size <= 2  # a binary image draws outlines; anything else already labels objects
-        out.append(labels_from_outlines(plane > 0) if outlines else plane.astype(np.int32))
+        # a binary or colour image draws outlines; anything else already labels the objects
+        outlines = colour or np.unique(plane).size <= 2
+        out.append(labels_from_outlines(plane) if outlines else plane.astype(np.int32))
     return np.stack(out).astype(np.int32)
 
 

@@ -255,3 +255,9 @@ class ConversionNetwork(nn.Module):
 
     def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         return self.translate(x, style)
+
+    def save(self, path, **extra):
+        """Write the network to ``path`` (:func:`~chanstat.counterfactual.generator.save_generator`)."""
+        from chanstat.counterfactual.generator.training import save_generator
+
+        return save_generator(self, path, **extra)

@@ -4,16 +4,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pandas as pd
+
 from chanstat.counterfactual.base import CounterfactualProvider
 from chanstat.counterfactual.generator.candidates import select_counterfactuals
 from chanstat.counterfactual.generator.networks import ConversionNetwork
 from chanstat.counterfactual.generator.training import (
+    LOG_COLUMNS,
     GeneratorTraining,
     load_generator,
-    save_generator,
     train_generator,
 )
-from chanstat.io import write_table
 
 GENERATOR_FILE = "generator.pt"
 LOG_FILE = "generator_log.parquet"
@@ -38,9 +39,11 @@ class GeneratorCounterfactuals(CounterfactualProvider):
         ``classifier``, ``identity``); ``identity`` trades realism for minimal change.
     n_latent, n_reference : candidates per image from random latents / target-class references.
     seed : seeds training and candidate draws.
-    save_dir : when given, ``generator.pt``, ``generator_log.parquet`` and checkpoints
-        (``generator_checkpoints/``) are written there; ``resume`` continues an interrupted
-        training from those checkpoints.
+    checkpoint_dir : where training checkpoints go (``generator_checkpoint.pt``); with
+        ``resume`` an interrupted training continues from there.
+
+    The result's ``artifacts`` hold the network (``generator``, saved with
+    ``network.save(path)``) and the training log (``generator_log``; empty for a given network).
     """
 
     name = "generator"
@@ -51,7 +54,7 @@ class GeneratorCounterfactuals(CounterfactualProvider):
                  steps: int = 2000, train_batch_size: int = 16, lr: float = 1e-3, architecture: dict | None = None,
                  loss: dict | None = None, augment: bool = True, mixed_precision: bool | str = "auto",
                  checkpoint_every: int = 500, n_latent: int = 10, n_reference: int = 10, seed: int = 0,
-                 save_dir: str | os.PathLike | None = None, resume: bool = False, **common):
+                 checkpoint_dir: str | os.PathLike | None = None, resume: bool = False, **common):
         super().__init__(model, **common)
         if generator is not None and not isinstance(generator, (ConversionNetwork, str, os.PathLike)):
             raise TypeError(f"generator must be a ConversionNetwork or a path; got {type(generator).__name__}")
@@ -64,15 +67,16 @@ class GeneratorCounterfactuals(CounterfactualProvider):
             resume=bool(resume), **dict(loss or {}),
         )
         self.n_latent, self.n_reference, self.seed = int(n_latent), int(n_reference), int(seed)
-        self.save_dir = None if save_dir is None else Path(save_dir)
+        self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
         self.training: GeneratorTraining | None = None
+        self.network: ConversionNetwork | None = None
 
     def network_for(self, dataset) -> ConversionNetwork:
         """The given network (checked against the data set) or a newly trained one."""
         if self.generator is None:
-            checkpoints = self.save_dir / CHECKPOINT_FOLDER if self.save_dir is not None else None
             self.training = train_generator(dataset, self.model, seed=self.seed, device=self.device,
-                                            checkpoint_dir=checkpoints, progress=self.progress, **self.train_options)
+                                            checkpoint_dir=self.checkpoint_dir, progress=self.progress,
+                                            **self.train_options)
             network = self.training.network
         else:
             network = self.generator if isinstance(self.generator, ConversionNetwork) else load_generator(self.generator)
@@ -84,7 +88,7 @@ class GeneratorCounterfactuals(CounterfactualProvider):
 
     def _generate(self, dataset, target):
         targets = self.targets(dataset, target)
-        network = self.network_for(dataset)
+        network = self.network = self.network_for(dataset)
         counterfactuals, details = select_counterfactuals(
             network, self.model, dataset.images, targets, references=dataset.images, reference_labels=dataset.labels,
             n_latent=self.n_latent, n_reference=self.n_reference, confidence=self.confidence, seed=self.seed,
@@ -98,12 +102,14 @@ class GeneratorCounterfactuals(CounterfactualProvider):
         }
         if self.training is not None:
             info.update(training_steps=self.training.steps, training_seconds=round(self.training.seconds, 2))
-        if self.save_dir is not None:
-            save_generator(network, self.save_dir / GENERATOR_FILE,
-                           settings=None if self.training is None else self.training.settings)
-            if self.training is not None:
-                write_table(self.training.log, self.save_dir / LOG_FILE)
         return counterfactuals, targets, details, info
+
+    def artifacts(self) -> dict:
+        """``generator`` (the network) and ``generator_log`` (training log; empty for a given network)."""
+        if self.network is None:
+            return {}
+        log = self.training.log if self.training is not None else pd.DataFrame(columns=list(LOG_COLUMNS))
+        return {"generator": self.network, "generator_log": log}
 
 
 def generator_summary(training: GeneratorTraining | None) -> dict:

@@ -57,20 +57,23 @@ def answer(run: RunDirectory) -> None:
     show_table(drop_empty(summary), caption="The answer per method (share: the dominant channel's mean; ci_low/ci_high: "
                "its simultaneous interval)", max_rows=None)
     if tests is None:
-        note(md("Read from {} alone (no {} in this run): the plate × channel heterogeneity test and the "
-                "simultaneous intervals are not available.", "answer.parquet", "channel_tests.parquet"), kind="info")
+        note(md("Read from {} alone (no {} in this run): the plate × channel heterogeneity test is not shown.",
+                "answer.parquet", "channel_tests.parquet"), kind="info")
     pseudo_replicate_note(run)
 
 
 def _shared_warning(tests: pd.DataFrame | None, shapley: pd.DataFrame | None) -> str | None:
     """The one warning every primary row carries (shown once below the lines), else None."""
-    texts = []
+    rows = []
     if tests is not None:
-        texts += warnings_of(primary_rows(tests)) or ([""] if len(primary_rows(tests)) else [])
+        rows.append(primary_rows(tests))
     if shapley is not None and "test" in shapley:
-        texts += warnings_of(shapley[shapley["test"].astype(str) == "dominance"]) or [""]
-    texts = list(dict.fromkeys(texts))
-    return texts[0] if len(texts) == 1 and texts[0] else None
+        rows.append(shapley[shapley["test"].astype(str) == "dominance"])
+    texts = set()
+    for part in rows:
+        values = part["warning"] if "warning" in part else pd.Series([""] * len(part), dtype=object)
+        texts |= {v.strip() if isinstance(v, str) else "" for v in values}
+    return next(iter(texts)) if len(texts) == 1 and next(iter(texts)) else None
 
 
 def _families(run: RunDirectory, known: pd.DataFrame | None) -> dict[str, str]:
@@ -89,9 +92,10 @@ def _answer_of(known: pd.DataFrame | None, method: str) -> pd.Series | None:
     return hit.iloc[0] if len(hit) else None
 
 
-def _extras(answer_row: pd.Series | None, named: bool = True) -> Markdown:
+def _extras(answer_row: pd.Series | None, named: bool = True, shown: tuple[str, ...] = ()) -> Markdown:
     """The CellProfiler verdict and note the answer table adds to a method's line (when declared);
-    a line that names no channel gets no CellProfiler channel either (the agreement line says it)."""
+    a line that names no channel gets no CellProfiler channel either (the agreement line says it);
+    a note already ``shown`` (the tests' warning) is not repeated."""
     if answer_row is None:
         return Markdown("")
 
@@ -105,7 +109,7 @@ def _extras(answer_row: pd.Series | None, named: bool = True) -> Markdown:
             else Markdown("CellProfiler features point to no single channel")
         verdict = Markdown("") if agrees is None else md(" — {}", "they agree" if bool(agrees) else "they disagree")
         text = text + md(" {}{}.", cp_text, verdict)
-    if opt("note") is not None and str(answer_row["note"]).strip():
+    if opt("note") is not None and str(answer_row["note"]).strip() and str(answer_row["note"]).strip() not in shown:
         text = text + md(" {}", answer_row["note"])
     return text
 
@@ -148,7 +152,8 @@ def _attribution_rows(run: RunDirectory, tests: pd.DataFrame | None, known: pd.D
             family = families.get(method, method)
             head = md("- **{}** ({}, attribution share): ", family, code(method))
             line = dominance_line(head, row, "share", het, test_name=md("{}", code(row["test"])), warning=per_line)
-            line = line + _extras(_answer_of(known, method), names_channel(row["dominant_channel"]))
+            line = line + _extras(_answer_of(known, method), names_channel(row["dominant_channel"]),
+                                  tuple(warnings_of(tests)))
             out.append((line, _summary(row, family, "attribution share", het, "simultaneous")))
         return out
     if known is None:
@@ -162,7 +167,7 @@ def _attribution_rows(run: RunDirectory, tests: pd.DataFrame | None, known: pd.D
                                   "unit": a.get("unit"), "n_units": a.get("n_units")}))
         head = md("- **{}** ({}, {}): ", a["family"], code(a["method"]), str(a.get("source") or "attribution share"))
         line = dominance_line(head, row, str(a.get("quantity") or "share"), None, test_name=Markdown("primary"))
-        out.append((line + _extras(a, names_channel(row["dominant_channel"])), _summary(row, str(a["family"]), str(a.get("source") or ""), None, "as in answer.parquet")))
+        out.append((line + _extras(a, names_channel(row["dominant_channel"])), _summary(row, str(a["family"]), str(a.get("source") or ""), None, "simultaneous")))
     return out
 
 
@@ -182,7 +187,8 @@ def _shapley_row(shapley: pd.DataFrame | None, known: pd.DataFrame | None, per_l
             row = _checked(dom.iloc[0])
             row["method"] = SHAPLEY_METHOD
             line = dominance_line(head, row, "contribution", None, test_name=Markdown("dominance"), warning=per_line)
-            return line + _extras(_answer_of(known, SHAPLEY_METHOD), names_channel(row["dominant_channel"])), \
+            return line + _extras(_answer_of(known, SHAPLEY_METHOD), names_channel(row["dominant_channel"]),
+                                  tuple(warnings_of(shapley))), \
                 _summary(row, "model (Shapley)", "Shapley value", None, "simultaneous")
     if known is not None:
         for _, a in known.iterrows():
@@ -192,7 +198,7 @@ def _shapley_row(shapley: pd.DataFrame | None, known: pd.DataFrame | None, per_l
                                           "dominant_ci_high": a.get("ci_high"), "p_value": a.get("p_value"),
                                           "unit": a.get("unit"), "n_units": a.get("n_units")}))
                 line = dominance_line(head, row, "contribution", None, test_name=Markdown("dominance"))
-                return line + _extras(a, names_channel(row["dominant_channel"])), _summary(row, "model (Shapley)", "Shapley value", None, "as in answer.parquet")
+                return line + _extras(a, names_channel(row["dominant_channel"])), _summary(row, "model (Shapley)", "Shapley value", None, "simultaneous")
     return None
 
 

@@ -112,7 +112,10 @@ def _tests_tables(tests: pd.DataFrame) -> None:
     dom = tests[tests["test"].astype(str).isin(("dominance", "dominance_pair"))]
     if len(dom):
         dom = pooled(dom) if len(pooled(dom)) else dom
+        pairs = (dom["test"].astype(str) != "dominance").to_numpy()
         lab = label_pseudo(dom)
+        lab = lab.assign(**{c: lab[c].where(~pairs) for c in ("dominant_channel", "dominant_share", "dominant_ci_low",
+                                                              "dominant_ci_high") if c in lab})
         table = lab[[c for c in DOMINANCE if c in lab]]
         show_table(drop_empty(table), caption="Which channel dominates the Shapley values (intersection-union "
                    "dominance test; pairs 'A > B' are its components, not adjusted)",

@@ -154,15 +154,16 @@ def heterogeneity_text(row: pd.Series | None) -> Markdown:
 
 
 def dominance_line(head: Markdown, row: pd.Series, quantity: str, heterogeneity: pd.Series | None,
-                   test_name: str = "dominance", warning: bool = True) -> Markdown:
+                   test_name: str = "dominance", warning: bool = True, simultaneous: bool = True) -> Markdown:
     """One answer line from a primary dominance row: the channel or "no channel dominates" (never a
     channel name then), its simultaneous interval, the test's p-value, the unit, heterogeneity, and
-    the row's ``warning`` (unless ``warning=False``: the caller shows it once for every line)."""
+    the row's ``warning`` (unless ``warning=False``: the caller shows it once for every line);
+    ``simultaneous``: whether the row's interval is the simultaneous one of the dominance test."""
     channel = row.get("dominant_channel")
     if names_channel(channel):
         text = head + md("channel **{}** carries the difference", channel)
         text = text + interval_text(row.get("dominant_share"), row.get("dominant_ci_low"), row.get("dominant_ci_high"),
-                                    quantity, simultaneous=True)
+                                    quantity, simultaneous=simultaneous)
     else:
         text = head + md("no channel dominates: no channel's {} exceeds every other channel's with confidence", quantity)
     if pd.notna(row.get("p_value")):
