@@ -25,7 +25,7 @@ _VERBS = {
     "synthetic": ("chanstat.data.synthetic", "synthetic"),
     "ImageSet": ("chanstat.data.imageset", "ImageSet"),
     "attribute": ("chanstat.attribution", "attribute"),
-    "dac": ("chanstat.dac", None),  # the package itself is callable: chanstat.dac(...)
+    "dac": ("chanstat.dac", None),  # the subpackage is callable: chanstat.dac(...) is the verb
     "channel_shapley": ("chanstat.decompose", "channel_shapley"),
     "compartment_mass": ("chanstat.decompose", "compartment_mass"),
     "generate_counterfactuals": ("chanstat.counterfactual", "generate_counterfactuals"),

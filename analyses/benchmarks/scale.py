@@ -725,8 +725,10 @@ def main(argv=None) -> dict:
                 results["worker_killed"] = kill
                 print(f"[2] worker killed after {kill['killed'].get('committed_at_kill')} of {kill['n_shards']} shards: "
                       f"wall {kill['wall_ratio_vs_undisturbed']} x the undisturbed 2-worker run (lost "
-                      f"{kill['time_lost_in_shards']} mean shards; replacement worker's first shard {kill['restart_s']} s after the "
-                      f"kill; core share {kill['core_share']} vs {kill['undisturbed_core_share']} undisturbed, CPU s per "
+                      f"{kill['time_lost_in_shards']} mean shards; " + (
+                          f"replacement worker's first shard {kill['restart_s']} s after the kill" if kill["restart_s"]
+                          is not None else "the replacement worker ran no shard: the survivor finished first") +
+                      f"; core share {kill['core_share']} vs {kill['undisturbed_core_share']} undisturbed, CPU s per "
                       f"shard {kill['shard_cpu_s_mean']} vs {kill['undisturbed_shard_cpu_s_mean']}, busy share "
                       f"{kill['busy_share']}); shards run more than once: "
                       f"{kill['shards_run_more_than_once'] or 'none'}; result identical: {kill['result_identical']}; "

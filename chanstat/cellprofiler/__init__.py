@@ -15,7 +15,7 @@ This package never imports torch. Its names load on first use, so that ``chansta
 """
 from __future__ import annotations
 
-import importlib
+from chanstat._exports import lazy
 
 _EXPORTS = {
     "read": "readers",
@@ -45,13 +45,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(f"chanstat.cellprofiler.{_EXPORTS[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'chanstat.cellprofiler' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy(__name__, _EXPORTS)

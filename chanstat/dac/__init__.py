@@ -16,47 +16,41 @@ baselines), `tables` (tidy tables, optimal / minimal steps), `engine` (`dac`,
 
 Imports are lazy: ``chanstat.dac.result`` loads without torch.
 """
-import importlib as _importlib
-import sys as _sys
-import types as _types
+import sys
+import types
+
+from chanstat._exports import lazy
 
 _EXPORTS = {
-    "dac": "chanstat.dac.engine",
-    "smoothing_sweep": "chanstat.dac.engine",
-    "DacResult": "chanstat.dac.result",
-    "summarise_dac": "chanstat.dac.result",
-    "curve_area": "chanstat.dac.result",
-    "CURVE_COLUMNS": "chanstat.dac.result",
-    "SCORE_COLUMNS": "chanstat.dac.result",
-    "STRATEGIES": "chanstat.dac.masks",
-    "MaskStrategy": "chanstat.dac.masks",
-    "register_strategy": "chanstat.dac.masks",
-    "gaussian_blur": "chanstat.dac.morphology",
-    "grey_closing": "chanstat.dac.morphology",
-    "structuring_element": "chanstat.dac.morphology",
-    "SCHEDULES": "chanstat.dac.thresholds",
-    "rank_fractions": "chanstat.dac.thresholds",
-    "value_thresholds": "chanstat.dac.thresholds",
+    "dac": "engine",
+    "smoothing_sweep": "engine",
+    "DacResult": "result",
+    "summarise_dac": "result",
+    "curve_area": "result",
+    "CURVE_COLUMNS": "result",
+    "SCORE_COLUMNS": "result",
+    "STRATEGIES": "masks",
+    "MaskStrategy": "masks",
+    "register_strategy": "masks",
+    "gaussian_blur": "morphology",
+    "grey_closing": "morphology",
+    "structuring_element": "morphology",
+    "SCHEDULES": "thresholds",
+    "rank_fractions": "thresholds",
+    "value_thresholds": "thresholds",
 }
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(_importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'chanstat.dac' has no attribute {name!r}")
+__getattr__, __dir__ = lazy(__name__, _EXPORTS)
 
 
-class _CallableModule(_types.ModuleType):
-    """Lets ``chanstat.dac(...)`` work as the verb while ``chanstat.dac`` stays a package."""
+class _Verb(types.ModuleType):
+    """``chanstat.dac(...)`` is the verb: the name is also this subpackage, which importing any
+    ``chanstat.dac.*`` module binds to ``chanstat.dac``, so the package itself must be callable."""
 
     def __call__(self, *args, **kwargs):
-        from chanstat.dac.engine import dac
-
-        return dac(*args, **kwargs)
+        return self.dac(*args, **kwargs)
 
 
-_sys.modules[__name__].__class__ = _CallableModule
+sys.modules[__name__].__class__ = _Verb

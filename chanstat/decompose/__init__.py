@@ -13,7 +13,7 @@ Names load on first use: only :func:`channel_shapley` imports torch.
 """
 from __future__ import annotations
 
-import importlib
+from chanstat._exports import lazy
 
 _EXPORTS = {
     "channel_shapley": "shapley",
@@ -35,13 +35,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(f"chanstat.decompose.{_EXPORTS[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'chanstat.decompose' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy(__name__, _EXPORTS)

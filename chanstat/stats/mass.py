@@ -93,7 +93,7 @@ def _mass_one(attributions: np.ndarray, channels: Sequence[str], meta: pd.DataFr
 
 
 def channel_mass(
-    attributions: np.ndarray | Mapping[str, np.ndarray],
+    maps: np.ndarray | Mapping[str, np.ndarray],
     channels: Sequence[str],
     meta: pd.DataFrame,
     positive_only: bool = False,
@@ -103,7 +103,7 @@ def channel_mass(
 
     Parameters
     ----------
-    attributions : ndarray (N, C, H, W), or dict method -> ndarray (N, C, H, W)
+    maps : ndarray (N, C, H, W), or dict method -> ndarray (N, C, H, W)
         Channel-resolved attribution maps (any sign). Channel-agnostic maps (N, 1, H, W) are
         rejected: they carry no channel information.
     channels : sequence of str, length C
@@ -141,11 +141,11 @@ def channel_mass(
         ``"<Metadata_Class>-><Metadata_Counterfactual_Class>"``, e.g. ``"control->treated"``;
         missing (``<NA>``) when ``meta`` has no counterfactual class.
     """
-    if isinstance(attributions, Mapping):
+    if isinstance(maps, Mapping):
         if method is not None:
             raise ValueError("pass `method` only with a single array; a dict's keys name the methods")
-        if not attributions:
-            raise ValueError("no attributions given (empty dict)")
-        tables = [_mass_one(a, channels, meta, positive_only, str(name)) for name, a in attributions.items()]
+        if not maps:
+            raise ValueError("no attribution maps given (empty dict)")
+        tables = [_mass_one(a, channels, meta, positive_only, str(name)) for name, a in maps.items()]
         return pd.concat(tables, ignore_index=True)
-    return _mass_one(attributions, channels, meta, positive_only, DEFAULT_METHOD if method is None else str(method))
+    return _mass_one(maps, channels, meta, positive_only, DEFAULT_METHOD if method is None else str(method))
