@@ -291,7 +291,8 @@ def test_generator_study_meets_the_done_criteria(phenotype, channel, size, steps
     print(f"\n{phenotype}: flip rate {result.summary['flip_rate'].iloc[0]:.3f}; change share {share.round(3).to_dict()}")
     assert result.summary["flip_rate"].iloc[0] >= 0.8
     assert share[channel] >= 0.6
-    flipped = result.quality.drop_duplicates("sample").query("flipped")["sample"].to_numpy()[:32]
+    per_sample = result.quality.drop_duplicates("sample")
+    flipped = torch.as_tensor(per_sample.loc[per_sample["flipped"], "sample"].to_numpy()[:32].copy())
     x, xc = data.images[flipped], result.counterfactuals[flipped]
     y, t = data.labels[flipped], result.target_labels[flipped]
     for method in ("d_ig", "residual"):

@@ -103,9 +103,13 @@ def _features_from_images(ctx, cfg: dict) -> tuple[pd.DataFrame, pd.DataFrame, d
                          "name a CellProfiler table with table = ...")
     t0 = time.perf_counter()
     cells = measure_synthetic(dataset, progress=ctx.progress, **{k: v for k, v in cfg["measure"].items() if k != "enabled"})
-    wells = aggregate_wells(cells, features=feature_columns(cells.columns), keep=["Metadata_Class"])
+    by = cfg["by"] or "Metadata_Class"
+    # a unit is a well's images of one class: a planted real field holds both classes in every
+    # (pseudo-)well, a synthetic screen one class per well (then the key is the well itself)
+    unit = ["Metadata_Plate", "Metadata_Well", by]
+    wells = aggregate_wells(cells, features=feature_columns(cells.columns), well=unit)
     classes = list(dataset.classes)
-    info = dict(source="cp_measure", by=cfg["by"] or "Metadata_Class",
+    info = dict(source="cp_measure", by=by, well=unit,
                 case=cfg["case"] if cfg["case"] is not None else classes[-1],
                 control=cfg["control"] if cfg["control"] is not None else classes[0],
                 n_cells=len(cells), measure_wall_s=round(time.perf_counter() - t0, 3))
@@ -131,7 +135,8 @@ def whole_set(ctx, outputs) -> tuple[dict, dict]:
     cfg = ctx.section("cellprofiler")
     features, cells, info = _features_from_table(ctx, cfg) if cfg.get("table") else _features_from_images(ctx, cfg)
     contrast = dict(by=info["by"], case=info["case"], control=info["control"])
-    common = dict(level=cfg["level"], normalize=cfg["normalize"] or None, channel_map=cfg.get("channel_map"))
+    common = dict(level=cfg["level"], normalize=cfg["normalize"] or None, channel_map=cfg.get("channel_map"),
+                  well=info.pop("well", None))
     diff = differential(features, **contrast, padjust=cfg["padjust"], alpha=cfg["alpha"], **common)
     enrichment = channel_enrichment(diff, alpha=cfg["alpha"], correlation=cfg["correlation"])
     if cfg["n_perm"] > 0:
