@@ -1,21 +1,15 @@
-"""The stats stage inside the quick demo run (shared session fixture `quick_run`)."""
+"""The stats stage inside the quick demo run (shared session fixture `quick_run`): planted Mito."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
-from chanstat.io import read_json, read_table
+from chanstat.rundir import RunDirectory
 
 
 def test_quick_demo_writes_channel_statistics(quick_run):
-    mass_path = quick_run / "channel_mass.parquet"
-    if not mass_path.exists():
-        pytest.fail(f"the quick demo wrote no channel_mass.parquet (stages: {read_json(quick_run / 'provenance.json')['stages']})")
-    mass = read_table(mass_path)
-    tests = read_table(quick_run / "channel_tests.parquet")
-    shares = read_table(quick_run / "channel_share_ci.parquet")
-    similarity = read_table(quick_run / "map_similarity.parquet")
-    meta = read_table(quick_run / "meta.parquet")
+    run = RunDirectory(quick_run)
+    mass, tests, shares = run.table("channel_mass"), run.table("channel_tests"), run.table("channel_share_ci")
+    similarity, meta = run.table("map_similarity"), run.table("meta")
 
     assert {"sample", "method", "channel", "mass", "share", "Metadata_Plate", "Metadata_Well", "transition"} <= set(mass.columns)
     assert mass["share"].notna().all()
@@ -23,22 +17,28 @@ def test_quick_demo_writes_channel_statistics(quick_run):
     np.testing.assert_allclose(totals.to_numpy(), 1.0, rtol=1e-9)
     assert mass["sample"].nunique() == len(meta)
 
-    primary = tests[tests["primary"]]
+    primary = tests[tests["primary"] & (tests["transition"] == "all")]
     assert sorted(primary["method"]) == sorted(mass["method"].unique())  # one primary row per method
-    assert (primary["unit"] == "well").all() and (primary["test"] == "friedman_f").all()
+    assert (primary["test"] == "dominance").all() and (primary["unit"] == "well").all()
     n_wells = meta[["Metadata_Plate", "Metadata_Well"]].drop_duplicates().shape[0]
     assert (primary["n_units"] == n_wells).all()
-    assert set(tests["transition"]) >= {"all"}
-    # discriminative IG against oracle counterfactuals (planted Mito phenotype) puts its mass on Mito
-    if "d_ig" in set(primary["method"]):
-        row = primary[primary["method"] == "d_ig"].iloc[0]
-        assert row["dominant_channel"] == "Mito" and row["p_value"] < 0.05
+    # two plates, wells as units: the design warning and the plate x channel test are there
+    assert primary["warning"].str.contains("plate").all()
+    assert "plate_x_channel" in set(tests["test"])
+    # discriminative IG against oracle counterfactuals (planted Mito phenotype) names Mito; random maps name none
+    by_method = primary.set_index("method")
+    assert by_method.loc["d_ig", "dominant_channel"] == "Mito" and by_method.loc["d_ig", "p_value"] < 0.05
+    assert by_method.loc["random", "dominant_channel"] == "none"
+
+    answer = run.table("answer").set_index("method")
+    assert answer.loc["d_ig", "dominant_channel"] == "Mito" and answer.loc["random", "dominant_channel"] == "none"
+    assert answer.loc["channel_shapley", "dominant_channel"] == "Mito"
+    assert answer.loc["d_ig", "ci_low"] <= answer.loc["d_ig", "estimate"] <= answer.loc["d_ig", "ci_high"]
 
     assert set(shares["method"]) == set(mass["method"])
     assert similarity["mean"].dropna().between(-1, 1).all()
     assert ((similarity["n"] + similarity["n_undefined"]) == len(meta)).all()  # constant maps: rho undefined
-    stages = read_json(quick_run / "provenance.json")["stages"]
-    assert stages["stats"]["status"] == "done" and "methods" in stages["stats"]
-    if (quick_run / "dac_scores.parquet").exists():
-        comparison = read_table(quick_run / "strategy_comparison.parquet")
-        assert set(comparison["comparison"]) <= {"strategy", "method"} and len(comparison)
+    comparison = run.table("strategy_comparison")
+    assert set(comparison["comparison"]) <= {"strategy", "method"} and len(comparison)
+    stages = run.provenance["stages"]
+    assert stages["stats"]["status"] == "done" and stages["stats"]["dominant_channel"]["d_ig"] == "Mito"
