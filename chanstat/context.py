@@ -40,6 +40,7 @@ class RunContext:
     config : the validated config (every default filled in).
     run : the run directory.
     seed, device, quick, progress : run-wide settings.
+    resume : the run continues an earlier one (stages may pick up their own checkpoints).
     config_dir : folder of the config file (relative paths in the config start there).
     results : outputs of the stages so far, by schema name; :meth:`get` falls back on the
         run directory for anything not in memory (a resumed run, a shard on a worker).
@@ -53,6 +54,7 @@ class RunContext:
     progress: bool = True
     config_dir: Path = field(default_factory=Path.cwd)
     results: dict[str, Any] = field(default_factory=dict)
+    resume: bool = False
 
     @property
     def out(self) -> Path:

@@ -199,7 +199,8 @@ def _run_stages(cfg, rundir: RunDirectory, config_dir, device, quick, only, prog
         torch.set_num_threads(int(cfg["run"]["torch_threads"]))
     previous = rundir.provenance if resume else {}
     rundir.write_config(cfg)
-    ctx = RunContext(config=cfg, run=rundir, seed=seed, device=device, quick=quick, progress=progress, config_dir=config_dir)
+    ctx = RunContext(config=cfg, run=rundir, seed=seed, device=device, quick=quick, progress=progress, config_dir=config_dir,
+                     resume=resume)
     provenance: dict[str, Any] = {
         "chanstat_run": cfg["run"]["name"],
         "started": datetime.now(timezone.utc).isoformat(),

@@ -156,7 +156,8 @@ _ENTRIES: list[Entry] = [
     _table("counterfactual_quality", "counterfactual",
            "sample:int channel:str mean_abs_diff:float change_share:float label:int target_label:int target_class:str "
            "predicted_label:int p_target:float p_target_real:float flipped:bool success:bool provider:str "
-           "n_candidates:int? candidate:str?",
+           "n_candidates:int? candidate:str? n_accepted:int? candidate_index:int? candidate_change:float? "
+           "candidate_p_target:float?",
            "Per image and channel: how much the counterfactual changed and whether it flips the classifier.",
            order=("sample", "channel")),
     _table("counterfactual_summary", "counterfactual",

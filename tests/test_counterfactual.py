@@ -1,6 +1,8 @@
 """Counterfactual providers: shapes, targets, quality table, flip rates, file validation, stage."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import warnings
 
 import numpy as np
@@ -424,7 +426,8 @@ def _stage_context(section: dict, dataset, model, config_dir=None):
     validated = CounterfactualConfig(**section).model_dump()
     resolve = (lambda p: config_dir / p) if config_dir is not None else (lambda p: p)
     return SimpleNamespace(section=lambda name: validated, dataset=dataset, model=model, device="cpu",
-                           progress=False, seed=0, resolve_path=resolve)
+                           progress=False, seed=0, resolve_path=resolve, resume=False,
+                           run=SimpleNamespace(path=Path("unused-run-directory")))
 
 
 def test_stage_replaces_counterfactuals_and_reports_quality():

@@ -277,16 +277,17 @@ def test_generator_flips_the_classifier_by_changing_the_planted_channel():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("phenotype,channel,size,steps", [
-    ("er_intensity", "ER", 32, 600),
-    ("mito_fragmentation", "Mito", 48, 800),
+@pytest.mark.parametrize("phenotype,channel,size,steps,identity", [
+    ("er_intensity", "ER", 32, 600, 2.0),
+    # identity 2 gave Mito 0.589 of the change (RNA 0.16, AGP 0.16) at flip 1.0; 5 gives 0.796
+    ("mito_fragmentation", "Mito", 48, 800, 5.0),
 ])
-def test_generator_study_meets_the_done_criteria(phenotype, channel, size, steps):
+def test_generator_study_meets_the_done_criteria(phenotype, channel, size, steps, identity):
     """Flip >= 80 %, >= 60 % of the change in the planted channel, DAC and d_ig name it."""
     from chanstat.attribution import attribute
     from chanstat.dac import dac
 
-    data, model, result = _planted_study(phenotype, size=size, steps=steps)
+    data, model, result = _planted_study(phenotype, size=size, steps=steps, loss={"identity": identity})
     share = result.summary.set_index("channel")["change_share"]
     print(f"\n{phenotype}: flip rate {result.summary['flip_rate'].iloc[0]:.3f}; change share {share.round(3).to_dict()}")
     assert result.summary["flip_rate"].iloc[0] >= 0.8

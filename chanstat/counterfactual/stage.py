@@ -67,7 +67,8 @@ def whole_set(ctx, outputs) -> tuple[dict, dict]:
         if isinstance(options.get(key), str):
             options[key] = ctx.resolve_path(options[key])
     allowed = PROVIDERS[provider].option_names()
-    for key, value in (("device", ctx.device), ("progress", ctx.progress), ("seed", ctx.seed)):
+    for key, value in (("device", ctx.device), ("progress", ctx.progress), ("seed", ctx.seed),
+                       ("checkpoint_dir", ctx.run.path / "generator_checkpoints"), ("resume", ctx.resume)):
         if key in allowed:
             options.setdefault(key, value)
     dataset = ctx.dataset

@@ -30,7 +30,7 @@ one more realistic but more spread-out changes.
 """
 from chanstat.counterfactual.generator.candidates import CANDIDATE_COLUMNS, select_counterfactuals
 from chanstat.counterfactual.generator.losses import LossWeights
-from chanstat.counterfactual.generator.networks import ConversionNetwork
+from chanstat.counterfactual.generator.networks import ConversionNetwork, load_generator, save_generator
 from chanstat.counterfactual.generator.provider import (
     CHECKPOINT_FOLDER,
     GENERATOR_FILE,
@@ -41,8 +41,6 @@ from chanstat.counterfactual.generator.provider import (
 from chanstat.counterfactual.generator.training import (
     LOG_COLUMNS,
     GeneratorTraining,
-    load_generator,
-    save_generator,
     train_generator,
 )
 

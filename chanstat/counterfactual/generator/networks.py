@@ -23,11 +23,17 @@ cropped back.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+import os
+from pathlib import Path
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from chanstat.tensors import device_of
+
+GENERATOR_FORMAT = "chanstat-generator-v1"
 
 
 def _act(x: torch.Tensor) -> torch.Tensor:
@@ -257,7 +263,34 @@ class ConversionNetwork(nn.Module):
         return self.translate(x, style)
 
     def save(self, path, **extra):
-        """Write the network to ``path`` (:func:`~chanstat.counterfactual.generator.save_generator`)."""
-        from chanstat.counterfactual.generator.training import save_generator
-
+        """Write the network to ``path`` (:func:`save_generator`)."""
         return save_generator(self, path, **extra)
+
+
+def save_generator(network: ConversionNetwork, path: str | os.PathLike, **extra: Any) -> Path:
+    """Write a trained network (architecture, weights, channel and class names) to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    blob = {
+        "format": GENERATOR_FORMAT,
+        "arguments": network.config,
+        "state_dict": {k: v.detach().cpu() for k, v in network.state_dict().items()},
+        "extra": extra,
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(blob, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_generator(path: str | os.PathLike, device=None) -> ConversionNetwork:
+    """Load a network written by :func:`save_generator` (eval mode, on ``device`` or the CPU)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"generator file not found: {path}")
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(blob, dict) or blob.get("format") != GENERATOR_FORMAT:
+        raise ValueError(f"{path} is not a chanstat generator (written by save_generator)")
+    network = ConversionNetwork(**blob["arguments"])
+    network.load_state_dict(blob["state_dict"])
+    return network.to(device_of(device) if device is not None else "cpu").eval()

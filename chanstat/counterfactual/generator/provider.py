@@ -8,11 +8,10 @@ import pandas as pd
 
 from chanstat.counterfactual.base import CounterfactualProvider
 from chanstat.counterfactual.generator.candidates import select_counterfactuals
-from chanstat.counterfactual.generator.networks import ConversionNetwork
+from chanstat.counterfactual.generator.networks import ConversionNetwork, load_generator
 from chanstat.counterfactual.generator.training import (
     LOG_COLUMNS,
     GeneratorTraining,
-    load_generator,
     train_generator,
 )
 

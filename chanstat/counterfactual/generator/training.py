@@ -35,7 +35,6 @@ LOG_COLUMNS = (
 without a classifier, ``seconds`` the training time so far)."""
 
 CHECKPOINT_NAME = "generator_checkpoint.pt"
-GENERATOR_FORMAT = "chanstat-generator-v1"
 
 
 @dataclass
@@ -56,35 +55,6 @@ class GeneratorTraining:
     steps: int
     seconds: float
     settings: dict = field(default_factory=dict)
-
-
-def save_generator(network: ConversionNetwork, path: str | os.PathLike, **extra: Any) -> Path:
-    """Write a trained network (architecture, weights, channel and class names) to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    blob = {
-        "format": GENERATOR_FORMAT,
-        "arguments": network.config,
-        "state_dict": {k: v.detach().cpu() for k, v in network.state_dict().items()},
-        "extra": extra,
-    }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(blob, tmp)
-    os.replace(tmp, path)
-    return path
-
-
-def load_generator(path: str | os.PathLike, device=None) -> ConversionNetwork:
-    """Load a network written by :func:`save_generator` (eval mode, on ``device`` or the CPU)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"generator file not found: {path}")
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(blob, dict) or blob.get("format") != GENERATOR_FORMAT:
-        raise ValueError(f"{path} is not a chanstat generator (written by save_generator)")
-    network = ConversionNetwork(**blob["arguments"])
-    network.load_state_dict(blob["state_dict"])
-    return network.to(device_of(device) if device is not None else "cpu").eval()
 
 
 def _autocast(device: torch.device, mixed_precision: bool | str):
