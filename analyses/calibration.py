@@ -360,19 +360,14 @@ def issue16_study(n_sims: int, seed: int = 0, effect: float = 1.5) -> pd.DataFra
 def enrichment_study(n_sims: int, n_perm: int, seed: int = 1) -> pd.DataFrame:
     """False-call rate of the competitive channel enrichment on real LINCS DMSO wells (split 12 v 12)."""
     from chanstat.cellprofiler import feature_columns, parse_features, read
-    from chanstat.cellprofiler.enrichment import competitive_test, feature_channels
+    from chanstat.cellprofiler.enrichment import channel_incidence, competitive_test, feature_channels
 
     path = Path(__file__).resolve().parents[2] / "shared" / "data" / "lincs_SQ00015054" / \
         "SQ00015054_normalized_feature_select.csv.gz"
     lincs = read(path)
     dmso = lincs[lincs["Metadata_broad_sample"] == "DMSO"].reset_index(drop=True)
     features = feature_columns(dmso.columns)
-    links = feature_channels(parse_features(features)[["feature", "channels"]])
-    channels = sorted(links["channel"].unique())
-    keep = np.unique(links["row"])
-    position = {r: i for i, r in enumerate(keep)}
-    incidence = np.zeros((len(keep), len(channels)))
-    incidence[[position[r] for r in links["row"]], [channels.index(c) for c in links["channel"]]] = 1
+    keep, _, incidence = channel_incidence(feature_channels(parse_features(features)[["feature", "channels"]]))
     x = dmso[features].to_numpy(float)[:, keep]
     centred, sd = x - x.mean(axis=0), x.std(axis=0, ddof=1)
     rows = []

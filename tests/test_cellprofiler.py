@@ -418,16 +418,11 @@ def test_channel_score_draws_feed_concordance():
 
 
 def _lincs_dmso_arrays(lincs):
-    from chanstat.cellprofiler.enrichment import feature_channels
+    from chanstat.cellprofiler.enrichment import channel_incidence, feature_channels
 
     dmso = lincs[lincs["Metadata_broad_sample"] == "DMSO"].reset_index(drop=True)
     features = feature_columns(dmso.columns)
-    links = feature_channels(parse_features(features)[["feature", "channels"]])
-    channels = sorted(links["channel"].unique())
-    rows = np.unique(links["row"])
-    position = {r: i for i, r in enumerate(rows)}
-    incidence = np.zeros((len(rows), len(channels)))
-    incidence[[position[r] for r in links["row"]], [channels.index(c) for c in links["channel"]]] = 1
+    rows, _, incidence = channel_incidence(feature_channels(parse_features(features)[["feature", "channels"]]))
     return dmso[features].to_numpy(float)[:, rows], incidence
 
 

@@ -240,6 +240,23 @@ def welch_t_many(x: np.ndarray, is_case: np.ndarray) -> np.ndarray:
         return (m1 - m2) / np.sqrt(v1 / n1 + v2 / n2)
 
 
+def channel_incidence(links: pd.DataFrame) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """Feature x channel membership from :func:`feature_channels` links.
+
+    Returns
+    -------
+    rows : int array (F,), the feature rows that belong to some channel (sorted).
+    channels : list of str (C,), in stain order.
+    incidence : float array (F, C), 1 where feature ``rows[f]`` counts for channel ``c``.
+    """
+    channels = sorted(links["channel"].unique(), key=channel_order_key)
+    rows = np.unique(links["row"].to_numpy())
+    position = {r: i for i, r in enumerate(rows)}
+    incidence = np.zeros((len(rows), len(channels)))
+    incidence[[position[r] for r in links["row"]], [channels.index(c) for c in links["channel"]]] = 1.0
+    return rows, channels, incidence
+
+
 def _competitive(t: np.ndarray, incidence: np.ndarray, statistic: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Competitive statistic per channel for each row of t (B, F) -> (B, C) x 3 (stat, inside, outside)."""
     centred = np.abs(t - np.nanmedian(t, axis=1, keepdims=True))  # a shift common to all features cancels
@@ -369,13 +386,9 @@ def competitive_enrichment(
     links = links[testable[links["row"].to_numpy()]]
     if links.empty:
         raise ValueError("no testable feature belongs to a channel")
-    chan_names = sorted(links["channel"].unique(), key=channel_order_key)
+    universe, chan_names, incidence = channel_incidence(links)
     if len(chan_names) < 2:
         raise ValueError(f"a competitive test needs at least 2 channels; found {chan_names}")
-    universe = np.unique(links["row"].to_numpy())
-    position = {r: i for i, r in enumerate(universe)}
-    incidence = np.zeros((len(universe), len(chan_names)))
-    incidence[[position[r] for r in links["row"]], [chan_names.index(c) for c in links["channel"]]] = 1.0
     x_raw = raw.values[:, universe]
     units = raw.units
     strata_values = (
