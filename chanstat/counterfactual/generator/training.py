@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from chanstat.counterfactual.generator import losses as L
+import chanstat.counterfactual.generator.losses as L
 from chanstat.counterfactual.generator.networks import ConversionNetwork
 from chanstat.runtime import seed_everything
 from chanstat.tensors import device_of
