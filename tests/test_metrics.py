@@ -385,3 +385,12 @@ def test_cuda_results_match_cpu(region_setup):
     filled_cpu = linear_impute(images, removed)
     filled_gpu = linear_impute(images.cuda(), removed.cuda()).cpu()
     assert torch.allclose(filled_cpu, filled_gpu, atol=1e-4)
+
+
+def test_deletion_takes_a_baseline_tensor(region_setup):
+    """A zero tensor as baseline gives exactly the "zero" baseline's curves (the tensor path is used)."""
+    model, images, true_map, _, _ = region_setup
+    kw = dict(steps=4, channels=CHANNELS)
+    named = deletion(model, images, 1, true_map, baseline="zero", **kw).summary
+    tensor = deletion(model, images, 1, true_map, baseline=torch.zeros(1, *images.shape[1:]), **kw).summary
+    pd.testing.assert_frame_equal(named, tensor)

@@ -1,7 +1,6 @@
 """Reference classifier: accuracy on planted data, checkpoints, users' models."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from torch import nn

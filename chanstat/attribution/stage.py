@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import time
 from typing import Any
 
 from pydantic import Field, field_validator

@@ -18,9 +18,8 @@ import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-import numpy as np
 
 #: worker address -> device string, filled by :class:`~chanstat.compute.dask_setup.WorkerSetup`.
 _WORKER_DEVICES: dict[str, str] = {}

@@ -85,7 +85,7 @@ def _baseline_fn(baseline, blur_sigma: float) -> Callable[[torch.Tensor, slice],
         raise ValueError(f"unknown baseline {baseline!r}; use 'zero', 'mean', 'blur', a number or a tensor")
     if isinstance(baseline, (int, float)):
         return lambda x, sl: torch.full_like(x, float(baseline))
-    base = as_float_tensor(baseline if np.ndim(baseline) == 4 else np.asarray(baseline)[None], "baseline")
+    base = as_images(baseline if np.ndim(baseline) == 4 else np.asarray(baseline)[None], "baseline", allow_empty=True)
 
     def fn(x, sl):
         b = base if base.shape[0] == 1 else base[sl]

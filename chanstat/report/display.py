@@ -14,11 +14,9 @@ from __future__ import annotations
 import base64
 import html
 import io
-import math
 import re
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
-import numpy as np
 import pandas as pd
 
 from chanstat.report.text import Markdown, as_markdown, code, format_value, md

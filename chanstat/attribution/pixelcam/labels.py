@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torch import nn
 
 from chanstat.tensors import model_device, model_dtype
 
