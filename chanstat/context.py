@@ -187,10 +187,11 @@ def run_part_here(ctx: RunContext, stage, rows: np.ndarray | None) -> dict:
     inputs = {}
     for name in stage.part_inputs:
         value = ctx.get(name)
+        if value is None:
+            continue
         rows_held = {k: a.shape[0] for k, a in getattr(value, "arrays", {}).items() if a.shape[0] != n}
         if rows_held and getattr(value, "samples", None) is None:
             key, held = next(iter(rows_held.items()))
             raise ValueError(f"{name} {key!r} cover {held} images but the data set has {n}")
-        if value is not None:
-            inputs[name] = slice_inputs({name: value}, rows)[name] if subset is not dataset else value
+        inputs[name] = slice_inputs({name: value}, rows)[name] if subset is not dataset else value
     return stage.per_image(ctx, Part(rows=rows, dataset=subset, inputs=inputs))

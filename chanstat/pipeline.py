@@ -221,7 +221,7 @@ def _run_stages(cfg, rundir: RunDirectory, config_dir, device, quick, only, prog
             continue
         fp = fingerprint(stage, cfg, upstream)
         before = previous.get("stages", {}).get(stage.name, {})
-        done_before = before.get("status") in ("done", "skipped") and before.get("fingerprint") == fp
+        done_before = before.get("status") == "done" and before.get("fingerprint") == fp
         wanted = stage.always or not only or stage.name in only
         outputs_there = all(rundir.has(n) for n in before.get("outputs", []))
         if resume and done_before and outputs_there:
