@@ -8,7 +8,7 @@ STAMP := $(VENV)/.chanstat-installed
 RUN_DIR ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-slow benchmarks env clean
+.PHONY: demo test lint test-slow benchmarks env clean
 
 env: $(STAMP)
 
@@ -25,6 +25,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# lint and format check (ruff) and the type checker (mypy) on the package
+lint: $(STAMP)
+	$(VENV)/bin/ruff check chanstat tests analyses reports
+	$(VENV)/bin/ruff format --check chanstat
+	$(VENV)/bin/mypy
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)

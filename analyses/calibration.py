@@ -14,6 +14,10 @@
 (e) The competitive channel enrichment on real LINCS DMSO wells split 12 v 12: false-call
     rate under a +1 SD shift of every feature and a random latent factor with the real
     feature correlation.
+(f) Issue 24: the confidence set for the best channel (naming rate at the hardest null, power
+    against a one-sided test of a channel fixed in advance), joint coverage of simultaneous
+    share intervals, few plates, skewed signed values against 0 and the per-cell link's
+    table-wide false discovery; lognormal, t3 and Dirichlet generators, Monte-Carlo SEs.
 (c) End to end on synthetic images (needs torch and the rest of chanstat): a classifier is
     trained per data set at phenotype effect size 0 and at planted sizes, maps come from IG
     and discriminative IG (oracle counterfactuals), and the default test runs on their channel
@@ -27,6 +31,7 @@ Usage::
     python analyses/calibration.py --out runs/calibration --quick    # small, for a smoke test
     python analyses/calibration.py --out DIR --sims 2000 --skip-images
     python analyses/calibration.py --out DIR --parts de --quick         # issue 16 tables, ~2 min
+    python analyses/calibration.py --out DIR --parts f --sims 1000     # issue 24 table
 
 Prints every figure and writes ``null.csv``, ``power.csv``, ``images.csv``,
 ``images_null.csv`` and ``calibration_null.png``, ``calibration_power.png``,
@@ -143,11 +148,11 @@ def image_study(effects: list[float], repeats: int, n_perm: int, quick: bool, se
             if effect > 0:
                 maps["d_ig"] = attribute(
                     model, ds.images, None, "d_ig",
-                    counterfactuals=ds.counterfactuals, counterfactual_target=ds.counterfactual_labels,
+                    counterfactuals=ds.counterfactuals, counterfactual_target=ds.counterfactual_target,
                 ).numpy()
             meta = ds.meta.reset_index(drop=True).copy()
-            if "Metadata_Counterfactual_Class" not in meta.columns and ds.counterfactual_labels is not None:
-                meta["Metadata_Counterfactual_Class"] = [ds.classes[int(i)] for i in ds.counterfactual_labels.tolist()]
+            if "Metadata_Counterfactual_Class" not in meta.columns and ds.counterfactual_target is not None:
+                meta["Metadata_Counterfactual_Class"] = [ds.classes[int(i)] for i in ds.counterfactual_target.tolist()]
             mass = cs.channel_mass(maps, ds.channels, meta)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -413,6 +418,154 @@ def _part_d(args, out: Path) -> None:
     print(f"({time.perf_counter() - t0:.0f} s)")
 
 
+# ---------------------------------------------------------------- issue 24: which channel, with power
+
+
+HARD_NULL = (0.44, 0.44, 0.04, 0.04, 0.04)  # two tied on top, the others far below: the hardest null
+POWER_SHARES = (0.45, 0.1375, 0.1375, 0.1375, 0.1375)  # .45 vs .14
+
+
+def _se(rate: float, n: int) -> float:
+    return float(np.sqrt(max(rate * (1 - rate), 1e-12) / n))
+
+
+def _fixed_channel(values: np.ndarray, alpha: float = ALPHA) -> bool:
+    """One-sided paired t of channel 0 > every other (chosen in advance), intersection-union, raw shares."""
+    from scipy import stats as sps
+
+    d = values[:, :1] - values[:, 1:]
+    t = d.mean(0) / (d.std(0, ddof=1) / np.sqrt(len(d)))
+    return bool((t > sps.t.ppf(1 - alpha, len(d) - 1)).all())
+
+
+def issue24_study(n_sims: int, seed: int = 0, n_boot: int = 500, link_sims: int = 60) -> pd.DataFrame:
+    """Every row of issue 24's table: naming rate, power, joint coverage, few plates, skewed
+    signed values, the per-cell link; three generators; Monte-Carlo SE per rate."""
+    from scipy import stats as sps
+
+    from chanstat.stats.against_zero import _boot_t_p, _sign_flip_p
+    from chanstat.stats.best import mcb
+    from chanstat.stats.bootstrap import simultaneous_interval
+    from chanstat.stats.simulate import GENERATORS, simulate_unit_means
+
+    rng = np.random.default_rng(seed)
+    rows = []
+
+    def add(finding, generator, n_units, procedure, hits, target="", n=None):
+        n = n or len(hits)
+        rate = float(np.mean(hits))
+        rows.append({"finding": finding, "generator": generator, "n_units": n_units, "procedure": procedure,
+                     "rate": rate, "mc_se": _se(rate, n), "n_sims": n, "target": target})
+
+    for gen in GENERATORS:
+        for n in (4, 6, 8, 12, 24):
+            vals, _ = simulate_unit_means(gen, HARD_NULL, n_units=n, replicates=n_sims, seed=rng)
+            add("naming rate, hardest null (two tied on top)", gen, n, "best_channel",
+                [mcb(v)["named"] >= 0 for v in vals], "<= .055")
+        if gen != "dirichlet":
+            for n in (4, 6, 12):
+                vals, _ = simulate_unit_means(gen, HARD_NULL, n_units=n, replicates=n_sims, noisy=2.0, seed=rng)
+                for variance in ("pooled", "max"):
+                    add("naming rate, tied pair twice as noisy", gen, n, f"best_channel variance={variance}",
+                        [mcb(v, variance=variance)["named"] >= 0 for v in vals], "<= .055")
+        for n in (4, 6, 12, 24):
+            vals, _ = simulate_unit_means(gen, POWER_SHARES, n_units=n, replicates=n_sims, seed=rng)
+            add("power, shares .45 vs .14", gen, n, "best_channel (named the right channel)",
+                [mcb(v)["named"] == 0 for v in vals], "within .03 of the fixed-channel test")
+            add("power, shares .45 vs .14", gen, n, "one-sided test of a channel fixed in advance",
+                [_fixed_channel(v) for v in vals])
+        truth = simulate_unit_means(gen, POWER_SHARES, n_units=1, replicates=20000, seed=rng)[0][:, 0].mean(0)
+        for n in (4, 6, 12):
+            vals, _ = simulate_unit_means(gen, POWER_SHARES, n_units=n, replicates=n_sims, seed=rng)
+            cover = np.array([(lambda r: (r[1] <= truth) & (truth <= r[2]))(
+                simultaneous_interval(v, 0.95, n_boot, rng)) for v in vals])
+            add("simultaneous share interval, all channels covered", gen, n, "max studentised deviation (bootstrap)",
+                cover.all(1), ">= .93")
+            add("simultaneous share interval, worst single channel", gen, n, "max studentised deviation (bootstrap)",
+                cover.mean(0)[int(np.argmin(cover.mean(0)))] * np.ones(len(cover)), ">= .95")
+        for plates, wells in ((2, 12), (5, 4), (6, 4)):
+            vals, codes = simulate_unit_means(gen, HARD_NULL, n_units=plates * wells, replicates=n_sims, n_plates=plates,
+                                              plate_sd=0.3, seed=rng)
+            plate_means = np.stack([vals[:, codes == k].mean(1) for k in range(plates)], axis=1)
+            add(f"few plates: {plates} plates x {wells} wells, tie, plate x channel sd .3", gen, plates,
+                "best_channel unit=auto (plates; population)", [mcb(v)["named"] >= 0 for v in plate_means], "<= .07")
+            add(f"few plates: {plates} plates x {wells} wells, tie, plate x channel sd .3", gen, plates * wells,
+                "wells as units (scope 'these plates')", [mcb(v)["named"] >= 0 for v in vals],
+                "not a population claim")
+    # screens: 20 transitions of 4 wells each against one control, variance moderated across transitions
+    from chanstat.stats.best import pooled_variance, squeeze_prior
+
+    for gen in GENERATORS:
+        for shares, finding in ((HARD_NULL, "screen, 20 transitions x 4 wells: naming rate at the hardest null"),
+                                (POWER_SHARES, "screen, 20 transitions x 4 wells: power at .45 vs .14")):
+            plain, moderated = [], []
+            for _ in range(max(1, n_sims // 20)):
+                vals, _ = simulate_unit_means(gen, shares, n_units=4, replicates=20, seed=rng)
+                prior = squeeze_prior(*np.array([pooled_variance(v) for v in vals]).T)
+                plain += [mcb(v)["named"] for v in vals]
+                moderated += [mcb(v, prior=prior)["named"] for v in vals]
+            hit = (lambda k: k >= 0) if shares is HARD_NULL else (lambda k: k == 0)
+            target = "<= .055" if shares is HARD_NULL else ""
+            add(finding, gen, 4, "best_channel", [hit(k) for k in plain], target)
+            add(finding, gen, 4, "best_channel moderate=True (empirical Bayes)", [hit(k) for k in moderated], target)
+    # signed values (Shapley) against zero: right-skewed unit effects with mean 0
+    for sigma in (0.5, 1.0):
+        for n in (4, 6, 12, 24):
+            raw = rng.lognormal(0.0, sigma, size=(n_sims, n, 1)) - np.exp(sigma**2 / 2)
+            x = raw + 0.1 * sigma * rng.standard_normal((n_sims, n, 1))
+            t = x.mean(1) / (x.std(1, ddof=1) / np.sqrt(n))
+            p_t = 2 * sps.t.sf(np.abs(t[:, 0]), n - 1)
+            p_f = np.array([_sign_flip_p(v, "two-sided")[0] for v in x])
+            p_b = np.array([_boot_t_p(v, "two-sided", n_boot=n_boot, seed=k)[0] for k, v in enumerate(x)])
+            label = f"lognormal sd {sigma} (skewness {(np.exp(sigma**2) + 2) * np.sqrt(np.exp(sigma**2) - 1):.1f})"
+            add("test_against_zero, right-skewed unit means (null)", label, n, "t alone", p_t < ALPHA, "<= .07")
+            add("test_against_zero, right-skewed unit means (null)", label, n, "robust (max of t, sign-flip, bootstrap-t)",
+                np.maximum(np.maximum(p_t, p_f), p_b) < ALPHA, "<= .07")
+    # per-cell link: table-wide false discovery under the null (15 families), random map vs size features
+    from chanstat.decompose.percell import attribution_feature_link
+
+    any_null, size_hits = [], []
+    for _ in range(link_sims):
+        objects, features, on = _null_link_data(rng)
+        link = attribution_feature_link(objects, features, on=on)
+        any_null.append(bool((link["q_value"] < ALPHA).any()))
+        size_hits.append(bool((link.loc[link["feature"] == "Cells_AreaShape_Area", "q_value"] < ALPHA).any()))
+    add("per-cell link: any q < .05 in the whole table under the null (15 targets)", "random map", 8,
+        "density, partial on area, table-wide BH", any_null, "<= .07")
+    add("per-cell link: random map linked to cell area", "random map", 8, "density, partial on area, table-wide BH",
+        size_hits, "<= .07")
+    return pd.DataFrame(rows)
+
+
+def _null_link_data(rng: np.random.Generator, n_wells: int = 8, per: int = 15, n_features: int = 30):
+    wells = np.repeat([f"W{k}" for k in range(n_wells)], per)
+    cells = np.arange(1, len(wells) + 1)
+    area = rng.integers(50, 400, size=len(wells)).astype(float)
+    frames = []
+    for comp, frac in (("cells", 1.0), ("nuclei", 0.3), ("cytoplasm", 0.7)):
+        for ch in ("DNA", "ER", "RNA", "AGP", "Mito"):
+            a = area * frac
+            frames.append(pd.DataFrame({"sample": 0, "compartment": comp, "object": cells, "cell": cells, "channel": ch,
+                                        "mass": a * rng.gamma(4.0, size=len(wells)), "area": a,
+                                        "Metadata_Plate": "P1", "Metadata_Well": wells}))
+    features = pd.DataFrame(rng.normal(size=(len(wells), n_features)),
+                            columns=[f"Cells_Intensity_F{k}_Mito" for k in range(n_features)])
+    features["Cells_AreaShape_Area"] = area
+    features["Metadata_ImageNumber"], features["Metadata_ObjectNumber"] = 0, cells
+    features["Metadata_Plate"], features["Metadata_Well"] = "P1", wells
+    return pd.concat(frames, ignore_index=True), features, {"sample": "Metadata_ImageNumber", "cell": "Metadata_ObjectNumber"}
+
+
+def _part_f(args, out: Path) -> None:
+    n = args.sims or (300 if args.quick else 2000)
+    print(f"\n(f) issue 24: which channel, with the power the data allow; {n} studies per setting")
+    t0 = time.perf_counter()
+    table = issue24_study(n, seed=args.seed, n_boot=300 if args.quick else 1000, link_sims=40 if args.quick else 200)
+    table.to_csv(out / "issue24.csv", index=False)
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"({time.perf_counter() - t0:.0f} s)")
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -476,7 +629,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sims", type=int, default=None, help="simulated data sets per scenario (default 2000; quick 200)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=3, help="image data sets per effect size in part (c)")
-    parser.add_argument("--parts", default="abcde", help="which parts to run, e.g. 'ab' or 'de' (default: abcde)")
+    parser.add_argument("--parts", default="abcdef", help="which parts to run, e.g. 'ab' or 'f' (default: abcdef)")
     parser.add_argument("--skip-images", action="store_true", help="skip part (c), which trains classifiers (torch)")
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -496,6 +649,8 @@ def main(argv: list[str] | None = None) -> int:
         _part_d(args, out)
     if "e" in parts:
         _part_e(args, out)
+    if "f" in parts:
+        _part_f(args, out)
     print(f"\nwrote tables and plots to {out.resolve()}")
     return 0
 

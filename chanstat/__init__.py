@@ -14,6 +14,7 @@ The verbs read like the analysis (README.md has a complete example)::
 
 Imports are lazy, so ``chanstat.stats`` and ``chanstat.cellprofiler`` work without loading torch.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -25,7 +26,7 @@ _VERBS = {
     "synthetic": ("chanstat.data.synthetic", "synthetic"),
     "ImageSet": ("chanstat.data.imageset", "ImageSet"),
     "attribute": ("chanstat.attribution", "attribute"),
-    "dac": ("chanstat.dac", None),  # the subpackage is callable: chanstat.dac(...) is the verb
+    "dac": ("chanstat.dacscore.engine", "dac"),
     "channel_shapley": ("chanstat.decompose", "channel_shapley"),
     "compartment_mass": ("chanstat.decompose", "compartment_mass"),
     "generate_counterfactuals": ("chanstat.counterfactual", "generate_counterfactuals"),
@@ -35,7 +36,14 @@ _VERBS = {
     "test_against_zero": ("chanstat.stats", "test_against_zero"),
     "differential": ("chanstat.cellprofiler", "differential"),
     "render": ("chanstat.report", "render"),
+    "explanations": ("chanstat.answer", "explanations"),
     "RunDirectory": ("chanstat.rundir", "RunDirectory"),
+    "export_ome_zarr": ("chanstat.export", "export_ome_zarr"),
+    "export_anndata": ("chanstat.export", "export_anndata"),
+    "read_ome_zarr": ("chanstat.data.ome", "read_ome_zarr"),
+    "read_ome_tiff": ("chanstat.data.ome", "read_ome_tiff"),
+    "read_jump": ("chanstat.data.jump", "read_jump"),
+    "activity": ("chanstat.cellprofiler", "activity"),
     "run": ("chanstat.pipeline", "run"),
 }
 

@@ -2,8 +2,9 @@
 
 ``cellprofiler``, ``dac`` and ``decompose`` hold torch-free modules next to torch ones; their
 ``__init__`` names what it exports and where, and a name's module is imported on first use, so
-``import chanstat.dac.result`` never imports torch. Every other subpackage imports eagerly.
+``import chanstat.dacscore.result`` never imports torch. Every other subpackage imports eagerly.
 """
+
 from __future__ import annotations
 
 import importlib

@@ -3,9 +3,11 @@
 Every error a user can cause is one line naming the problem and the file or key, with exit
 code 2; ``--debug`` shows the traceback instead.
 """
+
 from __future__ import annotations
 
 import argparse
+import pickle
 import sqlite3
 import sys
 import zlib
@@ -15,11 +17,16 @@ from pathlib import Path
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="run directory to write")
     p.add_argument("--quick", action="store_true", help="small version (the config's [quick] table)")
-    p.add_argument("--force", action="store_true", help="replace an existing chanstat run directory (never any other folder)")
+    p.add_argument(
+        "--force", action="store_true", help="replace an existing chanstat run directory (never any other folder)"
+    )
     p.add_argument("--only", default=None, help="comma-separated stages to run")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    p.add_argument("--resume", action="store_true",
-                   help="continue a run directory: unchanged stages are kept, sharded stages skip committed shards")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a run directory: unchanged stages are kept, sharded stages skip committed shards",
+    )
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -31,7 +38,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         args.out,
         quick=args.quick,
         force=args.force,
-        only=[s.strip() for s in args.only.split(",") if s.strip()] if args.only else None,
+        only=[s.strip() for s in args.only.split(",") if s.strip()] if args.only is not None else None,
         progress=not args.no_progress,
         resume=args.resume,
     )
@@ -47,8 +54,10 @@ def _cmd_config(args: argparse.Namespace) -> int:
     from chanstat.config import schema_markdown
 
     if args.check:
-        pipeline.load_config(args.check)
-        print(f"{args.check}: valid")
+        from chanstat.dryrun import check
+
+        check(args.check, quick=args.quick, log=lambda line: print(f"  ok: {line}"))
+        print(f"{args.check}: valid (dry run passed)")
         return 0
     text = schema_markdown(pipeline.stages())
     if args.readme:
@@ -107,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("config", help="print the config schema (or --check a config file)")
-    p.add_argument("--check", default=None, help="validate this config file and exit")
+    p.add_argument("--check", default=None, help="dry-run this config file (values, inputs, model, providers) and exit")
+    p.add_argument("--quick", action="store_true", help="with --check: the config's [quick] version")
     p.add_argument("--readme", default=None, help="rewrite the config-schema block of this README")
     p.set_defaults(func=_cmd_config)
 
@@ -119,19 +129,46 @@ def build_parser() -> argparse.ArgumentParser:
     from chanstat.report import cli as report_cli
 
     report_cli.configure(sub.add_parser("report", help="render the report of a run directory"))
-    cellprofiler_cli.configure(sub.add_parser("cellprofiler", help="CellProfiler tables: differential features by channel"))
+    cellprofiler_cli.configure(
+        sub.add_parser("cellprofiler", help="CellProfiler tables: differential features by channel")
+    )
+    from chanstat.export import cli as export_cli
+
+    export_cli.configure(sub.add_parser("export", help="export a run: maps as OME-Zarr (napari), results as AnnData"))
+    for command in sub.choices.values():  # global flags are accepted after the subcommand too
+        if not any("--debug" in a.option_strings for a in command._actions):
+            command.add_argument(
+                "--debug", action="store_true", default=argparse.SUPPRESS, help="show the full traceback of an error"
+            )
     return parser
 
 
 #: Errors a user's input can cause; shown as one line (exit code 2) unless --debug.
 USER_ERRORS = (
-    ValueError, KeyError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError,
-    RuntimeError, TypeError, EOFError, UnicodeDecodeError, zlib.error, sqlite3.Error, OSError,
+    ValueError,
+    KeyError,
+    FileNotFoundError,
+    FileExistsError,
+    NotADirectoryError,
+    IsADirectoryError,
+    PermissionError,
+    RuntimeError,
+    TypeError,
+    EOFError,
+    UnicodeDecodeError,
+    zlib.error,
+    sqlite3.Error,
+    OSError,
+    pickle.UnpicklingError,
 )
 
 
 def one_line(exc: BaseException) -> str:
     text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    if "weights_only" in text or isinstance(exc, pickle.UnpicklingError):  # never pass on torch's advice to unpickle
+        text = (
+            "a file is not a readable PyTorch checkpoint (torch.load refused it; it may be damaged or not chanstat's)"
+        )
     text = " ".join(text.split()) or type(exc).__name__
     return text if len(text) <= 600 else text[:597] + "..."
 
@@ -142,7 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        print("chanstat: interrupted; what was finished is kept (see provenance.json); --resume continues", file=sys.stderr)
+        print(
+            "chanstat: interrupted; what was finished is kept (see provenance.json); --resume continues",
+            file=sys.stderr,
+        )
         return 130
     except USER_ERRORS as exc:
         if args.debug:

@@ -4,6 +4,7 @@
 picklable task that runs a stage's ``per_image`` function on a shard of images in a Dask
 worker. Both build the context the same way, so a stage cannot tell where it runs.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,22 +14,30 @@ from typing import Any
 
 import numpy as np
 
-from chanstat.rundir import RunDirectory
+import chanstat.data.imageset  # noqa: F401  (registers the data set's codec with the run directory)
+from chanstat.rundir import RunDirectory, register_codec
 from chanstat.stage import Part, load_stage, slice_inputs
 
 
-@dataclass
-class Classifier:
-    """The run's classifier as a stage output: the module and what it was trained on.
+def _write_classifier(run: RunDirectory, classifier) -> None:
+    """``model.pt`` for chanstat's reference classifier; a user's model is recorded in provenance instead."""
+    from chanstat.models.adapter import unwrap
+    from chanstat.models.checkpoint import save_checkpoint
+    from chanstat.models.vgg import VGGClassifier
 
-    ``source`` says where a user's model came from (``[model] source`` / ``checkpoint``); a
-    chanstat reference classifier is written to ``model.pt`` instead.
-    """
+    if isinstance(unwrap(classifier.module), VGGClassifier):
+        save_checkpoint(run.file("model"), unwrap(classifier.module), classifier.channels, classifier.classes)
 
-    module: Any
-    channels: list[str]
-    classes: list[str]
-    source: str | None = None
+
+register_codec("model", write=_write_classifier)
+
+
+def __getattr__(name: str):
+    if name == "Classifier":  # the model adapter's (imports torch: only when asked for)
+        from chanstat.models.adapter import Classifier
+
+        return Classifier
+    raise AttributeError(f"module 'chanstat.context' has no attribute {name!r}")
 
 
 @dataclass
@@ -90,7 +99,7 @@ class RunContext:
         return value
 
     @property
-    def classifier(self) -> Classifier:
+    def classifier(self):
         if "model" not in self.results:
             self.results["model"] = load_classifier(self)
         return self.results["model"]
@@ -100,32 +109,61 @@ class RunContext:
         return self.classifier.module
 
 
-def load_classifier(ctx: RunContext) -> Classifier:
+def model_spec(ctx: RunContext) -> dict:
+    """What rebuilds the run's classifier anywhere (a worker, a resumed run): plain, picklable values.
+
+    ``section`` is the validated ``[model]`` section, ``run_model`` the run's ``model.pt`` when
+    chanstat trained the model, ``channels`` / ``classes`` the names the model reads (from the
+    checkpoint, else from the run's data set).
+    """
+    section = {k: v for k, v in ctx.section("model").items()}
+    run_model = str(ctx.run.file("model")) if ctx.run.has("model") else None
+    if run_model is not None:
+        section = {k: v for k, v in section.items() if k not in ("checkpoint", "source", "weights", "kwargs")}
+    elif not (section.get("checkpoint") or section.get("source")):
+        raise RuntimeError(f"no model in {ctx.run.path}: the model stage must run first")
+    channels: list[str] = []
+    classes: list[str] = []
+    if "model" in ctx.results:
+        channels, classes = list(ctx.results["model"].channels), list(ctx.results["model"].classes)
+    elif ctx.run.has("dataset"):
+        attrs = ctx.run.group_attrs("dataset")
+        channels, classes = list(attrs.get("channels") or []), list(attrs.get("classes") or [])
+    return {
+        "section": section,
+        "config_dir": str(ctx.config_dir),
+        "run_model": run_model,
+        "channels": channels,
+        "classes": classes,
+    }
+
+
+def build_classifier(spec: dict, device) -> Any:
+    """The classifier ``spec`` (:func:`model_spec`) names, through the one ``[model]`` interpreter.
+
+    Channel and class names come from the spec when the model does not carry its own, so a
+    worker's classifier is the pipeline's.
+    """
+    from chanstat.models.adapter import load_model
+
+    classifier = load_model(spec["section"], spec["config_dir"], device=device, run_model=spec["run_model"])
+    if not classifier.channels:
+        classifier.channels = list(spec["channels"])
+    if not classifier.classes:
+        classifier.classes = list(spec["classes"])
+    return classifier
+
+
+def load_classifier(ctx: RunContext) -> Any:
     """The run's classifier: ``model.pt`` of the run directory, else the ``[model]`` source."""
-    from chanstat.models.checkpoint import load_checkpoint
-
-    if ctx.run.has("model"):
-        loaded = load_checkpoint(ctx.run.file("model"), device=ctx.device)
-        return Classifier(loaded.model.eval(), list(loaded.channels), list(loaded.classes))
-    section = ctx.section("model")
-    if section.get("checkpoint") or section.get("source"):
-        return user_classifier(ctx, section)
-    raise RuntimeError(f"no model in {ctx.run.path}: the model stage must run first")
+    return build_classifier(model_spec(ctx), ctx.device)
 
 
-def user_classifier(ctx, section: dict) -> Classifier:
+def user_classifier(ctx, section: dict) -> Any:
     """The classifier named by ``[model] checkpoint`` or ``source`` (the config's folder importable)."""
-    from chanstat.models.checkpoint import load_checkpoint, load_user_model
+    from chanstat.models.adapter import load_model
 
-    if section.get("checkpoint"):
-        loaded = load_checkpoint(ctx.resolve_path(section["checkpoint"]), device=ctx.device)
-        return Classifier(loaded.model.eval(), list(loaded.channels), list(loaded.classes), source=str(section["checkpoint"]))
-    source = section["source"]
-    weights = ctx.resolve_path(section["weights"]) if section.get("weights") else None
-    local = ctx.resolve_path(source)
-    module = load_user_model(str(local) if local.exists() else source, weights=weights, kwargs=section.get("kwargs"),
-                             device=ctx.device, search_path=ctx.config_dir)
-    return Classifier(module, [], [], source=str(source))
+    return load_model(section, ctx.config_dir, device=ctx.device)
 
 
 @dataclass
@@ -135,6 +173,8 @@ class PartTask:
     The worker reads the shard's images and per-image inputs from the run directory, loads
     the model once per worker (through ``model``, a :class:`chanstat.compute.ModelSource`)
     and writes the outputs into the shard's staging folder through a :class:`RunDirectory`.
+    ``model`` is a :class:`chanstat.compute.ModelSource` whose ``load(device)`` gives the very
+    classifier the pipeline holds (same adapter, channels and classes).
     """
 
     stage: str  # "package.module:NAME" of the Stage
@@ -154,10 +194,17 @@ class PartTask:
         from chanstat.compute.worker import worker_device
 
         device = worker_device(self.device)
-        ctx = RunContext(config=self.config, run=run, seed=self.seed, device=device, quick=self.quick,
-                         progress=False, config_dir=Path(self.config_dir))
+        ctx = RunContext(
+            config=self.config,
+            run=run,
+            seed=self.seed,
+            device=device,
+            quick=self.quick,
+            progress=False,
+            config_dir=Path(self.config_dir),
+        )
         if self.model is not None:
-            ctx.results["model"] = Classifier(self.model.load(device), [], [])
+            ctx.results["model"] = self.model.load(device)
         rows = np.asarray(rows, dtype=np.int64)
         inputs = {name: run.read(name, rows) for name in stage.part_inputs if run.has(name)}
         part = Part(rows=rows, dataset=run.dataset(rows), inputs=inputs)

@@ -4,13 +4,14 @@ Run directories are read and written through :class:`chanstat.rundir.RunDirector
 adds the schema on top of these; readers of users' files and the CellProfiler CLI use them
 directly. Never imports torch.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 import numpy as np
 import pandas as pd
@@ -78,7 +79,7 @@ def write_arrays(
     arrays: Mapping[str, np.ndarray],
     attrs: Mapping[str, Mapping[str, Any]] | None = None,
     group_attrs: Mapping[str, Any] | None = None,
-    mode: str = "a",
+    mode: Literal["a", "w"] = "a",
 ) -> Path:
     """Write named arrays into a Zarr group (one array per name).
 
@@ -97,7 +98,10 @@ def write_arrays(
     group = zarr.open_group(str(path), mode=mode)
     for name, arr in arrays.items():
         arr = np.ascontiguousarray(arr)
-        chunks = (min(64, arr.shape[0]),) + arr.shape[1:] if arr.ndim >= 1 and arr.shape[0] else None
+        # zarr 3 takes "auto" (it refuses None) for 0-d arrays and arrays with no rows
+        chunks: tuple[int, ...] | Literal["auto"] = (
+            (min(64, arr.shape[0]),) + arr.shape[1:] if arr.ndim >= 1 and arr.shape[0] else "auto"
+        )
         if name in group:
             del group[name]
         z = group.create_array(name, shape=arr.shape, dtype=arr.dtype, chunks=chunks, overwrite=True)
@@ -109,7 +113,9 @@ def write_arrays(
     return path
 
 
-def read_arrays(path: str | os.PathLike, names: list[str] | None = None) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
+def read_arrays(
+    path: str | os.PathLike, names: list[str] | None = None
+) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
     """Read arrays (all, or ``names``) and their attributes from a Zarr group."""
     import zarr
 
@@ -118,8 +124,12 @@ def read_arrays(path: str | os.PathLike, names: list[str] | None = None) -> tupl
     missing = [k for k in keys if k not in group]
     if missing:
         raise KeyError(f"{path} has no arrays {missing}; it has {sorted(group.array_keys())}")
-    arrays = {k: group[k][...] for k in keys}
-    attrs = {k: dict(group[k].attrs) for k in keys}
+    nodes = {k: group[k] for k in keys}
+    groups = [k for k, node in nodes.items() if not isinstance(node, zarr.Array)]
+    if groups:
+        raise KeyError(f"{path}: {groups} are groups, not arrays")
+    arrays = {k: np.asarray(node[...]) for k, node in nodes.items() if isinstance(node, zarr.Array)}
+    attrs = {k: dict(node.attrs) for k, node in nodes.items()}
     return arrays, attrs
 
 

@@ -9,6 +9,7 @@
 
 Torch-free: the LoadData reader, :mod:`chanstat.decompose` and :mod:`chanstat.cellprofiler` use them.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -62,7 +63,9 @@ def labels_from_outlines(outlines: np.ndarray, min_area: int = 20, max_area: int
     return np.where(boundary & (objects == 0), grown, objects).astype(np.int32)
 
 
-def match_objects(labels: np.ndarray, x: Sequence[float], y: Sequence[float], object_numbers: Sequence[int]) -> np.ndarray:
+def match_objects(
+    labels: np.ndarray, x: Sequence[float], y: Sequence[float], object_numbers: Sequence[int]
+) -> np.ndarray:
     """Renumber a label image to the ObjectNumbers of a per-object table.
 
     Each table object takes the region whose centroid is nearest its centre
@@ -82,9 +85,11 @@ def match_objects(labels: np.ndarray, x: Sequence[float], y: Sequence[float], ob
     numpy.ndarray (H, W), int64
     """
     lab = np.asarray(labels)
-    x, y, numbers = np.asarray(x, float), np.asarray(y, float), np.asarray(object_numbers, np.int64)
-    if not (len(x) == len(y) == len(numbers)):
-        raise ValueError(f"x, y and object_numbers must have one entry per object; got {len(x)}, {len(y)}, {len(numbers)}")
+    xs, ys, numbers = np.asarray(x, float), np.asarray(y, float), np.asarray(object_numbers, np.int64)
+    if not (len(xs) == len(ys) == len(numbers)):
+        raise ValueError(
+            f"x, y and object_numbers must have one entry per object; got {len(xs)}, {len(ys)}, {len(numbers)}"
+        )
     ids = np.unique(lab)
     ids = ids[ids > 0]
     out = np.zeros(lab.shape, np.int64)
@@ -93,7 +98,7 @@ def match_objects(labels: np.ndarray, x: Sequence[float], y: Sequence[float], ob
     centres = np.asarray(ndi.center_of_mass(np.ones_like(lab), lab, ids))  # (K, 2) row, col
     new = np.zeros(int(lab.max()) + 1, np.int64)
     taken = set()
-    for cx, cy, number in zip(x, y, numbers):
+    for cx, cy, number in zip(xs, ys, numbers):
         order = np.argsort(np.hypot(centres[:, 0] - cy, centres[:, 1] - cx))
         free = [k for k in order if k not in taken]
         if free:
@@ -121,7 +126,10 @@ def compartment_labels(nuclei: np.ndarray | None, cells: np.ndarray | None) -> d
     cell) and ``nucleus_cell`` (int64 array: ``nucleus_cell[j]`` is the cell that nucleus ``j``
     overlaps most, 0 when none).
     """
-    shape = (nuclei if nuclei is not None else cells).shape
+    given = nuclei if nuclei is not None else cells
+    if given is None:
+        raise ValueError("compartment_labels needs nuclei or cells (or both); got neither")
+    shape = given.shape
     nuc = np.zeros(shape, np.int64) if nuclei is None else np.asarray(nuclei, dtype=np.int64)
     cel = np.zeros(shape, np.int64) if cells is None else np.asarray(cells, dtype=np.int64)
     n_max, c_max = int(nuc.max(initial=0)), int(cel.max(initial=0))

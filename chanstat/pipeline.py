@@ -16,21 +16,22 @@ The whole config is validated (:func:`chanstat.config.validate_config`) and the 
 could only fail late (device, report formats, input paths) run before any stage; the run
 directory is locked for the duration, and ``force`` only ever replaces a chanstat run directory.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import os
 import shutil
-import socket
 import time
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from chanstat.config import ConfigError, read_config, validate_config
-from chanstat.context import Classifier, PartTask, RunContext, run_part_here
-from chanstat.rundir import MARKER, RunDirectory, is_run_directory
+from chanstat.config import ConfigError, check_rules, read_config, validate_config
+from chanstat.context import PartTask, RunContext, model_spec, run_part_here
+from chanstat.rundir import MARKER, RunDirectory, RunDirectoryBusy, is_run_directory
 from chanstat.runtime import device_description, git_commit, package_versions, resolve_device, seed_everything
 from chanstat.stage import Stage, load_stage, merge_parts
 
@@ -40,22 +41,26 @@ STAGE_REFS: tuple[str, ...] = (
     "chanstat.models.stage:STAGE",
     "chanstat.counterfactual.stage:STAGE",
     "chanstat.attribution.stage:STAGE",
-    "chanstat.dac.stage:STAGE",
+    "chanstat.dacscore.stage:STAGE",
     "chanstat.decompose.stage:STAGE",
     "chanstat.metrics.stage:STAGE",
     "chanstat.stats.stage:STAGE",
     "chanstat.cellprofiler.stage:STAGE",
+    "chanstat.answer.stage:STAGE",
     "chanstat.report.stage:STAGE",
 )
-LOCK_FILE = ".chanstat-run.lock"
-
-
-class RunDirectoryBusy(RuntimeError):
-    """Another run holds the run directory's lock."""
 
 
 def stages() -> list[Stage]:
     return [load_stage(ref) for ref in STAGE_REFS]
+
+
+def __getattr__(name: str):
+    if name == "Classifier":
+        from chanstat.models.adapter import Classifier
+
+        return Classifier
+    raise AttributeError(f"module 'chanstat.pipeline' has no attribute {name!r}")
 
 
 def load_config(config: str | Path | Mapping, quick: bool = False) -> tuple[dict, Path]:
@@ -65,7 +70,9 @@ def load_config(config: str | Path | Mapping, quick: bool = False) -> tuple[dict
         raw, source, folder = read_config(path), str(path), path.resolve().parent
     else:
         raw, source, folder = dict(config), "config", Path.cwd()
-    return validate_config(raw, stages(), quick=quick, source=source), folder
+    cfg = validate_config(raw, stages(), quick=quick, source=source)
+    check_rules(cfg, stages(), source=source)
+    return cfg, folder
 
 
 def enabled(stage: Stage, config: dict) -> bool:
@@ -76,14 +83,22 @@ def enabled(stage: Stage, config: dict) -> bool:
 def preflight(config: dict, config_dir: Path, only: list[str] | None) -> Any:
     """Checks that would otherwise fail late: ``--only`` names, device, each stage's own checks."""
     names = [s.name for s in stages()]
-    if only:
+    if only is not None:
+        if not only:
+            raise ConfigError(f"--only: name at least one stage; stages are {', '.join(names)}")
         unknown = [n for n in only if n not in names]
         if unknown:
             import difflib
 
-            hints = [f"{n!r}" + (f" (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(n, names, 1)) else "")
-                     for n in unknown]
+            hints = [
+                f"{n!r}" + (f" (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(n, names, 1)) else "")
+                for n in unknown
+            ]
             raise ConfigError(f"--only: unknown stages {', '.join(hints)}; stages are {', '.join(names)}")
+        off = [s.name for s in stages() if s.name in only and not enabled(s, config)]
+        if off:
+            raise ConfigError(f"--only: stages {off} are off in the config (add their section or set enabled = true)")
+    _check_model_source(config, config_dir)
     device = resolve_device(config["run"]["device"])
     for stage in stages():
         check = getattr(stage.config, "preflight", None)
@@ -92,12 +107,31 @@ def preflight(config: dict, config_dir: Path, only: list[str] | None) -> Any:
     return device
 
 
+def _check_model_source(config: dict, config_dir: Path) -> None:
+    """A ``[model] source`` callable is checked before anything runs (a config runs code)."""
+    source = (config.get("model") or {}).get("source")
+    if not source or (Path(config_dir) / Path(source).expanduser()).exists() or ":" not in source:
+        return
+    from chanstat.models.adapter import check_source
+
+    try:
+        check_source(source)
+    except ValueError as exc:
+        raise ConfigError(f"[model] source: {exc}") from None
+
+
 def fingerprint(stage: Stage, config: dict, upstream: Mapping[str, str]) -> str:
-    """Digest of what a stage's outputs depend on: its section, the seed, its upstream stages."""
-    section = {k: v for k, v in (config.get(stage.name) or {}).items() if k != "enabled"}
-    payload = {"stage": stage.name, "section": section, "seed": config["run"]["seed"], "upstream": dict(sorted(upstream.items()))}
-    if stage.name == "attribution" or stage.name == "metrics":
-        payload["attribution_options"] = (config.get("attribution") or {}).get("options")
+    """Digest of what a stage's outputs depend on: the sections it declares, the seed, its upstream stages."""
+    sections = {}
+    for name in stage.sections:
+        value = config.get(name)
+        sections[name] = {k: v for k, v in value.items() if k != "enabled"} if isinstance(value, dict) else value
+    payload = {
+        "stage": stage.name,
+        "sections": sections,
+        "seed": config["run"]["seed"],
+        "upstream": dict(sorted(upstream.items())),
+    }
     text = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -118,41 +152,17 @@ def _prepare_out(out: Path, force: bool, resume: bool) -> None:
         raise ConfigError(f"run directory {out} already exists; pass --force to replace it or --resume to continue it")
 
 
-def _clear_run_directory(out: Path) -> None:
-    """Empty a chanstat run directory (only called after the marker and the lock were checked)."""
-    for child in out.iterdir():
-        if child.name in (LOCK_FILE, LOCK_FILE + ".owner"):
-            continue
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child)
-        else:
-            child.unlink()
-
-
-class _Lock:
-    """The run directory's lock (filelock); the owner file names the run that holds it."""
-
-    def __init__(self, out: Path):
-        from filelock import FileLock
-
-        self.path = out / LOCK_FILE
-        self.owner = out / (LOCK_FILE + ".owner")
-        self.lock = FileLock(str(self.path))
-
-    def __enter__(self):
-        from filelock import Timeout
-
-        try:
-            self.lock.acquire(timeout=0)
-        except Timeout:
-            holder = self.owner.read_text().strip() if self.owner.exists() else "another chanstat run"
-            raise RunDirectoryBusy(f"run directory {self.path.parent} is in use by {holder}; wait for it or use another --out") from None
-        self.owner.write_text(f"pid {os.getpid()} on {socket.gethostname()} since {datetime.now(timezone.utc).isoformat()}")
-        return self
-
-    def __exit__(self, *exc):
-        self.owner.unlink(missing_ok=True)
-        self.lock.release()
+def _swap_in_run(new: RunDirectory, old: RunDirectory) -> None:
+    """Put the finished run ``new`` in the place of ``old``; the user's files of ``old`` move over."""
+    for child in old.user_files():
+        target = new.path / child.name
+        if not target.exists():
+            os.rename(child, target)
+    place = old.path
+    retired = place.with_name(f".{place.name}.{uuid.uuid4().hex[:8]}.old")
+    os.rename(place, retired)
+    os.rename(new.path, place)
+    shutil.rmtree(retired, ignore_errors=True)
 
 
 def run(
@@ -182,25 +192,49 @@ def run(
     device = preflight(cfg, config_dir, only)
     out = Path(out)
     _prepare_out(out, force=force, resume=resume)
-    out.mkdir(parents=True, exist_ok=True)
-    with _Lock(out):
-        if force and not resume:
-            _clear_run_directory(out)
+    replace = force and not resume and out.is_dir() and any(out.iterdir())
+    if not replace:
         rundir = RunDirectory(out, create=True)
-        return _run_stages(cfg, rundir, config_dir, device, quick, only, progress, resume, log)
+        with rundir.lock():
+            return _run_stages(cfg, rundir, config_dir, device, quick, only, progress, resume, log)
+    # --force: the new run is written beside the old one and swapped in only once it finished
+    old = RunDirectory(out)
+    with old.lock():
+        staging = out.resolve().with_name(f".{out.resolve().name}.{uuid.uuid4().hex[:8]}.new")
+        new = RunDirectory(staging, create=True)
+        try:
+            with new.lock():
+                _run_stages(cfg, new, config_dir, device, quick, only, progress, False, log)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        _swap_in_run(new, old)
+    return out.resolve()
 
 
 def _run_stages(cfg, rundir: RunDirectory, config_dir, device, quick, only, progress, resume, log) -> Path:
     seed = int(cfg["run"]["seed"])
     seed_everything(seed)
-    if cfg["run"].get("torch_threads"):
-        import torch
+    import torch
 
+    if cfg["run"].get("torch_threads"):
         torch.set_num_threads(int(cfg["run"]["torch_threads"]))
+    else:  # never more threads than idle cores: an overcommitted core slows small kernels many times over
+        from chanstat.runtime import available_cores
+
+        torch.set_num_threads(max(1, min(torch.get_num_threads(), available_cores())))
     previous = rundir.provenance if resume else {}
     rundir.write_config(cfg)
-    ctx = RunContext(config=cfg, run=rundir, seed=seed, device=device, quick=quick, progress=progress, config_dir=config_dir,
-                     resume=resume)
+    ctx = RunContext(
+        config=cfg,
+        run=rundir,
+        seed=seed,
+        device=device,
+        quick=quick,
+        progress=progress,
+        config_dir=config_dir,
+        resume=resume,
+    )
     provenance: dict[str, Any] = {
         "chanstat_run": cfg["run"]["name"],
         "started": datetime.now(timezone.utc).isoformat(),
@@ -214,23 +248,34 @@ def _run_stages(cfg, rundir: RunDirectory, config_dir, device, quick, only, prog
     rundir.write_json("provenance", provenance)
     fingerprints: dict[str, str] = {}
     writers: dict[str, str] = {}
+    rerun: set[str] = set()  # stages executed by this call: what reads their outputs runs again
     t_run = time.perf_counter()
     for stage in stages():
-        upstream = {writers[n]: fingerprints[writers[n]] for n in stage.reads if n in writers}
+        read_from = set(writers.values()) if stage.reads_all else {writers[n] for n in stage.reads if n in writers}
+        upstream = {w: fingerprints[w] for w in read_from}
         if not enabled(stage, cfg):
             continue
         fp = fingerprint(stage, cfg, upstream)
         before = previous.get("stages", {}).get(stage.name, {})
         done_before = before.get("status") == "done" and before.get("fingerprint") == fp
         wanted = stage.always or not only or stage.name in only
-        outputs_there = all(rundir.has(n) for n in before.get("outputs", []))
-        if resume and done_before and outputs_there:
+        damaged = _damaged(rundir, before) if resume and done_before else []
+        if resume and done_before and not damaged and not (read_from & rerun):
             provenance["stages"][stage.name] = {**before, "status": "done", "resumed": True}
             log(f"[chanstat] stage {stage.name}: unchanged since the last run, kept")
-        elif not wanted:
+        elif not wanted and not damaged:
             continue
         else:
-            provenance["stages"][stage.name] = _execute(stage, ctx, fp, provenance, log)
+            if damaged:
+                log(
+                    f"[chanstat] stage {stage.name}: {', '.join(damaged)} changed or missing since the last run; running it again"
+                )
+            provenance["stages"][stage.name] = record = _execute(stage, ctx, fp, provenance, log)
+            rerun.add(stage.name)
+            for other, earlier in provenance["stages"].items():  # an entry rewritten here (the data set)
+                sums = earlier.get("checksums") if other != stage.name else None
+                for name in set(sums or ()) & set(record["checksums"]):
+                    sums[name] = record["checksums"][name]
         fingerprints[stage.name] = fp
         for name in stage.writes:
             writers[name] = stage.name
@@ -268,10 +313,25 @@ def _execute(stage: Stage, ctx: RunContext, fp: str, provenance: dict, log) -> d
         raise
     wall = time.perf_counter() - t0
     log(f"[chanstat] stage {stage.name} done in {wall:.1f} s")
-    record = {"status": "done", "fingerprint": fp, "wall_s": round(wall, 3), "outputs": sorted(outputs), **(info or {})}
+    record = {
+        "status": "done",
+        "fingerprint": fp,
+        "wall_s": round(wall, 3),
+        "outputs": sorted(outputs),
+        **(info or {}),
+        "checksums": ctx.run.checksums(sorted(outputs) + [n for n in stage.writes if n not in outputs]),
+    }
     if compute_info:
         record["compute"] = compute_info
     return record
+
+
+def _damaged(rundir: RunDirectory, record: Mapping) -> list[str]:
+    """Outputs of a finished stage that are missing or differ from the checksums it recorded."""
+    sums = record.get("checksums")
+    if sums is None:  # a record without checksums cannot be trusted
+        return [rundir.file(n).name for n in record.get("outputs", [])] or ["(no checksums recorded)"]
+    return rundir.damaged(sums) + [rundir.file(n).name for n in record.get("outputs", []) if n not in sums]
 
 
 def _per_image(stage: Stage, ctx: RunContext, fp: str) -> tuple[dict, dict | None]:
@@ -292,33 +352,30 @@ def _sharded(stage: Stage, ctx: RunContext, fp: str, rows, compute: dict) -> tup
     from chanstat.compute import ComputeConfig, ModelSource, run_parts
 
     settings = ComputeConfig.from_section(compute)
-    model = _model_source(ctx, ModelSource)
+    model = ModelSource.from_spec(model_spec(ctx)) if stage.name != "model" else None
     task = PartTask(
-        stage=next(ref for ref in STAGE_REFS if load_stage(ref) is stage), run_dir=str(ctx.run.path),
-        config=ctx.config, config_dir=str(ctx.config_dir), seed=ctx.seed, quick=ctx.quick,
-        device=settings.device or _explicit_device(ctx), model=model,
+        stage=next(ref for ref in STAGE_REFS if load_stage(ref) is stage),
+        run_dir=str(ctx.run.path),
+        config=ctx.config,
+        config_dir=str(ctx.config_dir),
+        seed=ctx.seed,
+        quick=ctx.quick,
+        device=settings.device or _explicit_device(ctx),
+        model=model,
     )
     rows = np.arange(len(ctx.dataset)) if rows is None else np.asarray(rows, dtype=np.int64)
     parts, summary = run_parts(
-        task, rows, settings, store_dir=ctx.run.path / "shards" / stage.name, key=fp + (model.digest if model else ""),
-        meta=ctx.dataset.meta, read=PartTask.read, progress=ctx.progress, label=stage.name,
+        task,
+        rows,
+        settings,
+        store_dir=ctx.run.path / "shards" / stage.name,
+        key=fp + (model.digest if model else ""),
+        meta=ctx.dataset.meta,
+        read=PartTask.read,
+        progress=ctx.progress,
+        label=stage.name,
     )
     return merge_parts(parts), summary
-
-
-def _model_source(ctx: RunContext, ModelSource):
-    """Where workers load the classifier from: ``model.pt``, else the user's ``[model]`` source."""
-    if ctx.run.has("model"):
-        return ModelSource.from_checkpoint(ctx.run.file("model"))
-    section = ctx.section("model")
-    if section.get("checkpoint"):
-        return ModelSource.from_checkpoint(ctx.resolve_path(section["checkpoint"]))
-    if section.get("source"):
-        local = ctx.resolve_path(section["source"])
-        weights = ctx.resolve_path(section["weights"]) if section.get("weights") else None
-        return ModelSource.from_user(str(local) if local.exists() else section["source"], weights=weights,
-                                     kwargs=section.get("kwargs"), search_path=str(ctx.config_dir))
-    return None
 
 
 def _explicit_device(ctx: RunContext) -> str:
@@ -343,14 +400,26 @@ def context(
     cfg, config_dir = load_config(config, quick=quick)
     rundir = RunDirectory(out, create=True)
     rundir.write_config(cfg)
-    ctx = RunContext(config=cfg, run=rundir, seed=int(cfg["run"]["seed"]), device=resolve_device(cfg["run"]["device"]),
-                     quick=quick, progress=progress, config_dir=config_dir)
+    ctx = RunContext(
+        config=cfg,
+        run=rundir,
+        seed=int(cfg["run"]["seed"]),
+        device=resolve_device(cfg["run"]["device"]),
+        quick=quick,
+        progress=progress,
+        config_dir=config_dir,
+    )
     if dataset is not None:
         rundir.write("dataset", dataset)
         ctx.results["dataset"] = dataset
     if model is not None:
-        ctx.results["model"] = Classifier(model.to(ctx.device).eval(), list(getattr(dataset, "channels", [])),
-                                          list(getattr(dataset, "classes", [])))
+        from chanstat.models.adapter import Classifier, as_model
+
+        ctx.results["model"] = Classifier(
+            as_model(model.to(ctx.device).eval()),
+            list(getattr(dataset, "channels", [])),
+            list(getattr(dataset, "classes", [])),
+        )
         rundir.write("model", ctx.results["model"])
     return ctx
 
@@ -371,12 +440,10 @@ def run_stage(name: str, ctx: RunContext) -> dict:
 
 
 def demo_config_path() -> Path:
-    """The shipped demo config (``analyses/demo.toml`` in a source checkout)."""
-    here = Path(__file__).resolve().parent.parent / "analyses" / "demo.toml"
-    if here.exists():
-        return here
-    raise FileNotFoundError("analyses/demo.toml not found; run from a chanstat source checkout")
+    """The shipped demo config (package data; ``analyses/demo.toml`` in a source checkout)."""
+    from chanstat.resources import config_path
+
+    return config_path("demo")
 
 
-__all__ = ["run", "run_stage", "context", "load_config", "stages", "STAGE_REFS", "Classifier", "RunDirectoryBusy",
-           "fingerprint"]
+__all__ = ["run", "run_stage", "context", "load_config", "stages", "STAGE_REFS", "RunDirectoryBusy", "fingerprint"]

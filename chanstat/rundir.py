@@ -7,28 +7,76 @@ API saves results with :meth:`RunDirectory.save` and renders the report with
 ``chanstat.render(path)``. This module never imports torch (only :meth:`RunDirectory.dataset`
 and :meth:`RunDirectory.write_dataset` do, when called).
 """
+
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import shutil
+import socket
 import tomllib
 import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import pandas as pd
 
 from chanstat.io import read_group_attrs, write_arrays, write_json, write_table
-from chanstat.schema import SCHEMA, ArraySpec, FileSpec, TableSpec, entry
+from chanstat.rundir_save import read_rows
+from chanstat.schema import ArraySpec, FileSpec, TableSpec, entry
 from chanstat.stage import Arrays
 
 MARKER = ".chanstat-run"
+LOCK_FILE = ".chanstat-run.lock"
+#: Folders and files a run writes besides its schema entries (cleared with the run, never a user's file).
+RUN_EXTRAS = ("shards", "generator_checkpoints", LOCK_FILE, LOCK_FILE + ".owner", MARKER)
+
+
+class RunDirectoryBusy(RuntimeError):
+    """Another run holds the run directory's lock."""
+
+
+class NotARunDirectory(ValueError):
+    """A folder that chanstat did not make is never written into, replaced or cleared."""
+
+
+@dataclass(frozen=True)
+class Codec:
+    """How an entry that is not a table or a group of arrays is written and read.
+
+    The package that owns the value registers it (:func:`register_codec`): the data set
+    (``chanstat.data.imageset``), the classifier (``chanstat.context``), so this module
+    imports neither ``chanstat.data`` nor ``chanstat.models``.
+    """
+
+    write: Callable[["RunDirectory", Any], None]
+    read: Callable[["RunDirectory", Any], Any] | None = None
+
+
+CODECS: dict[str, Codec] = {}
+
+
+def register_codec(name: str, write: Callable, read: Callable | None = None) -> None:
+    """Register the writer (and reader) of schema entry ``name`` (e.g. ``"dataset"``, ``"model"``)."""
+    CODECS[entry(name).name] = Codec(write, read)
+
+
 #: Arrays of ``dataset.zarr`` with one row per image, besides ``objects_<name>`` label images.
-DATASET_ARRAYS = ("images", "labels", "counterfactuals", "counterfactual_labels", "signal_masks",
-                  "oracle_counterfactuals", "oracle_counterfactual_labels")
+DATASET_ARRAYS = (
+    "images",
+    "labels",
+    "counterfactuals",
+    "counterfactual_target",
+    "signal_masks",
+    "oracle_counterfactuals",
+    "oracle_counterfactual_labels",
+)
 _GROUP_ATTRS_NOT_META = ("channels", "classes", "counterfactual_provider")
 
 
@@ -54,12 +102,100 @@ class RunDirectory:
         if create:
             if self.path.exists() and not self.path.is_dir():
                 raise NotADirectoryError(f"run directory {self.path} is a file, not a folder")
+            if self.path.is_dir() and any(self.path.iterdir()) and not is_run_directory(self.path):
+                raise NotARunDirectory(
+                    f"{self.path} is not empty and is not a chanstat run directory (no {MARKER}); "
+                    "refusing to write into it"
+                )
             self.path.mkdir(parents=True, exist_ok=True)
             if not is_run_directory(self.path):
                 (self.path / MARKER).write_text("chanstat run directory\n")
         elif not self.path.is_dir():
             raise FileNotFoundError(f"run directory not found: {self.path}")
+        elif not is_run_directory(self.path) and any(self.path.iterdir()):  # an empty folder holds nothing to lose
+            raise NotARunDirectory(f"{self.path} is not a chanstat run directory (no {MARKER})")
         self._tables: dict[str, pd.DataFrame] = {}
+
+    # ---- safety: paths, lock, clearing, checksums ----------------------------------------
+    def inside(self, name: str) -> Path:
+        """Path of file ``name`` in the run directory; a name that leaves the run is refused."""
+        text = str(name)
+        target = (self.path / text).resolve()
+        if not text or Path(text).is_absolute() or target.parent != self.path:
+            raise ValueError(f"file name {text!r} leaves the run directory {self.path}; give a plain file name")
+        return target
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator["RunDirectory"]:
+        """Hold the run directory's lock (filelock) while a run writes it; the owner file names the holder."""
+        from filelock import FileLock, Timeout
+
+        lock = FileLock(str(self.path / LOCK_FILE))
+        owner = self.path / (LOCK_FILE + ".owner")
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            holder = owner.read_text().strip() if owner.exists() else "another chanstat run"
+            raise RunDirectoryBusy(
+                f"run directory {self.path} is in use by {holder}; wait for it or use another --out"
+            ) from None
+        try:
+            owner.write_text(
+                f"pid {os.getpid()} on {socket.gethostname()} since {datetime.now(timezone.utc).isoformat()}"
+            )
+            yield self
+        finally:
+            owner.unlink(missing_ok=True)
+            lock.release()
+
+    def run_files(self) -> list[Path]:
+        """What chanstat wrote here: schema entries, shards, checkpoints, temporary files (never a user's file)."""
+        from chanstat.schema import BY_FILE
+
+        out = []
+        for child in self.path.iterdir():
+            name = child.name
+            if name in (MARKER, LOCK_FILE, LOCK_FILE + ".owner"):
+                continue
+            if name in BY_FILE or name in RUN_EXTRAS or (name.startswith(".") and name.endswith((".tmp", ".old"))):
+                out.append(child)
+        return out
+
+    def user_files(self) -> list[Path]:
+        """Files and folders here that chanstat did not write (kept by every clear and replace)."""
+        ours = set(self.run_files()) | {self.path / n for n in (MARKER, LOCK_FILE, LOCK_FILE + ".owner")}
+        return [c for c in self.path.iterdir() if c not in ours]
+
+    def clear(self) -> None:
+        """Delete what chanstat wrote (the marker, the lock and every user's file stay)."""
+        for child in self.run_files():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+        self._tables.clear()
+        self.__dict__.pop("config", None)
+
+    def checksum(self, name: str) -> str | None:
+        """SHA-256 (16 hex digits) of entry ``name``'s bytes (every file of a folder); None when absent."""
+        path = self.file(name)
+        if not path.exists():
+            return None
+        h = hashlib.sha256()
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for f in files:
+            h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
+            with f.open("rb") as fh:
+                h.update(hashlib.file_digest(fh, "sha256").digest())
+        return h.hexdigest()[:16]
+
+    def checksums(self, names) -> dict[str, str]:
+        """{name: checksum} of the entries among ``names`` that exist."""
+        return {n: c for n in names if (c := self.checksum(n)) is not None}
+
+    def damaged(self, recorded: Mapping[str, str]) -> list[str]:
+        """File names of the entries whose checksum differs from ``recorded`` (or that are gone)."""
+        return [entry(n).file for n, c in recorded.items() if self.checksum(n) != c]
 
     def __repr__(self) -> str:
         return f"RunDirectory({str(self.path)!r})"
@@ -142,7 +278,9 @@ class RunDirectory:
         group_attrs = {k: v for k, v in self.group_attrs(name).items() if k not in ("order", "samples")}
         samples = self.group_attrs(name).get("samples")
         return Arrays(
-            {k: self.array(name, k, rows) for k in keys}, attrs=attrs, group_attrs=group_attrs,
+            {k: self.array(name, k, rows) for k in keys},
+            attrs=attrs,
+            group_attrs=group_attrs,
             samples=None if samples is None else np.asarray(samples, dtype=np.int64),
         )
 
@@ -174,39 +312,55 @@ class RunDirectory:
 
     def dataset(self, rows: Any = None):
         """The run's images as an :class:`~chanstat.data.ImageSet` (``rows``: only those images)."""
-        from chanstat.data.imageset import ImageSet
+        codec = CODECS.get("dataset")
+        if codec is None or codec.read is None:
+            raise TypeError("no reader registered for dataset.zarr; import chanstat.data first")
+        return codec.read(self, rows)
 
+    def dataset_parts(self, rows: Any = None) -> dict:
+        """The data set's arrays, metadata and names (``rows``: only those images), for its codec."""
         group = self._group("dataset")
         n = int(group["images"].shape[0])
         rows = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64)
         attrs = dict(group.attrs)
         present = set(group.array_keys())
         arrays = {k: read_rows(group[k], rows) for k in DATASET_ARRAYS[:5] if k in present}
-        objects = {k[len("objects_"):]: read_rows(group[k], rows) for k in sorted(present) if k.startswith("objects_")}
+        objects = {k[len("objects_") :]: read_rows(group[k], rows) for k in sorted(present) if k.startswith("objects_")}
         meta = self.table("meta")
         if len(meta) != n:
             raise ValueError(f"{self.file('meta')} has {len(meta)} rows but {self.file('dataset')} holds {n} images")
         meta = meta.drop(columns=["sample"]).iloc[rows].reset_index(drop=True)
         meta.attrs.update({k: v for k, v in attrs.items() if k not in _GROUP_ATTRS_NOT_META and k != "order"})
-        return ImageSet(
-            images=arrays["images"], channels=list(attrs["channels"]), labels=arrays["labels"],
-            classes=list(attrs["classes"]), meta=meta, counterfactuals=arrays.get("counterfactuals"),
-            counterfactual_labels=arrays.get("counterfactual_labels"), signal_masks=arrays.get("signal_masks"),
+        return dict(
+            images=arrays["images"],
+            channels=list(attrs["channels"]),
+            labels=arrays["labels"],
+            classes=list(attrs["classes"]),
+            meta=meta,
+            counterfactuals=arrays.get("counterfactuals"),
+            counterfactual_target=arrays.get("counterfactual_target"),
+            signal_masks=arrays.get("signal_masks"),
             objects=objects or None,
         )
 
-    def write_dataset(self, dataset, extra: Mapping[str, np.ndarray] | None = None, group_attrs: Mapping | None = None) -> None:
+    def write_dataset(
+        self, dataset, extra: Mapping[str, np.ndarray] | None = None, group_attrs: Mapping | None = None
+    ) -> None:
         """Write an ImageSet as ``dataset.zarr`` + ``meta.parquet`` (``extra``: more per-image arrays)."""
         arrays = {"images": dataset.images.numpy(), "labels": dataset.labels.numpy()}
-        for key in ("counterfactuals", "counterfactual_labels", "signal_masks"):
+        for key in ("counterfactuals", "counterfactual_target", "signal_masks"):
             value = getattr(dataset, key)
             if value is not None:
                 arrays[key] = value.numpy()
         for key, labels in (dataset.objects or {}).items():
             arrays[f"objects_{key}"] = np.asarray(labels)
         arrays.update(extra or {})
-        attrs = {"channels": list(dataset.channels), "classes": list(dataset.classes), **dict(dataset.meta.attrs),
-                 **dict(group_attrs or {})}
+        attrs = {
+            "channels": list(dataset.channels),
+            "classes": list(dataset.classes),
+            **dict(dataset.meta.attrs),
+            **dict(group_attrs or {}),
+        }
         self.write_arrays("dataset", Arrays(arrays, group_attrs=attrs))
         meta = dataset.meta.copy()
         meta.insert(0, "sample", np.arange(len(dataset)))
@@ -285,19 +439,24 @@ class RunDirectory:
             return pd.DataFrame(columns=cols)
         labels = self.array("dataset", "labels").astype(np.int64)
         names = self.array_names("dataset")
-        cf = self.array("dataset", "counterfactual_labels").astype(np.int64) if "counterfactual_labels" in names \
+        cf = (
+            self.array("dataset", "counterfactual_target").astype(np.int64)
+            if "counterfactual_target" in names
             else np.full_like(labels, -1)
+        )
         classes = self.classes
 
         def name(i: int) -> str:
             return classes[i] if 0 <= i < len(classes) else str(i)
 
-        return pd.DataFrame({
-            "sample": np.arange(labels.size),
-            "label": [name(i) for i in labels],
-            "counterfactual_label": [name(i) if i >= 0 else "" for i in cf],
-            "transition": [f"{name(a)} → {name(b)}" if b >= 0 else name(a) for a, b in zip(labels, cf)],
-        })
+        return pd.DataFrame(
+            {
+                "sample": np.arange(labels.size),
+                "label": [name(i) for i in labels],
+                "counterfactual_label": [name(i) if i >= 0 else "" for i in cf],
+                "transition": [f"{name(a)} → {name(b)}" if b >= 0 else name(a) for a, b in zip(labels, cf)],
+            }
+        )
 
     # ---- generic read / write by schema entry --------------------------------------------
     def write(self, name: str, value: Any) -> None:
@@ -309,12 +468,12 @@ class RunDirectory:
             if isinstance(value, Mapping):
                 value = Arrays(dict(value))
             self.write_arrays(spec.name, value)
+        elif spec.name in CODECS:
+            CODECS[spec.name].write(self, value)
         elif spec.name == "dataset":
             self.write_dataset(value)
-        elif spec.name == "model":
-            _write_model(self, value)
-        elif spec.name == "generator":
-            value.save(self.file("generator"))
+        elif callable(getattr(value, "save", None)) and spec.file.endswith(".pt"):
+            value.save(self.file(spec.name))  # a network that saves itself (the generator)
         else:
             raise TypeError(f"{spec.file} is written by the pipeline itself, not through write()")
 
@@ -328,64 +487,28 @@ class RunDirectory:
             return self.arrays(spec.name, rows)
         if spec.name == "dataset":
             return self.dataset(rows)
+        if spec.name in CODECS and CODECS[spec.name].read is not None:
+            return CODECS[spec.name].read(self, rows)
         raise TypeError(f"{spec.file} is not read through read()")
 
     def save(self, **results: Any) -> "RunDirectory":
-        """Save results of a Python analysis so ``chanstat.render(path)`` can report on them.
+        """Save results of a Python analysis as they are, so ``chanstat.render(path)`` can report on them.
 
-        Keywords are schema entries (see :func:`chanstat.schema.describe`), with a few
-        conveniences::
+        Keywords are schema entries (see :func:`chanstat.schema.describe`) or a verb's result::
 
             run = cs.RunDirectory("runs/mine", create=True)
-            run.save(dataset=data, attributions={"d_ig": maps}, dac=result,
+            run.save(dataset=data, attributions={"d_ig": maps}, dac=result, channel_shapley=shapley,
+                     compartment_mass={"d_ig": compartments}, counterfactuals=cf_result,
                      channel_mass=mass, channel_tests=tests)
 
-        ``attributions`` takes {method: maps} (tensors or arrays); ``dac`` takes a
-        :class:`~chanstat.dac.DacResult` (or several in a {method: result} dict) and writes
-        ``dac_curves`` and ``dac_scores``; ``config`` a dict; everything else the entry's own
-        type (DataFrame for tables).
+        ``attributions`` takes {method: maps}; ``dac``, ``channel_shapley``,
+        ``compartment_mass`` and ``counterfactuals`` take the verb's result (or {method:
+        result}) and write every table it holds (:mod:`chanstat.rundir_save`); ``config`` a
+        dict; everything else the entry's own type (DataFrame for tables).
         """
-        for name, value in results.items():
-            if name == "dac":
-                for table_name, table in dac_tables(value).items():
-                    self.write_table(table_name, table)
-            elif name == "attributions" and isinstance(value, Mapping):
-                channels = self.channels or None
-                arrays = {m: _numpy(v) for m, v in value.items()}
-                attrs = {m: {"method": m, "channels": channels if a.shape[1] > 1 else ["all"]} for m, a in arrays.items()}
-                self.write_arrays("attributions", Arrays(arrays, attrs=attrs, group_attrs={"channels": channels}))
-            elif name == "config":
-                self.write_config(value)
-            elif name == "provenance":
-                self.write_json("provenance", value)
-            else:
-                if name not in SCHEMA:
-                    entry(name)  # raises with a suggestion
-                self.write(name, value)
-        return self
+        from chanstat.rundir_save import save
 
-
-def dac_tables(value: Any) -> dict[str, pd.DataFrame]:
-    """``dac_curves`` and ``dac_scores`` tables from DAC results ({method: DacResult} or one)."""
-    results = value if isinstance(value, Mapping) else {getattr(value, "method", None) or "maps": value}
-    curves, scores = [], []
-    for method, result in results.items():
-        curves.append(result.curves.assign(method=method) if "method" not in result.curves else result.curves)
-        scores.append(result.scores.assign(method=method) if "method" not in result.scores else result.scores)
-    return {"dac_curves": pd.concat(curves, ignore_index=True), "dac_scores": pd.concat(scores, ignore_index=True)}
-
-
-def _numpy(value: Any) -> np.ndarray:
-    return value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
-
-
-def _write_model(run: RunDirectory, model) -> None:
-    from chanstat.models.checkpoint import save_checkpoint
-    from chanstat.models.vgg import VGGClassifier
-
-    if not isinstance(model.module, VGGClassifier):
-        return  # a user's module: provenance records where it came from instead
-    save_checkpoint(run.file("model"), model.module, model.channels, model.classes)
+        return save(self, **results)
 
 
 def _drop_none(obj: Any) -> Any:
@@ -406,19 +529,3 @@ def _swap_in(tmp: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.rename(tmp, target)
-
-
-def read_rows(array, rows: Any) -> np.ndarray:
-    """Rows ``rows`` (int, sorted or not) of a Zarr array: one region read when contiguous."""
-    rows = np.asarray(rows, dtype=np.int64)
-    if rows.size == 0:
-        return np.zeros((0,) + tuple(array.shape[1:]), dtype=array.dtype)
-    if rows.min() < 0 or rows.max() >= array.shape[0]:
-        raise IndexError(f"array has {array.shape[0]} rows; asked for rows {rows.min()}..{rows.max()}")
-    if rows[-1] - rows[0] + 1 == rows.size and (np.diff(rows) == 1).all():
-        return np.asarray(array[int(rows[0]) : int(rows[-1]) + 1])
-    order = np.argsort(rows, kind="stable")
-    picked = np.asarray(array.get_orthogonal_selection((rows[order],) + (slice(None),) * (array.ndim - 1)))
-    out = np.empty_like(picked)
-    out[order] = picked
-    return out

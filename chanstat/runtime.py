@@ -1,4 +1,5 @@
 """Device choice, seeding and version capture shared by the torch stages."""
+
 from __future__ import annotations
 
 import os
@@ -11,9 +12,27 @@ from pathlib import Path
 import numpy as np
 
 TRACKED_PACKAGES = (
-    "chanstat", "torch", "captum", "numpy", "scipy", "pandas", "pyarrow", "zarr", "statsmodels",
-    "pingouin", "scikit-image", "tifffile", "imagecodecs", "cp-measure", "matplotlib", "jupytext",
-    "nbconvert", "typst", "dask", "distributed", "duckdb",
+    "chanstat",
+    "torch",
+    "captum",
+    "numpy",
+    "scipy",
+    "pandas",
+    "pyarrow",
+    "zarr",
+    "statsmodels",
+    "pingouin",
+    "scikit-image",
+    "tifffile",
+    "imagecodecs",
+    "cp-measure",
+    "matplotlib",
+    "jupytext",
+    "nbconvert",
+    "typst",
+    "dask",
+    "distributed",
+    "duckdb",
 )
 
 
@@ -55,8 +74,12 @@ def package_versions(names=TRACKED_PACKAGES) -> dict[str, str | None]:
 def device_description(device) -> dict:
     import torch
 
-    info = {"device": str(device), "platform": platform.platform(), "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads()}
+    info = {
+        "device": str(device),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
     if str(device).startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))
         info["cuda"] = torch.version.cuda
@@ -72,3 +95,41 @@ def git_commit(path: str | os.PathLike | None = None) -> str | None:
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def available_cores(idle_only: bool = True) -> int:
+    """CPU cores this process may use: its affinity mask (else all cores), less the cores other
+    processes keep busy (1-minute load average) when ``idle_only``; at least 1.
+
+    On a shared machine more torch threads than idle cores is much slower than fewer: every
+    parallel region waits for its slowest thread, and a descheduled thread stalls them all
+    (measured here: a small generator step 20-40x slower with 2 threads than with 1 at a load
+    of 8 on 2 cores).
+    """
+    try:
+        cores = max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        cores = max(1, os.cpu_count() or 1)
+    if idle_only:
+        try:
+            busy = os.getloadavg()[0]
+        except (AttributeError, OSError):
+            busy = 0.0
+        cores = max(1, min(cores, int(cores - busy + 0.5)))
+    return cores
+
+
+def use_available_cores(threads: int | None = None) -> int:
+    """Set torch's intra-op threads to ``threads`` (default: the idle cores, :func:`available_cores`);
+    returns the count.
+
+    torch's own default counts the machine's cores, which overcommits a process limited to
+    fewer by its affinity mask (containers, ``taskset``, batch schedulers) or sharing them.
+    """
+    import torch
+
+    count = int(threads) if threads else available_cores()
+    if count < 1:
+        raise ValueError(f"threads must be >= 1; got {threads}")
+    torch.set_num_threads(count)
+    return count

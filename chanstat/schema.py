@@ -10,6 +10,7 @@ Column kinds: ``int``, ``float``, ``number`` (int or float), ``str``, ``bool``, 
 absent; ``extra`` names a prefix (or ``"*"``) of columns a table may carry beyond its own
 (metadata, one column per channel).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -74,7 +75,9 @@ class TableSpec(Entry):
             if not _kind_ok(table[col.name], col.kind):
                 problems.append(f"column {col.name!r} should be {col.kind}, is {table[col.name].dtype}")
         known = {c.name for c in self.columns}
-        extra = [c for c in table.columns if c not in known and not any(p == "*" or str(c).startswith(p) for p in self.extra)]
+        extra = [
+            c for c in table.columns if c not in known and not any(p == "*" or str(c).startswith(p) for p in self.extra)
+        ]
         if extra:
             problems.append(f"undeclared columns {extra[:8]}{' ...' if len(extra) > 8 else ''}")
         if problems:
@@ -83,7 +86,14 @@ class TableSpec(Entry):
 
     def empty(self) -> pd.DataFrame:
         """A table with no rows and every required column, in the declared kinds."""
-        dtypes = {"int": "int64", "float": "float64", "number": "float64", "str": "object", "bool": "bool", "list": "object"}
+        dtypes = {
+            "int": "int64",
+            "float": "float64",
+            "number": "float64",
+            "str": "object",
+            "bool": "bool",
+            "list": "object",
+        }
         return pd.DataFrame({c.name: pd.Series(dtype=dtypes[c.kind]) for c in self.columns if not c.optional})
 
 
@@ -102,21 +112,29 @@ class FileSpec(Entry):
 
 def _kind_ok(series: pd.Series, kind: str) -> bool:
     dtype = series.dtype
+    if len(series) == 0 and pd.api.types.is_object_dtype(
+        dtype
+    ):  # an empty column has no values to be of the wrong kind
+        return True
     if kind == "int":
         return pd.api.types.is_integer_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype)
     if kind == "float":
-        return pd.api.types.is_float_dtype(dtype) or (len(series) == 0 and dtype == object)
+        return pd.api.types.is_float_dtype(dtype) or (len(series) == 0 and pd.api.types.is_object_dtype(dtype))
     if kind == "number":
-        return (pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype)) or (len(series) == 0 and dtype == object)
+        return (pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype)) or (
+            len(series) == 0 and pd.api.types.is_object_dtype(dtype)
+        )
     if kind == "bool":
-        return pd.api.types.is_bool_dtype(dtype) or (len(series) == 0 and dtype == object)
+        return pd.api.types.is_bool_dtype(dtype) or (len(series) == 0 and pd.api.types.is_object_dtype(dtype))
     if kind == "str":
         if pd.api.types.is_string_dtype(dtype) or isinstance(dtype, pd.CategoricalDtype):
             values = series.dropna()
             return all(isinstance(v, str) for v in values.head(50))
         return False
     if kind == "list":
-        return dtype == object and all(isinstance(v, (list, tuple, np.ndarray)) for v in series.dropna().head(50))
+        return pd.api.types.is_object_dtype(dtype) and all(
+            isinstance(v, (list, tuple, np.ndarray)) for v in series.dropna().head(50)
+        )
     return False
 
 
@@ -130,7 +148,9 @@ def _columns(spec: str) -> tuple[Column, ...]:
     return tuple(out)
 
 
-def _table(name: str, stage: str, columns: str, doc: str, order=("sample",), extra=(), file: str | None = None) -> TableSpec:
+def _table(
+    name: str, stage: str, columns: str, doc: str, order=("sample",), extra=(), file: str | None = None
+) -> TableSpec:
     return TableSpec(name, file or f"{name}.parquet", stage, doc, _columns(columns), tuple(order), tuple(extra))
 
 
@@ -139,130 +159,365 @@ _TEST_COLUMNS = (
     "df2:float? p_value:float p_adj:float? p_adj_method:str? q_value:float? effect_size:float? "
     "effect_size_name:str? estimate:float? unit:str n_units:int n_samples:int primary:bool dominant_channel:str "
     "dominant_share:float? dominant_ci_low:float? dominant_ci_high:float? note:str? pseudo_replicates:bool? "
-    "role:str? multiplicity_scope:str? n_plates:int? warning:str?"
+    "role:str? multiplicity_scope:str? n_plates:int? warning:str? quantity:str? dominant_value:float?"
 )
 
 _ENTRIES: list[Entry] = [
     FileSpec("config", "config.toml", "run", "The validated config the run used (defaults filled in)."),
-    FileSpec("provenance", "provenance.json", "run", "Versions, seed, device, git commit, per-stage status, fingerprint and wall time."),
-    FileSpec("marker", ".chanstat-run", "run", "Marks the folder as a chanstat run directory (only such folders are ever replaced)."),
-    FileSpec("dataset", "dataset.zarr", "data", "Images, labels, counterfactuals, signal masks and object labels of every image (ImageSet)."),
-    _table("meta", "data", "sample:int", "Per-image metadata (Metadata_* columns), one row per image.", extra=("Metadata_", "*")),
-    _table("data_summary", "data", "class_name:str channel:str n_images:int n_wells:int mean_intensity:float sd_intensity:float",
-           "Intensity per class and channel.", order=()),
-    FileSpec("model", "model.pt", "model", "The reference classifier's checkpoint (architecture, weights, channels, classes)."),
-    _table("training_history", "model", "epoch:int train_loss:float train_accuracy:float val_loss:float val_accuracy:float",
-           "Loss and accuracy per epoch.", order=("epoch",)),
-    _table("counterfactual_quality", "counterfactual",
-           "sample:int channel:str mean_abs_diff:float change_share:float label:int target_label:int target_class:str "
-           "predicted_label:int p_target:float p_target_real:float flipped:bool success:bool provider:str "
-           "n_candidates:int? candidate:str? n_accepted:int? candidate_index:int? candidate_change:float? "
-           "candidate_p_target:float?",
-           "Per image and channel: how much the counterfactual changed and whether it flips the classifier.",
-           order=("sample", "channel")),
-    _table("counterfactual_summary", "counterfactual",
-           "provider:str channel:str n_samples:int mean_abs_diff:float change_share:float flip_rate:float success_rate:float "
-           "mean_candidates:float?",
-           "Per channel: mean change, change share, flip rate.", order=()),
-    ArraySpec("oracle_counterfactuals", "oracle_counterfactuals.zarr", "counterfactual",
-              "The data set's own counterfactuals, kept when another provider replaced them.",
-              arrays="counterfactuals, counterfactual_labels"),
+    FileSpec(
+        "provenance",
+        "provenance.json",
+        "run",
+        "Versions, seed, device, git commit, per-stage status, fingerprint and wall time.",
+    ),
+    FileSpec(
+        "marker",
+        ".chanstat-run",
+        "run",
+        "Marks the folder as a chanstat run directory (only such folders are ever replaced).",
+    ),
+    FileSpec(
+        "dataset",
+        "dataset.zarr",
+        "data",
+        "Images, labels, counterfactuals, signal masks and object labels of every image (ImageSet).",
+    ),
+    _table(
+        "meta",
+        "data",
+        "sample:int",
+        "Per-image metadata (Metadata_* columns), one row per image.",
+        extra=("Metadata_", "*"),
+    ),
+    _table(
+        "data_summary",
+        "data",
+        "class_name:str channel:str n_images:int n_wells:int mean_intensity:float sd_intensity:float",
+        "Intensity per class and channel.",
+        order=(),
+    ),
+    FileSpec(
+        "model",
+        "model.pt",
+        "model",
+        "The reference classifier's checkpoint (architecture, weights, channels, classes).",
+    ),
+    _table(
+        "training_history",
+        "model",
+        "epoch:int train_loss:float train_accuracy:float val_loss:float val_accuracy:float",
+        "Loss and accuracy per epoch.",
+        order=("epoch",),
+    ),
+    _table(
+        "counterfactual_quality",
+        "counterfactual",
+        "sample:int channel:str mean_abs_diff:float change_share:float label:int counterfactual_target:int target_class:str "
+        "predicted_label:int p_target:float p_target_real:float flipped:bool success:bool provider:str "
+        "n_candidates:int? candidate:str? n_accepted:int? candidate_index:int? candidate_change:float? "
+        "candidate_p_target:float? neighbour:int? embedding_distance:float? n_steps:int? converged:bool? "
+        "final_loss:float? already_target:bool?",
+        "Per image and channel: how much the counterfactual changed and whether it flips the classifier "
+        "(+ provider-specific columns: nearest's neighbour, optimise's steps).",
+        order=("sample", "channel"),
+    ),
+    _table(
+        "counterfactual_summary",
+        "counterfactual",
+        "provider:str channel:str n_samples:int mean_abs_diff:float change_share:float flip_rate:float success_rate:float "
+        "mean_candidates:float?",
+        "Per channel: mean change, change share, flip rate.",
+        order=(),
+    ),
+    ArraySpec(
+        "oracle_counterfactuals",
+        "oracle_counterfactuals.zarr",
+        "counterfactual",
+        "The data set's own counterfactuals, kept when another provider replaced them.",
+        arrays="counterfactuals, counterfactual_target",
+    ),
     FileSpec("generator", "generator.pt", "counterfactual", "The trained conversion network (provider 'generator')."),
-    _table("generator_log", "counterfactual", "step:int", "Training losses of the conversion network per logged step.",
-           order=("step",), extra=("*",)),
-    ArraySpec("attributions", "attributions.zarr", "attribution",
-              "One array per method, (N, C, H, W) or (N, 1, H, W) for channel-agnostic methods.",
-              arrays="<method>", attrs=("channels", "method", "family", "signed", "resolves_channels", "explains")),
-    _table("dac_curves", "dac",
-           "sample:int method:str strategy:str channel:str step:int threshold:float mask_size:float score:float "
-           "prediction:int evaluated:bool?",
-           "Every DAC curve point (channel 'all' for whole-image strategies).",
-           order=("method", "strategy", "sample")),
-    _table("dac_scores", "dac", "sample:int method:str strategy:str channel:str dac:float",
-           "DAC per pair, method, strategy (and channel for single_channel).", order=("method", "strategy", "sample")),
-    ArraySpec("dac_masks", "dac_masks.zarr", "dac", "Optimal masks per pair, one array per '<method>.<strategy>'.",
-              arrays="<method>.<strategy>", attrs=("method", "strategy", "kind", "samples", "channels")),
-    _table("dac_sweep", "dac", "method:str closing:int sigma:float sample:int strategy:str channel:str dac:float",
-           "DAC over a grid of closing sizes and blur widths.", order=("method", "closing", "sigma", "strategy", "sample")),
+    _table(
+        "generator_log",
+        "counterfactual",
+        "step:int",
+        "Training losses of the conversion network per logged step.",
+        order=("step",),
+        extra=("*",),
+    ),
+    ArraySpec(
+        "attributions",
+        "attributions.zarr",
+        "attribution",
+        "One array per method, (N, C, H, W) or (N, 1, H, W) for channel-agnostic methods.",
+        arrays="<method>",
+        attrs=("channels", "method", "family", "signed", "resolves_channels", "explains"),
+    ),
+    _table(
+        "dac_curves",
+        "dac",
+        "sample:int method:str strategy:str channel:str step:int threshold:float mask_size:float score:float "
+        "prediction:int evaluated:bool?",
+        "Every DAC curve point (channel 'all' for whole-image strategies).",
+        order=("method", "strategy", "sample"),
+    ),
+    _table(
+        "dac_scores",
+        "dac",
+        "sample:int method:str strategy:str channel:str dac:float",
+        "DAC per pair, method, strategy (and channel for single_channel).",
+        order=("method", "strategy", "sample"),
+    ),
+    ArraySpec(
+        "dac_masks",
+        "dac_masks.zarr",
+        "dac",
+        "Optimal masks per pair, one array per '<method>.<strategy>'.",
+        arrays="<method>.<strategy>",
+        attrs=("method", "strategy", "kind", "samples", "channels"),
+    ),
+    _table(
+        "dac_sweep",
+        "dac",
+        "method:str closing:int sigma:float sample:int strategy:str channel:str dac:float",
+        "DAC over a grid of closing sizes and blur widths.",
+        order=("method", "closing", "sigma", "strategy", "sample"),
+    ),
     _table("dac_dropped", "dac", "sample:int", "Pairs left out of DAC and why.", extra=("*",)),
-    _table("localisation", "metrics",
-           "method:str channel:str channel_resolved:bool n_images:int n_val:int n_test:int foreground_fraction:float "
-           "pxap:float dice:float dice_threshold:float miou:float miou_threshold:float pointing_game:float "
-           "relevance_mass:float relevance_rank:float deletion_auc:float? insertion_auc:float? road_morf_auc:float? "
-           "road_lerf_auc:float?",
-           "Localisation of every method against the signal masks, per channel and 'all'.", order=()),
-    _table("faithfulness", "metrics",
-           "sample:int method:str metric:str channel:str channel_resolved:bool auc:float score_original:float score_final:float",
-           "Deletion / insertion (/ ROAD) area per image.", order=("method", "metric", "sample")),
-    _table("faithfulness_curves", "metrics",
-           "sample:int method:str metric:str channel:str channel_resolved:bool fraction:float score:float",
-           "Deletion / insertion curves.", order=("method", "metric", "sample")),
-    _table("randomisation", "metrics",
-           "sample:int method:str layer_index:int layer:str channel:str channel_resolved:bool spearman:float",
-           "Cascading parameter randomisation: similarity of the map to the original.", order=("method", "sample")),
-    _table("channel_mass", "stats", "sample:int method:str channel:str mass:float share:float transition:str?",
-           "Attribution mass and share per image, method and channel (+ the image's metadata).",
-           order=("method", "sample"), extra=("Metadata_",)),
-    _table("channel_tests", "stats", _TEST_COLUMNS, "Channel tests per method (and transition).", order=(), extra=("*",)),
-    _table("channel_share_ci", "stats",
-           "method:str transition:str channel:str mean:float ci_low:float ci_high:float unit:str n_units:int n_samples:int "
-           "interval:str? simultaneous_ci_low:float? simultaneous_ci_high:float? rank:int? dominant:bool? "
-           "pseudo_replicates:bool? warning:str?",
-           "Mean unit-level share per channel with its interval.", order=(), extra=("*",)),
-    _table("map_similarity", "stats", "method:str channel_a:str channel_b:str mean:float sd:float median:float n:int n_undefined:int",
-           "Correlation between channels' maps.", order=()),
-    _table("strategy_comparison", "stats",
-           "comparison:str method:str strategy:str channel:str a:str b:str mean_a:float mean_b:float estimate:float "
-           "ci_low:float ci_high:float statistic:float p_value:float p_adj:float p_adj_method:str effect_size:float "
-           "effect_size_name:str unit:str n_units:int note:str?",
-           "DAC compared between strategies and methods at the unit level.", order=(), extra=("*",)),
-    _table("shapley_tests", "stats",
-           "source:str channel:str estimate:float? ci_low:float? ci_high:float? method:str? transition:str? test:str? "
-           "role:str? mean:float? sd:float? simultaneous_ci_low:float? simultaneous_ci_high:float? statistic:float? "
-           "df:float? p_value:float? p_adj:float? p_adj_method:str? multiplicity_scope:str? alternative:str? unit:str? "
-           "n_units:int? n_samples:int? pseudo_replicates:bool? dominant_channel:str? dominant_share:float? "
-           "dominant_ci_low:float? dominant_ci_high:float? warning:str? note:str?", "Channel Shapley values tested against zero and for dominance.",
-           order=(), extra=("*",)),
-    _table("answer", "stats",
-           "family:str method:str dominant_channel:str source:str? quantity:str? estimate:float? ci_low:float? "
-           "ci_high:float? p_value:float? unit:str? n_units:int? agrees_with_majority:bool? cellprofiler_channel:str? "
-           "agrees_with_cellprofiler:bool? note:str?",
-           "The answer first: dominant channel (or 'none') per method family with its calibrated interval.",
-           order=(), extra=("*",)),
-    _table("cp_features", "cellprofiler", "", "Well-level CellProfiler features measured on the images (cp-measure).",
-           order=(), extra=("*",)),
-    _table("cp_differential", "cellprofiler",
-           "feature:str compartment:str category:str measurement:str? channels:list status:str n_case:int n_control:int "
-           "statistic:float p_value:float q_value:float effect_size:float ci_low:float ci_high:float significant:bool "
-           "case:str? control:str? level:str? multiplicity_scope:str?",
-           "Every CellProfiler feature tested case vs control at the well level.", order=(), extra=("*",)),
-    _table("channel_enrichment", "cellprofiler", "channel:str n_features:int n_significant:int odds_ratio:float? fraction_significant:float? n_up:int? "
-           "n_down:int? mean_abs_effect:float? median_abs_effect:float? statistic:float? score_inside:float? "
-           "score_outside:float? p_value:float? p_adj:float? p_adj_method:str? multiplicity_scope:str? "
-           "statistic_name:str? n_perm:number? n_units:number? n_features_competitive:number?",
-           "Which channel's features differ more than the others'.", order=(), extra=("*",)),
-    _table("compartment_channel", "cellprofiler", "compartment:str channel:str n_features:int n_significant:int",
-           "Differential features per compartment and channel.", order=(), extra=("*",)),
-    _table("concordance", "cellprofiler", "method:str statistic:str estimate:float p_value:float ci_low:float? ci_high:float? n_boot:int? "
-           "resampled:str? min_p_value:float? critical_estimate:float? grain:str? note:str?",
-           "Agreement of attribution and CellProfiler channel rankings.", order=(), extra=("*",)),
-    _table("concordance_ranks", "cellprofiler", "method:str channel:str attribution_rank:float? feature_rank:float?",
-           "Channel ranks on both sides of the concordance.", order=(), extra=("*",)),
-    _table("channel_shapley", "decompose", "sample:int channel:str shapley:float",
-           "Exact channel Shapley values per image (coalition value p(target | hybrid)).",
-           order=("sample",), extra=("*",)),
-    _table("channel_shapley_total", "decompose", "sample:int p_real:float p_counterfactual:float total:float",
-           "What the Shapley values of an image add up to.", extra=("*",)),
-    _table("channel_shapley_interactions", "decompose", "sample:int channel_a:str channel_b:str interaction:float",
-           "Pairwise Shapley interaction indices.", extra=("*",)),
-    _table("compartment_mass", "decompose", "sample:int method:str compartment:str channel:str mass:float share:float",
-           "Attribution mass per image, compartment and channel.", order=("method", "sample"), extra=("*",)),
-    _table("object_mass", "decompose", "sample:int method:str object:int compartment:str channel:str mass:float",
-           "Attribution mass per cell (object), compartment and channel; joins CellProfiler per-object tables.",
-           order=("method", "sample"), extra=("*",)),
-    _table("feature_link", "cellprofiler", "feature:str compartment:str channel:str",
-           "Which per-cell CellProfiler features predict where the classifier looks (tested over wells).",
-           order=(), extra=("*",)),
+    _table(
+        "localisation",
+        "metrics",
+        "method:str channel:str channel_resolved:bool n_images:int n_val:int n_test:int foreground_fraction:float "
+        "pxap:float dice:float dice_threshold:float miou:float miou_threshold:float pointing_game:float "
+        "relevance_mass:float relevance_rank:float deletion_auc:float? insertion_auc:float? road_morf_auc:float? "
+        "road_lerf_auc:float?",
+        "Localisation of every method against the signal masks, per channel and 'all'.",
+        order=(),
+    ),
+    _table(
+        "faithfulness",
+        "metrics",
+        "sample:int method:str metric:str channel:str channel_resolved:bool auc:float score_original:float score_final:float",
+        "Deletion / insertion (/ ROAD) area per image.",
+        order=("method", "metric", "sample"),
+    ),
+    _table(
+        "faithfulness_curves",
+        "metrics",
+        "sample:int method:str metric:str channel:str channel_resolved:bool fraction:float score:float",
+        "Deletion / insertion curves.",
+        order=("method", "metric", "sample"),
+    ),
+    _table(
+        "randomisation",
+        "metrics",
+        "sample:int method:str layer_index:int layer:str channel:str channel_resolved:bool spearman:float",
+        "Cascading parameter randomisation: similarity of the map to the original.",
+        order=("method", "sample"),
+    ),
+    _table(
+        "channel_mass",
+        "stats",
+        "sample:int method:str channel:str mass:float share:float transition:str?",
+        "Attribution mass and share per image, method and channel (+ the image's metadata).",
+        order=("method", "sample"),
+        extra=("Metadata_",),
+    ),
+    _table(
+        "channel_tests", "stats", _TEST_COLUMNS, "Channel tests per method (and transition).", order=(), extra=("*",)
+    ),
+    _table(
+        "channel_share_ci",
+        "stats",
+        "method:str transition:str channel:str mean:float ci_low:float ci_high:float unit:str n_units:int n_samples:int "
+        "interval:str? simultaneous_ci_low:float? simultaneous_ci_high:float? rank:int? dominant:bool? "
+        "pseudo_replicates:bool? warning:str?",
+        "Mean unit-level share per channel with its interval.",
+        order=(),
+        extra=("*",),
+    ),
+    _table(
+        "map_similarity",
+        "stats",
+        "method:str channel_a:str channel_b:str mean:float sd:float median:float n:int n_undefined:int",
+        "Correlation between channels' maps.",
+        order=(),
+    ),
+    _table(
+        "strategy_comparison",
+        "stats",
+        "comparison:str method:str strategy:str channel:str a:str b:str mean_a:float mean_b:float estimate:float "
+        "ci_low:float ci_high:float statistic:float p_value:float p_adj:float p_adj_method:str effect_size:float "
+        "effect_size_name:str unit:str n_units:int note:str?",
+        "DAC compared between strategies and methods at the unit level.",
+        order=(),
+        extra=("*",),
+    ),
+    _table(
+        "shapley_tests",
+        "stats",
+        "source:str channel:str estimate:float? ci_low:float? ci_high:float? method:str? transition:str? test:str? "
+        "role:str? mean:float? sd:float? simultaneous_ci_low:float? simultaneous_ci_high:float? statistic:float? "
+        "df:float? p_value:float? p_adj:float? p_adj_method:str? multiplicity_scope:str? alternative:str? unit:str? "
+        "n_units:int? n_samples:int? pseudo_replicates:bool? dominant_channel:str? dominant_share:float? dominant_value:float? quantity:str? "
+        "dominant_ci_low:float? dominant_ci_high:float? warning:str? note:str?",
+        "Channel Shapley values tested against zero and for dominance.",
+        order=(),
+        extra=("*",),
+    ),
+    _table(
+        "answer",
+        "stats",
+        "family:str method:str dominant_channel:str source:str? quantity:str? estimate:float? ci_low:float? "
+        "ci_high:float? p_value:float? unit:str? n_units:int? agrees_with_majority:bool? cellprofiler_channel:str? "
+        "agrees_with_cellprofiler:bool? note:str?",
+        "The answer first: dominant channel (or 'none') per method family with its calibrated interval.",
+        order=(),
+        extra=("*",),
+    ),
+    _table(
+        "best_channel",
+        "stats",
+        "method:str role:str transition:str quantity:str channel:str estimate:float gap:float gap_ci_low:float "
+        "gap_ci_high:float in_set:bool named_channel:str set_label:str unit:str n_units:int scope:str alpha:float "
+        "p_value:float p_adj:float note:str",
+        "Confidence set for the best channel (multiple comparisons with the best) per method, transition, channel.",
+        order=(),
+        extra=("*",),
+    ),
+    _table(
+        "cp_features",
+        "cellprofiler",
+        "",
+        "Well-level CellProfiler features measured on the images (cp-measure).",
+        order=(),
+        extra=("*",),
+    ),
+    _table(
+        "cp_differential",
+        "cellprofiler",
+        "feature:str compartment:str category:str measurement:str? channels:list status:str n_case:int n_control:int "
+        "statistic:float p_value:float q_value:float effect_size:float ci_low:float ci_high:float significant:bool "
+        "case:str? control:str? level:str? multiplicity_scope:str?",
+        "Every CellProfiler feature tested case vs control at the well level.",
+        order=(),
+        extra=("*",),
+    ),
+    _table(
+        "channel_enrichment",
+        "cellprofiler",
+        "channel:str n_features:int n_significant:int odds_ratio:float? fraction_significant:float? n_up:int? "
+        "n_down:int? mean_abs_effect:float? median_abs_effect:float? statistic:float? score_inside:float? "
+        "score_outside:float? p_value:float? p_adj:float? p_adj_method:str? multiplicity_scope:str? "
+        "statistic_name:str? n_perm:number? n_units:number? n_features_competitive:number?",
+        "Which channel's features differ more than the others'.",
+        order=(),
+        extra=("*",),
+    ),
+    _table(
+        "compartment_channel",
+        "cellprofiler",
+        "compartment:str channel:str n_features:int n_significant:int",
+        "Differential features per compartment and channel.",
+        order=(),
+        extra=("*",),
+    ),
+    _table(
+        "concordance",
+        "cellprofiler",
+        "method:str statistic:str estimate:float p_value:float ci_low:float? ci_high:float? n_boot:int? "
+        "resampled:str? min_p_value:float? critical_estimate:float? grain:str? note:str?",
+        "Agreement of attribution and CellProfiler channel rankings.",
+        order=(),
+        extra=("*",),
+    ),
+    _table(
+        "concordance_ranks",
+        "cellprofiler",
+        "method:str channel:str attribution_rank:float? feature_rank:float?",
+        "Channel ranks on both sides of the concordance.",
+        order=(),
+        extra=("*",),
+    ),
+    _table(
+        "channel_shapley",
+        "decompose",
+        "sample:int channel:str shapley:float",
+        "Exact channel Shapley values per image (coalition value p(target | hybrid)).",
+        order=("sample",),
+        extra=("*",),
+    ),
+    _table(
+        "channel_shapley_total",
+        "decompose",
+        "sample:int p_real:float p_counterfactual:float total:float",
+        "What the Shapley values of an image add up to.",
+        extra=("*",),
+    ),
+    _table(
+        "channel_shapley_interactions",
+        "decompose",
+        "sample:int channel_a:str channel_b:str interaction:float",
+        "Pairwise Shapley interaction indices.",
+        extra=("*",),
+    ),
+    _table(
+        "compartment_mass",
+        "decompose",
+        "sample:int method:str compartment:str channel:str mass:float share:float",
+        "Attribution mass per image, compartment and channel.",
+        order=("method", "sample"),
+        extra=("*",),
+    ),
+    _table(
+        "object_mass",
+        "decompose",
+        "sample:int method:str object:int compartment:str channel:str mass:float",
+        "Attribution mass per cell (object), compartment and channel; joins CellProfiler per-object tables.",
+        order=("method", "sample"),
+        extra=("*",),
+    ),
+    _table(
+        "activity",
+        "cellprofiler",
+        "perturbation:str n_replicates:int n_controls:int mean_average_precision:float p_value:float p_adj:float "
+        "p_adj_method:str active:bool",
+        "Phenotypic activity: mAP of each perturbation's replicates against the controls "
+        "(chanstat.cellprofiler.activity on a profile table; saved with RunDirectory.save(activity=...)).",
+        order=(),
+        extra=("*",),
+    ),
+    _table(
+        "feature_link",
+        "cellprofiler",
+        "feature:str compartment:str channel:str",
+        "Which per-cell CellProfiler features predict where the classifier looks (tested over wells).",
+        order=(),
+        extra=("*",),
+    ),
+    _table(
+        "verdict",
+        "answer",
+        "transition:str grade:str channel:str set_label:str sentence:str reasons:list rules:list attribution:str "
+        "dac:str shapley:str cellprofiler:str primary_method:str p_value:float provider:str flip_rate:float "
+        "change_share:float proximity:float n_distinct:int realism:float quality:str",
+        "The verdict per transition: the named channel (or set), the evidence grade (strong / supported / weak / "
+        "conflicting / none), its reasons and the rules that fired, what each piece says, the counterfactuals' quality.",
+        order=(),
+    ),
+    _table(
+        "verdict_evidence",
+        "answer",
+        "transition:str piece:str channel:str estimate:float ci_low:float ci_high:float in_set:bool method:str",
+        "Per transition, piece of evidence (attribution, dac, shapley) and channel: the estimate the verdict weighed.",
+        order=(),
+    ),
+    FileSpec(
+        "explanations_html",
+        "explanations.html",
+        "report",
+        "Offline page of every image's best explanation (real, counterfactual, mask, hybrid), sorted by DAC.",
+    ),
     FileSpec("report_html", "report.html", "report", "The rendered report (HTML)."),
     FileSpec("report_pdf", "report.pdf", "report", "The rendered report (PDF)."),
 ]

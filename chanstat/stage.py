@@ -16,6 +16,7 @@ The pipeline reads inputs from the run directory, calls the two functions, write
 through :class:`chanstat.rundir.RunDirectory` (which validates them against the schema) and
 records provenance. This module never imports torch.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -99,6 +100,10 @@ class Stage:
     part_inputs : entries of ``reads`` that hold one row per image and are sliced into
         :attr:`Part.inputs`.
     always : runs whether or not its section is present (data, model).
+    sections : config sections the stage reads (default: its own); its fingerprint follows
+        every one of them, so a change in any re-runs it on ``--resume``.
+    reads_all : the stage reads every entry written before it (the report); it re-runs
+        whenever any earlier stage re-ran.
     """
 
     name: str
@@ -110,11 +115,19 @@ class Stage:
     select: Callable[[Any], np.ndarray | None] | None = None
     part_inputs: tuple[str, ...] = ()
     always: bool = False
+    sections: tuple[str, ...] = ()
+    reads_all: bool = False
 
     def __post_init__(self) -> None:
+        if not self.sections:
+            object.__setattr__(self, "sections", (self.name,))
+        elif self.name not in self.sections:
+            object.__setattr__(self, "sections", (self.name, *self.sections))
         unknown = [n for n in (*self.reads, *self.writes) if n not in SCHEMA]
         if unknown:
-            raise ValueError(f"stage {self.name!r} names entries {unknown} that chanstat.schema.SCHEMA does not declare")
+            raise ValueError(
+                f"stage {self.name!r} names entries {unknown} that chanstat.schema.SCHEMA does not declare"
+            )
         if self.per_image is None and self.whole_set is None:
             raise ValueError(f"stage {self.name!r} needs a per_image or a whole_set function")
 
@@ -198,7 +211,9 @@ def slice_inputs(inputs: Mapping[str, Any], rows: np.ndarray) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, value in inputs.items():
         if isinstance(value, Arrays):
-            out[name] = Arrays({k: a[rows] for k, a in value.arrays.items()}, dict(value.attrs), dict(value.group_attrs))
+            out[name] = Arrays(
+                {k: a[rows] for k, a in value.arrays.items()}, dict(value.attrs), dict(value.group_attrs)
+            )
         elif isinstance(value, pd.DataFrame):
             out[name] = value[value["sample"].isin(rows)].reset_index(drop=True)
         else:

@@ -3,6 +3,7 @@
 One place for these, so ``attribute``, ``dac``, the metrics, the counterfactual providers and
 ``ImageSet`` accept the same inputs and refuse bad ones with the same one-line message.
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -142,10 +143,10 @@ def model_device(model: nn.Module | None) -> torch.device:
     """Device of the model's first parameter (or buffer); CPU for parameter-free models."""
     if model is None:
         return torch.device("cpu")
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
+    for parameter in model.parameters():
+        return parameter.device
+    for buffer in model.buffers():
+        return buffer.device
     return torch.device("cpu")
 
 
@@ -201,3 +202,36 @@ def class_probabilities(logits: torch.Tensor) -> torch.Tensor:
         p = torch.sigmoid(logits)
         return torch.cat([1 - p, p], dim=1)
     return torch.softmax(logits, dim=1)
+
+
+def transform_maps(maps: torch.Tensor, transform: str) -> torch.Tensor:
+    """``maps`` as ``|a|`` (``"absolute"``), ``max(a, 0)`` (``"positive"``) or as they are (``"signed"``).
+
+    The torch side of :data:`chanstat.vocabulary.MASS_TRANSFORMS` (same names, same meaning).
+    """
+    if transform == "absolute":
+        return maps.abs()
+    if transform == "positive":
+        return maps.clamp(min=0)
+    if transform == "signed":
+        return maps
+    from chanstat.vocabulary import MASS_TRANSFORMS
+
+    raise ValueError(f"transform must be one of {list(MASS_TRANSFORMS)}; got {transform!r}")
+
+
+def check_device(model: nn.Module, device: Any) -> None:
+    """A one-line error when ``device`` is given and is not where ``model`` lives.
+
+    Verbs compute where the model is; ``device=`` states it (and is checked) rather than moving
+    a user's model behind their back.
+    """
+    if device is None:
+        return
+    wanted, actual = device_of(device), model_device(model)
+    if wanted.type != actual.type or (
+        wanted.index is not None and actual.index is not None and wanted.index != actual.index
+    ):
+        raise ValueError(
+            f"device={str(device)!r} but the model is on {actual}; move it first (model.to({str(wanted)!r}))"
+        )

@@ -26,15 +26,19 @@ run_dir = "."
 
 # %%
 from chanstat.report import sections as S
+from chanstat.report.display import quiet_missing
 from chanstat.rundir import RunDirectory
 
 run = RunDirectory(run_dir)
+# a run saved from Python holds only what the analysis saved: show that, without "stage not run" notes
+quiet_missing(not run.has("provenance"))
 
 # %% [markdown]
 # ## The answer
 #
-# Which channel carries the difference between the classes, how sure we are, and whether the
-# attribution methods and the CellProfiler features agree. The details follow.
+# The verdict weighs every piece of evidence: the primary method's confidence set for the best
+# channel, single-channel DAC, Shapley values, the other methods, CellProfiler, and how good the
+# counterfactuals are (poor counterfactuals cap the grade). The details follow.
 
 # %%
 S.answer(run)
@@ -83,6 +87,25 @@ S.counterfactual_quality(run)
 
 # %%
 S.attribution_galleries(run, per_transition=2)
+
+# %% [markdown]
+# ## Per-image explanations
+#
+# Each image's best explanation across methods and mask strategies (highest DAC). Per
+# transition, the best-explained image and the typical one (median DAC): real, counterfactual,
+# the optimal mask and the hybrid (real where the mask is on, counterfactual elsewhere).
+
+# %%
+S.explanation_gallery(run, per_transition=2)
+S.explanations_page(run)
+
+# %% [markdown]
+# ### Plate layout
+#
+# Where on the plates the evidence lies (shown when wells carry plate positions such as `C03`).
+
+# %%
+S.plate_layout(run)
 
 # %% [markdown]
 # ## DAC: discriminative attribution curves
@@ -205,6 +228,9 @@ S.channel_enrichment(run)
 
 # %%
 S.compartment_channel(run)
+
+# %%
+S.activity(run)
 
 # %% [markdown]
 # ## Concordance

@@ -130,7 +130,7 @@ def make_fake_run(out: Path, names: Names | None = None, tables: tuple[str, ...]
     if "dataset" in want:
         run.write_arrays("dataset", Arrays(
             {"images": images, "counterfactuals": cfs, "signal_masks": signal, "labels": labels.astype(np.int64),
-             "counterfactual_labels": cf_labels.astype(np.int64)},
+             "counterfactual_target": cf_labels.astype(np.int64)},
             group_attrs={"channels": chans, "classes": classes}))
     put("meta", {"sample": np.arange(n), "Metadata_Plate": [names.plates[i % 2] for i in range(n)],
                  "Metadata_Well": [names.wells[i // 2 % len(names.wells)] for i in range(n)],
@@ -142,7 +142,7 @@ def make_fake_run(out: Path, names: Names | None = None, tables: tuple[str, ...]
                              "val_loss": 0.8 / e, "val_accuracy": 1 - 0.5 / e})
     put("counterfactual_quality", [
         {"sample": s, "channel": ch, "mean_abs_diff": 0.5 if c == sig else 0.01, "change_share": 0.9 if c == sig else 0.025,
-         "label": int(labels[s]), "target_label": int(cf_labels[s]), "target_class": classes[cf_labels[s]],
+         "label": int(labels[s]), "counterfactual_target": int(cf_labels[s]), "target_class": classes[cf_labels[s]],
          "predicted_label": int(cf_labels[s]), "p_target": 0.9, "p_target_real": 0.1, "flipped": True, "success": True,
          "provider": "oracle", "n_candidates": 3 + s, "candidate": f"c{s % 4}"}
         for s in range(n) for c, ch in enumerate(chans)])
@@ -265,7 +265,8 @@ def make_fake_run(out: Path, names: Names | None = None, tables: tuple[str, ...]
                                "feature_rank": float(r)}
                               for i, m in enumerate(methods[:2]) for r, ch in enumerate(chans[::-1], 1)])
     for name, spec in SCHEMA.items():  # every other table, from its schema entry alone
-        if name in want and isinstance(spec, TableSpec) and name not in planted and name != "answer":
+        if name in want and isinstance(spec, TableSpec) and name not in planted and name not in (
+                "answer", "verdict", "verdict_evidence"):
             planted[name] = generic_frame(name, names, rng=rng)
     if "answer" in want:  # as the stats stage writes it (answer_table): the primary dominance rows, warning as note
         common = {"unit": "well", "n_units": 6, "cellprofiler_channel": names.signal, "note": PLATE_WARNING}
@@ -282,6 +283,11 @@ def make_fake_run(out: Path, names: Names | None = None, tables: tuple[str, ...]
              "ci_high": 0.69, "p_value": 0.00456, "agrees_with_majority": True,
              "agrees_with_cellprofiler": True}], names, rng)
     run.save(**planted)
+    if "verdict" in want:  # as the answer stage writes it, from the planted evidence
+        from chanstat.answer import weigh_run
+
+        verdict, evidence = weigh_run(run, n_boot=200)
+        run.save(verdict=verdict, **({"verdict_evidence": evidence} if "verdict_evidence" in want else {}))
     return run.path
 
 

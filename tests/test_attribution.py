@@ -360,7 +360,7 @@ def test_bad_input_gives_clear_errors():
 def test_d_ig_puts_largest_share_on_mito(tiny_synthetic, trained_model):
     ds = tiny_synthetic
     maps = attribute(trained_model, ds.images, ds.labels, "d_ig", counterfactuals=ds.counterfactuals,
-                     counterfactual_target=ds.counterfactual_labels, n_steps=8)
+                     counterfactual_target=ds.counterfactual_target, n_steps=8)
     mass = maps.abs().sum(dim=(2, 3))
     share = mass / mass.sum(dim=1, keepdim=True).clamp_min(1e-30)
     top = share.argmax(dim=1)
@@ -394,7 +394,7 @@ def test_stage_writes_maps_with_attributes(tiny_synthetic, trained_model):
     assert attrs["d_ig"]["target"] == "counterfactual" and attrs["ig"]["target"] == "real"
     assert attrs["d_ig"]["signed"] is True and attrs["gradcam"]["resolves_channels"] is False
     expected = attribute(trained_model, ds.images, ds.labels, "d_ig", counterfactuals=ds.counterfactuals,
-                         counterfactual_target=ds.counterfactual_labels, n_steps=4)
+                         counterfactual_target=ds.counterfactual_target, n_steps=4)
     np.testing.assert_allclose(maps.arrays["d_ig"], expected.numpy(), rtol=1e-5, atol=1e-7)
 
 
@@ -403,7 +403,7 @@ def test_stage_skips_counterfactual_methods_without_counterfactuals(tiny_synthet
 
     ds = tiny_synthetic.subset(np.arange(3))
     ds.counterfactuals = None
-    ds.counterfactual_labels = None
+    ds.counterfactual_target = None
     ctx = _context(ds, trained_model, {"methods": ["saliency", "d_ig", "residual"]})
     outputs = stage.per_image(ctx, SimpleNamespace(dataset=ds))
     _, info = stage.whole_set(ctx, outputs)

@@ -16,14 +16,14 @@ from chanstat.cellprofiler import (
     aggregate_wells,
     channel_enrichment,
     channel_ranks,
+    channel_score_draws,
     compartment_channel_table,
+    competitive_enrichment,
     concordance,
     differential,
     feature_columns,
     kendall_tau_b,
     parse_features,
-    channel_score_draws,
-    competitive_enrichment,
     read,
     spearman_rho,
 )
@@ -249,7 +249,7 @@ def test_jump_reader_joins_compartments_with_prefixes(jump, shared_data):
 
 def test_jump_cell_level_warns_one_well_per_condition(jump):
     with pytest.warns(UserWarning, match="only one well per condition"):
-        diff = differential(jump, by="Metadata_Well", case="A01", control="A02", level="cell")
+        diff = differential(jump, by="Metadata_Well", case="A01", control="A02", unit="cell")
     tested = diff[diff["status"] == "tested"]
     assert len(tested) > 5000
     assert set(diff.loc[diff["status"] != "tested", "status"]) <= {"constant", "all_nan", "too_few_values"}
@@ -265,7 +265,7 @@ def test_jump_cell_level_warns_one_well_per_condition(jump):
     n_dna = int(tested["channels"].map(lambda c: "DNA" in c).sum())
     assert enrichment.set_index("channel").loc["DNA", "n_features"] == n_dna
     with pytest.raises(ValueError, match="at least 2 wells per group"):
-        differential(jump, by="Metadata_Well", case="A01", control="A02", level="well")
+        differential(jump, by="Metadata_Well", case="A01", control="A02", unit="well")
 
 
 # ----------------------------------------------------------------------------- SQLite and pediatric Parquet
@@ -359,8 +359,8 @@ def test_bad_input_duplicate_columns(tmp_path):
 def test_bad_input_other():
     with pytest.raises(ValueError, match="at least 2 wells"):
         differential(_toy(1), by="Metadata_Treatment", case="drug", control="dmso")
-    with pytest.raises(ValueError, match="level must be"):
-        differential(_toy(), by="Metadata_Treatment", case="drug", control="dmso", level="plate")
+    with pytest.raises(ValueError, match="unit must be"):
+        differential(_toy(), by="Metadata_Treatment", case="drug", control="dmso", unit="plate")
     with pytest.raises(ValueError, match="padjust over features must be"):
         differential(_toy(), by="Metadata_Treatment", case="drug", control="dmso", padjust="bonferroni")
     with pytest.raises(FileNotFoundError):
@@ -585,7 +585,7 @@ def measured(tiny_synthetic):
 
 
 def test_measure_synthetic_names_and_planted_mito_effect(measured, tiny_synthetic):
-    assert len(measured) == int(sum(len(np.unique(l[l > 0])) for l in tiny_synthetic.objects["cells"]))
+    assert len(measured) == int(sum(len(np.unique(lab[lab > 0])) for lab in tiny_synthetic.objects["cells"]))
     features = feature_columns(measured.columns)
     parsed = parse_features(features)
     assert set(parsed["compartment"]) == {"Nuclei", "Cells", "Cytoplasm"}

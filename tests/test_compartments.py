@@ -71,8 +71,26 @@ def test_bad_inputs_are_named(small_set):
     maps = np.zeros(small_set.images.shape, np.float32)
     with pytest.raises(ValueError, match="unknown compartment"):
         compartment_mass(maps, {"golgi": small_set.objects["cells"]})
-    with pytest.raises(ValueError, match=r"labels\['cells'\] must have shape"):
+    with pytest.raises(ValueError, match=r"objects\['cells'\] must have shape"):
         compartment_mass(maps, {"cells": small_set.objects["cells"][:2]})
+    with pytest.raises(ValueError, match="transform must be one of"):
+        compartment_mass(maps, small_set.objects, transform="abs")
+
+
+def test_a_dict_of_maps_gives_a_method_column_and_the_same_numbers(small_set):
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=small_set.images.shape).astype(np.float32)
+    b = np.abs(a) * 2
+    both = compartment_mass({"a": a, "b": b}, small_set.objects, small_set.channels)
+    alone = compartment_mass(a, small_set.objects, small_set.channels, method="a")
+    assert list(both.compartments["method"].unique()) == ["a", "b"]
+    pd.testing.assert_frame_equal(both.compartments[both.compartments["method"] == "a"].reset_index(drop=True),
+                                  alone.compartments)
+    # |2a| has twice the mass of |a| everywhere, and the same shares
+    mass = both.compartments.pivot_table(index=["sample", "compartment", "channel"], columns="method", values="mass")
+    np.testing.assert_allclose(mass["b"], 2 * mass["a"], rtol=1e-6)
+    signed = compartment_mass(a, small_set.objects, small_set.channels, transform="signed").compartments
+    assert (signed["mass"] < 0).any() and signed["mass"].sum() == pytest.approx(float(a.astype(np.float64).sum()), rel=1e-6)
 
 
 def test_labels_from_outlines_recover_labels(small_set):

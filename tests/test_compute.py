@@ -14,7 +14,17 @@ import pandas as pd
 import pytest
 
 from chanstat import pipeline
-from chanstat.compute import ComputeConfig, ModelSource, Shard, ShardsFailed, ShardStore, check_plan, plan_shards, run_parts, run_shards
+from chanstat.compute import (
+    ComputeConfig,
+    ModelSource,
+    Shard,
+    ShardsFailed,
+    ShardStore,
+    check_plan,
+    plan_shards,
+    run_parts,
+    run_shards,
+)
 from chanstat.context import Classifier, PartTask
 from chanstat.io import read_arrays, read_group_attrs, read_json, write_table
 from chanstat.rundir import RunDirectory
@@ -369,3 +379,30 @@ def test_one_worker_per_gpu_gives_the_cpu_maps(single, base_run, tmp_path):
     got = RunDirectory(ctx.out).arrays("attributions").arrays
     for method, maps in expected.items():
         np.testing.assert_allclose(got[method], maps, rtol=1e-3, atol=1e-5)
+
+
+def test_workers_rebuild_the_pipelines_classifier_with_its_channels_and_classes(base_run, tmp_path):
+    """A worker's model comes from the one [model] interpreter: same adapter, channels and classes."""
+    import pickle
+
+    import torch
+
+    from chanstat.context import load_classifier, model_spec
+
+    kinds = Path(__file__).resolve().parent / "model_kinds.py"
+    ctx = fresh_context(base_run, tmp_path, "user")
+    (ctx.run.path / "model.pt").unlink()
+    shutil.copy(kinds, tmp_path / "model_kinds.py")
+    ctx.config["model"] = {**ctx.config["model"], "source": "model_kinds:tuple_output", "output": 0,
+                           "kwargs": {"in_channels": len(ctx.dataset.channels)}}
+    ctx.config_dir = tmp_path
+    here = load_classifier(ctx)
+    source = pickle.loads(pickle.dumps(ModelSource.from_spec(model_spec(ctx))))
+    worker = source.load("cpu")
+    assert worker.channels == here.channels == list(ctx.dataset.channels)
+    assert worker.classes == here.classes == list(ctx.dataset.classes)
+    assert worker.module.output == 0
+    with torch.no_grad():
+        assert torch.equal(worker.module(ctx.dataset.images[:4]), here.module(ctx.dataset.images[:4]))
+    checkpoint = ModelSource.from_spec(model_spec(fresh_context(base_run, tmp_path, "ours")))
+    assert checkpoint.load("cpu").channels == list(ctx.dataset.channels)

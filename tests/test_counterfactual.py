@@ -1,9 +1,8 @@
 """Counterfactual providers: shapes, targets, quality table, flip rates, file validation, stage."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -41,7 +40,7 @@ def small_set(n=8, c=5, h=12, w=10, seed=0, with_cf=False) -> ImageSet:
     })
     cf = rng.random((n, c, h, w), dtype=np.float32) if with_cf else None
     return ImageSet(images, CHANNELS[:c], labels, ["control", "treated"], meta,
-                    counterfactuals=cf, counterfactual_labels=1 - labels if with_cf else None)
+                    counterfactuals=cf, counterfactual_target=1 - labels if with_cf else None)
 
 
 class MitoMeanModel(nn.Module):
@@ -87,7 +86,7 @@ def test_target_rules():
 def test_quality_table_recomputes_distance_share_and_flip():
     s = small_set(with_cf=True)
     model = MitoMeanModel()
-    q = counterfactual_quality(s.images, s.counterfactuals, s.labels, s.counterfactual_labels, s.channels, s.classes,
+    q = counterfactual_quality(s.images, s.counterfactuals, s.labels, s.counterfactual_target, s.channels, s.classes,
                                model=model, confidence=0.7, provider="test")
     assert list(q.columns) == list(QUALITY_COLUMNS)
     assert len(q) == len(s) * len(s.channels)
@@ -95,7 +94,7 @@ def test_quality_table_recomputes_distance_share_and_flip():
     np.testing.assert_allclose(q["mean_abs_diff"].to_numpy().reshape(len(s), -1), expected, rtol=1e-6)
     np.testing.assert_allclose(q.groupby("sample")["change_share"].sum().to_numpy(), 1.0, rtol=1e-6)
     with torch.no_grad():
-        p = torch.softmax(model(s.counterfactuals), 1)[torch.arange(len(s)), s.counterfactual_labels].numpy()
+        p = torch.softmax(model(s.counterfactuals), 1)[torch.arange(len(s)), s.counterfactual_target].numpy()
     per_sample = q.drop_duplicates("sample")
     np.testing.assert_allclose(per_sample["p_target"].to_numpy(), p, rtol=1e-5)
     assert per_sample["flipped"].tolist() == (p > 0.5).tolist()
@@ -129,9 +128,9 @@ def test_oracle_on_trained_model(tiny_synthetic, trained_model):
     res = generate_counterfactuals(s, "oracle", model=trained_model)
     assert res.counterfactuals.shape == s.images.shape
     assert torch.equal(res.counterfactuals, s.counterfactuals)
-    assert torch.equal(res.target_labels, s.counterfactual_labels)
+    assert torch.equal(res.counterfactual_target, s.counterfactual_target)
     with torch.no_grad():
-        flips = (trained_model(s.counterfactuals).argmax(1) == s.counterfactual_labels).float().mean().item()
+        flips = (trained_model(s.counterfactuals).argmax(1) == s.counterfactual_target).float().mean().item()
     assert res.summary["flip_rate"].iloc[0] == pytest.approx(flips)
     # the synthetic phenotype lives in one channel: only it differs between image and oracle counterfactual
     planted = s.meta.attrs.get("planted_channel", "Mito")
@@ -163,11 +162,11 @@ def test_nearest_is_the_closest_target_image_in_embedding(tiny_synthetic, traine
         d = cdist(feats[i : i + 1], feats[pool])[0]
         assert neighbour[i] == pool[np.argmin(d)]
         assert torch.equal(res.counterfactuals[i], s.images[neighbour[i]])
-    assert (labels[neighbour] == res.target_labels.numpy()).all()
+    assert (labels[neighbour] == res.counterfactual_target.numpy()).all()
     # the flip rate is the classifier's accuracy on the chosen neighbours (often low: the nearest
     # target-class images are the ones that look most like the real class)
     with torch.no_grad():
-        on_neighbours = (trained_model(s.images[neighbour]).argmax(1) == res.target_labels).float().mean().item()
+        on_neighbours = (trained_model(s.images[neighbour]).argmax(1) == res.counterfactual_target).float().mean().item()
     assert res.summary["flip_rate"].iloc[0] == pytest.approx(on_neighbours)
     assert res.info["flip_rate"] == pytest.approx(on_neighbours)
     assert res.info["n_distinct_neighbours"] == len(np.unique(neighbour))
@@ -242,7 +241,7 @@ def test_optimise_changes_only_the_channel_the_model_reads(optimizer):
     per_sample = res.quality.drop_duplicates("sample")
     assert per_sample["success"].all() and (per_sample["p_target"] >= 0.9).all()
     # early stop: the first step at which the confidence is reached, not later
-    p = torch.softmax(model(res.counterfactuals), 1)[torch.arange(len(s)), res.target_labels]
+    p = torch.softmax(model(res.counterfactuals), 1)[torch.arange(len(s)), res.counterfactual_target]
     assert (p >= 0.9).all() and (p < 0.99).all()
     assert res.info["converged_rate"] == 1.0
 
@@ -332,7 +331,7 @@ def test_from_files_csv_pairs_by_metadata_keys(tmp_path):
     path = _write_csv(tmp_path, cf[order], s.meta.iloc[order], targets)
     res = generate_counterfactuals(s, "from_files", path=path)
     np.testing.assert_array_equal(res.counterfactuals.numpy(), cf)
-    assert res.target_labels.tolist() == (1 - s.labels).tolist()
+    assert res.counterfactual_target.tolist() == (1 - s.labels).tolist()
     assert np.isnan(res.summary["flip_rate"].iloc[0])  # no model given
 
 
@@ -345,7 +344,7 @@ def test_from_files_pairs_a_shuffled_subset(tmp_path):
     subset = s.subset(picked)  # fewer images, another order: row numbers no longer pair
     res = generate_counterfactuals(subset, "from_files", path=path)
     np.testing.assert_array_equal(res.counterfactuals.numpy(), cf[picked])
-    assert res.target_labels.tolist() == (1 - s.labels[picked]).tolist()
+    assert res.counterfactual_target.tolist() == (1 - s.labels[picked]).tolist()
     # arrays with a key table pair the same way
     np.save(tmp_path / "cf.npy", cf)
     s.meta.to_csv(tmp_path / "keys.csv", index=False)
@@ -379,7 +378,7 @@ def test_from_files_npy_and_zarr(tmp_path):
     np.testing.assert_array_equal(res.counterfactuals.numpy(), cf)
     # Zarr with channels stored in another order: reordered to the data set's
     perm = [4, 3, 2, 1, 0]
-    write_arrays(tmp_path / "cf.zarr", {"counterfactuals": cf[:, perm], "target_labels": (1 - s.labels).numpy()},
+    write_arrays(tmp_path / "cf.zarr", {"counterfactuals": cf[:, perm], "counterfactual_target": (1 - s.labels).numpy()},
                  attrs={"counterfactuals": {"channels": [CHANNELS[p] for p in perm]}})
     res = generate_counterfactuals(s, "from_files", path=tmp_path / "cf.zarr")
     np.testing.assert_array_equal(res.counterfactuals.numpy(), cf)
@@ -503,7 +502,7 @@ def test_stage_from_files_resolves_paths_against_the_config(tmp_path):
     outputs, info = stage.whole_set(_stage_context(section, s, MitoMeanModel(), tmp_path / "config"), {})
     assert info["provider"] == "from_files" and info["path"].endswith("cf.npy")
     np.testing.assert_array_equal(outputs["dataset"].counterfactuals.numpy(), cf)
-    assert outputs["dataset"].counterfactual_labels.tolist() == (1 - s.labels).tolist()
+    assert outputs["dataset"].counterfactual_target.tolist() == (1 - s.labels).tolist()
 
 
 def test_from_files_scales_raw_files_with_the_data_sets_plate_limits(tmp_path):

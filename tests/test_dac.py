@@ -12,7 +12,7 @@ import torch
 from scipy import ndimage as ndi
 from torch import nn
 
-from chanstat.dac import (
+from chanstat.dacscore import (
     STRATEGIES,
     dac,
     gaussian_blur,
@@ -22,8 +22,8 @@ from chanstat.dac import (
     structuring_element,
     value_thresholds,
 )
-from chanstat.dac.result import curve_area
-from chanstat.dac.thresholds import element_ranks, selection_counts
+from chanstat.dacscore.result import curve_area
+from chanstat.dacscore.thresholds import element_ranks, selection_counts
 
 ALL_STRATEGIES = ["aggregate", "joint", "per_channel", "single_channel"]
 
@@ -450,7 +450,7 @@ def test_strategy_registry_describes_the_four():
 
 
 def test_chunked_samples_give_the_same_result(toy, monkeypatch):
-    import chanstat.dac.engine as engine
+    import chanstat.dacscore.engine as engine
 
     model, real, counterfactual, maps, target = toy
     whole = dac(model, real, target, maps, counterfactuals=counterfactual, strategy=ALL_STRATEGIES, steps=6, return_masks=True)
@@ -482,7 +482,7 @@ class FlattensInput(nn.Module):
 
 
 def test_input_layout_probe(toy):
-    from chanstat.dac.scoring import input_memory_format
+    from chanstat.dacscore.scoring import input_memory_format
 
     model, real, counterfactual, maps, target = toy
     assert input_memory_format(model, real[:2]) == torch.channels_last
@@ -502,7 +502,7 @@ def test_input_layout_probe(toy):
 
 def run_plan(size: np.ndarray, truth, tolerance: float):
     """Drive an AdaptivePlan on one curve whose score at mask size x is ``truth(x)``."""
-    from chanstat.dac.adaptive import AdaptivePlan
+    from chanstat.dacscore.adaptive import AdaptivePlan
 
     counts = np.searchsorted(np.unique(size), size)  # equal sizes = the same mask
     known = np.full((1, len(size)), np.nan)
@@ -555,7 +555,7 @@ def nearest_other(images, labels):
 @pytest.fixture(scope="module")
 def synthetic_pairs(tiny_synthetic, trained_model):
     """6 images of the synthetic screen with oracle and nearest-other-class counterfactuals."""
-    from chanstat.dac.stage import balanced_subset
+    from chanstat.dacscore.stage import balanced_subset
 
     ds = tiny_synthetic
     idx = torch.as_tensor(balanced_subset(ds.labels.numpy(), 6, seed=0))
@@ -680,13 +680,13 @@ def test_result_module_needs_no_torch():
     import subprocess
     import sys
 
-    code = ("import sys; from chanstat.dac.result import DacResult, summarise_dac; "
+    code = ("import sys; from chanstat.dacscore.result import DacResult, summarise_dac; "
             "assert 'torch' not in sys.modules, 'torch was imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_summarise_dac():
-    from chanstat.dac.result import summarise_dac
+    from chanstat.dacscore.result import summarise_dac
 
     scores = pd.DataFrame({
         "method": ["a", "a", "a", "b"], "strategy": ["joint", "joint", "single_channel", "joint"],

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from chanstat.dac import dac
-from chanstat.dac.stage import is_discriminative
+from chanstat.dacscore import dac
+from chanstat.dacscore.stage import is_discriminative
 from chanstat.stage import balanced_subset
 
 
@@ -49,7 +49,7 @@ def test_planted_channel_carries_the_decision_d_ig(tiny_synthetic, learned_model
     trained_model = learned_model
     maps = attribution.attribute(
         trained_model, ds.images[idx], ds.labels[idx], "d_ig", counterfactuals=ds.counterfactuals[idx],
-        counterfactual_target=ds.counterfactual_labels[idx], n_steps=16,
+        counterfactual_target=ds.counterfactual_target[idx], n_steps=16,
     )
     means = _single_channel_means(trained_model, ds, maps, idx)
     assert means.idxmax() == "Mito" and means["Mito"] > 0.02

@@ -42,8 +42,8 @@ class TestImageSetValidation:
             (dict(meta=_meta(2)), "rows"),
             (dict(meta=_meta(3).drop(columns="Metadata_Well")), "Metadata_Well"),
             (dict(images=np.zeros((3, 2, 8), np.float32)), r"\(N, C, H, W\)"),
-            (dict(counterfactuals=np.zeros((3, 2, 8, 5), np.float32), counterfactual_labels=[1, 0, 1]), "match images"),
-            (dict(counterfactuals=np.zeros((3, 2, 8, 6), np.float32)), "counterfactual_labels are required"),
+            (dict(counterfactuals=np.zeros((3, 2, 8, 5), np.float32), counterfactual_target=[1, 0, 1]), "match images"),
+            (dict(counterfactuals=np.zeros((3, 2, 8, 6), np.float32)), "counterfactual_target are required"),
             (dict(signal_masks=np.zeros((3, 1, 8, 6), bool)), "signal_masks"),
         ],
     )
@@ -92,7 +92,7 @@ class TestSynthetic:
         assert not diff[:, others].any()
         assert not (diff & ~s.signal_masks).any()
         assert not s.signal_masks[:, others].any()
-        assert (s.counterfactual_labels == 1 - s.labels).all()
+        assert (s.counterfactual_target == 1 - s.labels).all()
 
     def test_only_planted_channel_differs_between_classes_without_nuisance(self):
         s = synthetic(n_plates=1, wells_per_class=6, sites_per_well=6, size=48, nuisance=False, seed=2)
@@ -170,3 +170,14 @@ def test_tiling_keeps_metadata_and_drops_empty_tiles(field_loaddata):
     assert torch.equal(tiles.images[10], s.images[0, :, y : y + 128, x : x + 128])
     kept = tile(s, 128, min_foreground=0.05, foreground_channel="DNA")
     assert 0 < len(kept) < len(tiles)
+
+
+def test_npz_labels_are_kept_when_the_config_leaves_labels_unset(tmp_path):
+    from chanstat.data.readers import read_numpy
+
+    images = np.random.default_rng(0).random((4, 2, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "set.npz", images=images, labels=np.array([0, 1, 0, 1]))
+    data = read_numpy(tmp_path / "set.npz", ["DNA", "Mito"], labels=None)  # what the data stage passes
+    assert data.labels.tolist() == [0, 1, 0, 1]
+    given = read_numpy(tmp_path / "set.npz", ["DNA", "Mito"], labels=[1, 1, 0, 0])
+    assert given.labels.tolist() == [1, 1, 0, 0]

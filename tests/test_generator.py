@@ -241,7 +241,7 @@ def test_provider_trains_saves_and_reuses_its_generator(tmp_path):
     again = generate_counterfactuals(data, "generator", model=MeanModel(), generator=tmp_path / "generator.pt",
                                      n_latent=2, n_reference=2, seed=0)
     torch.testing.assert_close(again.counterfactuals, first.counterfactuals)
-    assert (again.target_labels != data.labels).all()
+    assert (again.counterfactual_target != data.labels).all()
     assert len(again.artifacts["generator_log"]) == 0  # nothing trained this time
     other = tiny_set(n=8, channels=("A", "X"))
     with pytest.raises(ValueError, match="trained on channels"):
@@ -285,7 +285,7 @@ def test_generator_flips_the_classifier_by_changing_the_planted_channel():
 def test_generator_study_meets_the_done_criteria(phenotype, channel, size, steps, identity):
     """Flip >= 80 %, >= 60 % of the change in the planted channel, DAC and d_ig name it."""
     from chanstat.attribution import attribute
-    from chanstat.dac import dac
+    from chanstat.dacscore import dac
 
     data, model, result = _planted_study(phenotype, size=size, steps=steps, loss={"identity": identity})
     share = result.summary.set_index("channel")["change_share"]
@@ -295,7 +295,7 @@ def test_generator_study_meets_the_done_criteria(phenotype, channel, size, steps
     per_sample = result.quality.drop_duplicates("sample")
     flipped = torch.as_tensor(per_sample.loc[per_sample["flipped"], "sample"].to_numpy()[:32].copy())
     x, xc = data.images[flipped], result.counterfactuals[flipped]
-    y, t = data.labels[flipped], result.target_labels[flipped]
+    y, t = data.labels[flipped], result.counterfactual_target[flipped]
     for method in ("d_ig", "residual"):
         maps = attribute(model, x, y, method, counterfactuals=xc, counterfactual_target=t)
         mass = maps.abs().sum(dim=(0, 2, 3))

@@ -114,10 +114,13 @@ def test_relevance_mass_and_rank_closed_form():
     expected = np.mean(a * inside / (a * inside + b * outside))
     assert row(table, "all")["relevance_mass"] == pytest.approx(expected, rel=1e-6)
     assert np.allclose(table["relevance_rank"], 1.0)
-    # negative relevance does not count as mass (unless absolute=True)
+    # with transform="signed" (or "positive") negative relevance does not count as mass; |a| does
     signed = np.where(masks, 1.0, -1.0).astype(np.float32)
-    assert row(localisation(signed, masks, split=None), "all")["relevance_mass"] == pytest.approx(1.0)
-    assert row(localisation(signed, masks, split=None, absolute=True), "all")["relevance_mass"] == pytest.approx(
+    assert row(localisation(signed, masks, split=None, transform="signed"), "all")["relevance_mass"] == pytest.approx(1.0)
+    assert row(localisation(signed, masks, split=None, transform="positive"), "all")["relevance_mass"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="transform must be one of"):
+        localisation(signed, masks, split=None, transform="abs")
+    assert row(localisation(signed, masks, split=None), "all")["relevance_mass"] == pytest.approx(
         np.mean(inside / masks[0].size)
     )
 

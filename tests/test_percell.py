@@ -5,7 +5,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from chanstat.decompose import LINK_COLUMNS, attribution_feature_link, compartment_mass, labels_from_outlines, match_objects
+from chanstat.decompose import (
+    LINK_COLUMNS,
+    attribution_feature_link,
+    compartment_mass,
+    labels_from_outlines,
+    match_objects,
+)
 
 FIELD = "pediatric_atlas_BR00143976_C03_3"
 
@@ -75,7 +81,8 @@ def test_runs_on_the_real_field(shared_data):
     mass = compartment_mass(maps, labels, channels, meta)
     link = attribution_feature_link(
         mass.objects, table, on={"Metadata_ImageNumber": "Metadata_ImageNumber", "cell": "Metadata_Cells_Number_Object_Number"},
-        well=["Image_Metadata_Plate", "Image_Metadata_Well"], channels=["DNA", "Mito"], compartments=["cells"])
+        well=["Image_Metadata_Plate", "Image_Metadata_Well"], channels=["DNA", "Mito"], compartments=["cells"],
+        value="mass", adjust_area=False)
     assert list(link.columns) == LINK_COLUMNS and len(link) > 100
     assert (link["n_wells"] <= 1).all() and link["p_value"].isna().all()  # one well: no test, honestly
     area = link[(link["feature"] == "Cells_AreaShape_Area") & (link["channel"] == "DNA")].iloc[0]
@@ -101,3 +108,34 @@ def test_link_p_values_are_calibrated_under_the_null():
                                     compartments=("cells",), channels=["Mito"])
     assert len(link) == 400 and (link["n_wells"] == 8).all()
     assert 0.02 <= (link["p_value"] < 0.05).mean() <= 0.08
+
+
+def test_random_map_links_no_size_feature_and_table_wide_fdr():
+    """A random map on cells of random size: with the defaults (density, partial on area, one
+    table-wide family) no size feature is linked; summed mass without the area adjustment links
+    the area in every compartment (the failure the defaults avoid)."""
+    rng = np.random.default_rng(5)
+    n_wells, per = 8, 20
+    wells = np.repeat([f"W{k}" for k in range(n_wells)], per)
+    cells = np.arange(1, len(wells) + 1)
+    area = rng.integers(50, 400, size=len(wells)).astype(float)
+    rows = []
+    for comp, frac in (("cells", 1.0), ("nuclei", 0.3), ("cytoplasm", 0.7)):
+        for ch in ("DNA", "ER", "Mito"):
+            a = area * frac
+            rows.append(pd.DataFrame({"sample": 0, "compartment": comp, "object": cells, "cell": cells, "channel": ch,
+                                      "mass": a * rng.gamma(4.0, size=len(wells)), "area": a,
+                                      "Metadata_Plate": "P1", "Metadata_Well": wells}))
+    objects = pd.concat(rows, ignore_index=True)
+    features = pd.DataFrame(rng.normal(size=(len(wells), 40)), columns=[f"Cells_Intensity_F{k}_Mito" for k in range(40)])
+    features["Cells_AreaShape_Area"] = area
+    features["Cells_Intensity_IntegratedIntensity_DNA"] = area * rng.gamma(9.0, size=len(wells))
+    features["Metadata_ImageNumber"], features["Metadata_ObjectNumber"] = 0, cells
+    features["Metadata_Plate"], features["Metadata_Well"] = "P1", wells
+    on = {"sample": "Metadata_ImageNumber", "cell": "Metadata_ObjectNumber"}
+    link = attribution_feature_link(objects, features, on=on)
+    assert len(link) == 42 * 9
+    assert (link["q_value"].fillna(1) >= 0.05).all()
+    naive = attribution_feature_link(objects, features, on=on, value="mass", adjust_area=False)
+    area_rows = naive[naive["feature"] == "Cells_AreaShape_Area"]
+    assert (area_rows["q_value"] < 0.05).all()

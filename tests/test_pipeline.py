@@ -115,6 +115,59 @@ def test_no_import_cycle_in_the_package_even_inside_functions():
             visit(m)
 
 
+def _subpackage(module: str) -> str:
+    parts = module.split(".")
+    return ".".join(parts[:2])
+
+
+def _package_graph() -> dict[str, set[str]]:
+    modules = {_module(p): p for p in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for m, p in modules.items():
+        for i in _imports(p):
+            if i in modules and _subpackage(i) != _subpackage(m):
+                graph.setdefault(_subpackage(m), set()).add(_subpackage(i))
+    return graph
+
+
+def _reaches(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for n in graph.get(todo.pop(), ()):
+            if n not in seen:
+                seen.add(n)
+                todo.append(n)
+    return seen
+
+
+#: Arrows that still run back up, each being removed by its owner (issue 22); none may be added.
+KNOWN_BACK_ARROWS = {("chanstat.decompose", "chanstat.cellprofiler"), ("chanstat.resources", "chanstat.report")}
+
+
+def test_no_import_cycle_between_subpackages():
+    """Arrows between subpackages (and top-level modules) run one way, even inside functions."""
+    graph = _package_graph()
+    for a, b in KNOWN_BACK_ARROWS:
+        graph.get(a, set()).discard(b)
+    cycles = sorted(m for m in graph if m in _reaches(graph, m))
+    assert not cycles, {m: sorted(n for n in graph[m] if m in _reaches(graph, n) or n == m) for m in cycles}
+
+
+def test_import_floors():
+    """compute runs any task (no stage, no pipeline); rundir knows neither models nor data; config no compute."""
+    modules = {_module(p): p for p in PACKAGE.rglob("*.py")}
+    stage_modules = {ref.partition(":")[0] for ref in pipeline.STAGE_REFS}
+
+    def imports_of(prefix: str) -> set[str]:
+        return {i for m, p in modules.items() if m == prefix or m.startswith(prefix + ".") for i in _imports(p)}
+
+    compute = imports_of("chanstat.compute")
+    assert not compute & (stage_modules | {"chanstat.pipeline"}), sorted(compute & stage_modules)
+    rundir = {i for i in imports_of("chanstat.rundir") | imports_of("chanstat.rundir_save")}
+    assert not any(i.startswith(("chanstat.models", "chanstat.data")) for i in rundir), sorted(rundir)
+    assert not any(i.startswith("chanstat.compute") for i in imports_of("chanstat.config"))
+
+
 def test_no_module_is_longer_than_500_lines():
     long = {str(p.relative_to(ROOT)): n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > 500}
     assert not long, long
@@ -122,7 +175,8 @@ def test_no_module_is_longer_than_500_lines():
 
 @pytest.mark.parametrize("module", ["chanstat.stats", "chanstat.cellprofiler", "chanstat.report", "chanstat.schema",
                                     "chanstat.stage", "chanstat.rundir", "chanstat.io",
-                                    "chanstat.objects", "chanstat.decompose.compartments"])
+                                    "chanstat.objects", "chanstat.decompose.compartments", "chanstat.answer",
+                                    "chanstat.vocabulary", "chanstat.dacscore.result", "chanstat.resources"])
 def test_torch_free_parts_import_without_torch(module):
     code = f"import sys, {module}; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
@@ -131,7 +185,7 @@ def test_torch_free_parts_import_without_torch(module):
 def test_every_stage_declares_its_outputs_in_the_schema():
     names = [s.name for s in pipeline.stages()]
     assert names == ["data", "model", "counterfactual", "attribution", "dac", "decompose", "metrics", "stats",
-                     "cellprofiler", "report"]
+                     "cellprofiler", "answer", "report"]
     for stage in pipeline.stages():
         for output in stage.writes:
             assert SCHEMA[output].stage == stage.name or output in ("dataset", "meta"), (stage.name, output)

@@ -12,8 +12,8 @@ from torch import nn
 from chanstat.attribution.pixelcam import (
     PixelCAMHead,
     default_feature_layer,
-    per_image_pixelcam,
     gradcam_pseudo_source,
+    per_image_pixelcam,
     pixelcam_maps,
     pseudo_label_regions,
     train_pixelcam,

@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from report_fake_run import PLATE_P, PLATE_WARNING, Names, make_fake_run, schema_tables
 
 NAMES = Names()
@@ -123,7 +122,7 @@ def test_every_figure_is_an_embedded_png(rendered):
 
 def test_gallery_has_a_figure_per_picked_image(rendered):
     page = rendered["html"]
-    gallery = page[page.find('id="Attribution-galleries"'):page.find('id="DAC:-discriminative-attribution-curves"')]
+    gallery = page[page.find('id="Attribution-galleries"'):page.find('id="Per-image-explanations"')]
     # 2 images for each of the 2 transitions, a figure per method family
     assert gallery.count("<img") == 4 * len(set(NAMES.families))
     assert "control → treated" in gallery and "treated → control" in gallery
@@ -147,7 +146,7 @@ def test_dac_numbers_equal_the_parquet(rendered, fake_run):
 
 def test_dac_summary_is_area_under_mean_curve(fake_run):
     """Mean of per-image areas == area under the mean curve (same grid): the number the report shows."""
-    from chanstat.dac.result import summarise_dac
+    from chanstat.dacscore.result import summarise_dac
 
     curves = pd.read_parquet(fake_run / "dac_curves.parquet")
     part = curves[(curves["method"] == "residual") & (curves["strategy"] == "joint")]
@@ -195,10 +194,11 @@ def test_secondary_tests_are_labelled_and_mixedlm_has_no_p_value(rendered, fake_
 
 def test_mixedlm_p_value_is_never_printed(tmp_path):
     """Even a table that carries a p-value for the mixed model (an older stats stage) does not show it."""
+    from report_fake_run import channel_test_rows, schema_frame
+
     from chanstat.report.display import TABLE_MIME
     from chanstat.report.sections import channel_tests
     from chanstat.rundir import RunDirectory
-    from report_fake_run import channel_test_rows, schema_frame
 
     rows = [dict(r) for r in channel_test_rows(NAMES, 12)]
     for r in rows:
@@ -536,6 +536,8 @@ def test_answer_comes_first_and_never_names_a_channel_for_none(rendered, fake_ru
     h2 = re.findall(r'<h2 id="([^"]+)"', page)
     assert h2[0] == "The-answer"
     answer = page[page.find('id="The-answer"'):page.find('id="Run-overview"')]
+    assert "strong evidence" in answer and "Counterfactuals:" in answer and "<img" in answer  # the verdict first
+    answer = answer[answer.find("The answer per method"):]  # then the answer per method
     table = pd.read_parquet(fake_run / "answer.parquet")
     items = re.findall(r"<li>(.*?)</li>", answer, re.S)
     assert len(items) == len(table)  # the two tested methods and the Shapley row
@@ -564,6 +566,8 @@ def test_answer_comes_first_and_never_names_a_channel_for_none(rendered, fake_ru
 
 def test_answer_falls_back_to_the_primary_tests(partial_page):
     answer = partial_page[partial_page.find('id="The-answer"'):partial_page.find('id="Run-overview"')]
+    assert "Mito carries the difference: weak evidence." in html_text(answer)  # attribution alone
+    answer = answer[answer.find("The answer per method"):]
     items = [html_text(i) for i in re.findall(r"<li>(.*?)</li>", answer, re.S)]
     assert len(items) == 2  # one per primary (pooled) row; no Shapley values in this run
     assert "channel Mito carries the difference; its share is 0.48 (simultaneous interval 0.412 to 0.557" in items[0]
@@ -590,10 +594,11 @@ def test_counterfactual_candidates(rendered):
 
 
 def test_pseudo_replicates_are_labelled(tmp_path):
+    from report_fake_run import channel_test_rows, schema_frame
+
     from chanstat.report.display import TABLE_MIME
     from chanstat.report.sections import answer, channel_share_ci, channel_tests
     from chanstat.rundir import RunDirectory
-    from report_fake_run import channel_test_rows, schema_frame
 
     tests = schema_frame("channel_tests", channel_test_rows(NAMES, 12), NAMES)
     plain = RunDirectory(tmp_path / "a", create=True).save(channel_tests=tests)
@@ -620,10 +625,12 @@ def test_pseudo_replicates_are_labelled(tmp_path):
 def test_answer_from_the_answer_table_alone(tmp_path):
     """Without channel_tests the answer table's own rows are read (the CellProfiler verdict included);
     the Shapley bars use the against-zero rows of shapley_tests."""
-    from chanstat.report.markdown import markdown_to_html
-    from chanstat.report.sections import ERRORS, answer, channel_shapley
-    from chanstat.rundir import RunDirectory
     from report_fake_run import schema_frame, shapley_test_rows
+
+    from chanstat.report.markdown import markdown_to_html
+    from chanstat.report.sections import ERRORS, channel_shapley
+    from chanstat.report.sections.answer import method_answers as answer
+    from chanstat.rundir import RunDirectory
 
     common = {"source": "attribution share", "unit": "well", "n_units": 8, "agrees_with_majority": True, "note": ""}
     table = schema_frame("answer", [

@@ -6,7 +6,6 @@ import html
 import re
 
 import pytest
-
 from report_fake_run import Names, make_fake_run
 
 IMG = "<img src=x onerror=alert(1)>"

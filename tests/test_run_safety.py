@@ -11,7 +11,7 @@ import pytest
 from chanstat import pipeline
 from chanstat.cli import main
 from chanstat.config import ConfigError
-from chanstat.rundir import MARKER, RunDirectory
+from chanstat.rundir import LOCK_FILE, MARKER, RunDirectory, RunDirectoryBusy
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,11 +81,11 @@ def test_second_run_into_a_locked_directory_is_refused(tmp_path):
     from filelock import FileLock
 
     out = RunDirectory(tmp_path / "run", create=True).path
-    lock = FileLock(str(out / pipeline.LOCK_FILE))
+    lock = FileLock(str(out / LOCK_FILE))
     lock.acquire()
-    (out / (pipeline.LOCK_FILE + ".owner")).write_text("pid 4242 on elsewhere")
+    (out / (LOCK_FILE + ".owner")).write_text("pid 4242 on elsewhere")
     try:
-        with pytest.raises(pipeline.RunDirectoryBusy, match="pid 4242"):
+        with pytest.raises(RunDirectoryBusy, match="pid 4242"):
             pipeline.run(TINY, out, resume=True)
     finally:
         lock.release()

@@ -40,7 +40,7 @@ def test_intensity_plant_on_real_tiles(real_field, real_tiles):
     s = plant(real_tiles, channel="Mito", kind="intensity", effect=0.5, dilation=10, pseudo_wells=(2, 2), seed=1)
     mito = s.channels.index("Mito")
     assert s.classes == ["control", "planted"]
-    assert torch.equal(s.counterfactual_labels, 1 - s.labels)
+    assert torch.equal(s.counterfactual_target, 1 - s.labels)
     diff = s.images != s.counterfactuals
     # only the planted channel differs, and only inside the cells
     assert not diff[:, [i for i in range(5) if i != mito]].any()

@@ -96,11 +96,11 @@ def test_channel_mass_known_values():
     np.testing.assert_allclose(out["mass"].to_numpy().reshape(4, 3), expected, rtol=1e-6)
     np.testing.assert_allclose(out["share"].to_numpy().reshape(4, 3), expected / expected.sum(1, keepdims=True), rtol=1e-6)
     np.testing.assert_allclose(out.groupby("sample")["share"].sum(), 1.0)
-    assert out["transition"].iloc[0] == "control->treated" and out["transition"].iloc[-1] == "treated->control"
+    assert out["transition"].iloc[0] == "control → treated" and out["transition"].iloc[-1] == "treated → control"
     assert (out["Metadata_Well"].to_numpy()[::3] == ["W0", "W0", "W1", "W1"]).all()
     assert set(out["method"]) == {"ig"}
 
-    positive = cs.channel_mass(a, ["A", "B", "C"], _meta(4), positive_only=True)
+    positive = cs.channel_mass(a, ["A", "B", "C"], _meta(4), transform="positive")
     np.testing.assert_allclose(positive["mass"].to_numpy().reshape(4, 3), np.maximum(a, 0).astype(np.float64).sum(axis=(2, 3)), rtol=1e-6)
     assert set(positive["method"]) == {"attribution"}
 
@@ -315,9 +315,9 @@ def test_mixedlm_row_matches_statsmodels(table, result):
 
 def test_breakdown_and_by_groups(table, result):
     transitions = set(result["transition"])
-    assert transitions == {"all", "control->treated", "treated->control"}
-    sub = result[(result["transition"] == "control->treated") & (result["test"] == "friedman_f")].iloc[0]
-    part = table[table["transition"] == "control->treated"]
+    assert transitions == {"all", "control → treated", "treated → control"}
+    sub = result[(result["transition"] == "control → treated") & (result["test"] == "friedman_f")].iloc[0]
+    part = table[table["transition"] == "control → treated"]
     f = pg.friedman(well_means(part), method="f")
     assert sub["p_value"] == pytest.approx(f["p_unc"].iloc[0], rel=1e-10)
     assert sub["n_units"] == 6 and not sub["primary"]
@@ -378,10 +378,10 @@ def test_bad_input_errors(table):
 
 
 def test_group_with_one_well_falls_back_to_no_p_value(table):
-    lonely = table[~((table["transition"] == "control->treated") & ~((table["Metadata_Plate"] == "P1") & (table["Metadata_Well"] == "W01")))]
+    lonely = table[~((table["transition"] == "control → treated") & ~((table["Metadata_Plate"] == "P1") & (table["Metadata_Well"] == "W01")))]
     with pytest.warns(UserWarning, match="single well"):
         res = cs.test_channels(lonely)
-    sub = res[res["transition"] == "control->treated"]
+    sub = res[res["transition"] == "control → treated"]
     assert (sub["n_units"] == 1).all() and sub["p_value"].isna().all()
     assert sub["note"].str.contains("only 1 well").any()
     assert sub["dominant_channel"].notna().all() and sub["dominant_ci_low"].isna().all()
@@ -412,7 +412,7 @@ def test_map_similarity_matches_scipy():
     a[2, 3] = 0.0  # constant map: rho undefined
     a[0, 2, :3] = 0.0  # ties
     names = ["A", "B", "C", "D"]
-    per = cs.map_similarity(a, names, per_image=True, absolute=False)
+    per = cs.map_similarity(a, names, per_image=True, transform="signed")
     for n in range(3):
         for i, j in combinations(range(4), 2):
             got = per[(per["sample"] == n) & (per["channel_a"] == names[i]) & (per["channel_b"] == names[j])]["rho"].iloc[0]
@@ -420,7 +420,7 @@ def test_map_similarity_matches_scipy():
                 assert np.isnan(got)
                 continue
             assert got == pytest.approx(sps.spearmanr(a[n, i].ravel(), a[n, j].ravel()).statistic, abs=1e-12)
-    summary = cs.map_similarity({"m": a}, names, absolute=False).set_index(["channel_a", "channel_b"])
+    summary = cs.map_similarity({"m": a}, names, transform="signed").set_index(["channel_a", "channel_b"])
     ab = per[(per["channel_a"] == "A") & (per["channel_b"] == "B")]["rho"]
     assert summary.loc[("A", "B"), "mean"] == pytest.approx(ab.mean())
     assert summary.loc[("A", "B"), "sd"] == pytest.approx(ab.std(ddof=1))
@@ -511,8 +511,8 @@ def test_power_with_planted_channel_effect():
 
 
 class _Dataset:
-    def __init__(self, meta, channels, classes, counterfactual_labels):
-        self.meta, self.channels, self.classes, self.counterfactual_labels = meta, channels, classes, counterfactual_labels
+    def __init__(self, meta, channels, classes, counterfactual_target):
+        self.meta, self.channels, self.classes, self.counterfactual_target = meta, channels, classes, counterfactual_target
 
 
 def test_stage_writes_tables(tmp_path, dac_scores):
@@ -544,9 +544,13 @@ def test_stage_writes_tables(tmp_path, dac_scores):
                      results=results, progress=False)
     outputs, info = STAGE.whole_set(ctx, {})
     assert set(outputs) == {"channel_mass", "channel_tests", "channel_share_ci", "map_similarity", "strategy_comparison",
-                            "answer"}
+                            "best_channel", "answer"}
+    best = outputs["best_channel"]
+    pooled = best[(best["quantity"] == "share") & (best["transition"] == "all")]
+    assert set(pooled["role"]) == {"primary"} and pooled["named_channel"].iloc[0] == "Mito"
+    assert set(best["quantity"]) >= {"share"}
     mass = outputs["channel_mass"]
-    assert set(mass["method"]) == {"d_ig"} and set(mass["transition"]) == {"control->treated", "treated->control"}
+    assert set(mass["method"]) == {"d_ig"} and set(mass["transition"]) == {"control → treated", "treated → control"}
     tests = outputs["channel_tests"]
     primary = tests[tests["primary"] & (tests["transition"] == "all")]
     assert len(primary) == 1 and primary["dominant_channel"].iloc[0] == "Mito" and primary["p_value"].iloc[0] < 0.05

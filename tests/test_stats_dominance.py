@@ -78,8 +78,11 @@ def test_test_against_zero_matches_scipy_and_holm():
                 rows.append(dict(sample=w * 3 + i, method="shapley", channel=c, shapley=mu + 0.3 * rng.normal() + 0.1 * w % 2,
                                  Metadata_Plate="P1", Metadata_Well=f"W{w}"))
     table = pd.DataFrame(rows)
-    out = cs.test_against_zero(table, breakdown=None).set_index("channel")
+    out = cs.test_against_zero(table, breakdown=None, test="t").set_index("channel")
     wide = table.groupby(["Metadata_Well", "channel"])["shapley"].mean().unstack()
+    robust = cs.test_against_zero(table, breakdown=None).set_index("channel")
+    assert (robust["p_value"] >= out["p_value"] - 1e-12).all()
+    assert robust.loc["Mito", "p_value"] == pytest.approx(2 / 2**8)  # every unit positive: exact sign-flip p
     for c in ["DNA", "ER", "Mito"]:
         ref = sps.ttest_1samp(wide[c], 0.0)
         assert out.loc[c, "p_value"] == pytest.approx(ref.pvalue, rel=1e-10)
@@ -159,9 +162,14 @@ def test_padjust_matches_statsmodels_and_keeps_nan():
 
     p = np.array([0.01, np.nan, 0.04, 0.03, 0.2])
     ok = ~np.isnan(p)
-    for name, sm in (("holm", "holm"), ("bh", "fdr_bh"), ("by", "fdr_by")):
+    for name, sm in (("holm", "holm"), ("bh", "fdr_bh"), ("by", "fdr_by"), ("bonferroni", "bonferroni")):
         out = cs.adjust(p, name)
         assert np.isnan(out[1])
         np.testing.assert_allclose(out[ok], multipletests(p[ok], method=sm)[1])
+    # ties, p-values near 1 and a family of 300 (chanstat's own closed forms, not statsmodels, run it)
+    rng = np.random.default_rng(0)
+    many = np.round(rng.uniform(0, 1, 300) ** 3, 3)
+    for name, sm in (("holm", "holm"), ("bh", "fdr_bh"), ("bonferroni", "bonferroni")):
+        np.testing.assert_allclose(cs.adjust(many, name), multipletests(many, method=sm)[1], rtol=1e-12)
     with pytest.raises(ValueError, match="padjust"):
         cs.adjust(p, "nope")

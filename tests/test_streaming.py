@@ -89,7 +89,7 @@ def test_sqlite_streaming_equals_in_memory_on_real_cellprofiler_file(shared_data
 
 
 def test_differential_on_streamed_wells_equals_per_cell_differential(cells_parquet):
-    expected = differential(read(cells_parquet), "Metadata_Compound", "drug", "dmso", level="well")
+    expected = differential(read(cells_parquet), "Metadata_Compound", "drug", "dmso", unit="well")
     streamed = differential_streaming(cells_parquet, "Metadata_Compound", "drug", "dmso", memory_limit="30kB")
     pd.testing.assert_frame_equal(streamed, expected, check_exact=True)
     mito = streamed.set_index("feature").loc["Nuclei_Intensity_MeanIntensity_Mito"]

@@ -5,9 +5,9 @@ counterfactual (``oracle``: the synthetic screen's rendering of the same cell in
 class; ``nearest``: the nearest image of the other class in pixel space, as when no generator
 is available):
 
-(a) ``chanstat.dac.dac`` with the adaptive schedule (default): forward passes per curve and
+(a) ``chanstat.dacscore.dac`` with the adaptive schedule (default): forward passes per curve and
     the largest |DAC difference| of any curve against
-(v) ``chanstat.dac.dac`` on the full 200-step value grid (every distinct mask scored);
+(v) ``chanstat.dacscore.dac`` on the full 200-step value grid (every distinct mask scored);
 (p) the published loop: one forward pass per threshold at batch size one, CPU morphology
     (scipy) per mask and, for channel-resolved strategies, per channel;
 (q) a QuAC-style loop: CPU morphology per channel per threshold, all hybrids of a curve in
@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from scipy import ndimage as ndi
 
-from chanstat.dac import dac, structuring_element
+from chanstat.dacscore import dac, structuring_element
 
 STRATEGIES = ("aggregate", "joint", "per_channel", "single_channel")
 PAIRINGS = ("oracle", "nearest")
@@ -142,7 +142,7 @@ def make_inputs(args, device):
     pairs = {}
     for pairing in args.pairings:
         if pairing == "oracle":
-            cf, cf_labels = ds.counterfactuals[idx], ds.counterfactual_labels[idx]
+            cf, cf_labels = ds.counterfactuals[idx], ds.counterfactual_target[idx]
         else:
             partner = nearest_other(real, labels, ds.images, ds.labels)
             cf, cf_labels = ds.images[partner], ds.labels[partner]

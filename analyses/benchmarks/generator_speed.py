@@ -102,7 +102,8 @@ def main(argv=None) -> int:
         while steps < args.max_steps:
             steps += args.check_every
             fit_g = train_generator(data, model, steps=steps, batch_size=args.batch_size, seed=0, device=device,
-                                    checkpoint_dir=folder, resume=True, progress=False, log_every=args.check_every)
+                                    checkpoint_dir=folder, resume=True, progress=False, log_every=args.check_every,
+                                    patience=0)  # this loop checks by itself: no early stop
             train_seconds = fit_g.seconds
             t0 = time.perf_counter()
             result = generate_counterfactuals(data, "generator", model=model, generator=fit_g.network, device=device,

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# The GPU path, proven in one go (under 8 minutes on one CUDA device):
+# The GPU path, proven in one go (about 15 minutes on one CUDA device):
 #   1. the tests marked `gpu` (pytest -m gpu),
 #   2. the attribution benchmark on CUDA,
 #   3. the DAC benchmark on CUDA (channels_last; bf16 autocast where scores stay within 1e-3),
+#   4. the generator on CUDA (full profile, stopping rule, with and without channel sparsity),
+#   5. IG steps at equal completeness error, and the end-to-end workload (generator + 4 methods
+#      + single-channel DAC + Shapley, today's defaults vs the new ones),
 # then the speedups against the published loop and the QuAC-style loop.
 #
 #   bash analyses/benchmarks/gpu_check.sh            # from the repository root
@@ -38,6 +41,12 @@ EOF
 step pytest_gpu 150 "$PYTHON" -m pytest -m gpu -q -p no:cacheprovider -rs tests/test_dac.py tests/test_metrics.py tests/test_compute.py
 step attribution 90 "$PYTHON" analyses/benchmarks/attribution_speed.py --device cuda --json "$OUT/attribution.json"
 step dac 240 "$PYTHON" analyses/benchmarks/dac_speed.py --device cuda --pairs 64 --reference-pairs 2 --json "$OUT/dac.json"
+step generator 240 "$PYTHON" analyses/benchmarks/generator_quality.py --device cuda --phenotype mito_fragmentation \
+  --size 64 --n 256 --time-budget 90 --json "$OUT/generator.json"
+step integration 90 "$PYTHON" analyses/benchmarks/integration_steps.py --device cuda --images 128 --size 64 \
+  --json "$OUT/integration.json"
+step end_to_end 240 "$PYTHON" analyses/benchmarks/end_to_end.py --device cuda --tiles 258 --size 64 --old-steps 400 \
+  --time-budget 60 --json "$OUT/end_to_end.json"
 
 "$PYTHON" - "$OUT" <<'EOF'
 import json, sys

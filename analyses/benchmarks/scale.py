@@ -308,7 +308,7 @@ def bench_throughput(base: Path, config: dict, shard_size: int, repeats: int = 2
                 runs[n].append(run)
                 results[f"maps_{n}"] = maps
     finally:
-        for run_dir, task, key, cluster, client in setups.values():
+        for _run_dir, _task, _key, cluster, client in setups.values():
             client.close()
             cluster.close()
     for n in workers:

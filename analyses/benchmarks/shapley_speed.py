@@ -4,7 +4,7 @@ On one model, the same image pairs and the same batch size it times, in one run:
 
 (a) ``chanstat.decompose.channel_shapley`` with the counterfactual as baseline (2^C hybrids per
     image; 32 for the five stains), and
-(b) ``chanstat.dac`` with ``strategy="single_channel"`` on stain-shaped maps (one curve per
+(b) ``chanstat.dacscore`` with ``strategy="single_channel"`` on stain-shaped maps (one curve per
     channel), divided by the number of channels: the cost of one single-channel DAC curve; with
     the ``value`` schedule (all ``steps + 1`` points, as published) and, where ``dac`` has it,
     its default ``adaptive`` schedule (only some points go through the model).
@@ -34,7 +34,7 @@ import time
 import numpy as np
 import torch
 
-from chanstat.dac import dac
+from chanstat.dacscore import dac
 from chanstat.data import synthetic
 from chanstat.decompose import channel_shapley
 from chanstat.models import VGGClassifier
@@ -109,7 +109,7 @@ def main(argv=None) -> dict:
         train(model, data, epochs=args.train_epochs, min_epochs=args.train_epochs, seed=0, device=device, progress=False)
     model = model.to(device).eval()
     if args.batch_size is None:
-        from chanstat.dac.scoring import default_batch_size
+        from chanstat.dacscore.scoring import default_batch_size
 
         args.batch_size = default_batch_size(device, images[0].numel())
     n = len(images)
@@ -123,7 +123,7 @@ def main(argv=None) -> dict:
     hybrids = torch.cat([images[:1]] * 32).to(device)  # the bare forward passes: 32 hybrids per image
 
     def forward_only():
-        from chanstat.dac.scoring import input_memory_format
+        from chanstat.dacscore.scoring import input_memory_format
 
         layout = input_memory_format(model, hybrids[:2])
         with torch.inference_mode():

@@ -8,6 +8,7 @@ Methods live in one module per family; each module registers its methods in :dat
 when imported. To add a family, write ``chanstat/attribution/<family>.py`` that calls
 :func:`register` and add its module name to :data:`FAMILY_MODULES`.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -29,7 +30,16 @@ for _module in FAMILY_MODULES:
     importlib.import_module(f"{__name__}.{_module}")
 
 __all__ = [
-    "attribute", "METHODS", "MethodSpec", "AttributionBatch", "register", "get_method",
-    "aggregate_channels", "normalize", "cumulative_mass_threshold", "AGGREGATIONS", "NORMALIZATIONS",
+    "attribute",
+    "METHODS",
+    "MethodSpec",
+    "AttributionBatch",
+    "register",
+    "get_method",
+    "aggregate_channels",
+    "normalize",
+    "cumulative_mass_threshold",
+    "AGGREGATIONS",
+    "NORMALIZATIONS",
     "FAMILY_MODULES",
 ]

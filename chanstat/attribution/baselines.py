@@ -3,6 +3,7 @@
 Both resolve channels, (n, C, H, W), and never run the model. They are the floor a real
 attribution method has to beat.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -16,6 +17,7 @@ from chanstat.attribution.registry import AttributionBatch, MethodSpec, register
 
 def residual(model, batch: AttributionBatch) -> torch.Tensor:
     """|x - x'| per channel and pixel."""
+    assert batch.counterfactuals is not None  # attribute() checks needs_counterfactual before calling
     with torch.no_grad():
         return (batch.images - batch.counterfactuals).abs()
 
@@ -26,8 +28,11 @@ def sample_seed(image: np.ndarray, seed: int) -> int:
     Deriving the seed from the image itself (not its position in the batch) makes the noise of
     a sample the same however the data are chunked or ordered.
     """
-    digest = hashlib.blake2b(np.ascontiguousarray(image, dtype=np.float32).tobytes(), digest_size=8,
-                             key=int(seed).to_bytes(8, "little", signed=True)).digest()
+    digest = hashlib.blake2b(
+        np.ascontiguousarray(image, dtype=np.float32).tobytes(),
+        digest_size=8,
+        key=int(seed).to_bytes(8, "little", signed=True),
+    ).digest()
     return int.from_bytes(digest, "little")
 
 
@@ -52,9 +57,18 @@ def random(model, batch: AttributionBatch, *, sigma: float = 4.0, seed: int = 0)
 
 
 for _spec in (
-    MethodSpec("residual", "baseline", True, True, False, "Absolute difference |x - x'| (no model)", residual,
-               explains="none"),
-    MethodSpec("random", "baseline", True, False, False, "Smoothed random noise, seeded per image (no model)", random,
-               explains="none"),
+    MethodSpec(
+        "residual", "baseline", True, True, False, "Absolute difference |x - x'| (no model)", residual, explains="none"
+    ),
+    MethodSpec(
+        "random",
+        "baseline",
+        True,
+        False,
+        False,
+        "Smoothed random noise, seeded per image (no model)",
+        random,
+        explains="none",
+    ),
 ):
     register(_spec)

@@ -1,4 +1,5 @@
 """``attribute``: validate inputs once, then run a registered method chunk by chunk."""
+
 from __future__ import annotations
 
 import inspect
@@ -12,7 +13,8 @@ from tqdm.auto import tqdm
 from chanstat.attribution.maps import AGGREGATIONS, aggregate_channels
 from chanstat.attribution.modelstate import untouched
 from chanstat.attribution.registry import METHODS, AttributionBatch, MethodSpec, get_method
-from chanstat.tensors import as_images, as_target, evaluating, model_device, model_dtype
+from chanstat.models.adapter import as_model, refuse_scripted, unwrap
+from chanstat.tensors import as_images, as_target, check_device, device_of, evaluating, model_device, model_dtype
 
 #: Images per chunk when ``batch_size`` is not given. Integrated gradients evaluates
 #: ``chunk * steps_per_pass`` images per forward pass, so this also bounds its memory.
@@ -25,6 +27,10 @@ _CAPTUM_NOTICES = (
     r"Setting forward, backward hooks and attributes on non-linear",
     r"Setting backward hooks on ReLU activations",
 )
+
+
+class ContrastWarning(UserWarning):
+    """A discriminative method was asked to explain a class against itself."""
 
 
 class _ForwardGuard:
@@ -80,10 +86,11 @@ def resolve_layer(model: nn.Module, layer: nn.Module | str | None) -> nn.Module:
 
         return default_cam_layer(model)
     if isinstance(layer, str):
+        own = unwrap(model)  # layer names are the user's, not the adapter's
         try:
-            return model.get_submodule(layer)
+            return own.get_submodule(layer)
         except AttributeError:
-            convs = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+            convs = [name for name, m in own.named_modules() if isinstance(m, nn.Conv2d)]
             raise ValueError(f"model has no layer named {layer!r}; its Conv2d layers are {convs}") from None
     if isinstance(layer, nn.Module):
         if not any(m is layer for m in model.modules()):
@@ -100,8 +107,7 @@ def _check_options(spec: MethodSpec, options: dict) -> None:
     unknown = sorted(set(options) - set(known))
     if unknown:
         raise ValueError(
-            f"method {spec.name!r} does not take option(s) {unknown}; "
-            f"its options are {known if known else 'none'}"
+            f"method {spec.name!r} does not take option(s) {unknown}; its options are {known if known else 'none'}"
         )
 
 
@@ -120,6 +126,7 @@ def attribute(
     layer: nn.Module | str | None = None,
     batch_size: int | None = None,
     progress: bool = False,
+    device=None,
     **method_options,
 ) -> torch.Tensor:
     """Per-channel attribution maps of a classifier's decision.
@@ -156,6 +163,9 @@ def attribute(
         back to the CPU, so memory stays bounded for any N.
     progress : bool
         Show a progress bar over chunks.
+    device : str or torch.device, optional
+        Where the work runs: the model's device (default); given, it must be the model's
+        (a one-line error otherwise), and model-free methods run there.
     **method_options
         Passed to the method, e.g. ``n_steps`` and ``steps_per_pass`` for ``ig``/``d_ig``,
         ``relu``/``interpolate_mode`` for ``gradcam``, ``sigma``/``seed`` for ``random``.
@@ -209,23 +219,54 @@ def attribute(
         if counterfactual_target is None:
             raise ValueError(f"method {spec.name!r} needs counterfactual_target= (the class of each counterfactual)")
         y_cf = as_target(counterfactual_target, n, "counterfactual_target")
+        if target is not None:
+            same = int((as_target(target, n, "target") == y_cf).sum())
+            if same:
+                warnings.warn(
+                    f"{spec.name}: counterfactual_target equals target for {same} of {n} images; a discriminative map "
+                    "explains the contrast between two classes, so those maps explain none (pass the counterfactual's "
+                    "class, e.g. ImageSet.counterfactual_target)",
+                    ContrastWarning,
+                    stacklevel=2,
+                )
 
     if not isinstance(model, nn.Module):
-        return _attribute_chunks(spec, None, x, x_cf, y, y_cf, None, aggregate, batch_size, progress, method_options)
-    declared = getattr(model, "in_channels", None)
+        return _attribute_chunks(
+            spec, None, x, x_cf, y, y_cf, None, aggregate, batch_size, progress, method_options, device_of(device)
+        )
+    model = as_model(model)
+    check_device(model, device)
+    if spec.needs_hooks:
+        refuse_scripted(model, spec.name, [m.name for m in METHODS.values() if not m.needs_hooks])
+    declared = model.in_channels
     if spec.uses_model and isinstance(declared, int) and declared != x.shape[1]:
         raise ValueError(f"model expects {declared} input channels; images have {x.shape[1]}")
     with untouched(model), evaluating(model, grad=True):
         layer_module = resolve_layer(model, layer) if spec.uses_layer else None
-        return _attribute_chunks(spec, model, x, x_cf, y, y_cf, layer_module, aggregate, batch_size, progress,
-                                 method_options)
+        return _attribute_chunks(
+            spec, model, x, x_cf, y, y_cf, layer_module, aggregate, batch_size, progress, method_options
+        )
 
 
-def _attribute_chunks(spec, model, x, x_cf, y, y_cf, layer_module, aggregate, batch_size, progress, options):
-    """Run the method chunk by chunk on the model's device and dtype; float32 CPU maps."""
+def _attribute_chunks(
+    spec,
+    model,
+    x,
+    x_cf,
+    y,
+    y_cf,
+    layer_module,
+    aggregate,
+    batch_size,
+    progress,
+    options,
+    device: torch.device | None = None,
+):
+    """Run the method chunk by chunk on the model's device (model-free methods: ``device``) and
+    dtype; float32 CPU maps."""
     n = x.shape[0]
     runner = spec.prepare(model) if (spec.prepare is not None and model is not None) else model
-    device = model_device(runner)
+    device = model_device(runner) if runner is not None else (device or torch.device("cpu"))
     # the model's own dtype (after prepare, which may change it); model-free methods keep float32
     dtype = model_dtype(runner) if spec.uses_model else torch.float32
     chunk = int(batch_size or DEFAULT_BATCH_SIZE)
@@ -281,8 +322,9 @@ def _run_method(spec: MethodSpec, model, batch: AttributionBatch, options: dict,
             ) from exc
 
 
-def _chunk(t: torch.Tensor | None, start: int, stop: int, device: torch.device,
-           dtype: torch.dtype | None = None) -> torch.Tensor | None:
+def _chunk(
+    t: torch.Tensor | None, start: int, stop: int, device: torch.device, dtype: torch.dtype | None = None
+) -> torch.Tensor | None:
     if t is None:
         return None
     return t[start:stop].to(device, dtype=dtype or t.dtype, non_blocking=True)

@@ -9,28 +9,50 @@ counterfactual ``x'`` (same cell, other class ``y'``), after the DAC paper.
   channels, absolute value, upsampled — one map per image (no input-channel resolution).
 - ``d_ggcam``: ``d_gradcam`` times guided backpropagation of ``f_{y'}`` at ``x'`` (per channel).
 """
+
 from __future__ import annotations
 
 import torch
-from captum.attr import DeepLift, LayerActivation, LayerGradientXActivation, Saliency
+from captum.attr import LayerActivation, LayerGradientXActivation, Saliency
 
 from chanstat.attribution.cam import DEFAULT_INTERPOLATION, guided_backprop, upsample
-from chanstat.attribution.gradients import integrated_gradients
+from chanstat.attribution.gradients import DEFAULT_TOLERANCE, MAX_STEPS, deeplift_checked, integrated_gradients
 from chanstat.attribution.modelstate import deeplift_model
 from chanstat.attribution.registry import AttributionBatch, MethodSpec, register
 
 
-def d_ig(model, batch: AttributionBatch, *, n_steps: int = 50, method: str = "gausslegendre",
-         steps_per_pass: int | None = None) -> torch.Tensor:
-    """IG of the counterfactual class along the straight path from ``x`` to ``x'``."""
+def d_ig(
+    model,
+    batch: AttributionBatch,
+    *,
+    n_steps: int | str = "auto",
+    quadrature: str = "gausslegendre",
+    steps_per_pass: int | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+    max_steps: int = MAX_STEPS,
+) -> torch.Tensor:
+    """IG of the counterfactual class along the straight path from ``x`` to ``x'``; ``n_steps="auto"``
+    picks per sample the fewest Gauss-Legendre steps within the completeness ``tolerance`` (see ``ig``)."""
     return integrated_gradients(
-        model, batch.counterfactuals, batch.images, batch.counterfactual_target, n_steps, method, steps_per_pass
+        model,
+        batch.counterfactuals,
+        batch.images,
+        batch.counterfactual_target,
+        n_steps,
+        quadrature,
+        steps_per_pass,
+        tolerance=tolerance,
+        max_steps=max_steps,
+        name="d_ig",
     )
 
 
-def d_dl(model, batch: AttributionBatch) -> torch.Tensor:
-    """DeepLift of the counterfactual class on ``x'`` with reference ``x``."""
-    return DeepLift(model).attribute(batch.counterfactuals, baselines=batch.images, target=batch.counterfactual_target)
+def d_dl(model, batch: AttributionBatch, *, tolerance: float = DEFAULT_TOLERANCE) -> torch.Tensor:
+    """DeepLift of the counterfactual class on ``x'`` with reference ``x``; warns when the maps miss
+    ``f(x') - f(x)`` by more than ``tolerance`` (relative)."""
+    return deeplift_checked(
+        model, batch.counterfactuals, batch.images, batch.counterfactual_target, tolerance=tolerance, name="d_dl"
+    )
 
 
 def d_ixg(model, batch: AttributionBatch) -> torch.Tensor:
@@ -53,8 +75,13 @@ def d_gradcam_layer(model, batch: AttributionBatch) -> torch.Tensor:
     return (grad * (acts[:n] - acts[n:])).sum(dim=1, keepdim=True)
 
 
-def d_gradcam(model, batch: AttributionBatch, *, abs: bool = True,  # noqa: A002 - mirrors Saliency
-              interpolate_mode: str = DEFAULT_INTERPOLATION) -> torch.Tensor:
+def d_gradcam(
+    model,
+    batch: AttributionBatch,
+    *,
+    abs: bool = True,  # noqa: A002 - mirrors Saliency
+    interpolate_mode: str = DEFAULT_INTERPOLATION,
+) -> torch.Tensor:
     """D-GradCAM, upsampled to the image: (n, 1, H, W). ``abs=False`` keeps the sign."""
     cam = d_gradcam_layer(model, batch)
     if abs:
@@ -69,20 +96,58 @@ def d_ggcam(model, batch: AttributionBatch, *, interpolate_mode: str = DEFAULT_I
 
 
 for _spec in (
-    MethodSpec("d_ig", "discriminative", True, True, True,
-               "Discriminative IG: IG of the counterfactual class on x' with baseline x", d_ig,
-               explains="counterfactual"),
-    MethodSpec("d_dl", "discriminative", True, True, True,
-               "Discriminative DeepLift: DeepLift of the counterfactual class on x' with reference x", d_dl,
-               explains="counterfactual", prepare=deeplift_model),
-    MethodSpec("d_ixg", "discriminative", True, True, False,
-               "Discriminative input x gradient: |grad f_y'(x') * (x - x')|", d_ixg,
-               explains="counterfactual"),
-    MethodSpec("d_gradcam", "discriminative", False, True, False,
-               "Discriminative Grad-CAM: layer gradient at x' times A(x) - A(x') (one map per image)", d_gradcam,
-               explains="counterfactual", uses_layer=True),
-    MethodSpec("d_ggcam", "discriminative", True, True, True,
-               "Discriminative guided Grad-CAM: |D-GradCAM| x guided backprop at x' (per channel)", d_ggcam,
-               explains="counterfactual", uses_layer=True),
+    MethodSpec(
+        "d_ig",
+        "discriminative",
+        True,
+        True,
+        True,
+        "Discriminative IG: IG of the counterfactual class on x' with baseline x",
+        d_ig,
+        explains="counterfactual",
+    ),
+    MethodSpec(
+        "d_dl",
+        "discriminative",
+        True,
+        True,
+        True,
+        "Discriminative DeepLift: DeepLift of the counterfactual class on x' with reference x",
+        d_dl,
+        explains="counterfactual",
+        prepare=deeplift_model,
+    ),
+    MethodSpec(
+        "d_ixg",
+        "discriminative",
+        True,
+        True,
+        False,
+        "Discriminative input x gradient: |grad f_y'(x') * (x - x')|",
+        d_ixg,
+        explains="counterfactual",
+    ),
+    MethodSpec(
+        "d_gradcam",
+        "discriminative",
+        False,
+        True,
+        False,
+        "Discriminative Grad-CAM: layer gradient at x' times A(x) - A(x') (one map per image)",
+        d_gradcam,
+        explains="counterfactual",
+        uses_layer=True,
+    ),
+    MethodSpec(
+        "d_ggcam",
+        "discriminative",
+        True,
+        True,
+        True,
+        "Discriminative guided Grad-CAM: |D-GradCAM| x guided backprop at x' (per channel)",
+        d_ggcam,
+        explains="counterfactual",
+        uses_layer=True,
+    ),
 ):
     register(_spec)

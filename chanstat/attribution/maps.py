@@ -4,6 +4,7 @@ Both work on ``torch.Tensor`` or ``numpy.ndarray`` and return the same kind. Nor
 always computed **per sample** (optionally per sample and channel), never across the batch, so a
 map does not change when other images are added to its batch.
 """
+
 from __future__ import annotations
 
 from typing import Callable

@@ -13,6 +13,7 @@ Two concerns of running attribution methods on someone else's ``nn.Module``:
   functional ``F.relu`` is treated as linear (silently wrong multipliers). The model is traced
   with ``torch.fx``; the result shares every parameter with the model.
 """
+
 from __future__ import annotations
 
 import copy
@@ -25,8 +26,13 @@ from torch import fx, nn
 
 #: Hook dictionaries of ``nn.Module`` (keyed by handle id); entries added during attribution go.
 _HOOK_DICTS = (
-    "_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks",
-    "_forward_pre_hooks_with_kwargs", "_backward_hooks", "_backward_pre_hooks",
+    "_forward_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs",
+    "_backward_hooks",
+    "_backward_pre_hooks",
 )
 #: Plain attributes whose value a hook registration may change (restored, not deleted).
 _FLAGS = ("_is_full_backward_hook",)
@@ -92,6 +98,11 @@ def unshared_nonlinearities(model: nn.Module) -> nn.Module:
     buffer with ``model``: each call site gets its own copy of the nonlinearity (not in-place),
     and ``torch.relu`` / ``F.relu`` / ``x.relu()`` calls become ``nn.ReLU`` modules.
     """
+    from chanstat.models.adapter import ModelAdapter
+
+    if isinstance(model, ModelAdapter):  # trace the user's module; the adapter's output handling stays
+        inner = unshared_nonlinearities(model.model)
+        return model if inner is model.model else model.with_module(inner)
     try:
         graph_module = fx.symbolic_trace(model)
     except Exception:  # noqa: BLE001 - untraceable models (data-dependent control flow) run as they are
@@ -116,7 +127,9 @@ def unshared_nonlinearities(model: nn.Module) -> nn.Module:
         else:
             continue
         if hasattr(module, "inplace"):
-            module.inplace = False  # DeepLift needs the input and output as separate tensors
+            # DeepLift needs the input and output as separate tensors. torch types Module.__setattr__
+            # as Tensor | Module only, but plain attributes (nn.ReLU sets its own bool inplace) are fine
+            module.inplace = False  # type: ignore[assignment]
         name = f"chanstat_nonlinearity_{count}"
         count += 1
         graph_module.add_submodule(name, module)

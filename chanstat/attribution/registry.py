@@ -5,6 +5,7 @@ Every method is described by a :class:`MethodSpec` and called through one signat
 already validated and moved to the model's device. Family modules (``gradients``, ``cam``,
 ``discriminative``, ``baselines``, ...) call :func:`register` when they are imported.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -95,7 +96,9 @@ class MethodSpec:
         if self.explains not in EXPLAINS:
             raise ValueError(f"explains must be one of {EXPLAINS}; got {self.explains!r}")
         if self.explains == "counterfactual" and not self.needs_counterfactual:
-            raise ValueError(f"method {self.name!r} explains the counterfactual class but does not need counterfactuals")
+            raise ValueError(
+                f"method {self.name!r} explains the counterfactual class but does not need counterfactuals"
+            )
         if not callable(self.fn):
             raise TypeError(f"fn of method {self.name!r} must be callable")
         if self.prepare is not None and not callable(self.prepare):
@@ -104,6 +107,12 @@ class MethodSpec:
     @property
     def uses_model(self) -> bool:
         return self.explains != "none"
+
+    @property
+    def needs_hooks(self) -> bool:
+        """True if the method hooks the model's modules (a layer, or a rebuilt module such as
+        DeepLift's): TorchScript models cannot run it."""
+        return self.uses_model and (self.uses_layer or self.prepare is not None)
 
 
 #: name -> MethodSpec of every registered method, in registration order.

@@ -9,10 +9,13 @@
   :func:`compartment_channel_table` — descriptions (counts, odds ratios; no p-values).
 - :func:`concordance`, :func:`channel_ranks` — agreement with the attribution's channel ranking.
 - :func:`measure_synthetic` — CellProfiler-style features of labelled images (cp-measure).
+- :func:`activity` — phenotypic activity: mAP of each perturbation against the controls (copairs),
+  p-values adjusted; which perturbations are worth explaining.
 
 This package never imports torch. Its names load on first use, so that ``chanstat --help``
 (which imports :mod:`chanstat.cellprofiler.cli`) stays fast.
 """
+
 from __future__ import annotations
 
 from chanstat._exports import lazy
@@ -39,6 +42,7 @@ _EXPORTS = {
     "kendall_tau_b": "rank_agreement",
     "spearman_rho": "rank_agreement",
     "measure_synthetic": "measure",
+    "activity": "activity",
     "DEFAULT_MEASUREMENTS": "measure",
 }
 

@@ -10,7 +10,19 @@ DMSO wells under a global shift, 38 % under a random latent factor).
 features differ *more than the other channels' features*?) whose null keeps the feature
 correlation, by permuting the case/control labels of whole wells (within plates) and
 recomputing the normalisation and every feature's Welch t in each permutation.
+
+**Blind spot.** A competitive test asks whether a channel's features differ *more than the
+others'*; a channel effect that comes with an equal or larger effect on every feature (a
+global shift or a latent factor that moves all channels, e.g. cell count or toxicity) is
+centred away with the common part, so the channel is not called (the audit: power .71 for
+Mito +1 SD alone, .025 with a simultaneous global factor). Read a non-enriched channel under a
+strong global effect as "not distinguishable from the global change", not as "unaffected";
+the per-feature table (:func:`~chanstat.cellprofiler.differential`) shows the global change.
+A CAMERA-style correlation-adjusted parametric statistic was not added: the permutation null
+already keeps the real feature correlation, and no gain in power at equal calibration has
+been measured.
 """
+
 from __future__ import annotations
 
 from typing import Mapping, Sequence
@@ -23,14 +35,32 @@ from tqdm.auto import tqdm
 from chanstat.cellprofiler.feature_tests import _plates, _status, hedges_g, prepare, robust_z
 from chanstat.cellprofiler.names import channel_order_key, parse_features
 from chanstat.stats.padjust import adjust, check_padjust
+from chanstat.vocabulary import ALPHA, N_BOOT, PADJUST
 
 _CORRELATION_MODES = ("both", "pair", "exclude")
+
+
+def _legacy_unit(unit: str, legacy: dict, who: str) -> str:
+    """``unit``, or the old keyword ``level`` when given (no other extra keyword is accepted)."""
+    level = legacy.pop("level", None)
+    if legacy:
+        raise TypeError(f"{who}() got unexpected keyword argument(s) {sorted(legacy)}")
+    return unit if level is None else level
+
+
 _TESTS = {"welch": ("q_value", "effect_size"), "mann_whitney": ("mw_q_value", "effect_size")}
 
 #: Columns of :func:`channel_enrichment`'s table.
 ENRICHMENT_COLUMNS = (
-    "channel", "n_features", "n_significant", "fraction_significant", "n_up", "n_down",
-    "odds_ratio", "mean_abs_effect", "median_abs_effect",
+    "channel",
+    "n_features",
+    "n_significant",
+    "fraction_significant",
+    "n_up",
+    "n_down",
+    "odds_ratio",
+    "mean_abs_effect",
+    "median_abs_effect",
 )
 
 
@@ -98,7 +128,8 @@ def _significance(diff: pd.DataFrame, test: str, alpha: float) -> tuple[np.ndarr
 
 def channel_enrichment(
     diff: pd.DataFrame,
-    alpha: float = 0.05,
+    *,
+    alpha: float = ALPHA,
     test: str = "welch",
     correlation: str = "both",
     channels: Sequence[str] | None = None,
@@ -151,8 +182,12 @@ def channel_enrichment(
         abs_eff = np.abs(effect[idx])
         rows.append(
             dict(
-                channel=channel, n_features=len(idx), n_significant=a, fraction_significant=a / len(idx),
-                n_up=int((sig[idx] & (effect[idx] > 0)).sum()), n_down=int((sig[idx] & (effect[idx] < 0)).sum()),
+                channel=channel,
+                n_features=len(idx),
+                n_significant=a,
+                fraction_significant=a / len(idx),
+                n_up=int((sig[idx] & (effect[idx] > 0)).sum()),
+                n_down=int((sig[idx] & (effect[idx] < 0)).sum()),
                 odds_ratio=float(odds),
                 mean_abs_effect=float(np.nanmean(abs_eff)) if np.isfinite(abs_eff).any() else np.nan,
                 median_abs_effect=float(np.nanmedian(abs_eff)) if np.isfinite(abs_eff).any() else np.nan,
@@ -163,7 +198,8 @@ def channel_enrichment(
 
 def compartment_channel_table(
     diff: pd.DataFrame,
-    alpha: float = 0.05,
+    *,
+    alpha: float = ALPHA,
     test: str = "welch",
     correlation: str = "both",
     channels: Sequence[str] | None = None,
@@ -182,7 +218,12 @@ def compartment_channel_table(
     no_channel = np.setdiff1d(np.arange(len(tested)), links["row"].to_numpy())
     if channels is None or "none" in (channels or []):
         links = pd.concat(
-            [links, pd.DataFrame({"row": no_channel, "feature": tested["feature"].to_numpy()[no_channel], "channel": "none"})],
+            [
+                links,
+                pd.DataFrame(
+                    {"row": no_channel, "feature": tested["feature"].to_numpy()[no_channel], "channel": "none"}
+                ),
+            ],
             ignore_index=True,
         )
     links["compartment"] = tested["compartment"].to_numpy()[links["row"].to_numpy()]
@@ -193,16 +234,35 @@ def compartment_channel_table(
     links["abs_effect"] = links["effect"].abs()
     table = (
         links.groupby(["compartment", "channel"], sort=False)
-        .agg(n_features=("row", "size"), n_significant=("significant", "sum"), n_up=("up", "sum"),
-             n_down=("down", "sum"), mean_abs_effect=("abs_effect", "mean"))
+        .agg(
+            n_features=("row", "size"),
+            n_significant=("significant", "sum"),
+            n_up=("up", "sum"),
+            n_down=("down", "sum"),
+            mean_abs_effect=("abs_effect", "mean"),
+        )
         .reset_index()
     )
     table["fraction_significant"] = table["n_significant"] / table["n_features"]
     order = {c: i for i, c in enumerate(sorted(table["compartment"].unique()))}
-    table = table.assign(
-        _c=table["compartment"].map(order), _k=[channel_order_key(c) if c != "none" else (99, "") for c in table["channel"]]
-    ).sort_values(["_c", "_k"]).drop(columns=["_c", "_k"])
-    cols = ["compartment", "channel", "n_features", "n_significant", "fraction_significant", "n_up", "n_down", "mean_abs_effect"]
+    table = (
+        table.assign(
+            _c=table["compartment"].map(order),
+            _k=[channel_order_key(c) if c != "none" else (99, "") for c in table["channel"]],
+        )
+        .sort_values(["_c", "_k"])
+        .drop(columns=["_c", "_k"])
+    )
+    cols = [
+        "compartment",
+        "channel",
+        "n_features",
+        "n_significant",
+        "fraction_significant",
+        "n_up",
+        "n_down",
+        "mean_abs_effect",
+    ]
     return table[cols].reset_index(drop=True).astype({"n_significant": "int64", "n_up": "int64", "n_down": "int64"})
 
 
@@ -321,11 +381,11 @@ def competitive_enrichment(
     by: str,
     case,
     control,
-    level: str = "well",
+    unit: str = "well",
     features: Sequence[str] | None = None,
     normalize: bool | str | None = None,
-    padjust: str = "holm",
     *,
+    padjust: str = PADJUST,
     statistic: str = "rank",
     n_perm: int = 999,
     strata: str | None = "Metadata_Plate",
@@ -336,6 +396,7 @@ def competitive_enrichment(
     channel_map: Mapping[str, str] | None = None,
     seed: int = 0,
     progress: bool = False,
+    **legacy,
 ) -> pd.DataFrame:
     """Per channel: do its features differ more than the other channels' features? (competitive test)
 
@@ -352,8 +413,10 @@ def competitive_enrichment(
 
     Parameters
     ----------
-    df, by, case, control, level, features, normalize, well, plate, channel_map : as
+    df, by, case, control, features, normalize, well, plate, channel_map : as
         :func:`~chanstat.cellprofiler.differential`.
+    unit : ``"well"`` (default) or ``"image"``: the level features are compared at (the old
+        keyword ``level=`` is still accepted).
     padjust : adjustment over channels (default Holm; see :func:`chanstat.stats.padjust.adjust`).
     statistic : ``"rank"`` (default) or ``"mean_abs_t"``.
     n_perm : label permutations.
@@ -373,7 +436,8 @@ def competitive_enrichment(
     if isinstance(n_perm, bool) or not isinstance(n_perm, (int, np.integer)) or n_perm < 1:
         raise ValueError(f"n_perm must be an integer >= 1; got {n_perm!r}")
     check_padjust(padjust)
-    raw = prepare(df, by, case, control, level, features, None, well, plate, warn=True)
+    unit = _legacy_unit(unit, legacy, "competitive_enrichment")
+    raw = prepare(df, by, case, control, unit, features, None, well, plate, warn=True)
     method = None
     if normalize:
         method = "robust_z" if normalize is True else normalize
@@ -392,20 +456,37 @@ def competitive_enrichment(
     x_raw = raw.values[:, universe]
     units = raw.units
     strata_values = (
-        units[strata].astype("string").fillna("<NA>").to_numpy() if strata and strata in units.columns else np.zeros(len(units))
+        units[strata].astype("string").fillna("<NA>").to_numpy()
+        if strata and strata in units.columns
+        else np.zeros(len(units))
     )
     stat, inside, outside, p = competitive_test(
-        x_raw, raw.is_case, incidence, strata=strata_values, plates=plates if method else None,
-        statistic=statistic, n_perm=n_perm, seed=seed, progress=progress,
+        x_raw,
+        raw.is_case,
+        incidence,
+        strata=strata_values,
+        plates=plates if method else None,
+        statistic=statistic,
+        n_perm=n_perm,
+        seed=seed,
+        progress=progress,
     )
     p_adj = adjust(p, padjust)
     return pd.DataFrame(
         dict(
-            channel=chan_names, n_features=incidence.sum(axis=0).astype(np.int64), statistic=stat,
-            score_inside=inside, score_outside=outside, p_value=p, p_adj=p_adj, p_adj_method=padjust,
+            channel=chan_names,
+            n_features=incidence.sum(axis=0).astype(np.int64),
+            statistic=stat,
+            score_inside=inside,
+            score_outside=outside,
+            p_value=p,
+            p_adj=p_adj,
+            p_adj_method=padjust,
             multiplicity_scope=f"{padjust} over {len(chan_names)} channels of this contrast",
-            enriched=np.nan_to_num(p_adj, nan=1.0) < 0.05, statistic_name=f"competitive_{statistic}",
-            n_perm=n_perm, n_units=len(raw.is_case),
+            enriched=np.nan_to_num(p_adj, nan=1.0) < 0.05,
+            statistic_name=f"competitive_{statistic}",
+            n_perm=n_perm,
+            n_units=len(raw.is_case),
         )
     )
 
@@ -415,17 +496,18 @@ def channel_score_draws(
     by: str,
     case,
     control,
-    level: str = "well",
+    unit: str = "well",
     features: Sequence[str] | None = None,
     normalize: bool | str | None = None,
     *,
-    n_boot: int = 200,
+    n_boot: int = N_BOOT,
     correlation: str = "both",
     channels: Sequence[str] | None = None,
     well: Sequence[str] | None = None,
     plate: str = "Metadata_Plate",
     channel_map: Mapping[str, str] | None = None,
     seed: int = 0,
+    **legacy,
 ) -> pd.DataFrame:
     """Bootstrap draws of each channel's mean |Hedges' g| (the feature side of :func:`concordance`).
 
@@ -439,7 +521,8 @@ def channel_score_draws(
     """
     if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
         raise ValueError(f"n_boot must be an integer >= 1; got {n_boot!r}")
-    prepared = prepare(df, by, case, control, level, features, normalize, well, plate, warn=False)
+    unit = _legacy_unit(unit, legacy, "channel_score_draws")
+    prepared = prepare(df, by, case, control, unit, features, normalize, well, plate, warn=False)
     parsed = parse_features(prepared.features, channel_map=channel_map)
     links = feature_channels(parsed[["feature", "channels"]], correlation, channels)
     chan_names = sorted(links["channel"].unique(), key=channel_order_key)

@@ -4,10 +4,11 @@ Per feature: Welch's t-test and the Mann-Whitney U test (case vs control), Benja
 (or Benjamini-Yekutieli) q-values over features (:func:`chanstat.stats.padjust.adjust`), and
 Hedges' g with a confidence interval whose standard error allows unequal variances.
 The unit of replication is the well: per-cell tables are aggregated to well medians first
-(``level="well"``), unless ``level="cell"`` is asked for explicitly (then a warning says that
+(``unit="well"``), unless ``unit="cell"`` is asked for explicitly (then a warning says that
 cells of one well are not independent). All statistics are computed for all features at
 once with array operations; features are grouped only by their pattern of missing values.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -19,7 +20,6 @@ import pandas as pd
 from scipy import stats
 
 from chanstat.cellprofiler.names import parse_features
-from chanstat.stats.padjust import adjust, check_padjust
 from chanstat.cellprofiler.profiles import (
     aggregate_wells,
     check_numeric,
@@ -27,16 +27,40 @@ from chanstat.cellprofiler.profiles import (
     feature_columns,
     resolve_well_columns,
 )
+from chanstat.stats.padjust import adjust, check_padjust
 
 MAD_TO_SD = 1.4826  # MAD of a normal sample x 1.4826 estimates its standard deviation
 FEATURE_PADJUST = ("bh", "fdr_bh", "by", "fdr_by")  # over hundreds of features: false discovery rate
 
 #: Columns of the table :func:`differential` returns, in order.
 COLUMNS = (
-    "feature", "compartment", "category", "measurement", "channels", "status", "n_case", "n_control",
-    "mean_case", "mean_control", "median_case", "median_control", "statistic", "dof", "p_value", "q_value",
-    "effect_size", "ci_low", "ci_high", "mw_statistic", "mw_p_value", "mw_q_value", "significant",
-    "multiplicity_scope", "level", "case", "control",
+    "feature",
+    "compartment",
+    "category",
+    "measurement",
+    "channels",
+    "status",
+    "n_case",
+    "n_control",
+    "mean_case",
+    "mean_control",
+    "median_case",
+    "median_control",
+    "statistic",
+    "dof",
+    "p_value",
+    "q_value",
+    "effect_size",
+    "ci_low",
+    "ci_high",
+    "mw_statistic",
+    "mw_p_value",
+    "mw_q_value",
+    "significant",
+    "multiplicity_scope",
+    "level",
+    "case",
+    "control",
 )
 
 
@@ -77,10 +101,12 @@ def prepare(
     """Select, aggregate and normalise: the shared first half of the differential analyses."""
     check_unique_columns(df)
     if by not in df.columns:
-        raise ValueError(f"group column {by!r} is not in the table; Metadata columns: "
-                         f"{[c for c in df.columns if str(c).startswith('Metadata_')][:20]}")
+        raise ValueError(
+            f"group column {by!r} is not in the table; Metadata columns: "
+            f"{[c for c in df.columns if str(c).startswith('Metadata_')][:20]}"
+        )
     if level not in ("well", "cell"):
-        raise ValueError(f"level must be 'well' or 'cell'; got {level!r}")
+        raise ValueError(f"unit must be 'well' or 'cell'; got {level!r}")
     cases, controls = _as_list(case, "case"), _as_list(control, "control")
     overlap = sorted(set(cases) & set(controls))
     if overlap:
@@ -91,14 +117,17 @@ def prepare(
         absent = [v for v in values if v not in present]
         if absent:
             shown = sorted(present)[:15]
-            raise ValueError(f"{what} group(s) {absent} not found in column {by!r}; it holds {len(present)} "
-                             f"values, e.g. {shown}")
+            raise ValueError(
+                f"{what} group(s) {absent} not found in column {by!r}; it holds {len(present)} values, e.g. {shown}"
+            )
 
     if features is None:
         features = feature_columns(df.columns)
+        _warn_unparsed(df, features)
         if not features:
-            raise ValueError("the table has no CellProfiler feature columns (Compartment_Category_...); "
-                             "pass features= explicitly")
+            raise ValueError(
+                "the table has no CellProfiler feature columns (Compartment_Category_...); pass features= explicitly"
+            )
     else:
         features = [features] if isinstance(features, str) else [str(f) for f in features]
         if not features:
@@ -108,8 +137,10 @@ def prepare(
             raise ValueError(f"features lists {dupes[:10]} more than once")
         missing = [f for f in features if f not in df.columns]
         if len(missing) == len(features):
-            raise ValueError(f"none of the {len(features)} requested features is a column of the table "
-                             f"(no overlapping features; e.g. {missing[:5]})")
+            raise ValueError(
+                f"none of the {len(features)} requested features is a column of the table "
+                f"(no overlapping features; e.g. {missing[:5]})"
+            )
         if missing:
             raise ValueError(f"{len(missing)} requested features are not columns of the table: {missing[:10]}")
     if by in features:
@@ -121,16 +152,21 @@ def prepare(
     wells = resolve_well_columns(df.columns, well)
     if level == "well":
         if not wells:
-            raise ValueError("level='well' needs well columns (Metadata_Plate, Metadata_Well) or well=...; "
-                             "use level='cell' to test objects as replicates")
+            raise ValueError(
+                "unit='well' needs well columns (Metadata_Plate, Metadata_Well) or well=...; "
+                "use unit='cell' to test objects as replicates"
+            )
         n_groups = sub.groupby(wells + [by], dropna=False).ngroups
         n_wells = sub[wells].drop_duplicates().shape[0]
         if n_groups != n_wells:
             raise ValueError(f"some wells hold both case and control rows in {by!r}; cannot aggregate to wells")
         n_missing = int(sub[wells].isna().any(axis=1).sum())
         if n_missing:
-            warnings.warn(f"dropped {n_missing} rows with a missing well key {wells} (they would form one "
-                          "pooled 'NaN well')", UserWarning, stacklevel=3)
+            warnings.warn(
+                f"dropped {n_missing} rows with a missing well key {wells} (they would form one pooled 'NaN well')",
+                UserWarning,
+                stacklevel=3,
+            )
             sub = sub.loc[~sub[wells].isna().any(axis=1).to_numpy()]
         units = aggregate_wells(sub, features=features, well=wells, keep=[by])
     else:
@@ -143,9 +179,9 @@ def prepare(
     if level == "well":
         if min(n_case, n_control) < 2:
             raise ValueError(
-                f"level='well' needs at least 2 wells per group; case has {n_case}, control {n_control}. "
+                f"unit='well' needs at least 2 wells per group; case has {n_case}, control {n_control}. "
                 "With a single well per condition, well and treatment effects cannot be separated; "
-                "level='cell' runs anyway (with a warning)"
+                "unit='cell' runs anyway (with a warning)"
             )
     elif warn:
         _warn_cell_level(sub, by, cases, controls, wells, n_case, n_control)
@@ -161,19 +197,57 @@ def prepare(
     return prepared
 
 
+def _warn_unparsed(df: pd.DataFrame, features: list[str]) -> None:
+    """Numeric columns that look like measurements but parse to no known category are named, not dropped silently."""
+    from chanstat.cellprofiler.names import OBJECT_COMPARTMENTS, parse_features
+
+    candidates = [
+        str(c)
+        for c in df.columns
+        if str(c) not in set(features)
+        and not str(c).startswith("Metadata_")
+        and str(c).split("_", 1)[0] in OBJECT_COMPARTMENTS
+        and pd.api.types.is_numeric_dtype(df[c].dtype)
+    ]
+    if not candidates:
+        return
+    parsed = parse_features(candidates)
+    unknown = parsed.loc[parsed["category"] == "unknown", "feature"].tolist()
+    if unknown:
+        warnings.warn(
+            f"{len(unknown)} numeric column(s) look like measurements but have no known CellProfiler "
+            f"category and are left out: {unknown[:10]}{' ...' if len(unknown) > 10 else ''}; "
+            "pass features= to test them",
+            UserWarning,
+            stacklevel=4,
+        )
+
+
 def _warn_cell_level(sub, by, cases, controls, wells, n_case, n_control) -> None:
-    msg = (f"level='cell' treats {n_case} case and {n_control} control objects as independent replicates; "
-           "objects of one well share its treatment, plating and imaging, so p-values are too small")
+    msg = (
+        f"unit='cell' treats {n_case} case and {n_control} control objects as independent replicates; "
+        "objects of one well share its treatment, plating and imaging, so p-values are too small"
+    )
     if wells:
-        per_group = sub.assign(_is_case=sub[by].astype("string").isin(cases)).groupby("_is_case")[wells].apply(
-            lambda g: g.drop_duplicates().shape[0]
+        per_group = (
+            sub.assign(_is_case=sub[by].astype("string").isin(cases))
+            .groupby("_is_case")[wells]
+            .apply(lambda g: g.drop_duplicates().shape[0])
         )
         single = [("case" if k else "control") for k, n in sorted(per_group.items(), reverse=True) if n == 1]
         if single:
-            where = {name: sub.loc[sub[by].astype("string").isin(vals), wells].drop_duplicates().astype(str)
-                     .agg("/".join, axis=1).tolist() for name, vals in (("case", cases), ("control", controls))}
-            msg += (f"; only one well per condition for {' and '.join(single)} ({where}): differences mix the "
-                    "treatment with well-to-well variation")
+            where = {
+                name: sub.loc[sub[by].astype("string").isin(vals), wells]
+                .drop_duplicates()
+                .astype(str)
+                .agg("/".join, axis=1)
+                .tolist()
+                for name, vals in (("case", cases), ("control", controls))
+            }
+            msg += (
+                f"; only one well per condition for {' and '.join(single)} ({where}): differences mix the "
+                "treatment with well-to-well variation"
+            )
     else:
         msg += "; the table has no well columns, so the number of wells is unknown"
     warnings.warn(msg, UserWarning, stacklevel=4)  # point at the caller of differential()
@@ -211,7 +285,7 @@ def _nan_groups(mask: np.ndarray, extra: np.ndarray | None = None) -> list[np.nd
     return [np.flatnonzero(inverse == g) for g in range(inverse.max() + 1)] if inverse.size else []
 
 
-def hedges_g(case: np.ndarray, control: np.ndarray, ci: float = 0.95):
+def hedges_g(case: np.ndarray, control: np.ndarray, *, ci: float = 0.95):
     """Hedges' g (case - control) and a confidence interval valid under unequal variances.
 
     Point estimate: pooled standard deviation with the small-sample correction
@@ -308,11 +382,11 @@ def differential(
     by: str,
     case,
     control,
-    level: str = "well",
+    unit: str = "well",
     features: Sequence[str] | None = None,
     normalize: bool | str | None = None,
-    padjust: str = "bh",
     *,
+    padjust: str = "bh",
     alpha: float = 0.05,
     ci: float = 0.95,
     well: Sequence[str] | None = None,
@@ -327,7 +401,7 @@ def differential(
         from :func:`~chanstat.cellprofiler.read`.
     by : column holding the condition (e.g. ``"Metadata_broad_sample"``).
     case, control : value (or list of values) of ``by`` for each group; compared as strings.
-    level : ``"well"`` (default): objects are aggregated to well medians and wells are the
+    unit : ``"well"`` (default): objects are aggregated to well medians and wells are the
         replicates (needs >= 2 wells per group); ``"cell"``: every row is a replicate (warns).
     features : feature columns; default every CellProfiler measurement column
         (:func:`~chanstat.cellprofiler.feature_columns`).
@@ -363,7 +437,7 @@ def differential(
         group at the well level, a case also listed as control.
     """
     check_feature_padjust(padjust)
-    prepared = prepare(df, by, case, control, level, features, normalize, well, plate)
+    prepared = prepare(df, by, case, control, unit, features, normalize, well, plate)
     return _differential_table(prepared, padjust, alpha, ci, channel_map)
 
 
@@ -385,13 +459,15 @@ def _differential_table(prepared: Prepared, padjust: str, alpha: float, ci: floa
     t, dof, p, u, pu = (np.full(nf, np.nan) for _ in range(5))
     if tested.size:
         t[tested], dof[tested], p[tested], u[tested], pu[tested] = _tests(x, is_case, tested)
-    g, lo, hi = hedges_g(x[is_case], x[~is_case], ci)
+    g, lo, hi = hedges_g(x[is_case], x[~is_case], ci=ci)
     g[status != "tested"] = lo[status != "tested"] = hi[status != "tested"] = np.nan
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         summaries = dict(
-            mean_case=np.nanmean(x[is_case], axis=0), mean_control=np.nanmean(x[~is_case], axis=0),
-            median_case=np.nanmedian(x[is_case], axis=0), median_control=np.nanmedian(x[~is_case], axis=0),
+            mean_case=np.nanmean(x[is_case], axis=0),
+            mean_control=np.nanmean(x[~is_case], axis=0),
+            median_case=np.nanmedian(x[is_case], axis=0),
+            median_control=np.nanmedian(x[~is_case], axis=0),
         )
     q = adjust(p, padjust)
     parsed = parse_features(prepared.features, channel_map=channel_map)
@@ -406,9 +482,16 @@ def _differential_table(prepared: Prepared, padjust: str, alpha: float, ci: floa
             n_case=np.sum(np.isfinite(x[is_case]), axis=0),
             n_control=np.sum(np.isfinite(x[~is_case]), axis=0),
             **summaries,
-            statistic=t, dof=dof, p_value=p, q_value=q,
-            effect_size=g, ci_low=lo, ci_high=hi,
-            mw_statistic=u, mw_p_value=pu, mw_q_value=adjust(pu, padjust),
+            statistic=t,
+            dof=dof,
+            p_value=p,
+            q_value=q,
+            effect_size=g,
+            ci_low=lo,
+            ci_high=hi,
+            mw_statistic=u,
+            mw_p_value=pu,
+            mw_q_value=adjust(pu, padjust),
             significant=np.nan_to_num(q, nan=1.0) < alpha,
             multiplicity_scope=f"{padjust} over {int(np.isfinite(p).sum())} tested features of this contrast",
             level=prepared.level,

@@ -10,11 +10,12 @@ like any real CellProfiler table.
 This module must not import torch: images are read with ``numpy.asarray``, which works on
 torch tensors without importing torch here.
 """
+
 from __future__ import annotations
 
 import itertools
 import warnings
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -143,18 +144,24 @@ def measure_synthetic(
     ch_idx = [all_channels.index(c) for c in chosen]
     nuclei_all, cells_all = np.asarray(objects["nuclei"]), np.asarray(objects["cells"])
     if nuclei_all.shape != images.shape[:1] + images.shape[2:] or cells_all.shape != nuclei_all.shape:
-        raise ValueError(f"objects must have shape {images.shape[:1] + images.shape[2:]}; got "
-                         f"nuclei {nuclei_all.shape}, cells {cells_all.shape}")
+        raise ValueError(
+            f"objects must have shape {images.shape[:1] + images.shape[2:]}; got "
+            f"nuclei {nuclei_all.shape}, cells {cells_all.shape}"
+        )
     meta = imageset.meta.reset_index(drop=True)
     if len(meta) != len(images):
         raise ValueError(f"meta has {len(meta)} rows for {len(images)} images")
 
     core = get_core_measurements(sanitize=False)
     corr = get_correlation_measurements(sanitize=False)
-    channel_params = {
+    channel_params: dict[str, dict[str, Any]] = {
         "intensity": {},
         "texture": {"scale": texture_scale, "gray_levels": gray_levels},
-        "granularity": {"granular_spectrum_length": granularity_spectrum, "subsample_size": 0.5, "image_sample_size": 0.5},
+        "granularity": {
+            "granular_spectrum_length": granularity_spectrum,
+            "subsample_size": 0.5,
+            "image_sample_size": 0.5,
+        },
         "radial_distribution": {},
     }
     pair_functions = ("pearson", "manders_fold", "rwc")
@@ -170,7 +177,14 @@ def measure_synthetic(
         row_of = {cid: r for r, cid in enumerate(cell_ids)}
         feats: dict[str, np.ndarray] = {}
 
-        def put(name: str, ids: np.ndarray, values) -> None:
+        def put(
+            name: str,
+            ids: np.ndarray,
+            values,
+            feats: dict[str, np.ndarray] = feats,
+            cell_ids: np.ndarray = cell_ids,
+            row_of: dict = row_of,
+        ) -> None:  # this image's (bound now)
             col = feats.setdefault(name, np.full(len(cell_ids), np.nan))
             col[[row_of[c] for c in ids]] = np.asarray(values, dtype=float)
 
@@ -195,7 +209,9 @@ def measure_synthetic(
                 if "correlation" in families:
                     for (a, ca), (b, cb) in itertools.combinations(list(zip(chosen, ch_idx)), 2):
                         for fname in pair_functions:
-                            for key, values in corr[fname](pixels_1=images[i, ca], pixels_2=images[i, cb], masks=labels).items():
+                            for key, values in corr[fname](
+                                pixels_1=images[i, ca], pixels_2=images[i, cb], masks=labels
+                            ).items():
                                 put(_pair_name(key, compartment, a, b), ids, values)
         if columns is None:
             columns = list(feats)

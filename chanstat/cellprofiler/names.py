@@ -22,6 +22,7 @@ but the details vary with the module and the CellProfiler version:
 :func:`parse_features` turns any list of column names into a tidy table; names it cannot
 place get ``"unknown"`` parts instead of raising.
 """
+
 from __future__ import annotations
 
 import re
@@ -38,11 +39,39 @@ UNKNOWN = "unknown"
 #: Measurement categories CellProfiler writes (module prefixes of a feature name).
 CATEGORIES: frozenset[str] = frozenset(
     {
-        "AreaShape", "Intensity", "Texture", "Granularity", "Correlation", "RadialDistribution",
-        "Location", "Neighbors", "Children", "Parent", "Number", "ObjectSkeleton", "Math",
-        "Count", "Threshold", "ImageQuality", "ExecutionTime", "ModuleError", "FileName",
-        "PathName", "URL", "MD5Digest", "Scaling", "Height", "Width", "Metadata", "Group",
-        "Series", "Frame", "Channel", "ObjectNumber", "ImageNumber", "TableNumber",
+        "AreaShape",
+        "Intensity",
+        "Texture",
+        "Granularity",
+        "Correlation",
+        "RadialDistribution",
+        "Location",
+        "Neighbors",
+        "Children",
+        "Parent",
+        "Number",
+        "ObjectSkeleton",
+        "Math",
+        "Count",
+        "Threshold",
+        "ImageQuality",
+        "ExecutionTime",
+        "ModuleError",
+        "FileName",
+        "PathName",
+        "URL",
+        "MD5Digest",
+        "Scaling",
+        "Height",
+        "Width",
+        "Metadata",
+        "Group",
+        "Series",
+        "Frame",
+        "Channel",
+        "ObjectNumber",
+        "ImageNumber",
+        "TableNumber",
     }
 )
 #: Categories whose features describe one stain (or, for Correlation, a pair of stains).
@@ -55,31 +84,87 @@ OBJECT_COMPARTMENTS: tuple[str, ...] = ("Cells", "Cytoplasm", "Nuclei")
 _IMAGE_NAME_CATEGORIES = {"FileName", "PathName", "URL", "MD5Digest", "Scaling", "Height", "Width"}
 _IDENTIFIERS = {"ImageNumber", "ObjectNumber", "TableNumber"}
 _TEXTURE = {
-    "AngularSecondMoment", "Contrast", "Correlation", "Variance", "InverseDifferenceMoment",
-    "SumAverage", "SumVariance", "SumEntropy", "Entropy", "DifferenceVariance",
-    "DifferenceEntropy", "InfoMeas1", "InfoMeas2", "Gabor",
+    "AngularSecondMoment",
+    "Contrast",
+    "Correlation",
+    "Variance",
+    "InverseDifferenceMoment",
+    "SumAverage",
+    "SumVariance",
+    "SumEntropy",
+    "Entropy",
+    "DifferenceVariance",
+    "DifferenceEntropy",
+    "InfoMeas1",
+    "InfoMeas2",
+    "Gabor",
 }
 _AREASHAPE = {
-    "Area", "BoundingBoxArea", "BoundingBoxMinimum", "BoundingBoxMaximum", "BoundingBoxVolume",
-    "Center", "Compactness", "ConvexArea", "Eccentricity", "EquivalentDiameter", "EulerNumber",
-    "Extent", "FormFactor", "MajorAxisLength", "MinorAxisLength", "MaxFeretDiameter",
-    "MinFeretDiameter", "MaximumRadius", "MeanRadius", "MedianRadius", "Orientation", "Perimeter",
-    "Solidity", "Zernike", "CentralMoment", "NormalizedMoment", "HuMoment", "SpatialMoment",
-    "InertiaTensor", "InertiaTensorEigenvalues", "Volume", "SurfaceArea",
+    "Area",
+    "BoundingBoxArea",
+    "BoundingBoxMinimum",
+    "BoundingBoxMaximum",
+    "BoundingBoxVolume",
+    "Center",
+    "Compactness",
+    "ConvexArea",
+    "Eccentricity",
+    "EquivalentDiameter",
+    "EulerNumber",
+    "Extent",
+    "FormFactor",
+    "MajorAxisLength",
+    "MinorAxisLength",
+    "MaxFeretDiameter",
+    "MinFeretDiameter",
+    "MaximumRadius",
+    "MeanRadius",
+    "MedianRadius",
+    "Orientation",
+    "Perimeter",
+    "Solidity",
+    "Zernike",
+    "CentralMoment",
+    "NormalizedMoment",
+    "HuMoment",
+    "SpatialMoment",
+    "InertiaTensor",
+    "InertiaTensorEigenvalues",
+    "Volume",
+    "SurfaceArea",
 }
 #: Symmetric correlation measurements: the channel pair is unordered.
 _UNORDERED_CORRELATION = {"Correlation", "Overlap", "Pearson"}
 
 # Built-in stain aliases (lower case, prefixes already stripped) -> canonical channel.
 _ALIASES: dict[str, str] = {
-    "dna": "DNA", "hoechst": "DNA", "hoechst33342": "DNA", "dapi": "DNA",
-    "er": "ER", "cona": "ER", "concanavalina": "ER",
-    "rna": "RNA", "syto": "RNA", "syto14": "RNA",
-    "agp": "AGP", "actin": "AGP", "phalloidin": "AGP", "wga": "AGP",
-    "mito": "Mito", "mitotracker": "Mito", "mito_tubeness": "Mito", "mitotubeness": "Mito",
-    "brightfield": BRIGHTFIELD, "brightfild": BRIGHTFIELD, "brightfld": BRIGHTFIELD,
-    "brtfld": BRIGHTFIELD, "bf": BRIGHTFIELD, "bfhigh": BRIGHTFIELD, "bflow": BRIGHTFIELD,
-    "brightfieldhigh": BRIGHTFIELD, "brightfieldlow": BRIGHTFIELD,
+    "dna": "DNA",
+    "hoechst": "DNA",
+    "hoechst33342": "DNA",
+    "dapi": "DNA",
+    "er": "ER",
+    "cona": "ER",
+    "concanavalina": "ER",
+    "rna": "RNA",
+    "syto": "RNA",
+    "syto14": "RNA",
+    "agp": "AGP",
+    "actin": "AGP",
+    "phalloidin": "AGP",
+    "wga": "AGP",
+    "mito": "Mito",
+    "mitotracker": "Mito",
+    "mito_tubeness": "Mito",
+    "mitotubeness": "Mito",
+    "brightfield": BRIGHTFIELD,
+    "brightfild": BRIGHTFIELD,
+    "brightfld": BRIGHTFIELD,
+    "brtfld": BRIGHTFIELD,
+    "bf": BRIGHTFIELD,
+    "bfhigh": BRIGHTFIELD,
+    "bflow": BRIGHTFIELD,
+    "brightfieldhigh": BRIGHTFIELD,
+    "brightfieldlow": BRIGHTFIELD,
 }
 _PREFIX = re.compile(r"^(Orig|Corr|Illum|Mask)(?=[A-Za-z])")
 _INT = re.compile(r"^\d+$")
@@ -87,8 +172,20 @@ _BIN = re.compile(r"^(\d+of\d+|Overflow)$")
 _PARAM_LIKE = re.compile(r"^\d+[A-Za-z]{0,3}$")  # 20, 2W, 3FA (ImageQuality thresholds)
 
 COLUMNS = (
-    "feature", "compartment", "category", "measurement", "channels", "n_channels",
-    "channel_tokens", "known_channels", "ordered", "scale", "angle", "gray_levels", "bin", "params",
+    "feature",
+    "compartment",
+    "category",
+    "measurement",
+    "channels",
+    "n_channels",
+    "channel_tokens",
+    "known_channels",
+    "ordered",
+    "scale",
+    "angle",
+    "gray_levels",
+    "bin",
+    "params",
 )
 
 
@@ -146,9 +243,20 @@ def _is_known(tokens: list[str], cmap) -> bool:
 
 def _blank(feature: str) -> dict:
     return dict(
-        feature=feature, compartment=UNKNOWN, category=UNKNOWN, measurement=UNKNOWN, channels=[],
-        n_channels=0, channel_tokens=[], known_channels=True, ordered=False, scale=None, angle=None,
-        gray_levels=None, bin=None, params=None,
+        feature=feature,
+        compartment=UNKNOWN,
+        category=UNKNOWN,
+        measurement=UNKNOWN,
+        channels=[],
+        n_channels=0,
+        channel_tokens=[],
+        known_channels=True,
+        ordered=False,
+        scale=None,
+        angle=None,
+        gray_levels=None,
+        bin=None,
+        params=None,
     )
 
 
@@ -188,8 +296,10 @@ def _body(category: str, rest: list[str], cmap) -> tuple[str, list[list[str]], d
             leftover, tail = [tail[0]], tail[1:]
         groups = [tail] if tail else []
     elif category in ("Texture", "RadialDistribution", "ImageQuality"):
-        is_param = (lambda t: bool(_INT.match(t) or _BIN.match(t))) if category != "ImageQuality" else (
-            lambda t: bool(_PARAM_LIKE.match(t))
+        is_param = (
+            (lambda t: bool(_INT.match(t) or _BIN.match(t)))
+            if category != "ImageQuality"
+            else (lambda t: bool(_PARAM_LIKE.match(t)))
         )
         cut = next((i for i, t in enumerate(tail) if is_param(t)), len(tail))
         groups = [tail[:cut]] if cut else []
@@ -240,8 +350,11 @@ def _parse_one(name: str, cmap: tuple[tuple[str, str], ...], default_compartment
 
 def _parse_into(row: dict, name: str, cmap, default_compartment: str) -> dict:
     if name.startswith("Metadata_") or name in _IDENTIFIERS:
-        row.update(compartment="Metadata", category="Metadata" if name.startswith("Metadata_") else "Identifier",
-                   measurement=name.removeprefix("Metadata_"))
+        row.update(
+            compartment="Metadata",
+            category="Metadata" if name.startswith("Metadata_") else "Identifier",
+            measurement=name.removeprefix("Metadata_"),
+        )
         return row
     # cp_measure: channels follow a double underscore.
     head, *dunder_channels = name.split("__")

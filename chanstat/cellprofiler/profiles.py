@@ -1,4 +1,5 @@
 """Profile tables: which columns are features, checks on them, aggregation of cells to wells."""
+
 from __future__ import annotations
 
 from typing import Iterable, Sequence
@@ -13,9 +14,25 @@ WELL_COLUMNS: tuple[str, ...] = ("Metadata_Plate", "Metadata_Well")
 
 # Categories that are bookkeeping, not biology: never picked as features by default.
 _NON_FEATURE_CATEGORIES = {
-    "Metadata", "Identifier", "unknown", "Location", "Number", "Parent", "ExecutionTime",
-    "ModuleError", "FileName", "PathName", "URL", "MD5Digest", "Scaling", "Height", "Width",
-    "Group", "Series", "Frame", "Channel",
+    "Metadata",
+    "Identifier",
+    "unknown",
+    "Location",
+    "Number",
+    "Parent",
+    "ExecutionTime",
+    "ModuleError",
+    "FileName",
+    "PathName",
+    "URL",
+    "MD5Digest",
+    "Scaling",
+    "Height",
+    "Width",
+    "Group",
+    "Series",
+    "Frame",
+    "Channel",
 }
 # Measurements that give an object's position or another object's id, not its phenotype.
 _POSITIONAL = {
@@ -30,8 +47,10 @@ def check_unique_columns(df: pd.DataFrame, what: str = "table") -> None:
         raise TypeError(f"{what} must be a pandas DataFrame; got {type(df).__name__}")
     dupes = df.columns[df.columns.duplicated()].unique().tolist()
     if dupes:
-        raise ValueError(f"{what} has duplicate column names {dupes[:10]}{' ...' if len(dupes) > 10 else ''}; "
-                         "every feature must be one column")
+        raise ValueError(
+            f"{what} has duplicate column names {dupes[:10]}{' ...' if len(dupes) > 10 else ''}; "
+            "every feature must be one column"
+        )
 
 
 def feature_columns(
@@ -128,8 +147,11 @@ def aggregate_wells(
     codes = key.groupby(wells, sort=True, dropna=False).ngroup().to_numpy()
     grouped = df[features].groupby(codes, sort=True)
     values = (grouped.median() if func == "median" else grouped.mean()).sort_index()
-    meta = [c for c in metadata_columns(df.columns) + [k for k in keep if not str(k).startswith("Metadata_")]
-            if c not in wells and c not in features]
+    meta = [
+        c
+        for c in metadata_columns(df.columns) + [k for k in keep if not str(k).startswith("Metadata_")]
+        if c not in wells and c not in features
+    ]
     by_well = df[meta].groupby(codes, sort=True)
     constant = [c for c in meta if by_well[c].nunique(dropna=False).max() <= 1]
     first_rows = pd.Series(np.arange(len(df))).groupby(codes, sort=True).first().to_numpy()

@@ -14,6 +14,7 @@ The interval resamples wells of the attribution side and, when ``feature_draws``
 (:func:`~chanstat.cellprofiler.enrichment.channel_score_draws`: case and control wells
 resampled), the feature side too; column ``resampled`` says which.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -26,10 +27,17 @@ from scipy import stats
 from tqdm.auto import tqdm
 
 from chanstat.cellprofiler.names import channel_order_key
+from chanstat.vocabulary import ALPHA, CI, N_BOOT
 
 STATISTICS = ("kendall_tau", "spearman_rho")
-ENRICHMENT_SCORES = ("mean_abs_effect", "median_abs_effect", "fraction_significant", "n_significant",
-                     "odds_ratio", "statistic")
+ENRICHMENT_SCORES = (
+    "mean_abs_effect",
+    "median_abs_effect",
+    "fraction_significant",
+    "n_significant",
+    "odds_ratio",
+    "statistic",
+)
 _EXACT_LIMIT = 8  # 8! = 40320 orderings; beyond that, random orderings
 
 
@@ -83,8 +91,9 @@ def _feature_scores(enrichment: pd.DataFrame, score: str, fine: bool = False) ->
     return pd.Series(values.to_numpy(), index=keys.to_numpy())
 
 
-def _well_matrix(channel_mass: pd.DataFrame, method: str, channels: list[str], value: str, wells: list[str],
-                 fine: bool = False) -> np.ndarray:
+def _well_matrix(
+    channel_mass: pd.DataFrame, method: str, channels: list[str], value: str, wells: list[str], fine: bool = False
+) -> np.ndarray:
     part = channel_mass[channel_mass["method"] == method]
     part = part.assign(_key=_keys(part, fine).to_numpy())
     part = part[part[wells].notna().all(axis=1)]
@@ -99,8 +108,10 @@ def _check_mass(channel_mass: pd.DataFrame, value: str, well: Sequence[str]) -> 
     needed = ["method", "channel", value] + wells
     missing = [c for c in needed if c not in channel_mass.columns]
     if missing:
-        raise ValueError(f"channel_mass lacks columns {missing} (the stats stage's channel_mass table has "
-                         "sample, method, channel, mass, share and Metadata_Plate/Metadata_Well)")
+        raise ValueError(
+            f"channel_mass lacks columns {missing} (the stats stage's channel_mass table has "
+            "sample, method, channel, mass, share and Metadata_Plate/Metadata_Well)"
+        )
     return wells
 
 
@@ -145,8 +156,17 @@ def channel_ranks(
         a = np.nanmean(m, axis=0)
         a_rank, f_rank = stats.rankdata(-a), stats.rankdata(-f)
         for k, ch in enumerate(common):
-            rows.append(dict(method=str(method), channel=ch, attribution_score=a[k], attribution_rank=a_rank[k],
-                             feature_score=f[k], feature_rank=f_rank[k], n_wells=m.shape[0]))
+            rows.append(
+                dict(
+                    method=str(method),
+                    channel=ch,
+                    attribution_score=a[k],
+                    attribution_rank=a_rank[k],
+                    feature_score=f[k],
+                    feature_rank=f_rank[k],
+                    n_wells=m.shape[0],
+                )
+            )
     return pd.DataFrame(rows)
 
 
@@ -157,13 +177,14 @@ def concordance(
     enrichment_score: str = "mean_abs_effect",
     statistics: Sequence[str] = STATISTICS,
     alternative: str = "greater",
-    n_boot: int = 1000,
-    ci: float = 0.95,
+    *,
+    n_boot: int = N_BOOT,
+    ci: float = CI,
     n_perm: int = 10000,
     channels: Sequence[str] | None = None,
     well: Sequence[str] = ("Metadata_Plate", "Metadata_Well"),
     feature_draws: pd.DataFrame | None = None,
-    alpha: float = 0.05,
+    alpha: float = ALPHA,
     seed: int = 0,
     progress: bool = False,
 ) -> pd.DataFrame:
@@ -235,7 +256,8 @@ def concordance(
         if missing:
             raise ValueError(f"feature_draws lacks columns {missing}")
         wide = feature_draws.assign(_key=_keys(feature_draws, fine).to_numpy()).pivot_table(
-            index="draw", columns="_key", values=enrichment_score, observed=True)
+            index="draw", columns="_key", values=enrichment_score, observed=True
+        )
         absent = [c for c in common if c not in wide.columns]
         if absent:
             raise ValueError(f"feature_draws has no draws for {absent}")
@@ -274,19 +296,38 @@ def concordance(
                     lo, hi = np.quantile(draws, [(1 - ci) / 2, (1 + ci) / 2])
             min_p, critical = _attainable(func, f, f_perm, alternative, exact, alpha)
             if min_p >= alpha:
-                note = (f"with {k} ranks the smallest attainable p is {min_p:.3g} >= {alpha}: no agreement can be "
-                        f"significant; the estimate is descriptive")
+                note = (
+                    f"with {k} ranks the smallest attainable p is {min_p:.3g} >= {alpha}: no agreement can be "
+                    f"significant; the estimate is descriptive"
+                )
             else:
-                note = (f"with {k} ranks the smallest attainable p is {min_p:.3g}; p < {alpha} needs "
-                        f"{name} >= {critical:.3g}" if alternative != "less" else
-                        f"with {k} ranks the smallest attainable p is {min_p:.3g}")
-            row = dict(method=str(method), statistic=name, estimate=estimate, p_value=float(p), ci_low=float(lo),
-                       ci_high=float(hi), alternative=alternative, exact=exact, n_orderings=len(orderings),
-                       n_channels=k, n_wells=m.shape[0], n_boot=n_boot,
-                       resampled="both" if f_draws is not None else "attribution only",
-                       min_p_value=min_p, critical_estimate=critical,
-                       grain="compartment x channel" if fine else "channel", note=note, value=value,
-                       enrichment_score=enrichment_score)
+                note = (
+                    f"with {k} ranks the smallest attainable p is {min_p:.3g}; p < {alpha} needs "
+                    f"{name} >= {critical:.3g}"
+                    if alternative != "less"
+                    else f"with {k} ranks the smallest attainable p is {min_p:.3g}"
+                )
+            row = dict(
+                method=str(method),
+                statistic=name,
+                estimate=estimate,
+                p_value=float(p),
+                ci_low=float(lo),
+                ci_high=float(hi),
+                alternative=alternative,
+                exact=exact,
+                n_orderings=len(orderings),
+                n_channels=k,
+                n_wells=m.shape[0],
+                n_boot=n_boot,
+                resampled="both" if f_draws is not None else "attribution only",
+                min_p_value=min_p,
+                critical_estimate=critical,
+                grain="compartment x channel" if fine else "channel",
+                note=note,
+                value=value,
+                enrichment_score=enrichment_score,
+            )
             row.update({f"attribution_rank_{ch}": float(a_rank[i]) for i, ch in enumerate(common)})
             row.update({f"feature_rank_{ch}": float(f_rank[i]) for i, ch in enumerate(common)})
             rows.append(row)
@@ -302,8 +343,11 @@ def _attainable(func, f: np.ndarray, f_perm: np.ndarray, alternative: str, exact
     best_p, critical = 1.0, np.nan
     for est in sorted(others, reverse=alternative != "less"):
         null = func(candidates[None, :], f_perm)
-        hits = (null >= est - 1e-12) if alternative == "greater" else (
-            null <= est + 1e-12 if alternative == "less" else np.abs(null) >= abs(est) - 1e-12)
+        hits = (
+            (null >= est - 1e-12)
+            if alternative == "greater"
+            else (null <= est + 1e-12 if alternative == "less" else np.abs(null) >= abs(est) - 1e-12)
+        )
         p = hits.mean() if exact else (1 + hits.sum()) / (1 + len(null))
         best_p = min(best_p, p)
         if p < alpha:

@@ -7,6 +7,7 @@ pycytominer does: the cytoplasm links its cell (``Cytoplasm_Parent_Cells``) and 
 (``Cells_Parent_Nuclei``); otherwise objects are matched by ``ObjectNumber``. Image-level
 ``Image_Metadata_*`` columns are renamed ``Metadata_*`` so that plate and well have one name.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -30,14 +31,23 @@ from chanstat.cellprofiler.profiles import (
     resolve_well_columns,
 )
 
+
 class TableFileError(ValueError):
     """A table file that cannot be read as what it claims to be (empty, binary, truncated,
     ragged, not a database). The message is one line naming the file."""
 
 
 #: What reading a damaged text, gzip, Parquet or SQLite file raises (-> :class:`TableFileError`).
-_DAMAGED = (UnicodeDecodeError, EOFError, gzip.BadGzipFile, zlib.error, pd.errors.ParserError,
-            pd.errors.EmptyDataError, pa.ArrowInvalid, sqlite3.DatabaseError)
+_DAMAGED = (
+    UnicodeDecodeError,
+    EOFError,
+    gzip.BadGzipFile,
+    zlib.error,
+    pd.errors.ParserError,
+    pd.errors.EmptyDataError,
+    pa.ArrowInvalid,
+    sqlite3.DatabaseError,
+)
 
 _KEYS = ("TableNumber", "ImageNumber")
 _SKIP_CSV = {"image", "experiment"}
@@ -132,7 +142,7 @@ def _read_any(path: Path, compartments, image_columns, columns, aggregate, well,
 
 def _rename_image_metadata(df: pd.DataFrame) -> pd.DataFrame:
     """``Image_Metadata_X`` -> ``Metadata_X`` unless ``Metadata_X`` already exists."""
-    renames = {}
+    renames: dict[str, str] = {}
     for c in df.columns:
         if c.startswith("Image_Metadata_"):
             target = c.removeprefix("Image_")
@@ -192,8 +202,9 @@ def _ragged_line(path: Path, sep: str, width: int) -> tuple[int, int] | None:
     return None
 
 
-def read_csv_table(path: str | Path, sep: str | None = None, usecols: Sequence[str] | None = None,
-                   **pandas_options) -> pd.DataFrame:
+def read_csv_table(
+    path: str | Path, sep: str | None = None, usecols: Sequence[str] | None = None, **pandas_options
+) -> pd.DataFrame:
     """Read a CSV/TSV (plain or gzip) strictly: every row must have the header's number of fields.
 
     pandas alone fills short rows with NaN and turns one extra field per row into an index,
@@ -272,11 +283,15 @@ def _finish(objects: pd.DataFrame, image: pd.DataFrame, keys: list[str], image_c
         image = image[keys + [c for c in image.columns if c.startswith("Metadata_") and c not in keys]]
     else:
         image = image.rename(
-            columns={c: c if (c in keys or c.startswith(("Metadata_", "Image_"))) else f"Image_{c}" for c in image.columns}
+            columns={
+                c: c if (c in keys or c.startswith(("Metadata_", "Image_"))) else f"Image_{c}" for c in image.columns
+            }
         )
     dup_keys = image.duplicated(keys)
     if dup_keys.any():
-        raise ValueError(f"the image table repeats {int(dup_keys.sum())} image keys {keys}; cannot join objects to images")
+        raise ValueError(
+            f"the image table repeats {int(dup_keys.sum())} image keys {keys}; cannot join objects to images"
+        )
     out = objects.merge(image, on=keys, how="left", validate="many_to_one")
     out = out.rename(columns={k: f"Metadata_{k}" for k in keys})
     meta = [c for c in out.columns if c.startswith("Metadata_")]
@@ -376,20 +391,23 @@ def _read_sqlite_tables(con, path: Path, compartments) -> tuple[pd.DataFrame, pd
     tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")]
     info = {t: list(con.execute(f"PRAGMA table_info({_quote(t)})")) for t in tables}
     cols = {t: [r[1] for r in rows] for t, rows in info.items()}
-    numeric_declared = {r[1] for rows in info.values() for r in rows
-                        if re.search(r"INT|REAL|FLOA|DOUB|NUM|DEC", str(r[2]), re.IGNORECASE)}
+    numeric_declared = {
+        r[1]
+        for rows in info.values()
+        for r in rows
+        if re.search(r"INT|REAL|FLOA|DOUB|NUM|DEC", str(r[2]), re.IGNORECASE)
+    }
     for t, c in cols.items():
         _check_header(c, f"{path.name}:{t}")
     image_tables = [t for t in tables if re.search(r"(^|_)(Per_)?Image$", t, re.IGNORECASE)]
     if not image_tables:
         raise ValueError(f"{path} has no image table (Per_Image or Image); tables: {tables}")
     image_table = image_tables[0]
-    object_tables = [
-        t for t in tables if t != image_table and "ImageNumber" in cols[t] and "ObjectNumber" in cols[t]
-    ]
+    object_tables = [t for t in tables if t != image_table and "ImageNumber" in cols[t] and "ObjectNumber" in cols[t]]
     if not object_tables:
         raise ValueError(f"{path} has no per-object tables (with ImageNumber and ObjectNumber); tables: {tables}")
     keys = [k for k in _KEYS if k in cols[image_table]]
+
     def load(table: str) -> pd.DataFrame:
         return _numeric_text(pd.read_sql_query(f"SELECT * FROM {_quote(table)}", con), numeric_declared)
 
@@ -409,7 +427,9 @@ def _read_sqlite_tables(con, path: Path, compartments) -> tuple[pd.DataFrame, pd
                 continue
             frames[comp] = _prefix(load(t), comp, keys + ["ObjectNumber"])
         if not frames:
-            raise ValueError(f"{path}: none of the compartments {list(compartments or [])} is a table; tables: {tables}")
+            raise ValueError(
+                f"{path}: none of the compartments {list(compartments or [])} is a table; tables: {tables}"
+            )
         objects = _join_objects(frames, keys)
     return objects, image, keys
 

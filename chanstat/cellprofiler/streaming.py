@@ -32,6 +32,7 @@ raised ``OutOfMemoryException`` at ``memory_limit = '500MB'`` and needed 1.2 GB;
 would not equal the in-memory path's. Column batches over Parquet give both bounded memory
 and bit-identical medians.
 """
+
 from __future__ import annotations
 
 import os
@@ -161,22 +162,26 @@ def differential_streaming(
 
     Aggregates ``source`` with :func:`aggregate_wells_streaming` (carrying ``by`` along), then
     tests the well medians. Equals ``differential(read(source), by, case, control,
-    level="well", ...)``. ``differential_options`` (``normalize``, ``padjust``, ``alpha``,
+    unit="well", ...)``. ``differential_options`` (``normalize``, ``padjust``, ``alpha``,
     ``ci``, ``plate``, ``channel_map``) are passed on.
     """
     from chanstat.cellprofiler.feature_tests import differential
 
-    if differential_options.get("level", "well") != "well":
-        raise ValueError("differential_streaming tests wells (level='well'); cell-level tests need the per-cell table")
+    if differential_options.get("unit", "well") != "well":
+        raise ValueError("differential_streaming tests wells (unit='well'); cell-level tests need the per-cell table")
     differential_options.pop("level", None)
     wells = aggregate_wells_streaming(
-        source, features=features, well=well, keep=() if str(by).startswith("Metadata_") else [by],
-        compartments=compartments, memory_limit=memory_limit, progress=progress,
+        source,
+        features=features,
+        well=well,
+        keep=() if str(by).startswith("Metadata_") else [by],
+        compartments=compartments,
+        memory_limit=memory_limit,
+        progress=progress,
     )
     if by not in wells.columns:
         raise ValueError(f"group column {by!r} is missing or varies within wells; cannot test wells")
-    return differential(wells, by, case, control, level="well", features=features, well=well,
-                        **differential_options)
+    return differential(wells, by, case, control, unit="well", features=features, well=well, **differential_options)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -209,7 +214,7 @@ def _renamed(names: Iterable[str]) -> list[str]:
     taken = set(names)
     out = []
     for name in names:
-        target = name[len("Image_"):] if name.startswith("Image_Metadata_") else None
+        target = name[len("Image_") :] if name.startswith("Image_Metadata_") else None
         if target is not None and target not in taken:
             taken.add(target)
             out.append(target)
@@ -229,7 +234,9 @@ def _parquet_wells(paths, features, well, func, keep, compartments, budget, batc
     for path, pf in zip(paths[1:], files[1:]):
         if pf.schema_arrow.names != names:
             extra = sorted(set(pf.schema_arrow.names) ^ set(names))[:5]
-            raise ValueError(f"{path} has different columns from {paths[0]} (e.g. {extra}); cannot stream them as one table")
+            raise ValueError(
+                f"{path} has different columns from {paths[0]} (e.g. {extra}); cannot stream them as one table"
+            )
     renamed = _renamed(names)
     check_unique_columns(pd.DataFrame(columns=renamed), str(paths[0]))
     to_file = dict(zip(renamed, names))
@@ -292,8 +299,9 @@ def _parquet_wells(paths, features, well, func, keep, compartments, budget, batc
     for b, columns in tqdm(passes, desc="aggregate wells", disable=not progress, leave=False):
         in_block = None if row_block is None else row_block == b
         block_codes = codes if in_block is None else codes[in_block]
-        buffers = _fill(files, [to_file[c] for c in columns], [itemsize[c] for c in columns],
-                        len(block_codes), in_block, batch_rows)
+        buffers = _fill(
+            files, [to_file[c] for c in columns], [itemsize[c] for c in columns], len(block_codes), in_block, batch_rows
+        )
         frame = pd.DataFrame(dict(zip(columns, buffers)), copy=False)
         grouped = frame.groupby(block_codes, sort=True)
         part = grouped.median() if func == "median" else grouped.mean()
@@ -309,7 +317,9 @@ def _parquet_wells(paths, features, well, func, keep, compartments, budget, batc
 
 def _row_blocks(counts: np.ndarray, max_rows: int) -> list[np.ndarray]:
     """Consecutive groups packed into blocks of at most ``max_rows`` rows (a larger group alone)."""
-    blocks, current, size = [], [], 0
+    blocks: list[np.ndarray] = []
+    current: list[int] = []
+    size = 0
     for g, n in enumerate(counts.tolist()):
         if current and size + n > max_rows:
             blocks.append(np.asarray(current))
@@ -406,7 +416,7 @@ def _objects_per_image(con, objects: list[str], keys: list[str]) -> pd.DataFrame
     if not objects:
         return pd.DataFrame(columns=keys + ["_objects"])
     sizes = {t: con.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in objects}
-    biggest = max(sizes, key=sizes.get)
+    biggest = max(sizes, key=lambda t: sizes[t])
     cols = ", ".join(f'"{k}"' for k in keys)
     counts = pd.read_sql_query(f'SELECT {cols}, count(*) AS _objects FROM "{biggest}" GROUP BY {cols}', con)
     return counts
@@ -417,7 +427,9 @@ _CREATE_TABLE = re.compile(
 )
 
 
-def _copy_images(source: Path, target: Path, master, linked: list[str], keys: list[str], chunk_images: pd.DataFrame) -> None:
+def _copy_images(
+    source: Path, target: Path, master, linked: list[str], keys: list[str], chunk_images: pd.DataFrame
+) -> None:
     """Copy the rows of ``chunk_images`` of every image-linked table into a new SQLite file,
     with each table's own ``CREATE TABLE`` statement (so declared types stay the same)."""
     con = sqlite3.connect(f"file:{source.resolve()}?mode=ro", uri=True)
@@ -426,7 +438,10 @@ def _copy_images(source: Path, target: Path, master, linked: list[str], keys: li
         con.execute(f"CREATE TEMP TABLE _chunk_images ({', '.join(keys)})")
         con.executemany(
             f"INSERT INTO _chunk_images VALUES ({', '.join('?' for _ in keys)})",
-            [tuple(v.item() if isinstance(v, np.generic) else v for v in row) for row in chunk_images.itertuples(index=False)],
+            [
+                tuple(v.item() if isinstance(v, np.generic) else v for v in row)
+                for row in chunk_images.itertuples(index=False)
+            ],
         )
         on = " AND ".join(f't."{k}" = c."{k}"' for k in keys)
         for name, sql in master:
@@ -436,7 +451,9 @@ def _copy_images(source: Path, target: Path, master, linked: list[str], keys: li
             if n_subs != 1:
                 raise ValueError(f"{source}: cannot copy table {name!r}: unexpected schema {sql[:80]!r}")
             con.execute(create)
-            con.execute(f'INSERT INTO chunk."{name}" SELECT t.* FROM main."{name}" AS t JOIN temp._chunk_images AS c ON {on}')
+            con.execute(
+                f'INSERT INTO chunk."{name}" SELECT t.* FROM main."{name}" AS t JOIN temp._chunk_images AS c ON {on}'
+            )
         con.commit()
     finally:
         con.close()

@@ -9,9 +9,18 @@ merging them is the stage contract's job (:func:`chanstat.stage.merge_parts`).
 
 This package imports neither :mod:`chanstat.pipeline` nor any stage module.
 """
+
 from chanstat.compute.manifest import ShardStore
 from chanstat.compute.parts import RowsTask, plan_rows, run_parts
-from chanstat.compute.plan import SHARD_BY, Shard, check_plan, fingerprint, plan_group_shards, plan_index_shards, plan_shards
+from chanstat.compute.plan import (
+    SHARD_BY,
+    Shard,
+    check_plan,
+    fingerprint,
+    plan_group_shards,
+    plan_index_shards,
+    plan_shards,
+)
 from chanstat.compute.runner import (
     ComputeConfig,
     ShardReport,
@@ -24,9 +33,27 @@ from chanstat.compute.runner import (
 from chanstat.compute.worker import ModelSource, worker_device
 
 __all__ = [
-    "run_parts", "plan_rows", "RowsTask", "run_shards", "ComputeConfig", "ShardReport", "ShardsFailed", "open_client",
-    "default_n_workers", "execute_shard", "Shard", "SHARD_BY", "plan_shards", "plan_index_shards", "plan_group_shards",
-    "check_plan", "fingerprint", "ShardStore", "ModelSource", "WorkerSetup", "worker_device",
+    "run_parts",
+    "plan_rows",
+    "RowsTask",
+    "run_shards",
+    "ComputeConfig",
+    "ShardReport",
+    "ShardsFailed",
+    "open_client",
+    "default_n_workers",
+    "execute_shard",
+    "Shard",
+    "SHARD_BY",
+    "plan_shards",
+    "plan_index_shards",
+    "plan_group_shards",
+    "check_plan",
+    "fingerprint",
+    "ShardStore",
+    "ModelSource",
+    "WorkerSetup",
+    "worker_device",
 ]
 
 

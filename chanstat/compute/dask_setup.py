@@ -1,4 +1,5 @@
 """The Dask worker plugin that prepares chanstat workers (imported only when Dask is used)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -47,4 +48,6 @@ class WorkerSetup(WorkerPlugin):
             _WORKER_DEVICES[worker.address] = str(device)
 
     def teardown(self, worker) -> None:
-        _WORKER_DEVICES.pop(getattr(worker, "address", None), None)
+        address = getattr(worker, "address", None)
+        if address is not None:
+            _WORKER_DEVICES.pop(address, None)

@@ -17,6 +17,7 @@ for humans and reports; the truth is which ``parts/<shard_id>/_shard.json`` exis
 When the fingerprint (stage config, model weights, data shape, plan) differs from the one in
 ``plan.json``, the previous parts are stale and the folder is cleared before computing.
 """
+
 from __future__ import annotations
 
 import os
@@ -64,7 +65,9 @@ class ShardStore:
         """
         plan = {"fingerprint": fingerprint, "shards": [s.to_dict() for s in shards]}
         previous = self.read_plan()
-        if previous is not None and (previous.get("fingerprint") != fingerprint or previous.get("shards") != plan["shards"]):
+        if previous is not None and (
+            previous.get("fingerprint") != fingerprint or previous.get("shards") != plan["shards"]
+        ):
             shutil.rmtree(self.root)
         self.root.mkdir(parents=True, exist_ok=True)
         if previous is None or not (self.root / "plan.json").exists():

@@ -7,6 +7,7 @@ outputs back with ``read(out_dir)``. Merging them is the stage contract's
 (:func:`chanstat.stage.merge_parts`), not this package's: compute knows nothing about what
 a stage computes.
 """
+
 from __future__ import annotations
 
 import time
@@ -78,12 +79,30 @@ def run_parts(
     store = ShardStore(store_dir)
     wrapped = RowsTask(task)
     if client is not None:
-        report = run_shards(wrapped, shards, store, full_key, client=client, retries=config.retries, only=only,
-                            stage=label, progress=progress)
+        report = run_shards(
+            wrapped,
+            shards,
+            store,
+            full_key,
+            client=client,
+            retries=config.retries,
+            only=only,
+            stage=label,
+            progress=progress,
+        )
     else:
         with open_client(config, device=config.device) as opened:
-            report = run_shards(wrapped, shards, store, full_key, client=opened, retries=config.retries, only=only,
-                                stage=label, progress=progress)
+            report = run_shards(
+                wrapped,
+                shards,
+                store,
+                full_key,
+                client=opened,
+                retries=config.retries,
+                only=only,
+                stage=label,
+                progress=progress,
+            )
     summary = {**report.summary(), "shard_by": config.shard_by, "shard_size": config.shard_size}
     if only is not None:
         return [], {**summary, "merged": False}

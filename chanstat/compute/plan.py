@@ -5,6 +5,7 @@ A shard is a named, sorted set of image indices. Shards either follow the plate/
 across workers) or are fixed-size index ranges (``[0, s), [s, 2s), ...``), the natural unit
 of a Zarr store chunked along the image axis.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -44,7 +45,9 @@ class Shard:
 
     def __post_init__(self) -> None:
         if not self.shard_id or any(ch in self.shard_id for ch in "/\\ ."):
-            raise ValueError(f"shard_id must be a non-empty name without '/', '\\\\', ' ' or '.'; got {self.shard_id!r}")
+            raise ValueError(
+                f"shard_id must be a non-empty name without '/', '\\\\', ' ' or '.'; got {self.shard_id!r}"
+            )
         if len(self.indices) == 0:
             raise ValueError(f"shard {self.shard_id!r} holds no images")
 
@@ -142,9 +145,13 @@ def plan_group_shards(meta: pd.DataFrame, by: Sequence[str], shard_size: int) ->
     if current:
         packed.append((current, names))
     shards = []
-    for k, (members, names) in enumerate(packed):
-        idx = np.sort(np.concatenate(members))
-        label = ", ".join(names) if len(names) <= 3 else f"{names[0]} .. {names[-1]} ({len(names)} groups)"
+    for k, (shard_members, shard_names) in enumerate(packed):
+        idx = np.sort(np.concatenate(shard_members))
+        label = (
+            ", ".join(shard_names)
+            if len(shard_names) <= 3
+            else f"{shard_names[0]} .. {shard_names[-1]} ({len(shard_names)} groups)"
+        )
         shards.append(Shard(_shard_name(k, len(packed)), tuple(int(i) for i in idx), label))
     return shards
 

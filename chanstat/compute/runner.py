@@ -21,6 +21,7 @@ Local process workers are started with ``multiprocessing``'s *spawn*: a Python s
 runs a sharded pipeline must do so under ``if __name__ == "__main__":`` (the ``chanstat``
 command does), or each worker would re-run the script.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -29,68 +30,14 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Literal
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from tqdm.auto import tqdm
 
 from chanstat.compute.manifest import ShardStore
 from chanstat.compute.plan import Shard
-
-
-class ComputeConfig(BaseModel):
-    """``[compute]``: run the per-image parts of stages in shards (on Dask unless ``"sync"``).
-
-    Attributes
-    ----------
-    scheduler : ``"sync"``, ``"local"`` or a scheduler address (``"tcp://10.0.0.5:8786"``).
-    n_workers : workers of a local cluster; default one per CUDA device, else one per CPU core.
-    threads_per_worker : threads per local worker (torch threads in process workers).
-    processes : local workers as processes (True) or threads of this process (False).
-    memory_limit : per local worker (``"4GB"``, ``"auto"``); Dask restarts a worker above it.
-    shard_by : ``"index"`` (fixed ranges), ``"well"`` or ``"plate"`` (whole groups).
-    shard_size : images per shard (most images per shard for wells / plates).
-    retries : extra attempts for a failing shard before it is reported.
-    stages : the pipeline stages whose per-image part runs sharded.
-    keep_shards : keep ``shards/<stage>/`` after merging (default: delete it).
-    device : device of the workers; default the run's device (``"auto"``: CUDA if present).
-    dashboard : print the link of the local cluster's Dask dashboard (served on a free port).
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    enabled: bool = True
-    scheduler: str = Field("local", min_length=1, description='"sync" (this process), "local" (a LocalCluster) or a scheduler address.')
-    n_workers: int | None = Field(None, ge=1, description="Workers of a local cluster (default: one per GPU, else per core).")
-    threads_per_worker: int = Field(1, ge=1, description="Threads per local worker.")
-    processes: bool = Field(True, description="Local workers as processes (true) or threads (false).")
-    memory_limit: str | int | None = Field("auto", description="Memory limit per local worker.")
-    shard_by: Literal["index", "well", "plate"] = Field("index", description="Shards of fixed size, or whole wells / plates.")
-    shard_size: int = Field(64, ge=1, description="Images per shard (most images per shard for wells/plates).")
-    retries: int = Field(2, ge=0, description="Extra attempts for a failing shard.")
-    stages: list[str] = Field(default_factory=lambda: ["attribution", "dac", "metrics"],
-                              description="Stages whose per-image part runs sharded.")
-    keep_shards: bool = Field(False, description="Keep shards/<stage>/ after merging.")
-    device: str | None = Field(None, description="Device of the workers (default: the run's).")
-    dashboard: bool = Field(False, description="Print the local cluster's dashboard link.")
-
-    @field_validator("stages", mode="before")
-    @classmethod
-    def _one_stage(cls, value):
-        return [value] if isinstance(value, str) else value
-
-    @classmethod
-    def from_section(cls, section: dict | None) -> "ComputeConfig":
-        try:
-            return cls.model_validate(dict(section or {}))
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            raise ValueError(f"[compute] {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
-
-    def to_dict(self) -> dict[str, Any]:
-        return self.model_dump()
+from chanstat.config import ComputeConfig
 
 
 @dataclass
@@ -312,7 +259,9 @@ def run_shards(
         stage=stage,
         n_shards=len(shards),
         skipped=sorted(done),
-        not_run=sorted(s.shard_id for s in shards if s.shard_id not in done and wanted is not None and s.shard_id not in wanted),
+        not_run=sorted(
+            s.shard_id for s in shards if s.shard_id not in done and wanted is not None and s.shard_id not in wanted
+        ),
         scheduler="sync" if client is None else "dask",
         n_workers=n_workers_of(client),
     )

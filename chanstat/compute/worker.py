@@ -9,6 +9,7 @@ The model cache is per worker *thread* (``threading.local``): with one thread pe
 (the default) that is once per worker process, and threads of one process never share a
 model, whose hooks (DeepLift, guided backprop) are not thread-safe.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -19,7 +20,6 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
 
 #: worker address -> device string, filled by :class:`~chanstat.compute.dask_setup.WorkerSetup`.
 _WORKER_DEVICES: dict[str, str] = {}
@@ -78,41 +78,59 @@ def checkpoint_digest(path: str | os.PathLike) -> str:
 
 @dataclass(frozen=True)
 class ModelSource:
-    """Where workers load the classifier from (small and picklable; the model is not sent).
+    """Where workers rebuild the classifier from (small and picklable; the model is not sent).
 
-    Exactly one of ``checkpoint`` (a chanstat ``model.pt``) or ``source`` (``"pkg.mod:Class"``
-    or a TorchScript file, as in ``[model] source``) is set. ``digest`` identifies the
-    weights: it is part of the shard fingerprint and of the cache key.
+    It holds what :func:`chanstat.context.model_spec` says about the run's model -- the
+    validated ``[model]`` section, the config's folder, the run's ``model.pt`` and the channel
+    and class names -- as JSON, and rebuilds the classifier through ``builder`` (by default
+    :func:`chanstat.context.build_classifier`, the function the pipeline uses), so a worker's
+    model is the pipeline's (same adapter, channels and classes). This class never reads
+    ``[model]`` itself. ``digest`` identifies the weights: it is part of the shard
+    fingerprint and of the cache key.
     """
 
-    checkpoint: str | None = None
-    source: str | None = None
-    weights: str | None = None
-    kwargs_json: str = "{}"
-    search_path: str | None = None
+    spec_json: str
     digest: str = ""
-
-    def __post_init__(self) -> None:
-        if (self.checkpoint is None) == (self.source is None):
-            raise ValueError("ModelSource needs exactly one of checkpoint= or source=")
+    builder: str = "chanstat.context:build_classifier"
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike) -> "ModelSource":
+    def from_spec(cls, spec: dict) -> "ModelSource":
+        """A source from a model spec (``section``, ``config_dir``, ``run_model``, ``channels``, ``classes``)."""
+        section = spec.get("section") or {}
+        folder = Path(spec.get("config_dir") or ".")
+        files = [spec.get("run_model")]
+        for key in ("checkpoint", "source", "weights"):
+            value = section.get(key)
+            if value and (folder / Path(value).expanduser()).exists():
+                files.append(folder / Path(value).expanduser())
+        h = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode())
+        for f in files:
+            if f:
+                h.update((checkpoint_digest(f) if str(f) == str(spec.get("run_model")) else file_digest(f)).encode())
+        return cls(spec_json=json.dumps(spec, sort_keys=True, default=str), digest=h.hexdigest()[:16])
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, channels=(), classes=()) -> "ModelSource":
+        """A source for a chanstat ``model.pt``."""
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"model checkpoint not found: {path}")
-        return cls(checkpoint=str(path.resolve()), digest=checkpoint_digest(path))
+        return cls.from_spec(
+            {
+                "section": {},
+                "config_dir": str(path.parent),
+                "run_model": str(path.resolve()),
+                "channels": list(channels),
+                "classes": list(classes),
+            }
+        )
 
-    @classmethod
-    def from_user(cls, source: str, weights: str | os.PathLike | None = None, kwargs: dict | None = None,
-                  search_path: str | None = None) -> "ModelSource":
-        parts = [p for p in (source if Path(source).exists() else None, weights) if p]
-        digest = hashlib.sha256("".join(file_digest(p) for p in parts).encode() + source.encode()).hexdigest()[:16]
-        return cls(source=str(source), weights=str(weights) if weights else None,
-                   kwargs_json=json.dumps(kwargs or {}, sort_keys=True), search_path=search_path, digest=digest)
+    @property
+    def spec(self) -> dict:
+        return json.loads(self.spec_json)
 
     def load(self, device) -> Any:
-        """The model in eval mode on ``device``; loaded once per worker thread and kept."""
+        """The classifier on ``device``; built once per worker thread and kept."""
         cache = getattr(_LOCAL, "models", None)
         if cache is None:
             cache = _LOCAL.models = {}
@@ -123,9 +141,7 @@ class ModelSource:
         return cache[key]
 
     def _load(self, device):
-        from chanstat.models.checkpoint import load_checkpoint, load_user_model
+        import importlib
 
-        if self.checkpoint is not None:
-            return load_checkpoint(self.checkpoint, device=device).model
-        return load_user_model(self.source, weights=self.weights, kwargs=json.loads(self.kwargs_json), device=device,
-                               search_path=self.search_path)
+        module, _, attr = self.builder.partition(":")  # a reference, like a stage's: compute imports no stage
+        return getattr(importlib.import_module(module), attr)(self.spec, device)

@@ -5,7 +5,7 @@ One interface for every source (see :class:`CounterfactualProvider`)::
     from chanstat.counterfactual import generate_counterfactuals
     result = generate_counterfactuals(dataset, "optimise", model=model, l1=0.05, device="cuda")
     result.counterfactuals   # (N, C, H, W)
-    result.target_labels     # (N,)
+    result.counterfactual_target     # (N,)
     result.quality           # tidy: sample, channel, mean_abs_diff, ..., flipped, success
     result.summary           # per channel: mean_abs_diff, flip_rate, success_rate
 
@@ -22,6 +22,7 @@ Providers (registry :data:`PROVIDERS`):
 into one table. :func:`compare_runs` compares the channel conclusions of two run directories that differ only
 in their counterfactuals (e.g. oracle vs optimise; ``analyses/compare_counterfactuals.py``).
 """
+
 from __future__ import annotations
 
 from chanstat.counterfactual.base import (
@@ -65,7 +66,10 @@ from chanstat.counterfactual.targets import TARGET_RULES, choose_targets
 PROVIDERS: dict[str, type[CounterfactualProvider]] = {
     cls.name: cls
     for cls in (
-        OracleCounterfactuals, FileCounterfactuals, NearestCounterfactuals, OptimisedCounterfactuals,
+        OracleCounterfactuals,
+        FileCounterfactuals,
+        NearestCounterfactuals,
+        OptimisedCounterfactuals,
         GeneratorCounterfactuals,
     )
 }
@@ -84,8 +88,9 @@ def get_provider(name: str, model=None, **options) -> CounterfactualProvider:
     return cls(model, **options)
 
 
-def generate_counterfactuals(dataset, provider: str = "oracle", model=None, target: str = "auto",
-                             **options) -> CounterfactualResult:
+def generate_counterfactuals(
+    dataset, provider: str = "oracle", model=None, target_rule: str = "auto", **options
+) -> CounterfactualResult:
     """Counterfactuals for every image of ``dataset`` from provider ``provider``.
 
     Parameters
@@ -94,14 +99,14 @@ def generate_counterfactuals(dataset, provider: str = "oracle", model=None, targ
     provider : a key of :data:`PROVIDERS`.
     model : trained classifier (eval mode); needed by ``nearest`` and ``optimise``, used by all
         for the quality table.
-    target : target-class rule (see :func:`choose_targets`).
+    target_rule : how each image's counterfactual class is chosen (see :func:`choose_targets`).
     **options : provider options (and ``device``, ``batch_size``, ``confidence``, ``progress``).
     """
-    return get_provider(provider, model, **options).generate(dataset, target=target)
+    return get_provider(provider, model, **options).generate(dataset, target_rule=target_rule)
 
 
 def with_counterfactuals(dataset, result: CounterfactualResult):
-    """A copy of ``dataset`` whose counterfactuals / counterfactual_labels come from ``result``."""
+    """A copy of ``dataset`` whose counterfactuals / counterfactual_target come from ``result``."""
     from chanstat.data.imageset import ImageSet
 
     return ImageSet(
@@ -111,20 +116,44 @@ def with_counterfactuals(dataset, result: CounterfactualResult):
         classes=list(dataset.classes),
         meta=dataset.meta,
         counterfactuals=result.counterfactuals,
-        counterfactual_labels=result.target_labels,
+        counterfactual_target=result.counterfactual_target,
         signal_masks=dataset.signal_masks,
         objects=None if dataset.objects is None else dict(dataset.objects),
     )
 
 
 __all__ = [
-    "PROVIDERS", "QUALITY_COLUMNS", "SUMMARY_COLUMNS", "TARGET_RULES",
-    "CounterfactualFileError", "CounterfactualProvider", "CounterfactualResult", "RunComparison", "compare_runs",
-    "CounterfactualComparison", "compare_counterfactual_runs",
-    "FileCounterfactuals", "GeneratorCounterfactuals", "NearestCounterfactuals", "OptimisedCounterfactuals", "OracleCounterfactuals",
-    "channel_step_sizes", "choose_targets", "counterfactual_quality", "embed_images", "generate_counterfactuals",
-    "get_provider", "load_generator", "optimise_counterfactuals", "pair_counterfactuals", "predict_proba",
-    "read_counterfactual_arrays", "read_counterfactual_csv", "save_generator", "summarise_quality",
-    "total_variation", "train_generator",
+    "PROVIDERS",
+    "QUALITY_COLUMNS",
+    "SUMMARY_COLUMNS",
+    "TARGET_RULES",
+    "CounterfactualFileError",
+    "CounterfactualProvider",
+    "CounterfactualResult",
+    "RunComparison",
+    "compare_runs",
+    "CounterfactualComparison",
+    "compare_counterfactual_runs",
+    "FileCounterfactuals",
+    "GeneratorCounterfactuals",
+    "NearestCounterfactuals",
+    "OptimisedCounterfactuals",
+    "OracleCounterfactuals",
+    "channel_step_sizes",
+    "choose_targets",
+    "counterfactual_quality",
+    "embed_images",
+    "generate_counterfactuals",
+    "get_provider",
+    "load_generator",
+    "optimise_counterfactuals",
+    "pair_counterfactuals",
+    "predict_proba",
+    "read_counterfactual_arrays",
+    "read_counterfactual_csv",
+    "save_generator",
+    "summarise_quality",
+    "total_variation",
+    "train_generator",
     "with_counterfactuals",
 ]

@@ -5,7 +5,7 @@ a trained classifier) into one counterfactual image per real image: the same cel
 look in a target class. All providers share one call::
 
     provider = PROVIDERS["optimise"](model, l1=0.05, device="cuda")
-    result = provider.generate(dataset, target="auto")
+    result = provider.generate(dataset, target_rule="auto")
     result.counterfactuals      # (N, C, H, W) float32
     result.quality              # tidy: sample x channel
     result.summary              # one row per channel
@@ -13,6 +13,7 @@ look in a target class. All providers share one call::
 and every result carries the same quality table, so counterfactuals from any source can be
 compared (classifier flip rate, distance to the real image per channel).
 """
+
 from __future__ import annotations
 
 import inspect
@@ -27,8 +28,19 @@ import torch
 from chanstat.counterfactual.targets import choose_targets
 
 QUALITY_COLUMNS = (
-    "sample", "channel", "mean_abs_diff", "change_share", "label", "target_label", "target_class",
-    "predicted_label", "p_target", "p_target_real", "flipped", "success", "provider",
+    "sample",
+    "channel",
+    "mean_abs_diff",
+    "change_share",
+    "label",
+    "counterfactual_target",
+    "target_class",
+    "predicted_label",
+    "p_target",
+    "p_target_real",
+    "flipped",
+    "success",
+    "provider",
 )
 """Columns of :attr:`CounterfactualResult.quality` (one row per sample and channel).
 
@@ -38,7 +50,7 @@ QUALITY_COLUMNS = (
 - ``change_share`` -- that channel's share of the sample's total ``|x - x'|`` (sums to 1 over
   channels; NaN when ``x' == x``): where the provider put the change.
 - ``label`` -- class index of the real image.
-- ``target_label`` / ``target_class`` -- class of the counterfactual.
+- ``counterfactual_target`` / ``target_class`` -- class of the counterfactual.
 - ``predicted_label`` -- classifier's argmax on the counterfactual (-1 without a model).
 - ``p_target`` -- ``softmax(f(x'))[target]`` (NaN without a model).
 - ``p_target_real`` -- ``softmax(f(x))[target]``: how far the real image was from the target.
@@ -65,7 +77,7 @@ class CounterfactualResult:
     Attributes
     ----------
     counterfactuals : torch.Tensor, shape (N, C, H, W), float32, on the CPU
-    target_labels : torch.Tensor, shape (N,), int64
+    counterfactual_target : torch.Tensor, shape (N,), int64
     quality : pandas.DataFrame
         Tidy table, one row per (sample, channel); columns :data:`QUALITY_COLUMNS` plus
         provider-specific per-sample columns.
@@ -81,7 +93,7 @@ class CounterfactualResult:
     """
 
     counterfactuals: torch.Tensor
-    target_labels: torch.Tensor
+    counterfactual_target: torch.Tensor
     quality: pd.DataFrame
     summary: pd.DataFrame
     provider: str
@@ -93,7 +105,7 @@ class CounterfactualResult:
         first = self.summary.iloc[0] if len(self.summary) else None
         return {
             "provider": self.provider,
-            "n_samples": int(self.target_labels.shape[0]),
+            "n_samples": int(self.counterfactual_target.shape[0]),
             "flip_rate": None if first is None else _maybe_float(first["flip_rate"]),
             "success_rate": None if first is None else _maybe_float(first["success_rate"]),
             "mean_abs_diff": {str(r.channel): float(r.mean_abs_diff) for r in self.summary.itertuples()},
@@ -124,7 +136,7 @@ def counterfactual_quality(
     images: torch.Tensor,
     counterfactuals: torch.Tensor,
     labels: torch.Tensor,
-    target_labels: torch.Tensor,
+    counterfactual_target: torch.Tensor,
     channels: Sequence[str],
     classes: Sequence[str],
     model: torch.nn.Module | None = None,
@@ -140,7 +152,7 @@ def counterfactual_quality(
     ----------
     images, counterfactuals : torch.Tensor, shape (N, C, H, W)
         Real images ``x`` and their counterfactuals ``x'``.
-    labels, target_labels : torch.Tensor, shape (N,)
+    labels, counterfactual_target : torch.Tensor, shape (N,)
         Classes of ``x`` and of ``x'``.
     channels, classes : names of the C channels and K classes.
     model : classifier returning logits (N, K); without it the classifier columns are missing
@@ -159,9 +171,9 @@ def counterfactual_quality(
     if len(channels) != c:
         raise ValueError(f"{c} channels in the images but {len(channels)} names: {list(channels)}")
     labels = torch.as_tensor(labels).to(torch.int64).cpu()
-    target_labels = torch.as_tensor(target_labels).to(torch.int64).cpu()
-    if labels.shape != (n,) or target_labels.shape != (n,):
-        raise ValueError(f"labels and target_labels must have shape ({n},)")
+    counterfactual_target = torch.as_tensor(counterfactual_target).to(torch.int64).cpu()
+    if labels.shape != (n,) or counterfactual_target.shape != (n,):
+        raise ValueError(f"labels and counterfactual_target must have shape ({n},)")
     diffs = []
     for start in range(0, n, batch_size):
         x = images[start : start + batch_size].float()
@@ -172,10 +184,10 @@ def counterfactual_quality(
         p_cf = predict_proba(model, counterfactuals, device, batch_size)
         p_real = predict_proba(model, images, device, batch_size)
         rows = torch.arange(n)
-        p_target = p_cf[rows, target_labels].numpy().astype(np.float64)
-        p_target_real = p_real[rows, target_labels].numpy().astype(np.float64)
+        p_target = p_cf[rows, counterfactual_target].numpy().astype(np.float64)
+        p_target_real = p_real[rows, counterfactual_target].numpy().astype(np.float64)
         predicted = p_cf.argmax(dim=1).numpy()
-        flipped = predicted == target_labels.numpy()
+        flipped = predicted == counterfactual_target.numpy()
         success = p_target >= confidence
     else:
         p_target = np.full(n, np.nan)
@@ -187,8 +199,8 @@ def counterfactual_quality(
         {
             "sample": np.arange(n, dtype=np.int64),
             "label": labels.numpy(),
-            "target_label": target_labels.numpy(),
-            "target_class": [classes[k] for k in target_labels.tolist()],
+            "counterfactual_target": counterfactual_target.numpy(),
+            "target_class": [classes[k] for k in counterfactual_target.tolist()],
             "predicted_label": predicted.astype(np.int64),
             "p_target": p_target,
             "p_target_real": p_target_real,
@@ -204,6 +216,9 @@ def counterfactual_quality(
         if clash:
             raise ValueError(f"extra columns {clash} clash with the standard quality columns")
         per_sample = pd.concat([per_sample, extra.reset_index(drop=True)], axis=1)
+        if "already_target" in per_sample:  # x' == x: nothing was flipped (optimise on an image already in the target)
+            mask = per_sample["already_target"].to_numpy(dtype=bool)
+            per_sample.loc[mask, ["flipped", "success"]] = False
     total = mean_abs.sum(axis=1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         share = np.where(total > 0, mean_abs / np.where(total > 0, total, 1.0), np.nan)
@@ -222,7 +237,9 @@ def counterfactual_quality(
 
 def summarise_quality(quality: pd.DataFrame) -> pd.DataFrame:
     """Per-channel summary of a quality table: columns :data:`SUMMARY_COLUMNS`."""
-    missing = [col for col in ("sample", "channel", "mean_abs_diff", "flipped", "success", "provider") if col not in quality]
+    missing = [
+        col for col in ("sample", "channel", "mean_abs_diff", "flipped", "success", "provider") if col not in quality
+    ]
     if missing:
         raise ValueError(f"quality table lacks columns {missing}")
     per_sample = quality.drop_duplicates("sample")
@@ -234,7 +251,8 @@ def summarise_quality(quality: pd.DataFrame) -> pd.DataFrame:
     by_channel = quality.groupby("channel", sort=False)["mean_abs_diff"].mean()
     share = (
         quality.groupby("channel", sort=False)["change_share"].mean()
-        if "change_share" in quality else pd.Series(np.nan, index=by_channel.index)
+        if "change_share" in quality
+        else pd.Series(np.nan, index=by_channel.index)
     )
     summary = pd.DataFrame(
         {
@@ -272,15 +290,24 @@ class CounterfactualProvider(ABC):
     needs_model: ClassVar[bool] = False
     description: ClassVar[str] = ""
 
-    def __init__(self, model: torch.nn.Module | None = None, *, device="cpu", batch_size: int = 64,
-                 confidence: float = 0.5, progress: bool = False):
+    def __init__(
+        self,
+        model: torch.nn.Module | None = None,
+        *,
+        device="cpu",
+        batch_size: int = 64,
+        confidence: float = 0.5,
+        progress: bool = False,
+    ):
         if self.needs_model and model is None:
             raise ValueError(f"counterfactual provider {self.name!r} needs a trained classifier (model=None given)")
         if not 0.0 < float(confidence) <= 1.0:
             raise ValueError(f"confidence must lie in (0, 1]; got {confidence}")
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1; got {batch_size}")
-        self.model = model.eval() if model is not None else None
+        from chanstat.models.adapter import as_model
+
+        self.model = as_model(model).eval() if model is not None else None
         self.device = torch.device(device)
         self.batch_size = int(batch_size)
         self.confidence = float(confidence)
@@ -297,22 +324,23 @@ class CounterfactualProvider(ABC):
                         names.append(p.name)
         return names
 
-    def targets(self, dataset, target: str = "auto") -> torch.Tensor:
-        """Target class per image by ``target`` rule (see :func:`choose_targets`)."""
+    def targets(self, dataset, target_rule: str = "auto") -> torch.Tensor:
+        """Counterfactual class per image by rule ``target_rule`` (see :func:`choose_targets`)."""
         probabilities = None
-        needs_probs = target == "most_likely" or (target == "auto" and len(dataset.classes) > 2) or target in dataset.classes
+        rule = target_rule
+        needs_probs = rule == "most_likely" or (rule == "auto" and len(dataset.classes) > 2) or rule in dataset.classes
         if needs_probs and self.model is not None:
             probabilities = predict_proba(self.model, dataset.images, self.device, self.batch_size)
-        return choose_targets(dataset.labels, dataset.classes, target, probabilities)
+        return choose_targets(dataset.labels, dataset.classes, rule, probabilities)
 
-    def generate(self, dataset, target: str = "auto") -> CounterfactualResult:
+    def generate(self, dataset, target_rule: str = "auto") -> CounterfactualResult:
         """Counterfactuals for every image of ``dataset``.
 
         Parameters
         ----------
         dataset : ImageSet with N images (C, H, W).
-        target : target-class rule (see :func:`choose_targets`); providers whose source fixes
-            the targets (``oracle``, ``from_files`` with a target column) ignore it.
+        target_rule : how each image's counterfactual class is chosen (see :func:`choose_targets`);
+            providers whose source fixes it (``oracle``, ``from_files`` with a target column) ignore it.
 
         Returns
         -------
@@ -320,28 +348,37 @@ class CounterfactualProvider(ABC):
         """
         if len(dataset) == 0:
             raise ValueError("the data set is empty: nothing to make counterfactuals for")
-        counterfactuals, target_labels, extra, info = self._generate(dataset, target)
+        counterfactuals, counterfactual_target, extra, info = self._generate(dataset, target_rule)
         counterfactuals = torch.as_tensor(counterfactuals).detach().to("cpu", torch.float32)
-        target_labels = torch.as_tensor(target_labels).to("cpu", torch.int64)
+        counterfactual_target = torch.as_tensor(counterfactual_target).to("cpu", torch.int64)
         if counterfactuals.shape != dataset.images.shape:
             raise ValueError(
                 f"provider {self.name!r} returned counterfactuals of shape {tuple(counterfactuals.shape)} "
                 f"for images of shape {tuple(dataset.images.shape)}"
             )
-        same = target_labels == dataset.labels
+        same = counterfactual_target == dataset.labels
         if bool(same.any()):
             raise ValueError(
                 f"{int(same.sum())} counterfactual target classes equal the real image's class "
                 f"(first samples: {torch.nonzero(same).flatten()[:5].tolist()}); a counterfactual must belong to another class"
             )
         quality = counterfactual_quality(
-            dataset.images, counterfactuals, dataset.labels, target_labels, dataset.channels, dataset.classes,
-            model=self.model, confidence=self.confidence, provider=self.name, extra=extra,
-            device=self.device, batch_size=max(self.batch_size, 1),
+            dataset.images,
+            counterfactuals,
+            dataset.labels,
+            counterfactual_target,
+            dataset.channels,
+            dataset.classes,
+            model=self.model,
+            confidence=self.confidence,
+            provider=self.name,
+            extra=extra,
+            device=self.device,
+            batch_size=max(self.batch_size, 1),
         )
         return CounterfactualResult(
             counterfactuals=counterfactuals,
-            target_labels=target_labels,
+            counterfactual_target=counterfactual_target,
             quality=quality,
             summary=summarise_quality(quality),
             provider=self.name,
@@ -355,4 +392,4 @@ class CounterfactualProvider(ABC):
 
     @abstractmethod
     def _generate(self, dataset, target: str) -> tuple[torch.Tensor, torch.Tensor, pd.DataFrame | None, dict | None]:
-        """Return ``(counterfactuals (N,C,H,W), target_labels (N,), extra per-sample columns or None, info)``."""
+        """Return ``(counterfactuals (N,C,H,W), counterfactual_target (N,), extra per-sample columns or None, info)``."""

@@ -7,6 +7,7 @@ Compare two run directories of the same data and model settings that differ only
 (DAC per method, strategy and channel), ``counterfactual_summary.parquet`` and
 ``provenance.json`` (the planted channel of semi-synthetic data).
 """
+
 from __future__ import annotations
 
 import os
@@ -19,7 +20,16 @@ import pandas as pd
 from chanstat.io import read_json, read_table
 
 DOMINANT_COLUMNS = ("method", "evidence", "reference_dominant", "other_dominant", "agree", "planted_channel")
-DAC_COLUMNS = ("method", "strategy", "channel", "dac_reference", "dac_other", "dac_difference", "n_reference", "n_other")
+DAC_COLUMNS = (
+    "method",
+    "strategy",
+    "channel",
+    "dac_reference",
+    "dac_other",
+    "dac_difference",
+    "n_reference",
+    "n_other",
+)
 
 
 @dataclass
@@ -80,7 +90,11 @@ def dominant_by_mass(tests: pd.DataFrame | None) -> pd.Series:
         pooled = rows[rows["transition"].astype(str) == "all"]
         rows = pooled if len(pooled) else rows
     method = rows["method"] if "method" in rows else pd.Series(["all"] * len(rows), index=rows.index)
-    return pd.Series(rows["dominant_channel"].astype(str).to_numpy(), index=method.astype(str).to_numpy()).groupby(level=0).first()
+    return (
+        pd.Series(rows["dominant_channel"].astype(str).to_numpy(), index=method.astype(str).to_numpy())
+        .groupby(level=0)
+        .first()
+    )
 
 
 def dominant_by_dac(scores: pd.DataFrame | None, strategy: str = "single_channel") -> pd.Series:
@@ -105,11 +119,7 @@ def mean_dac(scores: pd.DataFrame | None) -> pd.DataFrame:
     frame["channel"] = frame["channel"].astype(object).where(frame["channel"].notna(), "all").astype(str)
     for col in ("method", "strategy"):
         frame[col] = frame[col].astype(str)
-    return (
-        frame.groupby(["method", "strategy", "channel"], sort=False)["dac"]
-        .agg(dac="mean", n="count")
-        .reset_index()
-    )
+    return frame.groupby(["method", "strategy", "channel"], sort=False)["dac"].agg(dac="mean", n="count").reset_index()
 
 
 def compare_runs(reference: str | os.PathLike, other: str | os.PathLike) -> RunComparison:
@@ -128,8 +138,14 @@ def compare_runs(reference: str | os.PathLike, other: str | os.PathLike) -> RunC
         ref, oth = fn(_table(reference, name)), fn(_table(other, name))
         for method in [m for m in ref.index if m in oth.index]:
             rows.append(
-                dict(method=method, evidence=evidence, reference_dominant=ref[method], other_dominant=oth[method],
-                     agree=bool(ref[method] == oth[method]), planted_channel=planted)
+                dict(
+                    method=method,
+                    evidence=evidence,
+                    reference_dominant=ref[method],
+                    other_dominant=oth[method],
+                    agree=bool(ref[method] == oth[method]),
+                    planted_channel=planted,
+                )
             )
     dominant = pd.DataFrame(rows, columns=list(DOMINANT_COLUMNS))
 
@@ -158,8 +174,17 @@ def compare_runs(reference: str | os.PathLike, other: str | os.PathLike) -> RunC
 
 
 METHOD_COLUMNS = (
-    "run", "provider", "method", "planted_channel", "dominant_by_mass", "dominant_by_dac", "dac_aggregate",
-    "dac_planted", "dac_planted_reference", "dac_planted_difference", "agree_with_reference",
+    "run",
+    "provider",
+    "method",
+    "planted_channel",
+    "dominant_by_mass",
+    "dominant_by_dac",
+    "dac_aggregate",
+    "dac_planted",
+    "dac_planted_reference",
+    "dac_planted_difference",
+    "agree_with_reference",
 )
 CHANNEL_COLUMNS = ("run", "provider", "channel", "change_share", "flip_rate", "shapley_share", "single_channel_dac")
 
@@ -239,14 +264,17 @@ def compare_counterfactual_runs(runs, reference: str | None = None) -> Counterfa
         )
 
     def planted_dac(means: pd.DataFrame, method: str) -> float:
-        rows = means[(means["method"] == method) & (means["strategy"] == "single_channel") & (means["channel"] == planted)]
+        rows = means[
+            (means["method"] == method) & (means["strategy"] == "single_channel") & (means["channel"] == planted)
+        ]
         return float(rows["dac"].iloc[0]) if len(rows) else float("nan")
 
     rows = []
     ref = per_run[reference]
     for label, parts in per_run.items():
-        methods = list(dict.fromkeys(list(parts["mass"].index) + list(parts["dac"].index)
-                                     + parts["means"]["method"].tolist()))
+        methods = list(
+            dict.fromkeys(list(parts["mass"].index) + list(parts["dac"].index) + parts["means"]["method"].tolist())
+        )
         for method in methods:
             means = parts["means"]
             agg = means[(means["method"] == method) & (means["strategy"] == "aggregate")]["dac"]
@@ -254,13 +282,21 @@ def compare_counterfactual_runs(runs, reference: str | None = None) -> Counterfa
             dom_mass, dom_dac = parts["mass"].get(method), parts["dac"].get(method)
             ref_mass, ref_dac = ref["mass"].get(method), ref["dac"].get(method)
             agree = [a == b for a, b in ((dom_mass, ref_mass), (dom_dac, ref_dac)) if a is not None and b is not None]
-            rows.append(dict(
-                run=label, provider=providers[label], method=method, planted_channel=planted,
-                dominant_by_mass=dom_mass, dominant_by_dac=dom_dac,
-                dac_aggregate=float(agg.mean()) if len(agg) else float("nan"),
-                dac_planted=mine, dac_planted_reference=theirs, dac_planted_difference=mine - theirs,
-                agree_with_reference=bool(all(agree)) if agree else None,
-            ))
+            rows.append(
+                dict(
+                    run=label,
+                    provider=providers[label],
+                    method=method,
+                    planted_channel=planted,
+                    dominant_by_mass=dom_mass,
+                    dominant_by_dac=dom_dac,
+                    dac_aggregate=float(agg.mean()) if len(agg) else float("nan"),
+                    dac_planted=mine,
+                    dac_planted_reference=theirs,
+                    dac_planted_difference=mine - theirs,
+                    agree_with_reference=bool(all(agree)) if agree else None,
+                )
+            )
     methods_df = pd.DataFrame(rows, columns=list(METHOD_COLUMNS))
 
     channel_rows = []
@@ -269,22 +305,34 @@ def compare_counterfactual_runs(runs, reference: str | None = None) -> Counterfa
         shares = shapley_shares(_table(run, "channel_shapley.parquet"))
         means = per_run[label]["means"]
         single = means[means["strategy"] == "single_channel"].groupby("channel")["dac"].mean()
-        channels = list(summary["channel"]) if summary is not None else list(dict.fromkeys(list(shares.index) + list(single.index)))
+        channels = (
+            list(summary["channel"])
+            if summary is not None
+            else list(dict.fromkeys(list(shares.index) + list(single.index)))
+        )
         for ch in channels:
             row = summary[summary["channel"] == ch].iloc[0] if summary is not None else None
-            channel_rows.append(dict(
-                run=label, provider=providers[label], channel=ch,
-                change_share=float(row["change_share"]) if row is not None else float("nan"),
-                flip_rate=float(row["flip_rate"]) if row is not None else float("nan"),
-                shapley_share=float(shares.get(ch, np.nan)), single_channel_dac=float(single.get(ch, np.nan)),
-            ))
+            channel_rows.append(
+                dict(
+                    run=label,
+                    provider=providers[label],
+                    channel=ch,
+                    change_share=float(row["change_share"]) if row is not None else float("nan"),
+                    flip_rate=float(row["flip_rate"]) if row is not None else float("nan"),
+                    shapley_share=float(shares.get(ch, np.nan)),
+                    single_channel_dac=float(single.get(ch, np.nan)),
+                )
+            )
     channels_df = pd.DataFrame(channel_rows, columns=list(CHANNEL_COLUMNS))
     summary = {
         "reference": reference,
         "planted_channel": planted,
         "runs": {
-            label: dict(path=str(run), provider=providers[label],
-                        agreement=_mean_or_none(methods_df.loc[methods_df["run"] == label, "agree_with_reference"]))
+            label: dict(
+                path=str(run),
+                provider=providers[label],
+                agreement=_mean_or_none(methods_df.loc[methods_df["run"] == label, "agree_with_reference"]),
+            )
             for label, run in runs.items()
         },
     }

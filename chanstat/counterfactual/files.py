@@ -20,8 +20,8 @@ Each file holds one 2-D plane (H, W); TIFF (``tifffile``), ``.npy``, or anything
 ``skimage.io.imread`` reads.
 
 **Arrays** -- a ``.npy`` file (N', C, H, W), or a Zarr group holding an array
-``counterfactuals`` (and optionally ``index`` and ``target_labels`` arrays, and a
-``channels`` attribute), with optional ``index`` / ``target_labels`` given separately
+``counterfactuals`` (and optionally ``index`` and ``counterfactual_target`` arrays, and a
+``channels`` attribute), with optional ``index`` / ``counterfactual_target`` given separately
 (``.npy`` / ``.csv`` path or a list). ``key_table`` (a CSV or Parquet table with one row per
 counterfactual) pairs array rows with images by metadata keys, like the CSV layout; without it
 ``index`` gives the data-set row of each counterfactual, and without that row i pairs with
@@ -39,6 +39,7 @@ changes ``|x - x'|``.
 Every pairing is validated: each real image needs exactly one counterfactual, of the same
 (H, W) and channels, with a target class other than its own.
 """
+
 from __future__ import annotations
 
 import os
@@ -117,7 +118,7 @@ def scale_like_dataset(dataset, counterfactuals: torch.Tensor) -> torch.Tensor:
 
 
 def _strip_orig(token: str) -> str:
-    return token[len("Orig"):] if token.startswith("Orig") else token
+    return token[len("Orig") :] if token.startswith("Orig") else token
 
 
 def read_counterfactual_csv(
@@ -152,7 +153,7 @@ def read_counterfactual_csv(
     file_columns: dict[str, str] = {}
     for col in table.columns:
         if col.startswith("FileName_"):
-            token = col[len("FileName_"):]
+            token = col[len("FileName_") :]
             name = channel_map.get(token, channel_map.get(_strip_orig(token), _strip_orig(token)))
             file_columns[name] = token
     missing = [ch for ch in channels if ch not in file_columns]
@@ -194,8 +195,12 @@ def _key_text(values: pd.Series) -> list[str]:
     return out
 
 
-def match_by_keys(meta: pd.DataFrame, metadata: pd.DataFrame, keys: Sequence[str] | None = None,
-                  source: str = "the counterfactual files") -> np.ndarray:
+def match_by_keys(
+    meta: pd.DataFrame,
+    metadata: pd.DataFrame,
+    keys: Sequence[str] | None = None,
+    source: str = "the counterfactual files",
+) -> np.ndarray:
     """Row of ``metadata`` holding each image's counterfactual, matched on metadata keys.
 
     Parameters
@@ -217,7 +222,9 @@ def match_by_keys(meta: pd.DataFrame, metadata: pd.DataFrame, keys: Sequence[str
         keys no counterfactual has, or several counterfactuals for one image.
     """
     if keys is None:
-        keys = [c for c in metadata.columns if c.startswith("Metadata_") and c in meta.columns and c != "Metadata_Class"]
+        keys = [
+            c for c in metadata.columns if c.startswith("Metadata_") and c in meta.columns and c != "Metadata_Class"
+        ]
         if not keys:
             raise CounterfactualFileError(
                 f"{source} share no Metadata_* column with the data set (it has {list(meta.columns)}); "
@@ -240,7 +247,9 @@ def match_by_keys(meta: pd.DataFrame, metadata: pd.DataFrame, keys: Sequence[str
     for i, key in enumerate(image_keys.tolist()):
         if key in row_of:
             if counts[key] > 1:
-                raise CounterfactualFileError(f"{source} have {counts[key]} counterfactuals for the image with {dict(zip(keys, key))}")
+                raise CounterfactualFileError(
+                    f"{source} have {counts[key]} counterfactuals for the image with {dict(zip(keys, key))}"
+                )
             rows[i] = row_of[key]
     if (unmatched := np.flatnonzero(rows < 0)).size:
         first = dict(zip(keys, image_keys.iloc[int(unmatched[0])]))
@@ -267,7 +276,7 @@ def _load_vector(value, name: str) -> np.ndarray | None:
     return np.asarray(value)
 
 
-def read_counterfactual_arrays(path, index=None, target_labels=None):
+def read_counterfactual_arrays(path, index=None, counterfactual_target=None):
     """Read counterfactual arrays from ``.npy`` or a Zarr group (see the module docstring).
 
     Returns ``(counterfactuals (N', C, H, W) float32, index (N',) or None, targets or None,
@@ -284,22 +293,29 @@ def read_counterfactual_arrays(path, index=None, target_labels=None):
             f"cannot read counterfactuals from {path}: use a LoadData CSV, a .npy file or a Zarr group (folder)"
         )
     else:
-        from chanstat.io import read_arrays, read_group_attrs
-
         import zarr
+
+        from chanstat.io import read_arrays, read_group_attrs
 
         group = zarr.open_group(str(path), mode="r")
         if "counterfactuals" not in group:
-            raise CounterfactualFileError(f"Zarr group {path} has no array 'counterfactuals'; it has {sorted(group.array_keys())}")
-        names = [k for k in ("counterfactuals", "index", "target_labels") if k in group]
+            raise CounterfactualFileError(
+                f"Zarr group {path} has no array 'counterfactuals'; it has {sorted(group.array_keys())}"
+            )
+        names = [k for k in ("counterfactuals", "index", "counterfactual_target") if k in group]
         found, attrs = read_arrays(path, names)
         arrays = found["counterfactuals"]
         if index is None and "index" in found:
             index = found["index"]
-        if target_labels is None and "target_labels" in found:
-            target_labels = found["target_labels"]
+        if counterfactual_target is None and "counterfactual_target" in found:
+            counterfactual_target = found["counterfactual_target"]
         channels = attrs["counterfactuals"].get("channels") or read_group_attrs(path).get("channels")
-    return np.asarray(arrays), _load_vector(index, "index"), _load_vector(target_labels, "target_labels"), channels
+    return (
+        np.asarray(arrays),
+        _load_vector(index, "index"),
+        _load_vector(counterfactual_target, "counterfactual_target"),
+        channels,
+    )
 
 
 def pair_counterfactuals(
@@ -330,7 +346,7 @@ def pair_counterfactuals(
     Returns
     -------
     counterfactuals : torch.Tensor (N, C, H, W), row i pairs with image i
-    target_labels : torch.Tensor (N,) int64, or None when ``targets`` is None
+    counterfactual_target : torch.Tensor (N,) int64, or None when ``targets`` is None
 
     Raises
     ------
@@ -377,27 +393,31 @@ def pair_counterfactuals(
         return counterfactuals, None
     targets = np.asarray(targets)
     if targets.shape != (arrays.shape[0],):
-        raise CounterfactualFileError(f"target classes have shape {targets.shape} for {arrays.shape[0]} counterfactuals")
+        raise CounterfactualFileError(
+            f"target classes have shape {targets.shape} for {arrays.shape[0]} counterfactuals"
+        )
     targets = targets[order]
     classes = list(dataset.classes)
     labels = []
     for value in targets.tolist():
         if isinstance(value, str) and value in classes:
             labels.append(classes.index(value))
-        elif isinstance(value, (int, np.integer, float)) and float(value).is_integer() and 0 <= int(value) < len(classes):
+        elif (
+            isinstance(value, (int, np.integer, float)) and float(value).is_integer() and 0 <= int(value) < len(classes)
+        ):
             labels.append(int(value))
         elif isinstance(value, str) and value.strip().lstrip("-").isdigit() and 0 <= int(value) < len(classes):
             labels.append(int(value))
         else:
             raise CounterfactualFileError(f"unknown target class {value!r}; classes are {classes}")
-    target_labels = torch.as_tensor(labels, dtype=torch.int64)
-    own = target_labels == dataset.labels
+    counterfactual_target = torch.as_tensor(labels, dtype=torch.int64)
+    own = counterfactual_target == dataset.labels
     if bool(own.any()):
         raise CounterfactualFileError(
             f"{int(own.sum())} counterfactuals target their real image's own class "
             f"(samples {torch.nonzero(own).flatten()[:10].tolist()})"
         )
-    return counterfactuals, target_labels
+    return counterfactuals, counterfactual_target
 
 
 def _order_by_index(index, n_files: int, n: int) -> np.ndarray:
@@ -412,7 +432,9 @@ def _order_by_index(index, n_files: int, n: int) -> np.ndarray:
         index = as_float.astype(np.int64)
     out_of_range = index[(index < 0) | (index >= n)]
     if out_of_range.size:
-        raise CounterfactualFileError(f"index values {sorted(set(out_of_range.tolist()))[:10]} are outside [0, {n - 1}]")
+        raise CounterfactualFileError(
+            f"index values {sorted(set(out_of_range.tolist()))[:10]} are outside [0, {n - 1}]"
+        )
     values, counts = np.unique(index, return_counts=True)
     if (counts > 1).any():
         raise CounterfactualFileError(f"samples {values[counts > 1][:10].tolist()} have more than one counterfactual")
@@ -437,8 +459,8 @@ class FileCounterfactuals(CounterfactualProvider):
         counterfactual (row i describes array row i).
     index : for arrays without ``key_table``: data-set row of each counterfactual (path or
         list); default: the Zarr group's ``index`` array, else row order.
-    target_labels : for arrays: target classes (path or list); default: the Zarr group's
-        ``target_labels`` array, else the target rule.
+    counterfactual_target : for arrays: target classes (path or list); default: the Zarr group's
+        ``counterfactual_target`` array, else the target rule.
     channels : for ``.npy`` arrays: their channel names, if not the data set's order.
     target_column, channel_map : for CSVs.
     scale : ``"none"`` (default: files in the images' units), ``"dataset"`` (raw files, scaled
@@ -449,9 +471,21 @@ class FileCounterfactuals(CounterfactualProvider):
     needs_model = False
     description = "counterfactuals supplied by the user (LoadData CSV, NumPy or Zarr), validated against the images"
 
-    def __init__(self, model=None, *, path=None, keys: Sequence[str] | None = None, key_table=None, index=None,
-                 target_labels=None, channels=None, target_column: str = "Metadata_TargetClass",
-                 channel_map: dict | None = None, scale="none", **common):
+    def __init__(
+        self,
+        model=None,
+        *,
+        path=None,
+        keys: Sequence[str] | None = None,
+        key_table=None,
+        index=None,
+        counterfactual_target=None,
+        channels=None,
+        target_column: str = "Metadata_TargetClass",
+        channel_map: dict | None = None,
+        scale="none",
+        **common,
+    ):
         super().__init__(model, **common)
         if path is None:
             raise ValueError("provider 'from_files' needs path = a LoadData CSV, a .npy file or a Zarr group")
@@ -459,7 +493,7 @@ class FileCounterfactuals(CounterfactualProvider):
         self.keys = keys
         self.key_table = key_table
         self.index = index
-        self.target_labels = target_labels
+        self.counterfactual_target = counterfactual_target
         self.channels = channels
         self.target_column = target_column
         self.channel_map = channel_map
@@ -473,7 +507,9 @@ class FileCounterfactuals(CounterfactualProvider):
             )
             index, channels = None, None
         else:
-            arrays, index, targets, channels = read_counterfactual_arrays(self.path, self.index, self.target_labels)
+            arrays, index, targets, channels = read_counterfactual_arrays(
+                self.path, self.index, self.counterfactual_target
+            )
             if self.key_table is not None:
                 metadata = _read_key_table(self.key_table)
                 index = None if self.index is None else index
@@ -481,14 +517,14 @@ class FileCounterfactuals(CounterfactualProvider):
                 channels = self.channels
             if self.scale not in (None, "none", "dataset"):
                 arrays = np.stack([np.stack([_scale(p, self.scale) for p in img]) for img in arrays])
-        counterfactuals, target_labels = pair_counterfactuals(
+        counterfactuals, counterfactual_target = pair_counterfactuals(
             dataset, arrays, index, targets, channels, metadata=metadata, keys=self.keys
         )
         if self.scale == "dataset":
             counterfactuals = scale_like_dataset(dataset, counterfactuals)
-        if target_labels is None:
-            target_labels = self.targets(dataset, target)
-        return counterfactuals, target_labels, None, {"path": str(self.path)}
+        if counterfactual_target is None:
+            counterfactual_target = self.targets(dataset, target)
+        return counterfactuals, counterfactual_target, None, {"path": str(self.path)}
 
 
 def _read_key_table(path) -> pd.DataFrame:

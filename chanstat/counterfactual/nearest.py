@@ -1,4 +1,5 @@
 """Nearest-neighbour counterfactuals in the classifier's embedding (a weak baseline)."""
+
 from __future__ import annotations
 
 import warnings
@@ -10,6 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from chanstat.counterfactual.base import CounterfactualProvider
+from chanstat.models.adapter import as_model
 from chanstat.tensors import class_probabilities, model_dtype
 
 SPACES = ("embed", "logits", "pixels")
@@ -22,12 +24,15 @@ LOW_DISTINCT_SHARE = 0.5
 
 
 @torch.no_grad()
-def embed_images(model, images: torch.Tensor, space: str = "embed", device="cpu", batch_size: int = 128,
-                 progress: bool = False) -> torch.Tensor:
+def embed_images(
+    model, images: torch.Tensor, space: str = "embed", device="cpu", batch_size: int = 128, progress: bool = False
+) -> torch.Tensor:
     """Feature vectors of ``images`` (N, C, H, W) -> (N, D) float32 on the CPU.
 
-    ``space``: ``"embed"`` -- ``model.embed(x)`` (penultimate features of chanstat's
-    classifiers); ``"logits"`` -- ``model(x)``; ``"pixels"`` -- the flattened image (no model).
+    ``space``: ``"embed"`` -- the model's embedding (:meth:`ModelAdapter.embed
+    <chanstat.models.adapter.ModelAdapter.embed>`: its own ``embed()``, a named layer, or the
+    input of its last Linear layer); ``"logits"`` -- its class scores; ``"pixels"`` -- the
+    flattened image (no model).
     """
     if space not in SPACES:
         raise ValueError(f"unknown embedding space {space!r}; use one of {list(SPACES)}")
@@ -35,10 +40,7 @@ def embed_images(model, images: torch.Tensor, space: str = "embed", device="cpu"
         return images.reshape(images.shape[0], -1).float()
     if model is None:
         raise ValueError(f"embedding space {space!r} needs a model")
-    if space == "embed" and not callable(getattr(model, "embed", None)):
-        raise ValueError(
-            f"{type(model).__name__} has no embed() method; use space='logits' or 'pixels' for this model"
-        )
+    model = as_model(model)
     fn = model.embed if space == "embed" else model
     device, dtype = torch.device(device), model_dtype(model)
     out = []
@@ -52,6 +54,7 @@ def embed_images(model, images: torch.Tensor, space: str = "embed", device="cpu"
 @torch.no_grad()
 def predicted_classes(model, images: torch.Tensor, device="cpu", batch_size: int = 128) -> torch.Tensor:
     """The classifier's class for every image, (N,) int64 on the CPU (a 1-logit model is a sigmoid)."""
+    model = as_model(model)
     device, dtype = torch.device(device), model_dtype(model)
     out = [
         class_probabilities(model(images[s : s + batch_size].to(device, dtype))).argmax(dim=1).cpu()
@@ -90,8 +93,16 @@ class NearestCounterfactuals(CounterfactualProvider):
     needs_model = True
     description = "nearest image of the target class in the classifier's embedding (unaligned; weak baseline)"
 
-    def __init__(self, model=None, *, space: str = "embed", metric: str = "euclidean",
-                 match: Sequence[str] = (), require_predicted: bool = True, **common):
+    def __init__(
+        self,
+        model=None,
+        *,
+        space: str = "embed",
+        metric: str = "euclidean",
+        match: Sequence[str] = (),
+        require_predicted: bool = True,
+        **common,
+    ):
         super().__init__(model, **common)
         if space not in SPACES:
             raise ValueError(f"unknown embedding space {space!r}; use one of {list(SPACES)}")
@@ -114,7 +125,8 @@ class NearestCounterfactuals(CounterfactualProvider):
         predicted = predicted_classes(self.model, dataset.images, self.device, self.batch_size)
         groups = (
             dataset.meta[self.match].astype(str).agg("|".join, axis=1).to_numpy()
-            if self.match else np.zeros(len(dataset), dtype=object)
+            if self.match
+            else np.zeros(len(dataset), dtype=object)
         )
         neighbour = np.full(len(dataset), -1, dtype=np.int64)
         distance = np.full(len(dataset), np.nan)
@@ -132,7 +144,9 @@ class NearestCounterfactuals(CounterfactualProvider):
                 candidates = torch.nonzero(pool).flatten()
                 if candidates.numel() == 0:
                     where = f" in group {group!r} of {self.match}" if self.match else ""
-                    raise ValueError(f"no image of target class {dataset.classes[k]!r}{where} to serve as a nearest neighbour")
+                    raise ValueError(
+                        f"no image of target class {dataset.classes[k]!r}{where} to serve as a nearest neighbour"
+                    )
                 d = torch.cdist(feats[queries], feats[candidates])
                 best = d.argmin(dim=1)
                 neighbour[queries.numpy()] = candidates[best].numpy()
@@ -142,28 +156,37 @@ class NearestCounterfactuals(CounterfactualProvider):
         extra = pd.DataFrame({"neighbour": neighbour, "embedding_distance": distance})
         return counterfactuals, targets, extra, {"space": self.space, "metric": self.metric, **info}
 
-    def _check_neighbours(self, neighbour: np.ndarray, predicted: torch.Tensor, targets: torch.Tensor,
-                          fallbacks: list[str]) -> dict:
+    def _check_neighbours(
+        self, neighbour: np.ndarray, predicted: torch.Tensor, targets: torch.Tensor, fallbacks: list[str]
+    ) -> dict:
         """Flip rate and reuse of the chosen neighbours; warnings when they make weak counterfactuals."""
         n = len(neighbour)
         flip_rate = float((predicted[torch.as_tensor(neighbour)] == targets).float().mean())
         _, reuse = np.unique(neighbour, return_counts=True)
-        info = {"flip_rate": flip_rate, "n_distinct_neighbours": int(reuse.size), "max_neighbour_reuse": int(reuse.max())}
+        info = {
+            "flip_rate": flip_rate,
+            "n_distinct_neighbours": int(reuse.size),
+            "max_neighbour_reuse": int(reuse.max()),
+        }
         if fallbacks:
             warnings.warn(
                 f"nearest: the classifier assigns no target-class image of {', '.join(fallbacks)} to that class; "
-                "misclassified neighbours were used there", UserWarning, stacklevel=3,
+                "misclassified neighbours were used there",
+                UserWarning,
+                stacklevel=3,
             )
         if flip_rate < LOW_FLIP_RATE:
             warnings.warn(
                 f"nearest: only {flip_rate:.0%} of the {n} neighbours are classified as their target class "
                 "(a weak counterfactual set; keep require_predicted=True or check the classifier)",
-                UserWarning, stacklevel=3,
+                UserWarning,
+                stacklevel=3,
             )
         if reuse.size < LOW_DISTINCT_SHARE * n:
             warnings.warn(
                 f"nearest: {n} images share {reuse.size} distinct neighbours (one serves {int(reuse.max())}); "
                 "the counterfactuals repeat, so their statistics count the same images many times",
-                UserWarning, stacklevel=3,
+                UserWarning,
+                stacklevel=3,
             )
         return info

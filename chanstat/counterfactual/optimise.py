@@ -30,6 +30,7 @@ single-channel DAC still ranked Mito first, but attribution mass of D-IG named A
 any such run with its oracle run (``analyses/compare_counterfactuals.py``) before trusting
 channel conclusions drawn from optimised counterfactuals.
 """
+
 from __future__ import annotations
 
 from typing import Mapping, Sequence
@@ -78,7 +79,7 @@ def channel_step_sizes(step_size, channels: Sequence[str]) -> torch.Tensor:
 def optimise_counterfactuals(
     model: torch.nn.Module,
     images: torch.Tensor,
-    target_labels: torch.Tensor,
+    counterfactual_target: torch.Tensor,
     *,
     l1: float = 0.05,
     tv: float = 0.01,
@@ -100,7 +101,7 @@ def optimise_counterfactuals(
     ----------
     model : classifier returning logits (N, K), eval mode.
     images : torch.Tensor, shape (N, C, H, W) -- real images ``x``.
-    target_labels : torch.Tensor, shape (N,) -- target class of each counterfactual.
+    counterfactual_target : torch.Tensor, shape (N,) -- target class of each counterfactual.
     l1, tv : weights of the L1 distance and total-variation terms.
     lr : Adam learning rate (in units of ``delta``).
     step_size : per-channel step size, tensor (C,) or a number.
@@ -119,9 +120,9 @@ def optimise_counterfactuals(
     if images.ndim != 4:
         raise ValueError(f"images must have shape (N, C, H, W); got {tuple(images.shape)}")
     n, c = images.shape[:2]
-    target_labels = torch.as_tensor(target_labels).to(torch.int64)
-    if target_labels.shape != (n,):
-        raise ValueError(f"target_labels must have shape ({n},); got {tuple(target_labels.shape)}")
+    counterfactual_target = torch.as_tensor(counterfactual_target).to(torch.int64)
+    if counterfactual_target.shape != (n,):
+        raise ValueError(f"counterfactual_target must have shape ({n},); got {tuple(counterfactual_target.shape)}")
     low, high = float(data_range[0]), float(data_range[1])
     if not low < high:
         raise ValueError(f"data_range must be (low, high) with low < high; got {data_range}")
@@ -149,7 +150,7 @@ def optimise_counterfactuals(
         safe_steps = torch.where(steps > 0, steps, torch.ones_like(steps))
         for start in range(0, n, batch_size):
             x = images[start : start + batch_size].to(device, torch.float32)
-            t = target_labels[start : start + batch_size].to(device)
+            t = counterfactual_target[start : start + batch_size].to(device)
             b = x.shape[0]
             # x' = x + s * delta must stay in [low, high]: bounds on delta (0 where s = 0)
             delta_low = torch.where(steps > 0, (low - x) / safe_steps, torch.zeros_like(x))
@@ -231,9 +232,20 @@ class OptimisedCounterfactuals(CounterfactualProvider):
     needs_model = True
     description = "gradient descent on the image: CE(target) + L1 distance + total variation, early stop"
 
-    def __init__(self, model=None, *, l1: float = 0.05, tv: float = 0.01, lr: float = 0.01, step_size=1.0,
-                 max_steps: int = 200, data_range="auto", confidence: float = 0.9, optimizer: str = "adam",
-                 **common):
+    def __init__(
+        self,
+        model=None,
+        *,
+        l1: float = 0.05,
+        tv: float = 0.01,
+        lr: float = 0.01,
+        step_size=1.0,
+        max_steps: int = 200,
+        data_range="auto",
+        confidence: float = 0.9,
+        optimizer: str = "adam",
+        **common,
+    ):
         super().__init__(model, confidence=confidence, **common)
         for key, value in (("l1", l1), ("tv", tv), ("lr", lr)):
             if not float(value) >= 0:
@@ -258,13 +270,37 @@ class OptimisedCounterfactuals(CounterfactualProvider):
         else:
             data_range = (float(self.data_range[0]), float(self.data_range[1]))
         counterfactuals, details = optimise_counterfactuals(
-            self.model, dataset.images, targets, l1=self.l1, tv=self.tv, lr=self.lr, step_size=steps,
-            max_steps=self.max_steps, confidence=self.confidence, data_range=data_range, optimizer=self.optimizer,
-            batch_size=self.batch_size, device=self.device, progress=self.progress,
+            self.model,
+            dataset.images,
+            targets,
+            l1=self.l1,
+            tv=self.tv,
+            lr=self.lr,
+            step_size=steps,
+            max_steps=self.max_steps,
+            confidence=self.confidence,
+            data_range=data_range,
+            optimizer=self.optimizer,
+            batch_size=self.batch_size,
+            device=self.device,
+            progress=self.progress,
         )
+        already = (details["n_steps"].to_numpy() == 0) & details["converged"].to_numpy()
+        details = details.assign(already_target=already)
+        if already.any():
+            import warnings
+
+            first = np.flatnonzero(already)[:10].tolist()
+            warnings.warn(
+                f"optimise: {int(already.sum())} image(s) the classifier already puts in the target class "
+                f"(samples {first}{' ...' if already.sum() > 10 else ''}) are their own counterfactual; "
+                "they are not counted as flipped (column already_target)",
+                stacklevel=3,
+            )
         info = {
             "converged_rate": float(details["converged"].mean()),
             "mean_steps": float(details["n_steps"].mean()),
             "data_range": list(data_range),
+            "n_already_target": int(already.sum()),
         }
         return counterfactuals, targets, details, info

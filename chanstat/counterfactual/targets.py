@@ -4,6 +4,7 @@ DAC compares a real image with the same cell "as it would look in another class"
 classes the other class is unambiguous; with more, a rule has to choose. Rules are plain
 strings so they can be written in a config file.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -74,6 +75,8 @@ def choose_targets(
         return masked.argmax(dim=1)
     if rule in classes:
         reference = classes.index(rule)
-        fallback = choose_targets(labels, classes, "most_likely" if probabilities is not None else "next", probabilities)
+        fallback = choose_targets(
+            labels, classes, "most_likely" if probabilities is not None else "next", probabilities
+        )
         return torch.where(labels == reference, fallback, torch.full_like(labels, reference))
     raise ValueError(f"unknown target rule {rule!r}; use one of {list(TARGET_RULES)} or a class name from {classes}")

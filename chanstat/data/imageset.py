@@ -1,4 +1,5 @@
 """The in-memory image container every stage passes along."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -8,6 +9,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from chanstat.rundir import register_codec
 from chanstat.tensors import as_images, as_target
 
 REQUIRED_META = ("Metadata_Plate", "Metadata_Well", "Metadata_Site")
@@ -32,8 +34,8 @@ class ImageSet:
         CellProfiler-style metadata; must hold ``Metadata_Plate``, ``Metadata_Well``,
         ``Metadata_Site``. A ``Metadata_Class`` column (class name) is added if missing.
     counterfactuals : torch.Tensor, shape (N, C, H, W), optional
-        The same cells as they would look in ``counterfactual_labels``' class.
-    counterfactual_labels : torch.Tensor, shape (N,), optional
+        The same cells as they would look in ``counterfactual_target``' class.
+    counterfactual_target : torch.Tensor, shape (N,), optional
         Class of every counterfactual (required with ``counterfactuals``).
     signal_masks : torch.Tensor, shape (N, C, H, W), bool, optional
         Where the class difference was planted (ground truth for localisation).
@@ -47,7 +49,7 @@ class ImageSet:
     classes: Sequence[str]
     meta: pd.DataFrame
     counterfactuals: torch.Tensor | None = None
-    counterfactual_labels: torch.Tensor | None = None
+    counterfactual_target: torch.Tensor | None = None
     signal_masks: torch.Tensor | None = None
     objects: dict[str, np.ndarray] | None = field(default=None)
 
@@ -74,8 +76,23 @@ class ImageSet:
         if missing:
             raise ValueError(f"meta is missing required columns {missing}")
         self.meta = self.meta.reset_index(drop=True).copy()
+        names = [self.classes[i] for i in self.labels.tolist()]
         if "Metadata_Class" not in self.meta.columns:
-            self.meta["Metadata_Class"] = [self.classes[i] for i in self.labels.tolist()]
+            self.meta["Metadata_Class"] = names
+        else:
+            given = self.meta["Metadata_Class"].astype(str).tolist()
+            wrong = [i for i, (a, b) in enumerate(zip(given, names)) if a != b]
+            if wrong:  # the labels are the truth every verb uses: the column follows them, and says so
+                import warnings
+
+                i = wrong[0]
+                warnings.warn(
+                    f"meta column Metadata_Class contradicted labels in {len(wrong)} image(s) (first: image "
+                    f"{i} had {given[i]!r}, label {names[i]!r}); it now holds the labels' class names",
+                    UserWarning,
+                    stacklevel=3,
+                )
+                self.meta["Metadata_Class"] = names
         if self.counterfactuals is not None:
             self.counterfactuals = as_images(self.counterfactuals, "counterfactuals", allow_empty=True)
             if self.counterfactuals.shape != self.images.shape:
@@ -83,17 +100,19 @@ class ImageSet:
                     "counterfactuals must match images in shape: "
                     f"{tuple(self.counterfactuals.shape)} vs {tuple(self.images.shape)}"
                 )
-            if self.counterfactual_labels is None:
-                raise ValueError("counterfactual_labels are required with counterfactuals")
-            self.counterfactual_labels = as_target(
-                self.counterfactual_labels, n, "counterfactual_labels", n_classes=len(self.classes)
+            if self.counterfactual_target is None:
+                raise ValueError("counterfactual_target are required with counterfactuals")
+            self.counterfactual_target = as_target(
+                self.counterfactual_target, n, "counterfactual_target", n_classes=len(self.classes)
             )
-        elif self.counterfactual_labels is not None:
-            self.counterfactual_labels = as_target(
-                self.counterfactual_labels, n, "counterfactual_labels", n_classes=len(self.classes)
+        elif self.counterfactual_target is not None:
+            self.counterfactual_target = as_target(
+                self.counterfactual_target, n, "counterfactual_target", n_classes=len(self.classes)
             )
         if self.signal_masks is not None:
-            m = torch.as_tensor(np.asarray(self.signal_masks) if not isinstance(self.signal_masks, torch.Tensor) else self.signal_masks)
+            m = torch.as_tensor(
+                np.asarray(self.signal_masks) if not isinstance(self.signal_masks, torch.Tensor) else self.signal_masks
+            )
             if m.shape != self.images.shape:
                 raise ValueError(
                     f"signal_masks must match images in shape: {tuple(m.shape)} vs {tuple(self.images.shape)}"
@@ -135,7 +154,7 @@ class ImageSet:
             classes=list(self.classes),
             meta=self.meta.iloc[idx.numpy()].reset_index(drop=True),
             counterfactuals=take(self.counterfactuals),
-            counterfactual_labels=take(self.counterfactual_labels),
+            counterfactual_target=take(self.counterfactual_target),
             signal_masks=take(self.signal_masks),
             objects=None if self.objects is None else {k: v[idx.numpy()] for k, v in self.objects.items()},
         )
@@ -151,7 +170,7 @@ class ImageSet:
             classes=list(self.classes),
             meta=self.meta,
             counterfactuals=pick(self.counterfactuals),
-            counterfactual_labels=self.counterfactual_labels,
+            counterfactual_target=self.counterfactual_target,
             signal_masks=pick(self.signal_masks),
             objects=self.objects,
         )
@@ -176,3 +195,15 @@ class ImageSet:
                     )
                 )
         return pd.DataFrame(rows)
+
+
+def _read_dataset(run, rows=None) -> ImageSet:
+    """The run directory's ``dataset.zarr`` + ``meta.parquet`` as an ImageSet (its codec's reader)."""
+    return ImageSet(**run.dataset_parts(rows))
+
+
+def _write_dataset(run, dataset) -> None:
+    run.write_dataset(dataset)
+
+
+register_codec("dataset", write=_write_dataset, read=_read_dataset)

@@ -1,16 +1,20 @@
 """Readers for images listed in CellProfiler LoadData CSVs, NumPy and Zarr arrays; tiling."""
+
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+import torch
 
 from chanstat.cellprofiler.readers import read_csv_table
+from chanstat.data.illumination import Illumination, IllumMode
 from chanstat.data.imageset import REQUIRED_META, ImageSet
 from chanstat.data.scaling import Scaling, check_percentiles, scale_images
+from chanstat.tensors import as_images
 
 LOADDATA_FILE = {
     prefix: re.compile(rf"^(?:Image_)?FileName_{prefix}(?P<channel>[A-Za-z0-9]+)$") for prefix in ("Orig", "Corr", "")
@@ -41,6 +45,7 @@ def read_loaddata(
     control_column: str | None = None,
     control_values: list[str] | str | None = None,
     objects: Mapping[str, str] | None = None,
+    illum: IllumMode = "auto",
     progress: bool = False,
 ) -> ImageSet:
     """Read the images listed in a CellProfiler LoadData CSV.
@@ -67,6 +72,10 @@ def read_loaddata(
     control_column, control_values : rows whose ``control_column`` equals one of
         ``control_values`` (compared as text, e.g. ``"DMSO"``) are the controls for
         per-plate scaling; every plate needs at least one.
+    illum : ``"auto"`` (default) divides every raw image by the illumination function its row
+        names (``FileName_Illum<Ch>`` / ``PathName_Illum<Ch>``, CellProfiler's "Divide"),
+        before scaling; ``"off"`` skips it. ``meta.attrs["illumination"]`` records what was applied
+        (see :mod:`chanstat.data.illumination`).
 
     Returns
     -------
@@ -115,6 +124,7 @@ def read_loaddata(
     if control_column is not None:
         if control_column not in table.columns:
             raise ValueError(f"control column {control_column!r} not in {csv}")
+        assert control_values is not None  # given together with control_column (checked above)
         values = [control_values] if isinstance(control_values, str) else [str(v) for v in control_values]
         control = table[control_column].astype(str).isin(values).to_numpy()
         if not control.any():
@@ -128,9 +138,10 @@ def read_loaddata(
                     return name
         raise ValueError(f"{csv} lacks the {kind} column for channel {token!r}")
 
+    illumination = Illumination(table, csv.parent, {n: token_of[n] for n in wanted}, illum, csv)
     raw = []
     for _, row in tqdm(table.iterrows(), total=len(table), desc="reading fields", disable=not progress):
-        planes = []
+        planes: list[np.ndarray] = []
         for name in wanted:
             token = token_of[name]
             folder = Path(str(row[column("PathName", token)]))
@@ -144,7 +155,7 @@ def read_loaddata(
             if planes and plane.shape != planes[0].shape:
                 raise ValueError(f"{path} has shape {plane.shape}, other channels {planes[0].shape}")
             planes.append(plane)
-        raw.append(np.stack(planes).astype(np.float32))
+        raw.append(illumination.apply(row, np.stack(planes)))
     images, record = scale_images(raw, table["Metadata_Plate"].to_numpy(), wanted, scaling, percentiles, control)
     if control_column is not None:
         record["control_column"], record["control_values"] = control_column, control_values
@@ -155,9 +166,18 @@ def read_loaddata(
         codes, uniques = pd.factorize(table[label_column].astype(str), sort=True)
         classes, labels = list(uniques), codes
     meta.attrs["scaling"] = record
-    labels_by_object = {name: read_objects(table, csv, token, images.shape[2:]) for name, token in (objects or {}).items()}
-    return ImageSet(images=images, channels=wanted, labels=labels, classes=classes, meta=meta,
-                    objects=labels_by_object or None)
+    meta.attrs["illumination"] = illumination.record()
+    labels_by_object = {
+        name: read_objects(table, csv, token, images.shape[2:]) for name, token in (objects or {}).items()
+    }
+    return ImageSet(
+        images=torch.from_numpy(images),
+        channels=wanted,
+        labels=torch.as_tensor(labels),
+        classes=classes,
+        meta=meta,
+        objects=labels_by_object or None,
+    )
 
 
 def read_objects(table: pd.DataFrame, csv: Path, token: str, shape: tuple[int, ...]) -> np.ndarray:
@@ -168,8 +188,10 @@ def read_objects(table: pd.DataFrame, csv: Path, token: str, shape: tuple[int, .
 
     from chanstat.objects import labels_from_outlines
 
-    for file_col, path_col in ((f"ObjectsFileName_{token}", f"ObjectsPathName_{token}"),
-                               (f"FileName_{token}", f"PathName_{token}")):
+    for file_col, path_col in (
+        (f"ObjectsFileName_{token}", f"ObjectsPathName_{token}"),
+        (f"FileName_{token}", f"PathName_{token}"),
+    ):
         if file_col in table.columns and path_col in table.columns:
             break
     else:
@@ -247,7 +269,9 @@ def tile(
         classes=list(imageset.classes),
         meta=meta,
         counterfactuals=cut(imageset.counterfactuals),
-        counterfactual_labels=None if imageset.counterfactual_labels is None else imageset.counterfactual_labels.numpy()[src],
+        counterfactual_target=None
+        if imageset.counterfactual_target is None
+        else imageset.counterfactual_target.numpy()[src],
         signal_masks=cut(imageset.signal_masks),
         objects=None if imageset.objects is None else {k: cut(v) for k, v in imageset.objects.items()},
     )
@@ -265,13 +289,20 @@ def from_arrays(
     n = images.shape[0] if images.ndim == 4 else 0
     if images.ndim != 4:
         raise ValueError(f"images must have shape (N, C, H, W); got {images.shape}")
-    labels = np.zeros(n, dtype=int) if labels is None else np.asarray(labels)
-    classes = list(classes) if classes is not None else [str(k) for k in range(int(labels.max()) + 1 if n else 1)]
+    label_arr = np.zeros(n, dtype=int) if labels is None else np.asarray(labels)
+    classes = list(classes) if classes is not None else [str(k) for k in range(int(label_arr.max()) + 1 if n else 1)]
     if meta is None:
         meta = pd.DataFrame(
             {"Metadata_Plate": "plate", "Metadata_Well": [f"w{i}" for i in range(n)], "Metadata_Site": 1}
         )
-    return ImageSet(images=images, channels=channels, labels=labels, classes=classes, meta=meta)
+    # as_images: the conversion (and checks) ImageSet starts with, so any array a user passes is refused alike
+    return ImageSet(
+        images=as_images(images, "images", allow_empty=True),
+        channels=channels,
+        labels=torch.as_tensor(label_arr),
+        classes=classes,
+        meta=meta,
+    )
 
 
 def read_numpy(path: str | Path, channels: Sequence[str], **kwargs) -> ImageSet:
@@ -281,7 +312,8 @@ def read_numpy(path: str | Path, channels: Sequence[str], **kwargs) -> ImageSet:
     if isinstance(data, np.lib.npyio.NpzFile):
         if "images" not in data:
             raise ValueError(f"{path} has no 'images' array; it has {list(data.keys())}")
-        kwargs.setdefault("labels", data["labels"] if "labels" in data else None)
+        if kwargs.get("labels") is None and "labels" in data:  # labels=None (a config's default) means "from the file"
+            kwargs["labels"] = data["labels"]
         data = data["images"]
     return from_arrays(data, channels, **kwargs)
 
@@ -297,12 +329,24 @@ def read_zarr(path: str | Path, channels: Sequence[str] | None = None, array: st
     return from_arrays(arrays[array], names, **kwargs)
 
 
-READERS = {".csv": read_loaddata, ".npy": read_numpy, ".npz": read_numpy, ".zarr": read_zarr}
+READERS: dict[str, Callable[..., ImageSet]] = {
+    ".csv": read_loaddata,
+    ".npy": read_numpy,
+    ".npz": read_numpy,
+    ".zarr": read_zarr,
+}
 
 
 def read(path: str | Path, **kwargs) -> ImageSet:
-    """Read images by file type: LoadData ``.csv``, ``.npy``/``.npz``, or ``.zarr``."""
+    """Read images by file type: LoadData ``.csv``, ``.npy``/``.npz``, ``.zarr`` (an OME-Zarr HCS plate
+    or a group of arrays) or ``.ome.tif``/``.ome.tiff`` (see :mod:`chanstat.data.ome`)."""
+    from chanstat.data.ome import is_ome_plate, read_ome_tiff, read_ome_zarr
+
     suffix = Path(path).suffix.lower()
+    if Path(path).name.lower().endswith((".ome.tif", ".ome.tiff")):
+        return read_ome_tiff(path, **kwargs)
+    if suffix == ".zarr" and is_ome_plate(path):
+        return read_ome_zarr(path, **kwargs)
     if suffix not in READERS:
         raise ValueError(f"cannot read {path}: known types are {sorted(READERS)}")
     return READERS[suffix](path, **kwargs)

@@ -7,6 +7,7 @@ percentiles of each channel from all images of a plate (or from its control imag
 e.g. DMSO wells), and applies them to every image of that plate: differences between images
 of one plate survive, plate-to-plate exposure differences are removed.
 """
+
 from __future__ import annotations
 
 import math
@@ -65,8 +66,6 @@ def apply_limits(image: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarra
     return np.clip((img - lo) / span, 0.0, 1.0).astype(np.float32)
 
 
-
-
 def pooled_limits(images: Sequence[np.ndarray], low: float, high: float) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel [low, high] percentiles of the pixels of several (C, H, W) images together.
 
@@ -121,9 +120,9 @@ def scale_images(
     if scaling not in SCALINGS:
         raise ValueError(f"scaling must be one of {list(SCALINGS)}; got {scaling!r}")
     low, high = check_percentiles(percentiles)
-    plates = np.asarray([str(p) for p in plates], dtype=object)
-    if len(plates) != len(images):
-        raise ValueError(f"got {len(plates)} plate names for {len(images)} images")
+    plate_names = np.asarray([str(p) for p in plates], dtype=object)
+    if len(plate_names) != len(images):
+        raise ValueError(f"got {len(plate_names)} plate names for {len(images)} images")
     record: dict = {"method": scaling, "percentiles": [low, high], "control": control is not None}
     if scaling == "none":
         return np.stack([np.asarray(img, dtype=np.float32) for img in images]), record
@@ -132,14 +131,14 @@ def scale_images(
     control = None if control is None else np.asarray(control, dtype=bool)
     out = np.empty((len(images),) + tuple(np.shape(images[0])), dtype=np.float32)
     limits: dict = {}
-    for plate in dict.fromkeys(plates):
-        members = np.flatnonzero(plates == plate)
+    for plate in dict.fromkeys(plate_names):
+        members = np.flatnonzero(plate_names == plate)
         reference = members if control is None else members[control[members]]
         if reference.size == 0:
             raise ValueError(f"plate {plate!r} has no control images to compute its scaling from")
-        lo, hi = pooled_limits([images[i] for i in reference], low, high)
+        lo, hi = pooled_limits([images[int(i)] for i in reference], low, high)
         for i in members:
-            out[i] = apply_limits(images[i], lo, hi)
+            out[i] = apply_limits(images[int(i)], lo, hi)
         limits[plate] = {str(ch): [float(a), float(b)] for ch, a, b in zip(channels, lo, hi)}
     record["limits"] = limits
     return out, record

@@ -16,9 +16,10 @@ well: they share the well's staining and imaging, so they are *not* independent 
 replicates -- they only make well-grouped code paths (validation splits, per-well statistics)
 runnable on a single field.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Sequence, cast
 
 import numpy as np
 import pandas as pd
@@ -170,7 +171,7 @@ def plant(
     -------
     ImageSet
         The kept tiles (M <= N), labels 0 = ``classes[0]`` / 1 = ``classes[1]``;
-        ``counterfactuals`` = the other version of the same tile, ``counterfactual_labels`` =
+        ``counterfactuals`` = the other version of the same tile, ``counterfactual_target`` =
         the other class; ``signal_masks`` True where the planted channel differs between the two
         versions (False in every other channel); ``objects`` = the input's objects, with
         ``"nuclei"`` and ``"cells"`` replaced by the located ones when cells come from DNA.
@@ -197,7 +198,12 @@ def plant(
     classes = [str(k) for k in classes]
     if len(classes) != 2 or classes[0] == classes[1]:
         raise ValueError(f"classes must be two distinct names; got {classes}")
-    grid = (int(pseudo_wells), int(pseudo_wells)) if np.isscalar(pseudo_wells) else tuple(int(g) for g in pseudo_wells)
+    # casts: numpy's isscalar narrows to numpy/complex/str scalars, leaving a plain int on the other side
+    grid: tuple[int, ...]
+    if np.isscalar(pseudo_wells):
+        grid = (int(cast(int, pseudo_wells)), int(cast(int, pseudo_wells)))
+    else:
+        grid = tuple(int(g) for g in cast(Sequence[int], pseudo_wells))
     if len(grid) != 2 or min(grid) < 1:
         raise ValueError(f"pseudo_wells must be k or [rows, cols] with positive entries; got {pseudo_wells}")
     target = imageset.channel_index(channel)[0]
@@ -286,11 +292,11 @@ def plant(
     result = ImageSet(
         images=images,
         channels=list(imageset.channels),
-        labels=labels,
+        labels=torch.from_numpy(labels),
         classes=classes,
         meta=meta,
         counterfactuals=counterfactuals,
-        counterfactual_labels=1 - labels,
+        counterfactual_target=torch.from_numpy(1 - labels),
         signal_masks=signal,
         objects={k: np.asarray(v)[keep] for k, v in objects.items()},
     )

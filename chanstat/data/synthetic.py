@@ -9,6 +9,7 @@ images are procedural, the same cells can be rendered in the other class: that r
 the oracle counterfactual, and the pixels where the two renderings differ are the
 ground-truth signal mask.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -99,9 +100,7 @@ def _place_cells(rng: np.random.Generator, size: int, n_cells: int) -> list[_Cel
         radius = rng.uniform(0.15, 0.19) * size
         cy, cx = rng.uniform(0.12 * size, 0.88 * size, size=2)
         if all(np.hypot(cy - c.cy, cx - c.cx) > 1.3 * max(radius, c.radius) for c in cells):
-            cells.append(
-                _Cell(cy, cx, radius, rng.uniform(1.0, 1.25), rng.uniform(0, np.pi), rng.uniform(0.42, 0.5))
-            )
+            cells.append(_Cell(cy, cx, radius, rng.uniform(1.0, 1.25), rng.uniform(0, np.pi), rng.uniform(0.42, 0.5)))
     return cells
 
 
@@ -151,9 +150,13 @@ def _render_tile(
         dna = brightness * 0.75 * (1 - 0.35 * d_nuc**2) * (1 + 0.15 * chromatin)
         base["DNA"] += np.where(nucleus, dna, 0.0)
         d_big = _elliptic_distance(yy, xx, cell, cell.nucleus_ratio * 1.25)
-        dna_big += np.where(own & (d_big <= 1.0), brightness * 0.75 * (1 - 0.35 * d_big**2) * (1 + 0.15 * chromatin), 0.0)
+        dna_big += np.where(
+            own & (d_big <= 1.0), brightness * 0.75 * (1 - 0.35 * d_big**2) * (1 + 0.15 * chromatin), 0.0
+        )
         # ER: reticular network, densest around the nucleus.
-        er_net += np.where(cytoplasm, brightness * 0.6 * _ridges(er_field, 0.45) * np.exp(-1.5 * (d_cell - cell.nucleus_ratio)), 0.0)
+        er_net += np.where(
+            cytoplasm, brightness * 0.6 * _ridges(er_field, 0.45) * np.exp(-1.5 * (d_cell - cell.nucleus_ratio)), 0.0
+        )
         # RNA: nucleoli in the nucleus and faint cytoplasm.
         n_nucleoli = rng.integers(2, 4)
         ang = rng.uniform(0, 2 * np.pi, n_nucleoli)
@@ -247,6 +250,7 @@ def synthetic(
         channel only); ``objects`` holds ``nuclei`` and ``cells`` label images; ``meta`` has
         plate, well, site, class, counterfactual class and cell count.
     """
+    import torch
     from tqdm.auto import tqdm
 
     from chanstat.data.imageset import ImageSet
@@ -288,11 +292,13 @@ def synthetic(
             density = cells_per_tile * (np.exp(rng.normal(0, 0.25)) if nuisance else 1.0)
             for site in range(1, sites_per_well + 1):
                 n_cells = max(1, int(rng.poisson(density)))
-                (real, cf), nuc, cel = _render_tile(rng, size, n_cells, channels, pheno, [levels[label], levels[cf_label]])
+                (real, cf), nuc, cel = _render_tile(
+                    rng, size, n_cells, channels, pheno, [levels[label], levels[cf_label]]
+                )
                 camera = rng.normal(0, noise, real.shape)
                 background = 0.03
-                finish = lambda x: np.clip(  # noqa: E731
-                    ndi.gaussian_filter(x, (0, 0.6, 0.6)) * well_gain[:, None, None] + background + camera, 0.0, 1.0
+                finish = lambda x, gain=well_gain, bg=background, cam=camera: np.clip(  # noqa: E731
+                    ndi.gaussian_filter(x, (0, 0.6, 0.6)) * gain[:, None, None] + bg + cam, 0.0, 1.0
                 ).astype(np.float32)
                 images.append(finish(real))
                 cfs.append(finish(cf))
@@ -321,13 +327,13 @@ def synthetic(
     meta.attrs["phenotype"] = phenotype
     meta.attrs["planted_channel"] = pheno.channel
     return ImageSet(
-        images=images_arr,
+        images=torch.from_numpy(images_arr),
         channels=channels,
-        labels=np.asarray(labels),
+        labels=torch.as_tensor(np.asarray(labels)),
         classes=list(classes),
         meta=meta,
-        counterfactuals=cf_arr,
-        counterfactual_labels=np.asarray(cf_labels),
-        signal_masks=signal,
+        counterfactuals=torch.from_numpy(cf_arr),
+        counterfactual_target=torch.as_tensor(np.asarray(cf_labels)),
+        signal_masks=torch.from_numpy(signal),
         objects={"nuclei": np.stack(nuclei), "cells": np.stack(cells_lab)},
     )

@@ -11,6 +11,7 @@
 
 Names load on first use: only :func:`channel_shapley` imports torch.
 """
+
 from __future__ import annotations
 
 from chanstat._exports import lazy

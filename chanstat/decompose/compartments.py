@@ -8,6 +8,7 @@ its :func:`chanstat.stats.channel_mass`.
 
 This module does not import torch (maps are read with ``numpy.asarray``).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from chanstat.objects import compartment_labels  # noqa: F401  (the decompose API)
+from chanstat.vocabulary import mass_transform
 
 #: Disjoint compartments of the per-image table, in this order.
 PARTITION = ("nuclei", "cytoplasm", "background")
@@ -59,27 +61,33 @@ def _pick(labels: Mapping[str, np.ndarray], key: str):
     return None
 
 
-def _check_labels(labels, n: int, hw: tuple[int, int]) -> tuple[np.ndarray | None, np.ndarray | None]:
+def _check_objects(labels, n: int, hw: tuple[int, int]) -> tuple[np.ndarray | None, np.ndarray | None]:
     if not isinstance(labels, Mapping):
-        raise TypeError(f"labels must map a compartment name ('nuclei', 'cells') to label images; got {type(labels).__name__}")
+        raise TypeError(
+            f"objects must map a compartment name ('nuclei', 'cells') to label images; got {type(labels).__name__}"
+        )
     unknown = [k for k in labels if str(k).lower() not in ("nuclei", "cells")]
     if unknown:
-        raise ValueError(f"labels has unknown compartment(s) {unknown}; give 'nuclei' and/or 'cells' "
-                         "(cytoplasm and background are derived)")
+        raise ValueError(
+            f"objects has unknown compartment(s) {unknown}; give 'nuclei' and/or 'cells' "
+            "(cytoplasm and background are derived)"
+        )
     out = []
     for key in ("nuclei", "cells"):
         value = _pick(labels, key)
         if value is not None:
             value = np.asarray(value)
             if value.shape != (n,) + hw:
-                raise ValueError(f"labels[{key!r}] must have shape {(n,) + hw} (N, H, W) like the maps; got {value.shape}")
+                raise ValueError(
+                    f"objects[{key!r}] must have shape {(n,) + hw} (N, H, W) like the maps; got {value.shape}"
+                )
             if value.dtype.kind not in "iub":
-                raise TypeError(f"labels[{key!r}] must hold integer label ids; got dtype {value.dtype}")
+                raise TypeError(f"objects[{key!r}] must hold integer label ids; got dtype {value.dtype}")
             if value.size and value.min() < 0:
-                raise ValueError(f"labels[{key!r}] holds negative label ids")
+                raise ValueError(f"objects[{key!r}] holds negative label ids")
         out.append(value)
     if out[0] is None and out[1] is None:
-        raise ValueError("labels holds neither 'nuclei' nor 'cells'")
+        raise ValueError("objects holds neither 'nuclei' nor 'cells'")
     return out[0], out[1]
 
 
@@ -91,19 +99,22 @@ def _repeat_meta(meta: pd.DataFrame | None, rows_per_sample: np.ndarray) -> pd.D
 
 def compartment_mass(
     maps,
-    labels: Mapping[str, np.ndarray],
+    objects: Mapping[str, np.ndarray],
     channels: Sequence[str] | None = None,
     meta: pd.DataFrame | None = None,
-    absolute: bool = True,
+    *,
+    transform: str = "absolute",
+    method: str | None = None,
 ) -> CompartmentMass:
     """Attribution mass per compartment and channel, and per object.
 
     Parameters
     ----------
-    maps : array-like (N, C, H, W)
+    maps : array-like (N, C, H, W), or dict of method name to such arrays
         Attribution maps (numpy or torch). A channel-agnostic map (N, 1, H, W) gets channel
-        ``"all"`` unless ``channels`` names it.
-    labels : mapping of ``"nuclei"`` and/or ``"cells"`` to int label images (N, H, W)
+        ``"all"`` unless ``channels`` names it. A dict gives both tables a ``method`` column,
+        as :func:`chanstat.stats.channel_mass` does.
+    objects : mapping of ``"nuclei"`` and/or ``"cells"`` to int label images (N, H, W)
         From CellProfiler (:func:`~chanstat.decompose.labels_from_outlines`), the synthetic
         generator (``imageset.objects``) or :func:`~chanstat.decompose.segment_cells`.
         Cytoplasm = cell minus nucleus; background = outside cells and nuclei.
@@ -112,8 +123,11 @@ def compartment_mass(
     meta : DataFrame, N rows, optional
         Per-image metadata; every column is carried into both tables (row i describes sample
         i). A ``sample`` column, when present, gives the sample ids.
-    absolute : bool
-        Sum ``|a|`` (default, as :func:`chanstat.stats.channel_mass`) or the signed values.
+    transform : {"absolute", "positive", "signed"}
+        Sum ``|a|`` (default, as :func:`chanstat.stats.channel_mass`), its positive part, or the
+        signed values (:data:`chanstat.vocabulary.MASS_TRANSFORMS`).
+    method : str, optional
+        For an array ``maps``: the value of a ``method`` column in both tables (none when left out).
 
     Returns
     -------
@@ -121,6 +135,20 @@ def compartment_mass(
         ``.compartments`` (sample, compartment, channel, mass, share, area_fraction + meta) and
         ``.objects`` (sample, compartment, object, cell, channel, mass, area + meta).
     """
+    if isinstance(maps, Mapping):
+        if method is not None:
+            raise ValueError("method= names the method of an array; a dict of maps is keyed by method already")
+        parts = [
+            compartment_mass(m, objects, channels, meta, transform=transform, method=str(name))
+            for name, m in maps.items()
+        ]
+        if not parts:
+            raise ValueError("maps is an empty dict")
+        return CompartmentMass(
+            compartments=pd.concat([p.compartments for p in parts], ignore_index=True),
+            objects=pd.concat([p.objects for p in parts], ignore_index=True),
+        )
+    convert = mass_transform(transform)
     a = np.asarray(maps)
     if a.ndim != 4:
         raise ValueError(f"maps must have shape (N, C, H, W); got {a.shape}")
@@ -143,16 +171,18 @@ def compartment_mass(
         meta = meta.reset_index(drop=True)
     sample_ids = meta["sample"].to_numpy() if meta is not None and "sample" in meta.columns else np.arange(n)
     extra = None if meta is None else meta.drop(columns=["sample"], errors="ignore")
-    nuclei_all, cells_all = _check_labels(labels, n, (h, w))
+    nuclei_all, cells_all = _check_objects(objects, n, (h, w))
 
     comp_mass = np.zeros((n, len(PARTITION), c))
     comp_area = np.zeros((n, len(PARTITION)))
     object_blocks, object_rows = [], np.zeros(n, np.int64)
     for i in range(n):
-        value = np.abs(a[i]) if absolute else a[i]
+        value = convert(a[i])
         value = value.reshape(c, -1).astype(np.float64)
-        parts = compartment_labels(None if nuclei_all is None else nuclei_all[i], None if cells_all is None else cells_all[i])
-        nuc, cyt, cel = parts["nuclei"], parts["cytoplasm"], parts["cells"]
+        regions = compartment_labels(
+            None if nuclei_all is None else nuclei_all[i], None if cells_all is None else cells_all[i]
+        )
+        nuc, cyt, cel = regions["nuclei"], regions["cytoplasm"], regions["cells"]
         region = np.where(nuc > 0, 0, np.where(cel > 0, 1, 2)).ravel()  # index into PARTITION
         comp_area[i] = np.bincount(region, minlength=3) / region.size
         for k in range(c):
@@ -167,15 +197,19 @@ def compartment_mass(
             size = int(flat.max()) + 1
             area = np.bincount(flat, minlength=size)[ids]
             mass = np.stack([np.bincount(flat, weights=value[k], minlength=size)[ids] for k in range(c)], axis=1)
-            cell = parts["nucleus_cell"][ids] if compartment == "nuclei" else ids
-            blocks.append(pd.DataFrame({
-                "compartment": compartment,
-                "object": np.repeat(ids, c),
-                "cell": np.repeat(cell, c),
-                "channel": np.tile(np.asarray(names, dtype=object), ids.size),
-                "mass": mass.ravel(),
-                "area": np.repeat(area, c),
-            }))
+            cell = regions["nucleus_cell"][ids] if compartment == "nuclei" else ids
+            blocks.append(
+                pd.DataFrame(
+                    {
+                        "compartment": compartment,
+                        "object": np.repeat(ids, c),
+                        "cell": np.repeat(cell, c),
+                        "channel": np.tile(np.asarray(names, dtype=object), ids.size),
+                        "mass": mass.ravel(),
+                        "area": np.repeat(area, c),
+                    }
+                )
+            )
         if blocks:
             block = pd.concat(blocks, ignore_index=True)
             block.insert(0, "sample", sample_ids[i])
@@ -186,27 +220,36 @@ def compartment_mass(
     with np.errstate(invalid="ignore", divide="ignore"):
         share = np.where(total != 0, comp_mass / np.where(total != 0, total, 1.0), np.nan)
     per_sample = len(PARTITION) * c
-    compartments = pd.DataFrame({
-        "sample": np.repeat(sample_ids, per_sample),
-        "compartment": pd.array(np.tile(np.repeat(np.asarray(PARTITION, dtype=object), c), n), dtype="string"),
-        "channel": pd.array(np.tile(np.asarray(names, dtype=object), n * len(PARTITION)), dtype="string"),
-        "mass": comp_mass.ravel(),
-        "share": share.ravel(),
-        "area_fraction": np.repeat(comp_area.ravel(), c),
-    })
+    compartments = pd.DataFrame(
+        {
+            "sample": np.repeat(sample_ids, per_sample),
+            "compartment": pd.array(np.tile(np.repeat(np.asarray(PARTITION, dtype=object), c), n), dtype="string"),
+            "channel": pd.array(np.tile(np.asarray(names, dtype=object), n * len(PARTITION)), dtype="string"),
+            "mass": comp_mass.ravel(),
+            "share": share.ravel(),
+            "area_fraction": np.repeat(comp_area.ravel(), c),
+        }
+    )
     if extra is not None:
         compartments = pd.concat([compartments, _repeat_meta(extra, np.full(n, per_sample))], axis=1)
 
     if object_blocks:
-        objects = pd.concat(object_blocks, ignore_index=True)
-        objects = objects.astype({"object": "int64", "cell": "int64", "area": "int64", "mass": "float64"})
+        object_table = pd.concat(object_blocks, ignore_index=True)
+        object_table = object_table.astype({"object": "int64", "cell": "int64", "area": "int64", "mass": "float64"})
         if extra is not None:
-            objects = pd.concat([objects, _repeat_meta(extra, object_rows)], axis=1)
+            object_table = pd.concat([object_table, _repeat_meta(extra, object_rows)], axis=1)
     else:
-        objects = pd.DataFrame({c_: pd.Series(dtype=t) for c_, t in zip(
-            OBJECT_COLUMNS, ["int64", "string", "int64", "int64", "string", "float64", "int64"])})
+        object_table = pd.DataFrame(
+            {
+                c_: pd.Series(dtype=t)
+                for c_, t in zip(OBJECT_COLUMNS, ["int64", "string", "int64", "int64", "string", "float64", "int64"])
+            }
+        )
         if extra is not None:
-            objects = pd.concat([objects, extra.iloc[:0]], axis=1)
-    objects["compartment"] = objects["compartment"].astype("string")
-    objects["channel"] = objects["channel"].astype("string")
-    return CompartmentMass(compartments=compartments, objects=objects)
+            object_table = pd.concat([object_table, extra.iloc[:0]], axis=1)
+    object_table["compartment"] = object_table["compartment"].astype("string")
+    object_table["channel"] = object_table["channel"].astype("string")
+    if method is not None:
+        compartments.insert(1, "method", pd.array([method] * len(compartments), dtype="string"))
+        object_table.insert(1, "method", pd.array([method] * len(object_table), dtype="string"))
+    return CompartmentMass(compartments=compartments, objects=object_table)

@@ -13,6 +13,7 @@ Three sources, in the order a user has them:
 
 This module does not import torch.
 """
+
 from __future__ import annotations
 
 from typing import Sequence

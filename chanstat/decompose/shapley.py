@@ -14,6 +14,7 @@ Above that count, random permutations are walked player by player (Castro et al.
 permutation gives one marginal gain per player, their mean estimates the value and their
 standard error goes into the ``se`` column (efficiency still holds exactly per permutation).
 """
+
 from __future__ import annotations
 
 import math
@@ -86,7 +87,9 @@ class ChannelShapleyResult:
     def summary(self) -> pd.DataFrame:
         """Mean value per player over samples: ``channel, shapley, sd, n, share_of_total``
         (``share_of_total`` = mean value / mean total)."""
-        out = self.values.groupby("channel", sort=False)["shapley"].agg(shapley="mean", sd="std", n="count").reset_index()
+        out = (
+            self.values.groupby("channel", sort=False)["shapley"].agg(shapley="mean", sd="std", n="count").reset_index()
+        )
         mean_total = float(self.total["total"].mean()) if len(self.total) else float("nan")
         out["share_of_total"] = out["shapley"] / mean_total if mean_total != 0 else np.nan
         return out
@@ -95,9 +98,7 @@ class ChannelShapleyResult:
 # --------------------------------------------------------------------------- players and coalitions
 
 
-def _players(
-    names: list[str], groups: Mapping[str, Sequence[str | int]] | None
-) -> tuple[list[str], list[list[int]]]:
+def _players(names: list[str], groups: Mapping[str, Sequence[str | int]] | None) -> tuple[list[str], list[list[int]]]:
     """Player names and the channel indices of each; channels outside every group play alone."""
     if groups is None:
         return list(names), [[k] for k in range(len(names))]
@@ -114,7 +115,9 @@ def _players(
             if k is None or not 0 <= int(k) < len(names):
                 raise ValueError(f"groups[{group!r}] names channel {ch!r}, which is not among channels {names}")
             if int(k) in owner:
-                raise ValueError(f"channel {names[int(k)]!r} is in groups {owner[int(k)]!r} and {group!r}; groups must not overlap")
+                raise ValueError(
+                    f"channel {names[int(k)]!r} is in groups {owner[int(k)]!r} and {group!r}; groups must not overlap"
+                )
             owner[int(k)] = str(group)
             idx.append(int(k))
         if not idx:
@@ -154,17 +157,21 @@ def _all_coalitions(n_players: int) -> np.ndarray:
 def _baseline_images(baseline: str, images: torch.Tensor, counterfactuals, blur_sigma: float) -> torch.Tensor:
     if baseline == "counterfactual":
         if counterfactuals is None:
-            raise ValueError('baseline="counterfactual" needs counterfactuals; pass them or choose baseline="zero", "mean" or "blur"')
+            raise ValueError(
+                'baseline="counterfactual" needs counterfactuals; pass them or choose baseline="zero", "mean" or "blur"'
+            )
         cf = as_images(counterfactuals, "counterfactuals")
         if cf.shape != images.shape:
-            raise ValueError(f"counterfactuals must have the shape of images {tuple(images.shape)}; got {tuple(cf.shape)}")
+            raise ValueError(
+                f"counterfactuals must have the shape of images {tuple(images.shape)}; got {tuple(cf.shape)}"
+            )
         return cf
     if baseline == "zero":
         return torch.zeros_like(images[:1]).expand_as(images)
     if baseline == "mean":  # the data set's mean image, one plane per channel
         return images.mean(dim=0, keepdim=True, dtype=torch.float64).float().expand_as(images)
     if baseline == "blur":
-        from chanstat.dac import gaussian_blur
+        from chanstat.dacscore import gaussian_blur
 
         if not blur_sigma > 0:
             raise ValueError(f"blur_sigma must be > 0; got {blur_sigma}")
@@ -175,7 +182,7 @@ def _baseline_images(baseline: str, images: torch.Tensor, counterfactuals, blur_
 def _memory_format(model, probe: torch.Tensor) -> torch.memory_format:
     """The input layout DAC scores hybrids in (channels-last where the model gives the same
     probabilities and it pays, i.e. on CPUs), so both cost the same per forward pass."""
-    from chanstat.dac.scoring import input_memory_format
+    from chanstat.dacscore.scoring import input_memory_format
 
     return input_memory_format(model, probe)
 
@@ -226,8 +233,12 @@ def shapley_from_values(v: np.ndarray) -> np.ndarray:
     v = np.asarray(v, dtype=np.float64)
     n_players = int(round(math.log2(v.shape[1])))
     sizes = _all_coalitions(n_players).sum(axis=1)
-    weight = np.array([math.factorial(s) * math.factorial(n_players - s - 1) / math.factorial(n_players)
-                       if s < n_players else 0.0 for s in sizes])
+    weight = np.array(
+        [
+            math.factorial(s) * math.factorial(n_players - s - 1) / math.factorial(n_players) if s < n_players else 0.0
+            for s in sizes
+        ]
+    )
     s = np.arange(v.shape[1])
     phi = np.empty((v.shape[0], n_players))
     for p in range(n_players):
@@ -251,14 +262,20 @@ def interactions_from_values(v: np.ndarray) -> np.ndarray:
     for a in range(n_players):
         for b in range(a + 1, n_players):
             rest = s[((s >> a) & 1 == 0) & ((s >> b) & 1 == 0)]
-            w = np.array([math.factorial(z) * math.factorial(n_players - z - 2) / math.factorial(n_players - 1)
-                          for z in sizes[rest]])
+            w = np.array(
+                [
+                    math.factorial(z) * math.factorial(n_players - z - 2) / math.factorial(n_players - 1)
+                    for z in sizes[rest]
+                ]
+            )
             delta = v[:, rest | (1 << a) | (1 << b)] - v[:, rest | (1 << a)] - v[:, rest | (1 << b)] + v[:, rest]
             out[:, a, b] = out[:, b, a] = delta @ w
     return out
 
 
-def _permutation_coalitions(samples: np.ndarray, n_players: int, n_permutations: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _permutation_coalitions(
+    samples: np.ndarray, n_players: int, n_permutations: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Prefix coalitions of random permutations: (N, R*(P+1), P) booleans and the orders (N, R, P)."""
     n_images = len(samples)
     orders = np.empty((n_images, n_permutations, n_players), dtype=np.int64)
@@ -360,6 +377,9 @@ def channel_shapley(
     model on the real image and ``v(empty)`` on the baseline, both evaluated in the same batches
     as the other coalitions.
     """
+    from chanstat.models.adapter import as_model
+
+    model = as_model(model)
     x = as_images(images, "images")
     n, c = x.shape[:2]
     names = channel_names(channels, c)
@@ -375,8 +395,10 @@ def channel_shapley(
     if n_permutations is not None and int(n_permutations) < 2:
         raise ValueError(f"n_permutations must be >= 2 (the standard error needs two); got {n_permutations}")
     if interactions and not exact:
-        raise ValueError(f"interactions need the exact estimator (at most {MAX_EXACT_PLAYERS} players and "
-                         f"n_permutations=None); got {n_players} players, n_permutations={n_permutations}")
+        raise ValueError(
+            f"interactions need the exact estimator (at most {MAX_EXACT_PLAYERS} players and "
+            f"n_permutations=None); got {n_players} players, n_permutations={n_permutations}"
+        )
     dev = device_of(device, model)
     if batch_size is None:
         budget = _GPU_ELEMENTS if dev.type == "cuda" else _CPU_ELEMENTS
@@ -385,14 +407,14 @@ def channel_shapley(
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")
     batch_size = int(batch_size)
 
-    n_perm = None if exact else (DEFAULT_PERMUTATIONS if n_permutations is None else int(n_permutations))
+    n_perm = DEFAULT_PERMUTATIONS if n_permutations is None else int(n_permutations)  # used when not exact
     n_coalitions = 2**n_players if exact else n_perm * (n_players + 1)
     # images per chunk: coalition values, masks and values of a chunk stay ~ a few batches' worth
     chunk = max(1, min(n, (16 * batch_size) // n_coalitions))
     shared_masks = _channel_masks(_all_coalitions(n_players), indices, c) if exact else None
     phi, se = np.zeros((n, n_players)), np.zeros((n, n_players))
     p_real, p_base = np.zeros(n), np.zeros(n)
-    inter = np.full((n, n_players, n_players), np.nan) if interactions else None
+    inter = np.full((n, n_players, n_players), np.nan)  # filled only when interactions are asked for
     desc = "channel Shapley" if exact else "channel Shapley (sampled)"
     with evaluating(model), tqdm(total=n * n_coalitions, desc=desc, disable=not progress, unit="hybrid") as bar:
         layout = _memory_format(model, x[:2].to(dev))
@@ -412,42 +434,62 @@ def channel_shapley(
                 p_real[lo:hi], p_base[lo:hi] = v[:, n_players], v[:, 0]  # first permutation's full and empty sets
 
     sample = np.arange(n)
-    values = pd.DataFrame({
-        "sample": np.repeat(sample, n_players),
-        "channel": pd.array(np.tile(np.asarray(players, dtype=object), n), dtype="string"),
-        "shapley": phi.ravel(),
-        "se": se.ravel(),
-        "baseline": pd.array([baseline] * (n * n_players), dtype="string"),
-    })
-    total = pd.DataFrame({
-        "sample": sample,
-        "target": y.numpy(),
-        "baseline": pd.array([baseline] * n, dtype="string"),
-        "p_real": p_real,
-        "p_counterfactual": p_base,
-        "total": p_real - p_base,
-    })
+    values = pd.DataFrame(
+        {
+            "sample": np.repeat(sample, n_players),
+            "channel": pd.array(np.tile(np.asarray(players, dtype=object), n), dtype="string"),
+            "shapley": phi.ravel(),
+            "se": se.ravel(),
+            "baseline": pd.array([baseline] * (n * n_players), dtype="string"),
+        }
+    )
+    total = pd.DataFrame(
+        {
+            "sample": sample,
+            "target": y.numpy(),
+            "baseline": pd.array([baseline] * n, dtype="string"),
+            "p_real": p_real,
+            "p_counterfactual": p_base,
+            "total": p_real - p_base,
+        }
+    )
     pairs = [(a, b) for a in range(n_players) for b in range(a + 1, n_players)]
     if interactions and pairs:
-        table = pd.DataFrame({
-            "sample": np.repeat(sample, len(pairs)),
-            "channel_a": pd.array([players[a] for _ in sample for a, _b in pairs], dtype="string"),
-            "channel_b": pd.array([players[b] for _ in sample for _a, b in pairs], dtype="string"),
-            "interaction": np.concatenate([[inter[i, a, b] for a, b in pairs] for i in sample]),
-            "baseline": pd.array([baseline] * (n * len(pairs)), dtype="string"),
-        })
+        table = pd.DataFrame(
+            {
+                "sample": np.repeat(sample, len(pairs)),
+                "channel_a": pd.array([players[a] for _ in sample for a, _b in pairs], dtype="string"),
+                "channel_b": pd.array([players[b] for _ in sample for _a, b in pairs], dtype="string"),
+                "interaction": np.concatenate([[inter[i, a, b] for a, b in pairs] for i in sample]),
+                "baseline": pd.array([baseline] * (n * len(pairs)), dtype="string"),
+            }
+        )
     else:
-        table = pd.DataFrame({
-            "sample": pd.Series(dtype="int64"), "channel_a": pd.Series(dtype="string"),
-            "channel_b": pd.Series(dtype="string"), "interaction": pd.Series(dtype="float64"),
-            "baseline": pd.Series(dtype="string"),
-        })
+        table = pd.DataFrame(
+            {
+                "sample": pd.Series(dtype="int64"),
+                "channel_a": pd.Series(dtype="string"),
+                "channel_b": pd.Series(dtype="string"),
+                "interaction": pd.Series(dtype="float64"),
+                "baseline": pd.Series(dtype="string"),
+            }
+        )
     settings = {
-        "baseline": baseline, "estimator": "exact" if exact else "permutation", "n_permutations": n_perm,
-        "forward_passes": int(n * n_coalitions), "batch_size": batch_size, "device": str(dev), "seed": seed,
-        "blur_sigma": blur_sigma if baseline == "blur" else None, "interactions": bool(interactions),
+        "baseline": baseline,
+        "estimator": "exact" if exact else "permutation",
+        "n_permutations": None if exact else n_perm,
+        "forward_passes": int(n * n_coalitions),
+        "batch_size": batch_size,
+        "device": str(dev),
+        "seed": seed,
+        "blur_sigma": blur_sigma if baseline == "blur" else None,
+        "interactions": bool(interactions),
     }
     return ChannelShapleyResult(
-        values=values, total=total, interactions=table, players=players,
-        groups={p: [names[k] for k in idx] for p, idx in zip(players, indices)}, settings=settings,
+        values=values,
+        total=total,
+        interactions=table,
+        players=players,
+        groups={p: [names[k] for k in idx] for p, idx in zip(players, indices)},
+        settings=settings,
     )

@@ -12,6 +12,7 @@ baseline in the absent channels, and every map's mass per compartment (nuclei, c
 background) and per cell. The statistics stage tests the values; the CellProfiler stage links
 the per-cell masses to CellProfiler's per-cell features.
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -39,16 +40,39 @@ class DecomposeConfig(Section):
     """``[decompose]``: channel Shapley values and attribution mass per compartment and cell."""
 
     baseline: Literal["counterfactual", "zero", "mean", "blur"] = Field(
-        "counterfactual", description="What stands in for the channels left out of a coalition.")
+        "counterfactual", description="What stands in for the channels left out of a coalition."
+    )
     blur_sigma: float = Field(4.0, gt=0, description='Gaussian sigma (px) of baseline = "blur".')
     groups: dict[str, list[str]] = Field(default_factory=dict, description="Channel groups that play as one player.")
     interactions: bool = Field(True, description="Also pairwise Shapley interaction indices.")
-    n_permutations: int | None = Field(None, ge=1, description="Sampled estimator with this many permutations (default: exact up to 10 players).")
+    n_permutations: int | None = Field(
+        None, ge=1, description="Sampled estimator with this many permutations (default: exact up to 10 players)."
+    )
     batch_size: int | None = Field(None, ge=1, description="Hybrids per forward pass.")
     shapley: bool = Field(True, description="Compute channel Shapley values.")
-    methods: list[str] | None = Field(None, description="Maps split by compartment (default: every channel-resolved map).")
-    labels: Literal["auto", "objects", "segment"] = Field("auto", description="Objects of the data set, or the built-in segmentation.")
+    methods: list[str] | None = Field(
+        None, description="Maps split by compartment (default: every channel-resolved map)."
+    )
+    labels: Literal["auto", "objects", "segment"] = Field(
+        "auto", description="Objects of the data set, or the built-in segmentation."
+    )
     segment: SegmentConfig = Field(default_factory=SegmentConfig)
+
+    @staticmethod
+    def check_config(config: dict) -> list[str]:
+        """The segmentation's stains are channels of the data (when the config names them)."""
+        from chanstat.config import data_names
+
+        channels, _ = data_names(config)
+        segment = (config.get("decompose") or {}).get("segment") or {}
+        if channels is None or not segment.get("enabled", True):
+            return []
+        out = []
+        for key in ("nuclei_channel", "cell_channel"):
+            value = segment.get(key)
+            if value is not None and value not in channels:
+                out.append(f"[decompose.segment] {key}: {value!r} is not a channel of the data ({', '.join(channels)})")
+        return out
 
 
 def _shapley(ctx, part, section) -> dict:
@@ -56,13 +80,25 @@ def _shapley(ctx, part, section) -> dict:
 
     dataset = part.dataset
     baseline = section["baseline"]
-    options = dict(channels=list(dataset.channels), groups=section["groups"] or None, interactions=section["interactions"],
-                   batch_size=section["batch_size"], device=ctx.device, progress=ctx.progress,
-                   n_permutations=section["n_permutations"], seed=ctx.seed, blur_sigma=section["blur_sigma"])
+    options = dict(
+        channels=list(dataset.channels),
+        groups=section["groups"] or None,
+        interactions=section["interactions"],
+        batch_size=section["batch_size"],
+        device=ctx.device,
+        progress=ctx.progress,
+        n_permutations=section["n_permutations"],
+        seed=ctx.seed,
+        blur_sigma=section["blur_sigma"],
+    )
     if baseline == "counterfactual":
         if dataset.counterfactuals is None:
-            raise RuntimeError('[decompose] baseline = "counterfactual" needs counterfactuals (add a [counterfactual] stage)')
-        result = channel_shapley(ctx.model, dataset.images, dataset.labels, counterfactuals=dataset.counterfactuals, **options)
+            raise RuntimeError(
+                '[decompose] baseline = "counterfactual" needs counterfactuals (add a [counterfactual] stage)'
+            )
+        result = channel_shapley(
+            ctx.model, dataset.images, dataset.labels, counterfactuals=dataset.counterfactuals, **options
+        )
     elif baseline == "mean":
         # the whole set's mean image, so a shard's values equal the unsharded ones
         mean = ctx.dataset.images.mean(dim=0, keepdim=True).expand_as(dataset.images)
@@ -84,9 +120,12 @@ def _labels(ctx, dataset, section) -> dict[str, np.ndarray]:
         return {k: v for k, v in dataset.objects.items() if k in ("nuclei", "cells")}
     if section["labels"] == "objects":
         raise RuntimeError('[decompose] labels = "objects" but the data set has no objects; use "segment" or "auto"')
+    options = {k: v for k, v in section["segment"].items() if k != "enabled"}
+    if not section["segment"].get("enabled", True):
+        return {}  # no objects and no segmentation: no compartment masses
     from chanstat.decompose.segmentation import segment_cells
 
-    return segment_cells(dataset.images.numpy(), list(dataset.channels), **section["segment"])
+    return segment_cells(dataset.images.numpy(), list(dataset.channels), **options)
 
 
 def _compartments(ctx, part, section) -> dict:
@@ -102,6 +141,8 @@ def _compartments(ctx, part, section) -> dict:
     if missing:
         raise ValueError(f"[decompose] methods {missing} have no attribution maps; available: {sorted(maps.arrays)}")
     labels = _labels(ctx, dataset, section)
+    if not labels:
+        return {}
     meta = dataset.meta[[c for c in ("Metadata_Plate", "Metadata_Well") if c in dataset.meta]]
     compartments, objects = [], []
     for method in wanted:
@@ -112,7 +153,10 @@ def _compartments(ctx, part, section) -> dict:
         objects.append(result.objects.assign(method=method))
     if not compartments:
         return {}
-    out = {"compartment_mass": pd.concat(compartments, ignore_index=True), "object_mass": pd.concat(objects, ignore_index=True)}
+    out = {
+        "compartment_mass": pd.concat(compartments, ignore_index=True),
+        "object_mass": pd.concat(objects, ignore_index=True),
+    }
     for name, table in out.items():
         out[name] = table.assign(sample=part.rows[table["sample"].to_numpy()])
     return out
@@ -146,7 +190,13 @@ STAGE = Stage(
     name="decompose",
     config=DecomposeConfig,
     reads=("dataset", "model", "attributions"),
-    writes=("channel_shapley", "channel_shapley_total", "channel_shapley_interactions", "compartment_mass", "object_mass"),
+    writes=(
+        "channel_shapley",
+        "channel_shapley_total",
+        "channel_shapley_interactions",
+        "compartment_mass",
+        "object_mass",
+    ),
     per_image=per_image,
     whole_set=whole_set,
     part_inputs=("attributions",),

@@ -13,12 +13,20 @@ every channel and their rows say ``channel_resolved = False``.
 - :func:`road` — remove-and-debias with the noisy linear imputer (MoRF and LeRF).
 - :func:`randomisation_check` — cascading model-parameter randomisation, Spearman per layer.
 """
+
 from chanstat.metrics.faithfulness import deletion, insertion, road
 from chanstat.metrics.imputation import linear_impute, noisy_linear_impute
 from chanstat.metrics.localisation import localisation, pxap
 from chanstat.metrics.randomisation import randomisable_layers, randomisation_check
 
 __all__ = [
-    "pxap", "localisation", "deletion", "insertion", "road", "randomisation_check",
-    "randomisable_layers", "linear_impute", "noisy_linear_impute",
+    "pxap",
+    "localisation",
+    "deletion",
+    "insertion",
+    "road",
+    "randomisation_check",
+    "randomisable_layers",
+    "linear_impute",
+    "noisy_linear_impute",
 ]

@@ -6,6 +6,7 @@ channel-agnostic map (N, 1, H, W) is broadcast to every channel, so its ``"all"`
 the same plane C times and its channel-``k`` view is that plane; rows computed from such a map
 carry ``channel_resolved = False``.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -33,9 +34,7 @@ def check_maps_masks(maps: torch.Tensor, masks: torch.Tensor) -> tuple[int, int,
     Returns (N, C, H, W) with C the larger of the two channel counts.
     """
     if maps.shape[0] != masks.shape[0] or maps.shape[2:] != masks.shape[2:]:
-        raise ValueError(
-            f"maps {tuple(maps.shape)} and masks {tuple(masks.shape)} must agree in N, H and W"
-        )
+        raise ValueError(f"maps {tuple(maps.shape)} and masks {tuple(masks.shape)} must agree in N, H and W")
     cm, ck = maps.shape[1], masks.shape[1]
     if cm != ck and 1 not in (cm, ck):
         raise ValueError(

@@ -16,6 +16,7 @@ pixel in every channel at once, and channel k uses the same plane; its rows carr
 Everything is batched on the model's device: hybrids of many images, channels and steps go
 through the model together, ``batch_size`` at a time.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -28,8 +29,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from chanstat.metrics._common import view_flat, views
-from chanstat.tensors import ALL, as_images, as_target, channel_names, device_of
 from chanstat.metrics.imputation import noisy_linear_impute
+from chanstat.models.adapter import as_model
+from chanstat.tensors import ALL, as_images, as_target, channel_names, device_of
 
 SCORES = ("probability", "logit")
 
@@ -148,8 +150,10 @@ def _perturbation_curves(
     original = np.empty(n)
     resolved = maps.shape[1] == c
 
+    adapter = as_model(model)
+
     def model_score(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        logits = model(x)
+        logits = adapter(x)
         if score == "probability":
             logits = torch.softmax(logits, dim=1)
         return logits.gather(1, y[:, None]).squeeze(1)
@@ -191,9 +195,7 @@ def _perturbation_curves(
                 mask = torch.where((channel_ids[view_i] < 0)[:, None, None, None], mask_all, mask_plane)
                 hybrid = fill(x[img_i], mask, img_i, sl)
                 s = model_score(hybrid, y[img_i]).double().cpu().numpy()
-                out[
-                    (img_i + start).cpu().numpy(), view_i.cpu().numpy(), sel_i.cpu().numpy(), step_i.cpu().numpy()
-                ] = s
+                out[(img_i + start).cpu().numpy(), view_i.cpu().numpy(), sel_i.cpu().numpy(), step_i.cpu().numpy()] = s
                 bar.update(len(jobs))
     bar.close()
     ii, vv, ss, ff = np.meshgrid(np.arange(n), np.arange(n_views), np.arange(n_sel), np.arange(n_steps), indexing="ij")
@@ -210,7 +212,9 @@ def _perturbation_curves(
     return curves, original
 
 
-def _summarise(curves: pd.DataFrame, original: np.ndarray, samples: np.ndarray, by: list[str], normalise: bool) -> pd.DataFrame:
+def _summarise(
+    curves: pd.DataFrame, original: np.ndarray, samples: np.ndarray, by: list[str], normalise: bool
+) -> pd.DataFrame:
     rows = []
     orig = dict(zip(samples.tolist(), original.tolist()))
     for key, grp in curves.groupby(by, sort=False):
@@ -238,8 +242,23 @@ def _samples(samples, n: int) -> np.ndarray:
     return arr
 
 
-def _deletion_like(mode, model, images, maps, target, steps, baseline, blur_sigma, channels, per_channel, score,
-                   batch_size, device, samples, progress) -> FaithfulnessResult:
+def _deletion_like(
+    mode,
+    model,
+    images,
+    maps,
+    target,
+    steps,
+    baseline,
+    blur_sigma,
+    channels,
+    per_channel,
+    score,
+    batch_size,
+    device,
+    samples,
+    progress,
+) -> FaithfulnessResult:
     x, m, t, names = _check_inputs(model, images, maps, target, channels)
     if steps < 1:
         raise ValueError(f"steps must be >= 1; got {steps}")
@@ -311,8 +330,23 @@ def deletion(
         (intact image), ``score_final`` (everything removed).
         curves: ``sample``, ``channel``, ``channel_resolved``, ``fraction``, ``score``.
     """
-    return _deletion_like("deletion", model, images, maps, target, steps, baseline, blur_sigma, channels, per_channel,
-                          score, batch_size, device, samples, progress)
+    return _deletion_like(
+        "deletion",
+        model,
+        images,
+        maps,
+        target,
+        steps,
+        baseline,
+        blur_sigma,
+        channels,
+        per_channel,
+        score,
+        batch_size,
+        device,
+        samples,
+        progress,
+    )
 
 
 def insertion(
@@ -338,8 +372,23 @@ def insertion(
     the score rise fast: **higher AUC is better**. The default baseline is a blurred image
     (as in RISE), so the starting point keeps coarse intensity but no fine structure.
     """
-    return _deletion_like("insertion", model, images, maps, target, steps, baseline, blur_sigma, channels, per_channel,
-                          score, batch_size, device, samples, progress)
+    return _deletion_like(
+        "insertion",
+        model,
+        images,
+        maps,
+        target,
+        steps,
+        baseline,
+        blur_sigma,
+        channels,
+        per_channel,
+        score,
+        batch_size,
+        device,
+        samples,
+        progress,
+    )
 
 
 def road(

@@ -16,10 +16,12 @@ on the device without building a sparse matrix; planes with nothing removed are 
 plane whose pixels are *all* removed has nothing to interpolate from and is filled with 0
 (plus noise).
 """
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
 
 def _neighbour_sum(z: torch.Tensor) -> torch.Tensor:
     """sum_j w_ij z_j over in-image neighbours, for (P, H, W) planes (zero outside the image).

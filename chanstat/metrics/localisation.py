@@ -27,11 +27,12 @@ Pointing game
     pixels in H and W); images with an empty mask in the view are skipped.
 Relevance mass
     Share of positive relevance inside the mask, ``sum(R+ * mask) / sum(R+)``, mean over
-    images (Arras et al., "CLEVR-XAI", 2022); with ``absolute=True`` ``R+ = |R|``.
+    images (Arras et al., "CLEVR-XAI", 2022); with ``transform="absolute"`` ``R+ = |R|``.
 Relevance rank
     With ``K`` = mask size, the fraction of the ``K`` highest-ranked elements that lie in the
     mask, mean over images (Arras et al. 2022).
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -43,7 +44,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from chanstat.metrics._common import as_bool_tensor, check_maps_masks, minmax_per_sample, view_flat, views
-from chanstat.tensors import as_images, channel_names, device_of
+from chanstat.tensors import as_images, channel_names, device_of, transform_maps
 
 
 def _subsets_from_split(split, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -101,7 +102,7 @@ def _accumulate(
     names: Sequence[str],
     subsets: Sequence[np.ndarray],
     thresholds: int,
-    absolute: bool,
+    transform: str,
     pointing_tolerance: int,
     extras: bool,
     device: torch.device,
@@ -118,8 +119,7 @@ def _accumulate(
         m = maps[start : start + batch_size].to(device)
         g = masks[start : start + batch_size].to(device)
         b = m.shape[0]
-        if absolute:
-            m = m.abs()
+        m = transform_maps(m, transform)
         if extras and pointing_tolerance > 0:
             k = 2 * pointing_tolerance + 1
             g_point = F.max_pool2d(g.float(), k, stride=1, padding=pointing_tolerance) > 0
@@ -225,7 +225,7 @@ def pxap(
     masks,
     thresholds: int = 1000,
     channels: Sequence[str] | None = None,
-    absolute: bool = False,
+    transform: str = "absolute",
     batch_size: int = 64,
     device=None,
     progress: bool = False,
@@ -240,7 +240,8 @@ def pxap(
         Ground-truth foreground; one plane is shared by every channel.
     thresholds : number of equal bins over the per-sample normalised map range [0, 1].
     channels : channel names (default ``"0"``, ``"1"``, ...).
-    absolute : rank elements by ``|map|`` instead of the signed value.
+    transform : ``"absolute"`` ranks elements by ``|map|`` (default), ``"positive"`` by its positive
+        part, ``"signed"`` by the signed value (see :data:`chanstat.vocabulary.MASS_TRANSFORMS`).
     batch_size : images moved to ``device`` at a time.
     device : where to compute (default CPU); histograms are pooled over the whole set.
 
@@ -254,7 +255,9 @@ def pxap(
     """
     maps_t, masks_t, n, c, names = _prepare(maps, masks, channels)
     dev = device_of(device)
-    acc = _accumulate(maps_t, masks_t, c, names, [np.ones(n, bool)], thresholds, absolute, 0, False, dev, batch_size, progress)
+    acc = _accumulate(
+        maps_t, masks_t, c, names, [np.ones(n, bool)], thresholds, transform, 0, False, dev, batch_size, progress
+    )
     resolved = maps_t.shape[1] == c
     rows = []
     for name, a in acc.items():
@@ -280,7 +283,7 @@ def localisation(
     split: float | Sequence | np.ndarray | None = 0.5,
     thresholds: int = 1000,
     channels: Sequence[str] | None = None,
-    absolute: bool = False,
+    transform: str = "absolute",
     pointing_tolerance: int = 0,
     seed: int = 0,
     batch_size: int = 64,
@@ -304,7 +307,8 @@ def localisation(
         and rank) choose nothing and use every image.
     thresholds : bins over the per-sample normalised map range [0, 1] (PxAP, Dice, mIoU).
     channels : channel names (default ``"0"``, ``"1"``, ...).
-    absolute : use ``|map|`` (ranking, thresholds, relevance mass) instead of the signed map.
+    transform : ``"absolute"`` uses ``|map|`` for ranking, thresholds and relevance mass (default),
+        ``"positive"`` its positive part, ``"signed"`` the signed map.
     pointing_tolerance : pixels (in H and W) by which the mask is dilated for the pointing game.
     seed : draws the validation images when ``split`` is a fraction.
     batch_size, device, progress : images per step, where to compute, show a progress bar.
@@ -326,7 +330,18 @@ def localisation(
     dev = device_of(device)
     subsets = [np.ones(n, bool), val, test]
     acc = _accumulate(
-        maps_t, masks_t, c, names, subsets, thresholds, absolute, int(pointing_tolerance), True, dev, batch_size, progress
+        maps_t,
+        masks_t,
+        c,
+        names,
+        subsets,
+        thresholds,
+        transform,
+        int(pointing_tolerance),
+        True,
+        dev,
+        batch_size,
+        progress,
     )
     resolved = maps_t.shape[1] == c
     rows = []
@@ -337,8 +352,12 @@ def localisation(
         total = fg_all.sum() + bg_all.sum()
         val_has_fg = fg_val.sum() > 0
         test_has_fg = fg_test.sum() > 0
-        dice, dice_t = _pick(_dice_curve(fg_val, bg_val), _dice_curve(fg_test, bg_test), thresholds, val_has_fg and test_has_fg)
-        miou, miou_t = _pick(_miou_curve(fg_val, bg_val), _miou_curve(fg_test, bg_test), thresholds, val_has_fg and test_has_fg)
+        dice, dice_t = _pick(
+            _dice_curve(fg_val, bg_val), _dice_curve(fg_test, bg_test), thresholds, val_has_fg and test_has_fg
+        )
+        miou, miou_t = _pick(
+            _miou_curve(fg_val, bg_val), _miou_curve(fg_test, bg_test), thresholds, val_has_fg and test_has_fg
+        )
         rows.append(
             dict(
                 channel=name,

@@ -8,6 +8,7 @@ Spearman rank correlation between each sample's original and randomised map. Hig
 correlations that survive randomising most of the network mean the method shows the image
 (edges, intensity), not what the model learned.
 """
+
 from __future__ import annotations
 
 import copy
@@ -21,7 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from chanstat.metrics._common import view_flat, views
-from chanstat.tensors import as_images, as_target, channel_names
+from chanstat.tensors import as_images, as_target, channel_names, transform_maps
 
 
 def randomisable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -60,7 +61,9 @@ def _method_fn(method, method_options: dict) -> Callable[[nn.Module, torch.Tenso
         from chanstat.attribution import attribute
 
         return lambda model, x, y: attribute(model, x, y, method, **method_options)
-    raise TypeError(f"method must be a registered method name or a callable (model, images, target) -> maps; got {type(method).__name__}")
+    raise TypeError(
+        f"method must be a registered method name or a callable (model, images, target) -> maps; got {type(method).__name__}"
+    )
 
 
 def randomisation_check(
@@ -70,7 +73,7 @@ def randomisation_check(
     method: str | Callable,
     layers: Sequence[str] | None = None,
     channels: Sequence[str] | None = None,
-    absolute: bool = True,
+    transform: str = "absolute",
     method_options: dict | None = None,
     seed: int = 0,
     progress: bool = False,
@@ -88,7 +91,8 @@ def randomisation_check(
     layers : names of the layers to randomise, in the order given (default: every
         conv/linear layer, top first — :func:`randomisable_layers`).
     channels : channel names (default ``"0"``, ``"1"``, ...).
-    absolute : compare ``|map|`` (the usual visualisation) instead of the signed maps.
+    transform : compare ``|map|`` (``"absolute"``, the usual visualisation; default), the positive
+        part (``"positive"``) or the signed maps (``"signed"``).
     seed : seeds the re-initialisations (layer ``i`` uses ``seed + i``).
 
     Returns
@@ -106,12 +110,14 @@ def randomisation_check(
     y = as_target(target, n)
     names = channel_names(channels, c)
     fn = _method_fn(method, dict(method_options or {}))
-    work = copy.deepcopy(model).eval()
-    available = randomisable_layers(work)
+    from chanstat.models.adapter import as_model
+
+    work = as_model(copy.deepcopy(model)).eval()
+    available = randomisable_layers(work.model)  # the user's own layer names
     if layers is None:
         chosen = available
     else:
-        lookup = dict(work.named_modules())
+        lookup = dict(work.model.named_modules())
         unknown = [name for name in layers if name not in lookup]
         if unknown:
             raise ValueError(f"unknown layers {unknown}; randomisable layers are {[nm for nm, _ in available]}")
@@ -124,14 +130,16 @@ def randomisation_check(
         maps = as_images(maps, "maps", allow_empty=True).cpu()
         if maps.shape[0] != n or maps.shape[2:] != x.shape[2:] or maps.shape[1] not in (1, c):
             raise ValueError(f"method returned maps of shape {tuple(maps.shape)} for images {tuple(x.shape)}")
-        return maps.abs() if absolute else maps
+        return transform_maps(maps, transform)
 
     original = compute(work)
     resolved = original.shape[1] == c
     vws = views(c, names)
     flat_orig = {name: view_flat(original, ch, c).double().numpy() for name, ch in vws}
     rows = []
-    for step, (layer_name, module) in enumerate(tqdm(chosen, desc="randomise layers", disable=not progress, leave=False), 1):
+    for step, (layer_name, module) in enumerate(
+        tqdm(chosen, desc="randomise layers", disable=not progress, leave=False), 1
+    ):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(seed) + step)
             module.reset_parameters()

@@ -1,31 +1,30 @@
 """Pipeline stage ``metrics``: localisation and faithfulness of every attribution method, per channel.
 
-Config: :class:`MetricsConfig` (``[metrics]``, ``[metrics.pixelcam]``, ``[metrics.randomisation]``).
+Config: :class:`MetricsConfig` (``[metrics]``, ``[metrics.randomisation]``).
 
 - **Per image** (shardable): deletion / insertion (/ ROAD) curves of the maps on a
   class-balanced subset of ``faithfulness_images`` images.
 - **Whole set**: localisation (PxAP pools pixels over every image; Dice/mIoU thresholds are
-  chosen on whole validation wells), the PixelCAM head (trained on every image; its maps join
-  as method ``pixelcam`` and get their faithfulness on the same images), the cascading
-  randomisation check, and the mean deletion/insertion areas joined to the localisation table.
+  chosen on whole validation wells), the cascading randomisation check, and the mean
+  deletion/insertion areas joined to the localisation table. PixelCAM maps come from the
+  attribution stage (``[attribution.pixelcam]``) like every method's.
 
 The masks are ``dataset.signal_masks`` (the planted difference: on a synthetic set only the
 phenotype's channel has foreground, so the other channels' rows are NaN and the ``"all"`` row
 tells whether a map puts its relevance on the right channel). Deletion and insertion track
 the real class's probability on real images.
 """
+
 from __future__ import annotations
 
 import logging
-import time
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 from pydantic import Field
 
-from chanstat.attribution.pixelcam import train_pixelcam
-from chanstat.config import Section, kwargs_model
+from chanstat.config import Section
 from chanstat.metrics.faithfulness import deletion, insertion, road
 from chanstat.metrics.localisation import localisation
 from chanstat.metrics.randomisation import randomisation_check
@@ -34,21 +33,15 @@ from chanstat.stage import Stage, balanced_subset
 log = logging.getLogger(__name__)
 
 
-PixelCAMConfig = kwargs_model(
-    train_pixelcam, "PixelCAMConfig", exclude=("model", "images", "labels", "cam", "seed", "progress"),
-    layer=(str | None, None), cam_layer=(str | None, None), enabled=(bool, True),
-    doc="[metrics.pixelcam]: train a PixelCAM head on the run's model from Grad-CAM pseudo-labels "
-        "(options of chanstat.attribution.train_pixelcam).",
-)
-
-
 class RandomisationConfig(Section):
     """``[metrics.randomisation]``: cascading model-parameter randomisation (a sanity check)."""
 
     methods: list[str] = Field(default_factory=lambda: ["saliency", "gradcam"], description="Registered methods.")
     images: int = Field(4, ge=1, description="Class-balanced images.")
     layers: list[str] | None = Field(None, description="Default: every conv/linear layer, top first.")
-    absolute: bool = True
+    transform: Literal["absolute", "positive", "signed"] = Field(
+        "absolute", description="Compare |map| (absolute), its positive part or the signed maps."
+    )
 
 
 class MetricsConfig(Section):
@@ -57,7 +50,9 @@ class MetricsConfig(Section):
     methods: list[str] | None = Field(None, description="Default: every map of the run.")
     thresholds: int = Field(1000, ge=2, description="PxAP / Dice / mIoU bins.")
     split: float = Field(0.5, gt=0, lt=1, description="Share of wells that choose the Dice/mIoU threshold.")
-    absolute: bool = Field(True, description="Localise |map|.")
+    transform: Literal["absolute", "positive", "signed"] = Field(
+        "absolute", description="Localise |map| (absolute), its positive part or the signed map."
+    )
     pointing_tolerance: int = Field(0, ge=0, description="Pixels.")
     faithfulness_methods: list[str] | None = Field(None, description="Default: every localised method.")
     faithfulness_images: int = Field(16, ge=0, description="Class-balanced images for deletion/insertion (0 = off).")
@@ -67,7 +62,6 @@ class MetricsConfig(Section):
     road: bool = Field(False, description="Also ROAD (MoRF and LeRF).")
     road_fractions: list[float] = Field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 0.9])
     batch_size: int = Field(256, ge=1, description="Hybrids per forward pass.")
-    pixelcam: PixelCAMConfig | None = None  # type: ignore[valid-type]
     randomisation: RandomisationConfig | None = None
 
 
@@ -84,17 +78,37 @@ def select(ctx) -> np.ndarray:
 def _faithfulness(ctx, images, target, rows, maps: dict[str, np.ndarray], channels) -> dict:
     """Deletion / insertion (/ ROAD) of every map on these images -> faithfulness tables."""
     section = ctx.section("metrics")
-    common = dict(channels=channels, score="probability", batch_size=section["batch_size"], device=ctx.device,
-                  samples=rows, progress=ctx.progress)
+    common = dict(
+        channels=channels,
+        score="probability",
+        batch_size=section["batch_size"],
+        device=ctx.device,
+        samples=rows,
+        progress=ctx.progress,
+    )
     verbs = [
-        ("deletion", lambda m: deletion(ctx.model, images, target, m, steps=section["steps"],
-                                        baseline=section["deletion_baseline"], **common)),
-        ("insertion", lambda m: insertion(ctx.model, images, target, m, steps=section["steps"],
-                                          baseline=section["insertion_baseline"], **common)),
+        (
+            "deletion",
+            lambda m: deletion(
+                ctx.model, images, target, m, steps=section["steps"], baseline=section["deletion_baseline"], **common
+            ),
+        ),
+        (
+            "insertion",
+            lambda m: insertion(
+                ctx.model, images, target, m, steps=section["steps"], baseline=section["insertion_baseline"], **common
+            ),
+        ),
     ]
     if section["road"]:
-        verbs.append(("road", lambda m: road(ctx.model, images, target, m, fractions=section["road_fractions"],
-                                             seed=ctx.seed, **common)))
+        verbs.append(
+            (
+                "road",
+                lambda m: road(
+                    ctx.model, images, target, m, fractions=section["road_fractions"], seed=ctx.seed, **common
+                ),
+            )
+        )
     summaries, curves = [], []
     for method, arr in maps.items():
         for verb, fn in verbs:
@@ -121,9 +135,14 @@ def per_image(ctx, part) -> dict:
     if maps is None or ctx.model is None:
         return {}
     methods = _faith_methods(ctx.section("metrics"), list(maps.arrays))
-    methods = [m for m in methods if m != "pixelcam" or not ctx.section("metrics").get("pixelcam")]
-    return _faithfulness(ctx, part.dataset.images, part.dataset.labels, part.rows, {m: maps.arrays[m] for m in methods},
-                         list(part.dataset.channels))
+    return _faithfulness(
+        ctx,
+        part.dataset.images,
+        part.dataset.labels,
+        part.rows,
+        {m: maps.arrays[m] for m in methods},
+        list(part.dataset.channels),
+    )
 
 
 def _split(ctx, split: float):
@@ -141,36 +160,6 @@ def _split(ctx, split: float):
     return val if val.any() and not val.all() else float(split)
 
 
-def _pixelcam(ctx, options: dict, all_maps: dict, loc_kwargs: dict) -> tuple[dict, dict]:
-    """Train a PixelCAM head on the whole set; its maps (and those of the CAM it learned from)."""
-    from chanstat.attribution.pixelcam import gradcam_pseudo_source, pixelcam_maps
-    from chanstat.attribution.pixelcam.head import layer_and_name
-
-    dataset, model = ctx.dataset, ctx.model
-    options = {k: v for k, v in options.items() if k != "enabled"}
-    cam_layer = options.pop("cam_layer", None)
-    options.setdefault("seed", ctx.seed)
-    options.setdefault("progress", ctx.progress)
-    t0 = time.perf_counter()
-    if "gradcam" in all_maps and cam_layer is None:
-        cam, cam_from = np.asarray(all_maps["gradcam"]), "attribution stage gradcam"
-    else:
-        module, name = layer_and_name(model, cam_layer)
-        cam = gradcam_pseudo_source(model, dataset.images, dataset.labels, module).numpy()
-        cam_from = f"Grad-CAM at {name} (computed by the metrics stage)"
-    head = train_pixelcam(model, dataset.images, dataset.labels, cam=cam, **options)
-    new_maps = {"pixelcam": pixelcam_maps(model, head, dataset.images).numpy()}
-    if "gradcam" not in all_maps and cam_layer is None:
-        new_maps["gradcam"] = cam
-    compare = {}
-    for label, arr in (("pixelcam", new_maps["pixelcam"]), ("cam", cam)):
-        table = localisation(arr, dataset.signal_masks, channels=list(dataset.channels), **loc_kwargs)
-        compare[label] = {str(r.channel): (None if pd.isna(r.pxap) else round(float(r.pxap), 3)) for r in table.itertuples()}
-    info = {"feature_layer": head.layer_name, "learned_from": cam_from, "pxap_pixelcam": compare["pixelcam"],
-            "pxap_cam": compare["cam"], "wall_s": round(time.perf_counter() - t0, 3)}
-    return new_maps, info
-
-
 def whole_set(ctx, outputs) -> tuple[dict, dict]:
     section = ctx.section("metrics")
     dataset = ctx.dataset
@@ -184,22 +173,23 @@ def whole_set(ctx, outputs) -> tuple[dict, dict]:
         if missing:
             raise ValueError(f"[metrics] methods {missing} have no attribution maps; available: {sorted(all_maps)}")
         all_maps = {m: all_maps[m] for m in section["methods"]}
-    loc_kwargs = dict(split=_split(ctx, section["split"]), thresholds=section["thresholds"], absolute=section["absolute"],
-                      pointing_tolerance=section["pointing_tolerance"], seed=ctx.seed, device=ctx.device, progress=False)
+    loc_kwargs = dict(
+        split=_split(ctx, section["split"]),
+        thresholds=section["thresholds"],
+        transform=section["transform"],
+        pointing_tolerance=section["pointing_tolerance"],
+        seed=ctx.seed,
+        device=ctx.device,
+        progress=False,
+    )
     info: dict = {}
-    if section.get("pixelcam") and section["pixelcam"].get("enabled", True):
-        new_maps, info["pixelcam"] = _pixelcam(ctx, section["pixelcam"], all_maps, loc_kwargs)
-        all_maps.update(new_maps)
-        rows = select(ctx)
-        if "pixelcam" in _faith_methods(section, list(all_maps)) and len(rows):
-            subset = dataset.subset(rows)
-            extra = _faithfulness(ctx, subset.images, subset.labels, rows, {"pixelcam": new_maps["pixelcam"][rows]}, channels)
-            for name, table in extra.items():
-                outputs[name] = pd.concat([outputs[name], table], ignore_index=True) if name in outputs else table
     if not all_maps:
-        raise ValueError("no attribution maps to evaluate: run an [attribution] stage or add [metrics.pixelcam]")
+        raise ValueError("no attribution maps to evaluate: run the [attribution] stage first")
     loc = pd.concat(
-        [localisation(arr, dataset.signal_masks, channels=channels, **loc_kwargs).assign(method=m) for m, arr in all_maps.items()],
+        [
+            localisation(arr, dataset.signal_masks, channels=channels, **loc_kwargs).assign(method=m)
+            for m, arr in all_maps.items()
+        ],
         ignore_index=True,
     )
     loc = loc[["method"] + [c for c in loc.columns if c != "method"]]
@@ -220,7 +210,9 @@ def whole_set(ctx, outputs) -> tuple[dict, dict]:
     info.update(
         methods=list(all_maps),
         pxap_all={m: (None if pd.isna(v) else round(float(v), 3)) for m, v in overall["pxap"].items()},
-        relevance_mass_all={m: (None if pd.isna(v) else round(float(v), 4)) for m, v in overall["relevance_mass"].items()},
+        relevance_mass_all={
+            m: (None if pd.isna(v) else round(float(v), 4)) for m, v in overall["relevance_mass"].items()
+        },
     )
     return outputs, info
 
@@ -232,7 +224,8 @@ def _randomisation(ctx, section: dict, channels: list[str]) -> tuple[pd.DataFram
     dataset = ctx.dataset
     subset = balanced_subset(dataset.labels.numpy(), section["images"], ctx.seed)
     images, target = dataset.images[subset], dataset.labels[subset]
-    tables, summary = [], {}
+    tables: list[pd.DataFrame] = []
+    summary: dict[str, Any] = {}
     for method in section["methods"]:
         spec = get_method(method)
         options = dict((ctx.section("attribution").get("options") or {}).get(method, {}))
@@ -242,23 +235,34 @@ def _randomisation(ctx, section: dict, channels: list[str]) -> tuple[pd.DataFram
                 continue
             options["counterfactuals"] = dataset.counterfactuals[subset]
         if spec.explains == "counterfactual":
-            options["counterfactual_target"] = dataset.counterfactual_labels[subset]
-        table = randomisation_check(ctx.model, images, target, method, layers=section.get("layers"), channels=channels,
-                                    absolute=section["absolute"], method_options=options, seed=ctx.seed,
-                                    progress=ctx.progress)
+            options["counterfactual_target"] = dataset.counterfactual_target[subset]
+        table = randomisation_check(
+            ctx.model,
+            images,
+            target,
+            method,
+            layers=section.get("layers"),
+            channels=channels,
+            transform=section["transform"],
+            method_options=options,
+            seed=ctx.seed,
+            progress=ctx.progress,
+        )
         table["sample"] = subset[table["sample"].to_numpy()]
         table.insert(1, "method", method)
         tables.append(table)
         overall = table[table["channel"] == "all"].groupby("layer_index", sort=True)["spearman"].mean()
         summary[method] = {"mean_spearman_all_by_step": [None if pd.isna(v) else round(float(v), 4) for v in overall]}
-    out = pd.concat(tables, ignore_index=True)[["sample", "method", "layer_index", "layer", "channel", "channel_resolved",
-                                                "spearman"]]
+    out = pd.concat(tables, ignore_index=True)[
+        ["sample", "method", "layer_index", "layer", "channel", "channel_resolved", "spearman"]
+    ]
     return out, {"methods": summary, "n_images": int(len(subset))}
 
 
 STAGE = Stage(
     name="metrics",
     config=MetricsConfig,
+    sections=("metrics", "attribution"),
     reads=("dataset", "model", "attributions"),
     writes=("localisation", "faithfulness", "faithfulness_curves", "randomisation"),
     per_image=per_image,

@@ -1,4 +1,5 @@
 """Training loop with a well-grouped validation split, early stopping and progress."""
+
 from __future__ import annotations
 
 import copy
@@ -23,7 +24,9 @@ class TrainResult:
     val_index: np.ndarray
 
 
-def split_by_group(groups: pd.Series, labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def split_by_group(
+    groups: pd.Series, labels: np.ndarray, val_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Train/validation indices with whole groups (wells) on one side, stratified by class.
 
     Images of one well share well-level nuisance, so splitting images would leak it into
@@ -54,17 +57,24 @@ def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 128) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of ``model`` on a set."""
-    device = next(model.parameters()).device
-    model.eval()
+def evaluate(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 128
+) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``model`` (any classifier :func:`~chanstat.models.as_model`
+    accepts) on a set."""
+    from chanstat.models.adapter import as_model
+
+    adapter = as_model(model)
+    device = adapter.device
+    adapter.eval()
     loss_sum, correct = 0.0, 0
-    for start in range(0, len(images), batch_size):
-        xb = images[start : start + batch_size].to(device)
-        yb = labels[start : start + batch_size].to(device)
-        logits = model(xb)
-        loss_sum += float(nn.functional.cross_entropy(logits, yb, reduction="sum"))
-        correct += int((logits.argmax(1) == yb).sum())
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            xb = images[start : start + batch_size].to(device)
+            yb = labels[start : start + batch_size].to(device)
+            logits = adapter(xb)
+            loss_sum += float(nn.functional.cross_entropy(logits, yb, reduction="sum"))
+            correct += int((logits.argmax(1) == yb).sum())
     n = max(1, len(images))
     return loss_sum / n, correct / n
 
@@ -101,8 +111,9 @@ def train(
         train_idx, val_idx = np.arange(len(labels_np)), np.arange(len(labels_np))
     x_train, y_train = imageset.images[train_idx], imageset.labels[train_idx]
     x_val, y_val = imageset.images[val_idx], imageset.labels[val_idx]
-    if hasattr(model, "set_input_normalisation"):
-        model.set_input_normalisation(x_train.mean(dim=(0, 2, 3)), x_train.std(dim=(0, 2, 3)))
+    normalise = getattr(model, "set_input_normalisation", None)
+    if callable(normalise):
+        normalise(x_train.mean(dim=(0, 2, 3)), x_train.std(dim=(0, 2, 3)))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
     gen = torch.Generator().manual_seed(seed)
@@ -147,5 +158,9 @@ def train(
         model.load_state_dict(best_state)
     model.eval()
     history = pd.DataFrame(rows)
-    best_acc = float(history.loc[history["epoch"] == best_epoch, "val_accuracy"].iloc[0]) if best_epoch else float("nan")
-    return TrainResult(history=history, val_accuracy=best_acc, best_epoch=best_epoch, train_index=train_idx, val_index=val_idx)
+    best_acc = (
+        float(history.loc[history["epoch"] == best_epoch, "val_accuracy"].iloc[0]) if best_epoch else float("nan")
+    )
+    return TrainResult(
+        history=history, val_accuracy=best_acc, best_epoch=best_epoch, train_index=train_idx, val_index=val_idx
+    )

@@ -1,7 +1,8 @@
 """A VGG-style classifier for any number of input channels."""
+
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -37,7 +38,7 @@ class VGGClassifier(nn.Module):
         super().__init__()
         if in_channels < 1 or n_classes < 2:
             raise ValueError(f"need in_channels >= 1 and n_classes >= 2; got {in_channels}, {n_classes}")
-        self.config = dict(
+        self.config: dict[str, Any] = dict(
             in_channels=int(in_channels),
             n_classes=int(n_classes),
             widths=[int(w) for w in widths],
@@ -69,22 +70,23 @@ class VGGClassifier(nn.Module):
     def set_input_normalisation(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         """Per-channel mean and standard deviation subtracted/divided before the first layer."""
         c = self.in_channels
+        self.input_mean: torch.Tensor
+        self.input_std: torch.Tensor
         self.input_mean.copy_(torch.as_tensor(mean, dtype=torch.float32).reshape(1, c, 1, 1))
         self.input_std.copy_(torch.as_tensor(std, dtype=torch.float32).clamp_min(1e-6).reshape(1, c, 1, 1))
 
     @property
     def in_channels(self) -> int:
-        return self.config["in_channels"]
+        return int(self.config["in_channels"])
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Penultimate features, shape (N, widths[-1])."""
-        return self.flatten(self.pool(self.features((x - self.input_mean) / self.input_std)))
+        mean, std = self.get_buffer("input_mean"), self.get_buffer("input_std")
+        return self.flatten(self.pool(self.features((x - mean) / std)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"model expects input (N, {self.in_channels}, H, W); got {tuple(x.shape)}"
-            )
+            raise ValueError(f"model expects input (N, {self.in_channels}, H, W); got {tuple(x.shape)}")
         return self.classifier(self.embed(x))
 
 
@@ -98,9 +100,10 @@ def default_cam_layer(model: nn.Module) -> nn.Module:
 
 def expected_channels(model: nn.Module) -> int | None:
     """Number of input channels a model takes (first Conv2d), or None if unknown."""
-    if hasattr(model, "in_channels") and isinstance(getattr(model, "in_channels"), int):
-        return model.in_channels
+    declared = getattr(model, "in_channels", None)
+    if isinstance(declared, int):
+        return declared
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
-            return m.in_channels
+            return int(m.in_channels)
     return None

@@ -8,12 +8,20 @@ no torch, no model, seconds to render.
 >>> render("runs/demo", formats=("html", "pdf"))          # doctest: +SKIP
 [PosixPath('runs/demo/report.html'), PosixPath('runs/demo/report.pdf')]
 """
+
 from chanstat.report.display import format_value
 from chanstat.report.renderer import ENGINES, FORMATS, default_template, parse_formats, render, resolve_engine
 from chanstat.report.text import Markdown
 from chanstat.rundir import RunDirectory
 
 __all__ = [
-    "ENGINES", "FORMATS", "Markdown", "RunDirectory", "default_template", "format_value", "parse_formats", "render",
+    "ENGINES",
+    "FORMATS",
+    "Markdown",
+    "RunDirectory",
+    "default_template",
+    "format_value",
+    "parse_formats",
+    "render",
     "resolve_engine",
 ]

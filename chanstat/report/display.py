@@ -9,6 +9,7 @@ Markdown, which the PDF writer turns into Typst.
 Text arguments are plain text unless typed :class:`~chanstat.report.text.Markdown`: plain
 text (anything from data) is escaped here, in every output format.
 """
+
 from __future__ import annotations
 
 import base64
@@ -19,7 +20,7 @@ from typing import Iterable, Sequence
 
 import pandas as pd
 
-from chanstat.report.text import Markdown, as_markdown, code, format_value, md
+from chanstat.report.text import Markdown, as_markdown, code, format_p, format_value, is_p_column, md
 
 TABLE_MIME = "application/vnd.chanstat.table+json"
 #: Notes carry this mime type too, so tests and the PDF writer can tell them from prose.
@@ -106,16 +107,32 @@ def note(text: str | Markdown, kind: str = "info") -> None:
     if kind not in ("missing", "info", "error"):
         raise ValueError(f"note kind must be missing, info or error, got {kind!r}")
     text = as_markdown(text)
-    _display({
-        "text/html": f'<div class="chanstat-note chanstat-{kind}">{markdown_to_html(text)}</div>',
-        "text/markdown": "> " + str(text).replace("\n", "\n> "),
-        "text/plain": str(text),
-        NOTE_MIME: {"kind": kind, "text": str(text)},
-    })
+    _display(
+        {
+            "text/html": f'<div class="chanstat-note chanstat-{kind}">{markdown_to_html(text)}</div>',
+            "text/markdown": "> " + str(text).replace("\n", "\n> "),
+            "text/plain": str(text),
+            NOTE_MIME: {"kind": kind, "text": str(text)},
+        }
+    )
+
+
+#: When true (a run saved from Python, without provenance.json), absent files are not announced:
+#: the report shows only what the run holds. Set by :func:`quiet_missing`.
+QUIET_MISSING = False
+
+
+def quiet_missing(quiet: bool = True) -> None:
+    """Stop (or resume) the "stage not run" notes, for runs that hold only what a Python analysis saved."""
+    global QUIET_MISSING
+    QUIET_MISSING = bool(quiet)
 
 
 def missing_note(files: Sequence[str], stage: str | None = None, what: str | None = None) -> None:
-    """The note a section shows when the files it needs are absent (files and stage are plain text)."""
+    """The note a section shows when the files it needs are absent (files and stage are plain text);
+    nothing under :func:`quiet_missing`."""
+    if QUIET_MISSING:
+        return
     names = Markdown(", ").join(code(f) for f in files)
     stage_txt = md(" (written by the {} stage)", code(stage)) if stage and stage != "run" else Markdown("")
     tail = md(" — {}", what) if what else Markdown("")
@@ -153,7 +170,8 @@ def show_table(
         df = df.iloc[:max_rows]
         flags = flags[:max_rows]
     columns = [str(c) for c in df.columns]
-    full = [[format_value(v, digits) for v in row] for row in df.itertuples(index=False, name=None)]
+    formats = [format_p if is_p_column(c) else format_value for c in columns]
+    full = [[f(v, digits) for f, v in zip(formats, row)] for row in df.itertuples(index=False, name=None)]
     rows = [[v if len(v) <= max_text else v[: max_text - 1] + "…" for v in row] for row in full]
     numeric = [pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]) for c in df.columns]
     footer = f"Showing {len(rows)} of {n_total} rows." if len(rows) < n_total else None
@@ -166,20 +184,32 @@ def show_table(
     for row, whole, flag in zip(rows, full, flags):
         cls = ' class="chanstat-emph"' if flag else ""
         cells = "".join(
-            f'<td class="num">{html.escape(v)}</td>' if num
-            else (f'<td title="{html.escape(w)}">{html.escape(v)}</td>' if v != w
-                  else f'<td class="nw">{html.escape(v)}</td>' if len(v) <= 32 else f"<td>{html.escape(v)}</td>")
+            f'<td class="num">{html.escape(v)}</td>'
+            if num
+            else (
+                f'<td title="{html.escape(w)}">{html.escape(v)}</td>'
+                if v != w
+                else f'<td class="nw">{html.escape(v)}</td>'
+                if len(v) <= 32
+                else f"<td>{html.escape(v)}</td>"
+            )
             for v, w, num in zip(row, whole, numeric)
         )
         parts.append(f"<tr{cls}>{cells}</tr>")
     parts.append("</tbody></table></div>")
     if footer:
         parts.append(f'<p class="chanstat-table-footer">{footer}</p>')
-    _display({
-        "text/html": "".join(parts),
-        "text/plain": df.to_string(index=False),
-        TABLE_MIME: {
-            "caption": caption, "columns": columns, "rows": rows, "bold_rows": [bool(f) for f in flags],
-            "numeric": numeric, "footer": footer,
-        },
-    })
+    _display(
+        {
+            "text/html": "".join(parts),
+            "text/plain": df.to_string(index=False),
+            TABLE_MIME: {
+                "caption": caption,
+                "columns": columns,
+                "rows": rows,
+                "bold_rows": [bool(f) for f in flags],
+                "numeric": numeric,
+                "footer": footer,
+            },
+        }
+    )

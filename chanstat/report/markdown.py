@@ -5,6 +5,7 @@ inline code, links, lists, block quotes, fenced code, pipe tables, rules. Text a
 into Typst as string literals (``#"..."``), so no character of the input can be read as
 Typst markup.
 """
+
 from __future__ import annotations
 
 import json
@@ -67,8 +68,7 @@ def _blocks(tokens: list[dict], offset: int) -> str:
         elif t == "block_quote":
             body = _blocks(tok.get("children", []), offset).strip()
             out.append(
-                "#block(fill: rgb(\"#fff4e0\"), stroke: (left: 2pt + rgb(\"#e0a030\")), inset: 6pt, "
-                f"width: 100%)[{body}]\n"
+                f'#block(fill: rgb("#fff4e0"), stroke: (left: 2pt + rgb("#e0a030")), inset: 6pt, width: 100%)[{body}]\n'
             )
         elif t == "block_code":
             lang = (tok.get("attrs") or {}).get("info") or ""

@@ -4,6 +4,7 @@ The notebook's Markdown cells and rich outputs become Typst markup: Markdown thr
 :mod:`chanstat.report.markdown`, figures as images, tables (the report's
 ``application/vnd.chanstat.table+json`` outputs) as real ``#table``\\ s, notes as shaded blocks.
 """
+
 from __future__ import annotations
 
 import base64
@@ -42,10 +43,15 @@ def notebook_to_typst(nb, image_dir: Path, title: str, subtitle: str | None = No
     """Typst source for an executed notebook; figures are written into ``image_dir``."""
     image_dir = Path(image_dir)
     image_dir.mkdir(parents=True, exist_ok=True)
-    parts = [PREAMBLE.format(
-        title=typst_string(title), title_markup=typst_text(title),
-        subtitle_markup=f"#linebreak() #text(size: 11pt, fill: luma(80))[{typst_text(subtitle)}]" if subtitle else "",
-    )]
+    parts = [
+        PREAMBLE.format(
+            title=typst_string(title),
+            title_markup=typst_text(title),
+            subtitle_markup=f"#linebreak() #text(size: 11pt, fill: luma(80))[{typst_text(subtitle)}]"
+            if subtitle
+            else "",
+        )
+    ]
     n_images = 0
     for cell in nb.cells:
         if cell.cell_type == "markdown":
@@ -95,8 +101,10 @@ def note_to_typst(payload: dict) -> str:
     colours = {"missing": ("#fff4e0", "#e0a030"), "error": ("#fde8e8", "#c0392b"), "info": ("#e8f1fb", "#3a78c2")}
     fill, edge = colours.get(payload.get("kind", "info"), colours["info"])
     body = markdown_to_typst(payload.get("text", "")).strip()
-    return (f"#block(fill: rgb({typst_string(fill)}), stroke: (left: 2pt + rgb({typst_string(edge)})), inset: 6pt, "
-            f"radius: 2pt, width: 100%)[{body}]\n")
+    return (
+        f"#block(fill: rgb({typst_string(fill)}), stroke: (left: 2pt + rgb({typst_string(edge)})), inset: 6pt, "
+        f"radius: 2pt, width: 100%)[{body}]\n"
+    )
 
 
 def table_to_typst(payload: dict) -> str:
@@ -113,9 +121,11 @@ def table_to_typst(payload: dict) -> str:
     out = []
     if payload.get("caption"):
         # sticky: the caption stays on the page of its table
-        out.append(f"#block(sticky: true)[#text(weight: \"bold\", size: 8.5pt)[{typst_text(payload['caption'])}]]\n")
-    out.append(f"#block(width: 100%)[#set text(size: {size})\n#table(columns: {n}, align: ({align},), "
-               f"fill: (_, y) => if y == 0 {{ luma(235) }},\n" + ",\n".join(cells) + ")]\n")
+        out.append(f'#block(sticky: true)[#text(weight: "bold", size: 8.5pt)[{typst_text(payload["caption"])}]]\n')
+    out.append(
+        f"#block(width: 100%)[#set text(size: {size})\n#table(columns: {n}, align: ({align},), "
+        f"fill: (_, y) => if y == 0 {{ luma(235) }},\n" + ",\n".join(cells) + ")]\n"
+    )
     if payload.get("footer"):
         out.append(f"#text(size: 7.5pt, fill: luma(90))[{typst_text(payload['footer'])}]\n")
     return "\n".join(out)

@@ -7,6 +7,7 @@ running this interpreter, nbconvert writes a self-contained HTML page (figures i
 base64, no code, no remote scripts) and :mod:`chanstat.report.pdf` writes the PDF through Typst.
 Rendering reads files only, so it takes seconds.
 """
+
 from __future__ import annotations
 
 import html as html_lib
@@ -28,18 +29,10 @@ KERNEL_NAME = "chanstat-report"
 
 
 def default_template() -> Path:
-    """The shipped template ``reports/chanstat_report.py`` (source checkout, or the current folder)."""
-    candidates = [
-        Path(__file__).resolve().parents[2] / "reports" / TEMPLATE_NAME,
-        Path.cwd() / "reports" / TEMPLATE_NAME,
-    ]
-    for c in candidates:
-        if c.is_file():
-            return c
-    raise FileNotFoundError(
-        f"report template {TEMPLATE_NAME} not found (looked in {', '.join(str(c.parent) for c in candidates)}); "
-        "pass template=PATH"
-    )
+    """The shipped template (package data; ``reports/chanstat_report.py`` in a source checkout)."""
+    from chanstat.resources import resource_path
+
+    return resource_path(TEMPLATE_NAME)
 
 
 def resolve_engine(engine: str = "auto") -> str:
@@ -93,9 +86,17 @@ def render(
     -------
     list of Path : the files written, in the order of ``formats``.
     """
+    from chanstat.rundir import MARKER, is_run_directory
+
     run_dir = Path(run_dir).resolve()
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run directory not found: {run_dir}")
+    if not is_run_directory(run_dir) and any(run_dir.iterdir()):  # an empty folder holds nothing to overwrite
+        raise ValueError(
+            f"{run_dir} is not a chanstat run directory (no {MARKER}); the report is written only into runs"
+        )
+    if not name or name in (".", "..") or Path(name).name != name or "/" in name or "\\" in name:
+        raise ValueError(f"report name {name!r} leaves the run directory; give a plain file name such as 'report'")
     fmts = parse_formats(formats)
     template = Path(template).resolve() if template else default_template()
     if not template.is_file():
@@ -117,8 +118,19 @@ def _render_quarto(template: Path, run_dir: Path, fmts: list[str], out_dir: Path
         for fmt in fmts:
             target = f"{name}.{fmt}"
             to = "html" if fmt == "html" else "typst"
-            cmd = ["quarto", "render", str(src), "--to", to, "--output", target, "-P", f"run_dir:{run_dir}",
-                   "--execute-dir", str(run_dir)]
+            cmd = [
+                "quarto",
+                "render",
+                str(src),
+                "--to",
+                to,
+                "--output",
+                target,
+                "-P",
+                f"run_dir:{run_dir}",
+                "--execute-dir",
+                str(run_dir),
+            ]
             if fmt == "html":
                 cmd += ["-M", "embed-resources:true"]
             proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, env=_kernel_env())
@@ -132,7 +144,9 @@ def _render_quarto(template: Path, run_dir: Path, fmts: list[str], out_dir: Path
 
 
 # ============================================================================ builtin
-def _render_builtin(template: Path, run_dir: Path, fmts: list[str], out_dir: Path, name: str, timeout: int) -> list[Path]:
+def _render_builtin(
+    template: Path, run_dir: Path, fmts: list[str], out_dir: Path, name: str, timeout: int
+) -> list[Path]:
     nb, front = build_notebook(template, {"run_dir": str(run_dir)})
     nb = execute_notebook(nb, cwd=run_dir, timeout=timeout)
     title = str(front.get("title") or "chanstat report")
@@ -222,18 +236,23 @@ def _kernel_manager():
     with tempfile.TemporaryDirectory(prefix="chanstat-kernel-") as tmp:
         spec_dir = Path(tmp) / KERNEL_NAME
         spec_dir.mkdir()
-        (spec_dir / "kernel.json").write_text(json.dumps({
-            "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-            "display_name": "chanstat report (Python)",
-            "language": "python",
-            "metadata": {"debugger": False},
-        }))
+        (spec_dir / "kernel.json").write_text(
+            json.dumps(
+                {
+                    "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                    "display_name": "chanstat report (Python)",
+                    "language": "python",
+                    "metadata": {"debugger": False},
+                }
+            )
+        )
         ksm = KernelSpecManager(kernel_dirs=[tmp], ensure_native_kernel=False)
         if os.name == "nt":  # no Unix sockets: local TCP
             yield AsyncKernelManager(kernel_name=KERNEL_NAME, kernel_spec_manager=ksm)
         else:  # IPC sockets in the temporary folder: local only, no open TCP port
-            yield AsyncKernelManager(kernel_name=KERNEL_NAME, kernel_spec_manager=ksm, transport="ipc",
-                                     ip=str(Path(tmp) / "kernel"))
+            yield AsyncKernelManager(
+                kernel_name=KERNEL_NAME, kernel_spec_manager=ksm, transport="ipc", ip=str(Path(tmp) / "kernel")
+            )
 
 
 def execute_notebook(nb, cwd: str | os.PathLike, timeout: int = 600):
@@ -242,14 +261,20 @@ def execute_notebook(nb, cwd: str | os.PathLike, timeout: int = 600):
 
     with _kernel_manager() as km:
         client = NotebookClient(
-            nb, km=km, timeout=timeout, allow_errors=False, record_timing=False,
+            nb,
+            km=km,
+            timeout=timeout,
+            allow_errors=False,
+            record_timing=False,
             resources={"metadata": {"path": str(cwd)}},
         )
         # cleanup_kc: shut the kernel down afterwards (nbclient leaves kernels of a given km running)
         client.execute(env=_kernel_env(), cleanup_kc=True)
     for cell in nb.cells:  # warnings on stderr are not part of the report
         if cell.cell_type == "code":
-            cell.outputs = [o for o in cell.outputs if not (o.get("output_type") == "stream" and o.get("name") == "stderr")]
+            cell.outputs = [
+                o for o in cell.outputs if not (o.get("output_type") == "stream" and o.get("name") == "stderr")
+            ]
     return nb
 
 
@@ -284,7 +309,8 @@ details > summary { cursor: pointer; font-weight: bold; margin: 10px 0 4px 0; }
 .chanstat-error { border-left-color: #c0392b; background: #fde8e8; }
 """
 
-_TEMPLATE = """{%- extends 'index.html.j2' -%}
+_TEMPLATE = (
+    """{%- extends 'index.html.j2' -%}
 {%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
 {%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
 {%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
@@ -296,8 +322,11 @@ _TEMPLATE = """{%- extends 'index.html.j2' -%}
 {%- if md.get('width') %} width="{{ md.get('width') }}"{% endif %} alt="{{ (md.get('alt') or 'figure') | escape_html }}">
 </div>
 {% endblock data_png %}
-{%- block extra_css -%}<style type="text/css">""" + CSS + """</style>{%- endblock extra_css -%}
+{%- block extra_css -%}<style type="text/css">"""
+    + CSS
+    + """</style>{%- endblock extra_css -%}
 """
+)
 
 
 def notebook_to_html(nb, title: str = "chanstat report", subtitle: str | None = None) -> str:
@@ -336,7 +365,9 @@ _HEADING = re.compile(r"<h([23]) id=\"([^\"]+)\">(.*?)(?:<a class=\"anchor-link\
 
 
 def _insert_toc(page: str) -> str:
-    items = [(int(level), anchor, re.sub(r"<[^>]+>", "", text).strip()) for level, anchor, text in _HEADING.findall(page)]
+    items = [
+        (int(level), anchor, re.sub(r"<[^>]+>", "", text).strip()) for level, anchor, text in _HEADING.findall(page)
+    ]
     items = [i for i in items if i[0] == 2]
     if not items:
         return page
@@ -344,4 +375,4 @@ def _insert_toc(page: str) -> str:
     toc = f'<nav class="chanstat-toc"><div class="toc-title">Contents</div><ul>{lis}</ul></nav>'
     # after the title block (the first output/markdown cell that holds the <h1>)
     m = re.search(r"</h1>(\s*<p class=\"chanstat-subtitle\">.*?</p>)?", page, re.S)
-    return page[: m.end()] + toc + page[m.end():] if m else page
+    return page[: m.end()] + toc + page[m.end() :] if m else page

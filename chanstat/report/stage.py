@@ -1,7 +1,8 @@
 """Pipeline stage ``report``: render the run directory's report (default HTML and PDF)."""
+
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, cast
 
 from pydantic import Field
 
@@ -13,8 +14,12 @@ from chanstat.stage import Stage
 class ReportConfig(Section):
     """``[report]``: the Quarto report rendered from this run directory's files."""
 
-    formats: list[Literal["html", "pdf"]] = Field(default_factory=lambda: ["html", "pdf"], description="Any of html, pdf.")
-    engine: Literal["auto", "quarto", "builtin"] = Field("auto", description='"auto" uses quarto when on PATH, else the built-in renderer.')
+    formats: list[Literal["html", "pdf"]] = Field(
+        default_factory=lambda: cast(list[Literal["html", "pdf"]], ["html", "pdf"]), description="Any of html, pdf."
+    )
+    engine: Literal["auto", "quarto", "builtin"] = Field(
+        "auto", description='"auto" uses quarto when on PATH, else the built-in renderer.'
+    )
     template: str | None = Field(None, description="Another Quarto document (relative to the config file).")
 
     @staticmethod
@@ -44,5 +49,6 @@ STAGE = Stage(
     name="report",
     config=ReportConfig,
     writes=("report_html", "report_pdf"),
+    reads_all=True,
     whole_set=whole_set,
 )

@@ -13,6 +13,7 @@ mistune all read ``\\<`` as a literal ``<``), so the text stays literal in the H
 own Markdown path. Matplotlib text is made literal by the figure style (``text.parse_math``
 off), so ``$`` in a channel name cannot start mathtext.
 """
+
 from __future__ import annotations
 
 import html
@@ -119,3 +120,50 @@ def format_value(value: Any, digits: int = 3) -> str:
     except (TypeError, ValueError):
         pass
     return str(value)
+
+
+#: Below this a p-value is printed as "< 1e-16" (double precision cannot tell such p-values apart, and "0" misleads).
+P_FLOOR = 1e-16
+
+
+def format_p(value: Any, digits: int = 3) -> str:
+    """A p-value as the report writes it: ``"< 1e-16"`` below :data:`P_FLOOR` (zero included), else
+    :func:`format_value`."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return format_value(value, digits)
+    if math.isfinite(v) and v < P_FLOOR:
+        return "< 1e-16"
+    return format_value(value, digits)
+
+
+def p_text(value: Any) -> "Markdown":
+    """``p = 0.0123`` or ``p < 1e-16`` (Markdown, escaped)."""
+    text = format_p(value)
+    return md("p {}", text) if text.startswith("<") else md("p = {}", text)
+
+
+def is_p_column(name: str) -> bool:
+    """Whether a table column holds p-values (``p_value``, ``p_adj``, ``q_value``, ``*_p``, ``p_*``)."""
+    name = str(name)
+    return (
+        name in ("p", "p_value", "p_adj", "q_value", "min_p_value") or name.endswith("_p") or name.startswith("p_value")
+    )
+
+
+def finished_time(provenance: dict) -> str | None:
+    """When the run finished: ``provenance["finished"]``, else (the report renders before the run records
+    its end) the start plus the stages' total wall time so far, marked as such."""
+    if provenance.get("finished"):
+        return str(provenance["finished"])
+    started, total = provenance.get("started"), provenance.get("total_wall_s")
+    if not started or total is None:
+        return None
+    from datetime import datetime, timedelta
+
+    try:
+        end = datetime.fromisoformat(str(started)) + timedelta(seconds=float(total))
+    except (TypeError, ValueError):
+        return None
+    return f"{end.isoformat(timespec='seconds')} (analysis stages; the report followed)"

@@ -25,27 +25,43 @@ plates on.
 **Unit of replication.** Images are averaged per unit (well, or plate) first; every test then
 treats units as independent, whatever the number of images per unit.
 """
+
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 
+from chanstat.stats.bootstrap import check_level, check_n_boot, share_intervals
 from chanstat.stats.compositional import DEFAULT_ZERO_DELTA
 from chanstat.stats.design import (
-    ALL, PLATE_COLUMN, WELL_COLUMNS, Group, as_tuple, build_groups, describe_keys, drop_incomplete,
+    ALL,
+    DEFAULT_PADJUST,
+    N_BOOT,
+    PLATE_COLUMN,
+    WELL_COLUMNS,
+    Group,
+    as_tuple,
+    build_groups,
+    describe_keys,
+    drop_incomplete,
     resolve_unit,
 )
-from chanstat.stats.bootstrap import check_n_boot, share_intervals
 from chanstat.stats.dominance import dominance
 from chanstat.stats.mixed import mixedlm_rows
 from chanstat.stats.padjust import adjust, check_padjust
-from chanstat.stats.test_rows import (
-    Options, _dominance_rows, _friedman_rows, _hotelling_rows, _pairwise_rows, _plate_rows, _rm_anova_rows, _row,
+from chanstat.stats.rows import (
+    Options,
+    _dominance_rows,
+    _friedman_rows,
+    _hotelling_rows,
+    _pairwise_rows,
+    _plate_rows,
+    _rm_anova_rows,
+    _row,
 )
-
 
 #: name -> function(group, options) -> rows.
 TESTS: dict[str, Callable[[Group, Options], list[dict]]] = {
@@ -70,6 +86,13 @@ ROLES = {
     "mixedlm": "descriptive",
 }
 
+PSEUDO_NOTE = "PSEUDO-REPLICATES (units are not independent replicates); "
+#: note of every row computed on pseudo-replicates: effect sizes only
+ONE_FIELD_NOTE = (
+    "PSEUDO-REPLICATES, n = 1 field: the units are blocks of one field of view, not a sample of wells, "
+    "so no p-value is shown (effect sizes only); "
+)
+
 COLUMNS = (
     "test",
     "role",
@@ -93,7 +116,9 @@ COLUMNS = (
     "n_plates",
     "pseudo_replicates",
     "primary",
+    "quantity",
     "dominant_channel",
+    "dominant_value",
     "dominant_share",
     "dominant_ci_low",
     "dominant_ci_high",
@@ -104,24 +129,25 @@ COLUMNS = (
 
 def _dominant(group: Group, options: Options, ci: float, n_boot: int, rng: np.random.Generator) -> dict:
     """Dominant channel (IUT) with a simultaneous (Bonferroni over channels) interval."""
-    none = {"dominant_channel": "none", "dominant_share": np.nan, "dominant_ci_low": np.nan, "dominant_ci_high": np.nan}
+    none = {"dominant_channel": "none", "dominant_value": np.nan, "dominant_ci_low": np.nan, "dominant_ci_high": np.nan}
     if group.n_units < (3 if options.pairwise == "t" else 2):
         return none
     res = dominance(group.values, alpha=options.alpha, pairwise=options.pairwise, seed=options.seed)
     if res["dominant"] < 0:
         return none
     k = res["dominant"]
-    mean, _, _, low, high, _ = share_intervals(group.values, ci, "boot_t", n_boot, rng)
+    bounds = (0.0, 1.0) if options.compositional and float(np.max(group.values)) <= 1.0 else None
+    mean, _, _, low, high, _ = share_intervals(group.values, ci, "boot_t", n_boot, rng, bounds=bounds)
     return {
         "dominant_channel": group.channels[k],
-        "dominant_share": float(mean[k]),
+        "dominant_value": float(mean[k]),
         "dominant_ci_low": float(low[k]),
         "dominant_ci_high": float(high[k]),
     }
 
 
 def test_channels(
-    mass: pd.DataFrame,
+    table: pd.DataFrame,
     value: str = "share",
     channel: str = "channel",
     sample: str = "sample",
@@ -130,14 +156,15 @@ def test_channels(
     by: Sequence[str] = ("method",),
     unit: str = "auto",
     breakdown: str | None = "transition",
+    *,
     tests: Sequence[str] = DEFAULT_TESTS,
     primary: str = PRIMARY_TEST,
-    padjust: str = "holm",
+    padjust: str = DEFAULT_PADJUST,
     alpha: float = 0.05,
     ci: float = 0.95,
     pairwise: str = "t",
     n_perm: int = 999,
-    n_boot: int = 2000,
+    n_boot: int = N_BOOT,
     pseudo_replicates: bool = False,
     seed: int = 0,
     delta: float = DEFAULT_ZERO_DELTA,
@@ -148,7 +175,7 @@ def test_channels(
     any channel are dropped first, with a warning and a count (:func:`drop_incomplete`). The
     analysis runs separately for each group of the ``by`` columns (default: each attribution
     method) and, within it, pooled (``breakdown`` = ``"all"``) and per level of the
-    ``breakdown`` column (default: each transition ``"A->B"``).
+    ``breakdown`` column (default: each transition ``"A → B"``).
 
     **Unit of replication.** ``unit="auto"`` (default): plates when the table holds at least
     :data:`~chanstat.stats.design.MIN_PLATE_UNITS` (6) plates, otherwise wells (the
@@ -172,14 +199,14 @@ def test_channels(
 
     Parameters
     ----------
-    mass : DataFrame
+    table : DataFrame
         Tidy channel table, e.g. from :func:`chanstat.stats.channel_mass`.
     value : column tested (default ``"share"``; compositional tests need it non-negative,
         signed contributions such as Shapley values go through the dominance test).
     channel, sample : channel and sample-id columns.
     well : columns that together identify a well.
     plate : plate column.
-    by : columns defining separate analyses (must exist in ``mass``).
+    by : columns defining separate analyses (must exist in ``table``).
     unit : ``"auto"``, ``"well"``, ``"plate"`` or ``"image"``.
     breakdown : column with sub-analyses (ignored when absent or all missing); None for none.
     tests : names from :data:`TESTS`.
@@ -228,11 +255,16 @@ def test_channels(
         unit used, counts, and the pseudo-replicate flag.
     ``primary``
         True on the pooled row of the primary test of each ``by`` group.
-    ``dominant_channel``, ``dominant_share``, ``dominant_ci_low``, ``dominant_ci_high``
+    ``quantity``
+        what ``value`` holds: ``"share"``, or the column name (``"shapley"``, ``"dac"``).
+    ``dominant_channel``, ``dominant_value``, ``dominant_share``, ``dominant_ci_low``, ``dominant_ci_high``
         the channel the dominance test names at ``alpha`` (``"none"`` when no channel
-        passes), its mean unit-level value and a simultaneous interval (Bonferroni over the C
-        channels at level ``ci``: bootstrap-t from 6 units, t below; it covers the channel
-        although the channel is chosen from the data); NaN when ``"none"``.
+        passes), its mean unit-level value (``dominant_value``; ``dominant_share`` holds the
+        same number only when the quantity is a share, NaN otherwise: a mean Shapley value is
+        not a share) and a simultaneous interval (bootstrap of the max studentised deviation
+        over the C channels, never narrower than Bonferroni t; it covers the channel although
+        the channel is chosen from the data); NaN when ``"none"``. With
+        ``pseudo_replicates=True`` no p-value is given and no channel is named (n = 1 field).
     ``warning``
         e.g. wells used as units with several plates; ``""`` when none.
     ``note``
@@ -248,14 +280,24 @@ def test_channels(
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must lie in (0, 1); got {alpha}")
     by = as_tuple(by)
-    if isinstance(mass, pd.DataFrame) and value in mass.columns and sample in mass.columns:
-        mass, _ = drop_incomplete(mass, value, sample, [c for c in by if c in mass.columns], who="test_channels")
-    _, unit_warning = resolve_unit(mass, unit, as_tuple(well), plate, "test_channels") if isinstance(mass, pd.DataFrame) else ("", "")
+    check_level(ci, "ci", "test_channels")
+    check_level(alpha, "alpha", "test_channels")
+    if isinstance(table, pd.DataFrame) and value in table.columns and sample in table.columns:
+        table, _ = drop_incomplete(table, value, sample, [c for c in by if c in table.columns], who="test_channels")
+    _, unit_warning = (
+        resolve_unit(table, unit, as_tuple(well), plate, "test_channels")
+        if isinstance(table, pd.DataFrame)
+        else ("", "")
+    )
     if unit_warning:
         warnings.warn(f"test_channels: {unit_warning}", stacklevel=2)
-    groups = build_groups(mass, value, channel, sample, as_tuple(well), plate, by, unit, breakdown, who="test_channels")
-    compositional = bool((pd.to_numeric(mass[value], errors="coerce") >= 0).all())
-    options = Options(delta=delta, alpha=alpha, pairwise=pairwise, n_perm=n_perm, seed=seed, compositional=compositional)
+    groups = build_groups(
+        table, value, channel, sample, as_tuple(well), plate, by, unit, breakdown, who="test_channels"
+    )
+    compositional = bool((pd.to_numeric(table[value], errors="coerce") >= 0).all())
+    options = Options(
+        delta=delta, alpha=alpha, pairwise=pairwise, n_perm=n_perm, seed=seed, compositional=compositional
+    )
     rows: list[dict] = []
     lonely = []
     for group in groups:
@@ -266,7 +308,7 @@ def test_channels(
             "unit": group.unit,
             "n_units": group.n_units,
             "n_samples": group.sample_values.shape[0],
-            "n_plates": int(len(np.unique(group.sample_plate))) if group.sample_plate is not None else 0,
+            "n_plates": len(np.unique(group.sample_plate)) if group.sample_plate is not None else 0,
             "pseudo_replicates": bool(pseudo_replicates),
             "warning": unit_warning,
             **_dominant(group, options, ci, n_boot, rng),
@@ -274,19 +316,29 @@ def test_channels(
         pooled = breakdown is None or group.keys.get(breakdown, ALL) == ALL
         for name in tests:
             if not compositional and name in ("hotelling", "rm_anova", "paired_t", "mixedlm"):
-                rows.append({**shared, **_row(name, note="not applicable: the value is signed (not a composition)"),
-                             "role": "secondary", "primary": False})
+                rows.append(
+                    {
+                        **shared,
+                        **_row(name, note="not applicable: the value is signed (not a composition)"),
+                        "role": "secondary",
+                        "primary": False,
+                    }
+                )
                 continue
             for row in TESTS[name](group, options):
                 role = ROLES.get(row["test"], "secondary")
                 if name == primary and row["test"] == name:
                     role = "primary"
-                row = {**shared, **row, "role": role, "primary": bool(pooled and name == primary and row["test"] == name)}
+                row = {
+                    **shared,
+                    **row,
+                    "role": role,
+                    "primary": bool(pooled and name == primary and row["test"] == name),
+                }
                 if name == "mixedlm":
                     row["unit"] = "image (well random)"
                 if pseudo_replicates:
-                    row["note"] = ("PSEUDO-REPLICATES (units are not independent replicates; p-values describe this "
-                                   "field only); " + row["note"])
+                    row["note"] = PSEUDO_NOTE + row["note"]
                 rows.append(row)
     if lonely:
         warnings.warn(
@@ -299,6 +351,18 @@ def test_channels(
     if "method" not in table.columns:
         table["method"] = ALL
     _adjust(table, by, breakdown, padjust)
+    quantity = "share" if value == "share" else str(value)
+    table["quantity"] = quantity
+    # a mean Shapley value or DAC score is not a share: dominant_share only for shares
+    table["dominant_share"] = table["dominant_value"] if quantity == "share" else np.nan
+    if pseudo_replicates:
+        for col in ("p_value", "p_adj", "q_value"):
+            table[col] = np.nan
+        table["dominant_channel"] = "none"
+        table["note"] = [
+            ONE_FIELD_NOTE + n[len(PSEUDO_NOTE) :] if n.startswith(PSEUDO_NOTE) else ONE_FIELD_NOTE + n
+            for n in table["note"].astype(str)
+        ]
     lead = [*dict.fromkeys(["method", *by]), *([breakdown] if breakdown else [])]
     return table[lead + [c for c in COLUMNS if c not in lead]].reset_index(drop=True)
 

@@ -6,6 +6,7 @@ log-ratio (CLR) maps a composition to real coordinates that sum to 0; the isomet
 (ILR) expresses the same point in an orthonormal basis of that (C - 1)-dimensional space, where
 an isotropic Gaussian model is the natural null (Aitchison 1986; Egozcue et al. 2003).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -102,12 +103,18 @@ def clr(
         raise KeyError(f"clr: none of the sample columns {sample!r} is in the table")
     wide = data.pivot_table(index=keys, columns=channel, values=value, aggfunc="first", observed=True, sort=False)
     if wide.isna().any().any():
-        raise ValueError("clr: some samples lack a value for some channel (or hold NaN); every sample needs all channels")
+        raise ValueError(
+            "clr: some samples lack a value for some channel (or hold NaN); every sample needs all channels"
+        )
     counts = data.groupby(keys + [channel], observed=True, sort=False).size()
     if (counts > 1).any():
         first = counts[counts > 1].index[0]
-        raise ValueError(f"clr: {dict(zip(keys + [channel], first))} appears more than once; pass the right `sample` columns")
-    transformed = pd.DataFrame(_clr_array(wide.to_numpy(float), axis=1, delta=delta), index=wide.index, columns=wide.columns)
+        raise ValueError(
+            f"clr: {dict(zip(keys + [channel], first))} appears more than once; pass the right `sample` columns"
+        )
+    transformed = pd.DataFrame(
+        _clr_array(wide.to_numpy(float), axis=1, delta=delta), index=wide.index, columns=wide.columns
+    )
     long = transformed.stack().rename(out).reset_index()
     result = data.drop(columns=[out], errors="ignore").merge(long, on=keys + [channel], how="left", sort=False)
     return result

@@ -4,16 +4,45 @@ Images in one well share a well's culture, staining and focus: they are not inde
 Every test in :mod:`chanstat.stats` therefore works on *units* (wells by default): the values
 of a unit's images are averaged per channel before testing, so each unit counts once.
 """
+
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
+from chanstat.vocabulary import N_BOOT as N_BOOT  # re-exported: the stats verbs import it from here
+from chanstat.vocabulary import PADJUST
+
 UNITS = ("auto", "image", "well", "plate")
+#: the one default number of bootstrap draws and p-value adjustment of every stats verb
+#: (keyword-only everywhere), from :mod:`chanstat.vocabulary`
+DEFAULT_PADJUST = PADJUST
+
+#: The design parameters every stats verb shares, with one set of defaults. Verbs take the
+#: tidy table first (``table``), then these, then their own options as keywords.
+DESIGN_PARAMETERS = """
+    value : str, default ``"share"`` (``"shapley"`` for signed contributions)
+        the column analysed.
+    channel : str, default ``"channel"``
+        the channel-name column.
+    sample : str, default ``"sample"``
+        the sample (image) id column.
+    well : sequence of str, default ``("Metadata_Plate", "Metadata_Well")``
+        columns that together identify a well (well names repeat across plates).
+    plate : str or None, default ``"Metadata_Plate"``
+        the plate column.
+    by : sequence of str, default ``("method",)``
+        columns that split the table into separate analyses.
+    unit : ``"auto"`` (default), ``"well"``, ``"plate"`` or ``"image"``
+        unit of replication; images are averaged per unit first.
+    breakdown : str or None, default ``"transition"``
+        column whose levels get their own rows besides the pooled ``"all"`` rows
+        (transitions are written ``"control → treated"``).
+"""
 WELL_COLUMNS = ("Metadata_Plate", "Metadata_Well")
 PLATE_COLUMN = "Metadata_Plate"
 ALL = "all"
@@ -129,10 +158,11 @@ def drop_incomplete(
         return table, 0
     bad_keys = table.loc[bad, keys].drop_duplicates()
     flag = table[keys].merge(bad_keys.assign(_bad=True), on=keys, how="left")["_bad"].fillna(False).to_numpy(bool)
-    n = len(bad_keys)
+    n = int(bad_keys[sample].nunique())  # images, whatever the number of methods they failed in
+    per = f" ({len(bad_keys)} image x {'/'.join(keys[:-1])} rows)" if len(keys) > 1 and len(bad_keys) != n else ""
     warnings.warn(
-        f"{who}: dropped {n} sample(s) whose {value!r} is NaN/inf in some channel (e.g. zero total attribution "
-        f"mass), e.g. {bad_keys[sample].head(5).tolist()}",
+        f"{who}: dropped {n} image(s){per} whose {value!r} is NaN/inf in some channel (e.g. zero total "
+        f"attribution mass), e.g. {bad_keys[sample].drop_duplicates().head(5).tolist()}",
         stacklevel=3,
     )
     return table.loc[~flag], n
@@ -260,7 +290,9 @@ def build_groups(
         raise ValueError(f"{who}: column {channel!r} holds missing channel names")
     channels_all = channel_order(table, channel)
     if len(channels_all) < min_channels:
-        raise ValueError(f"{who}: needs at least {min_channels} channels; the table has {len(channels_all)} ({channels_all})")
+        raise ValueError(
+            f"{who}: needs at least {min_channels} channels; the table has {len(channels_all)} ({channels_all})"
+        )
     ucols = unit_columns(unit, well, plate)
     sample_codes, sample_ids = pd.factorize(table[sample], sort=False)
     has_well = bool(well) and all(c in table.columns for c in well)
@@ -273,6 +305,12 @@ def build_groups(
         well=_codes(table, well) if has_well else None,
         plate=_codes(table, [plate]) if plate and plate in table.columns else None,
     )
+    if breakdown and breakdown not in table.columns and breakdown != "transition":
+        # "transition" is the default and may be absent (maps without counterfactual classes);
+        # any other name is the user's and must exist, or the breakdown would silently not happen
+        raise ValueError(
+            f"{who}: breakdown column {breakdown!r} is not in the table (columns: {list(table.columns)[:12]} ...)"
+        )
     use_breakdown = bool(breakdown) and breakdown in table.columns and table[breakdown].notna().any()
 
     groups: list[Group] = []
@@ -292,16 +330,19 @@ def build_groups(
     return groups
 
 
-def _make_group(cols: _Columns, rows: np.ndarray, channels_all: list[str], unit: str, keys: dict, who: str,
-                min_channels: int = 2) -> Group:
+def _make_group(
+    cols: _Columns, rows: np.ndarray, channels_all: list[str], unit: str, keys: dict, who: str, min_channels: int = 2
+) -> Group:
     where = f" in group {describe_keys(keys)}"
     if rows.size == 0:
         raise ValueError(f"{who}: group {describe_keys(keys)} is empty")
     present = np.unique(cols.channel[rows])
     channels = [channels_all[j] for j in present]
     if len(channels) < min_channels:
-        raise ValueError(f"{who}: group {describe_keys(keys)} has only {len(channels)} channel(s) ({channels}); "
-                         f"need at least {min_channels}")
+        raise ValueError(
+            f"{who}: group {describe_keys(keys)} has only {len(channels)} channel(s) ({channels}); "
+            f"need at least {min_channels}"
+        )
     local_channel = np.searchsorted(present, cols.channel[rows])
     sample_global, local_sample, first_in_rows = _first_appearance(cols.sample[rows])
     n, c = len(sample_global), len(channels)
@@ -314,7 +355,9 @@ def _make_group(cols: _Columns, rows: np.ndarray, channels_all: list[str], unit:
                 f"{who}: sample {sid!r} has channel {channels[j]!r} {counts[i, j]} times{where}; "
                 f"a table with several methods or conditions needs them in `by`"
             )
-        raise ValueError(f"{who}: sample {sid!r} lacks channel {channels[j]!r}{where}; every sample needs every channel")
+        raise ValueError(
+            f"{who}: sample {sid!r} lacks channel {channels[j]!r}{where}; every sample needs every channel"
+        )
     mat = np.empty((n, c))
     mat[local_sample, local_channel] = cols.value[rows]
     first_rows = rows[first_in_rows]

@@ -15,6 +15,7 @@ over k, and under a tie of the two leading channels each has probability alpha /
 probability of naming *some* channel when none dominates stays <= alpha although the
 candidate channel is chosen from the data. At most one channel can pass.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -23,6 +24,7 @@ import numpy as np
 from scipy import stats as sps
 
 from chanstat.stats.compositional import DEFAULT_ZERO_DELTA, closure, ilr
+from chanstat.vocabulary import ALPHA, CI
 
 PAIRWISE = ("t", "sign_flip")
 _EXACT_FLIPS = 12  # up to 2^12 sign patterns enumerated; beyond, random flips
@@ -89,7 +91,7 @@ def pairwise_greater(
     return t, p
 
 
-def dominance(values: np.ndarray, alpha: float = 0.05, pairwise: str = "t", seed: int = 0) -> dict:
+def dominance(values: np.ndarray, *, alpha: float = ALPHA, pairwise: str = "t", seed: int = 0) -> dict:
     """Intersection-union test of "channel k has the largest mean" for every k.
 
     Returns
@@ -103,8 +105,11 @@ def dominance(values: np.ndarray, alpha: float = 0.05, pairwise: str = "t", seed
     means = x.mean(axis=0)
     t, p = pairwise_greater(x, pairwise=pairwise, seed=seed)
     with np.errstate(invalid="ignore"):
-        p_iut = np.nanmax(np.where(np.eye(len(means), dtype=bool), -np.inf, p), axis=1) if len(x) >= 2 \
+        p_iut = (
+            np.nanmax(np.where(np.eye(len(means), dtype=bool), -np.inf, p), axis=1)
+            if len(x) >= 2
             else np.full(len(means), np.nan)
+        )
     order = np.lexsort((-means, np.nan_to_num(p_iut, nan=2.0)))
     candidate = int(order[0])
     p_value = float(p_iut[candidate])
@@ -119,7 +124,9 @@ def dominance(values: np.ndarray, alpha: float = 0.05, pairwise: str = "t", seed
     }
 
 
-def t_interval(values: np.ndarray, ci: float = 0.95, simultaneous: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def t_interval(
+    values: np.ndarray, *, ci: float = CI, simultaneous: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean of each column with a t-interval over units (n - 1 df).
 
     ``simultaneous=True`` gives Bonferroni intervals (level ``1 - (1 - ci) / C`` each) that
@@ -151,8 +158,14 @@ def hotelling_ilr(values: np.ndarray, delta: float = DEFAULT_ZERO_DELTA) -> dict
     """
     y = ilr(closure(values), delta=delta)
     n, p = y.shape
-    out = {"t2": np.nan, "f": np.nan, "df1": float(p), "df2": float(n - p), "p_value": np.nan,
-           "distance": float(np.linalg.norm(y.mean(axis=0)))}
+    out = {
+        "t2": np.nan,
+        "f": np.nan,
+        "df1": float(p),
+        "df2": float(n - p),
+        "p_value": np.nan,
+        "distance": float(np.linalg.norm(y.mean(axis=0))),
+    }
     if n <= p:
         return out
     mean = y.mean(axis=0)
@@ -182,7 +195,11 @@ def _between_within(y: np.ndarray, onehot: np.ndarray) -> np.ndarray:
 
 
 def plate_heterogeneity(
-    values: np.ndarray, plates: np.ndarray, n_perm: int = 999, seed: int = 0, delta: float = DEFAULT_ZERO_DELTA,
+    values: np.ndarray,
+    plates: np.ndarray,
+    n_perm: int = 999,
+    seed: int = 0,
+    delta: float = DEFAULT_ZERO_DELTA,
     compositional: bool = True,
 ) -> dict:
     """Permutation test of plate x channel heterogeneity: do the plates differ in composition?

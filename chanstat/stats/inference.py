@@ -3,6 +3,7 @@
 Plain NumPy/SciPy implementations (vectorised where it matters for simulation studies); the
 test suite checks each against scipy.stats, pingouin and statsmodels.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -63,7 +64,9 @@ def friedman(values: np.ndarray) -> FriedmanResult:
         # perfect concordance (W = 1) makes F infinite and its p-value 0: report the (finite,
         # conservative) chi-square p-value instead
         p_f = np.where(w >= 1, p_chisq, sps.f.sf(f, df1, df2)) if n > 1 else np.full_like(w, np.nan)
-    return FriedmanResult(q=q, p_chisq=p_chisq, kendall_w=w, f=f, df1=df1, df2=df2, p_f=np.where(np.isnan(w), np.nan, p_f))
+    return FriedmanResult(
+        q=q, p_chisq=p_chisq, kendall_w=w, f=f, df1=df1, df2=df2, p_f=np.where(np.isnan(w), np.nan, p_f)
+    )
 
 
 @dataclass(frozen=True)
@@ -129,7 +132,13 @@ def rm_anova(values: np.ndarray) -> RMAnovaResult:
         mchi2 = float(-(n - 1) * rho * log_w)
         mdf = pdim * (pdim + 1) / 2 - 1
         # second-order term of the chi-square approximation (Anderson 2003), as R's mauchly.test
-        w2 = (pdim + 2) * (pdim - 1) * (pdim - 2) * (2 * pdim**3 + 6 * pdim**2 + 3 * k + 2) / (288 * ((n - 1) * pdim * rho) ** 2)
+        w2 = (
+            (pdim + 2)
+            * (pdim - 1)
+            * (pdim - 2)
+            * (2 * pdim**3 + 6 * pdim**2 + 3 * k + 2)
+            / (288 * ((n - 1) * pdim * rho) ** 2)
+        )
         p1, p2 = sps.chi2.sf(mchi2, mdf), sps.chi2.sf(mchi2, mdf + 4)
         mp = float(p1 + w2 * (p2 - p1))
     total = ss_effect + ss_error

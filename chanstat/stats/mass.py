@@ -1,11 +1,14 @@
 """Attribution mass per sample and channel."""
+
 from __future__ import annotations
 
 import warnings
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+
+from chanstat.vocabulary import mass_transform
 
 REQUIRED_META = ("Metadata_Plate", "Metadata_Well", "Metadata_Class")
 COUNTERFACTUAL_CLASS = "Metadata_Counterfactual_Class"
@@ -38,11 +41,15 @@ def _check_meta(meta: pd.DataFrame, n: int) -> pd.DataFrame:
             f"Metadata_{clash[0].capitalize()}) so they cannot overwrite its output"
         )
     if "sample" in meta.columns and meta["sample"].duplicated().any():
-        raise ValueError(f"meta column 'sample' (the sample id) repeats {meta['sample'][meta['sample'].duplicated()].iloc[0]!r}; ids must be unique")
+        raise ValueError(
+            f"meta column 'sample' (the sample id) repeats {meta['sample'][meta['sample'].duplicated()].iloc[0]!r}; ids must be unique"
+        )
     return meta.reset_index(drop=True)
 
 
-def _mass_one(attributions: np.ndarray, channels: Sequence[str], meta: pd.DataFrame, positive_only: bool, method: str) -> pd.DataFrame:
+def _mass_one(
+    attributions: np.ndarray, channels: Sequence[str], meta: pd.DataFrame, transform: str, method: str
+) -> pd.DataFrame:
     a = np.asarray(attributions)
     if a.ndim != 4:
         raise ValueError(f"attributions for {method!r} must have shape (N, C, H, W); got {a.shape}")
@@ -55,7 +62,7 @@ def _mass_one(attributions: np.ndarray, channels: Sequence[str], meta: pd.DataFr
     meta = _check_meta(meta, n)
     if not np.isfinite(a).all():
         raise ValueError(f"attributions for {method!r} hold {int((~np.isfinite(a)).sum())} NaN/inf values")
-    part = np.maximum(a, 0) if positive_only else np.abs(a)
+    part = mass_transform(transform)(a)
     mass = part.sum(axis=(2, 3), dtype=np.float64)  # (N, C)
     total = mass.sum(axis=1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -64,7 +71,7 @@ def _mass_one(attributions: np.ndarray, channels: Sequence[str], meta: pd.DataFr
     if n_empty:
         warnings.warn(
             f"{n_empty} of {n} samples of {method!r} have zero total attribution mass"
-            f"{' (positive part)' if positive_only else ''}; their share is NaN",
+            f"{'' if transform == 'absolute' else f' ({transform})'}; their share is NaN",
             stacklevel=3,
         )
     sample_ids = meta["sample"].to_numpy() if "sample" in meta.columns else np.arange(n)
@@ -84,7 +91,7 @@ def _mass_one(attributions: np.ndarray, channels: Sequence[str], meta: pd.DataFr
     if COUNTERFACTUAL_CLASS in meta.columns:
         real = meta["Metadata_Class"].astype("string").to_numpy()
         counter = meta[COUNTERFACTUAL_CLASS].astype("string").to_numpy()
-        transition = pd.array([f"{r}->{t}" for r, t in zip(real, counter)], dtype="string")
+        transition = pd.array([f"{r} → {t}" for r, t in zip(real, counter)], dtype="string")
         table["transition"] = np.repeat(np.asarray(transition, dtype=object), c)
         table["transition"] = table["transition"].astype("string")
     else:
@@ -96,7 +103,8 @@ def channel_mass(
     maps: np.ndarray | Mapping[str, np.ndarray],
     channels: Sequence[str],
     meta: pd.DataFrame,
-    positive_only: bool = False,
+    *,
+    transform: str = "absolute",
     method: str | None = None,
 ) -> pd.DataFrame:
     """Attribution mass of every sample and channel, and its share of the sample's total.
@@ -114,8 +122,8 @@ def channel_mass(
         against) and a ``sample`` column (unique sample id; default 0..N-1). All its columns
         are carried into the output. Columns named ``method``, ``channel``, ``mass``,
         ``share`` or ``transition`` are an error (they would overwrite the output).
-    positive_only : bool
-        Sum only the positive part ``max(a, 0)`` instead of ``|a|``.
+    transform : ``"absolute"`` (default: ``|a|``), ``"positive"`` (``max(a, 0)``) or
+        ``"signed"`` (see :data:`chanstat.vocabulary.MASS_TRANSFORMS`).
     method : str, optional
         Value of the ``method`` column for an array input (default ``"attribution"``). Must be
         left out for a dict input, whose keys name the methods.
@@ -138,7 +146,7 @@ def channel_mass(
     metadata columns
         every column of ``meta`` (``Metadata_Plate``, ``Metadata_Well``, ``Metadata_Class``, ...).
     ``transition``
-        ``"<Metadata_Class>-><Metadata_Counterfactual_Class>"``, e.g. ``"control->treated"``;
+        ``"<Metadata_Class> → <Metadata_Counterfactual_Class>"``, e.g. ``"control → treated"``;
         missing (``<NA>``) when ``meta`` has no counterfactual class.
     """
     if isinstance(maps, Mapping):
@@ -146,6 +154,6 @@ def channel_mass(
             raise ValueError("pass `method` only with a single array; a dict's keys name the methods")
         if not maps:
             raise ValueError("no attribution maps given (empty dict)")
-        tables = [_mass_one(a, channels, meta, positive_only, str(name)) for name, a in maps.items()]
+        tables = [_mass_one(a, channels, meta, transform, str(name)) for name, a in maps.items()]
         return pd.concat(tables, ignore_index=True)
-    return _mass_one(maps, channels, meta, positive_only, DEFAULT_METHOD if method is None else str(method))
+    return _mass_one(maps, channels, meta, transform, DEFAULT_METHOD if method is None else str(method))

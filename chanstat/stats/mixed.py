@@ -7,6 +7,7 @@ so the row keeps them (``statistic`` holds the Wald chi-square for reference) wi
 ``p_value`` NaN; the calibrated parametric test is Hotelling's T^2 on ILR coordinates of
 unit means (:func:`chanstat.stats.dominance.hotelling_ilr`).
 """
+
 from __future__ import annotations
 
 import warnings
@@ -40,6 +41,7 @@ def mixedlm_rows(group: Group, delta: float) -> list[dict]:
     does not converge gets ``p_value`` NaN (its numbers stay in ``note``).
     """
     import statsmodels.formula.api as smf  # imported here: slow to import, only this test needs it
+
     from chanstat.stats.compositional import ilr_basis
 
     if group.sample_well is None:
@@ -61,7 +63,9 @@ def mixedlm_rows(group: Group, delta: float) -> list[dict]:
     for j in range(k - 1):
         long[f"c{j}"] = (coord == j).astype(float)
         fixed.append(f"c{j}")
-    plate_codes = np.unique(group.sample_plate, return_inverse=True)[1] if group.sample_plate is not None else np.zeros(n_s, int)
+    plate_codes = (
+        np.unique(group.sample_plate, return_inverse=True)[1] if group.sample_plate is not None else np.zeros(n_s, int)
+    )
     n_plates = int(plate_codes.max()) + 1
     plate = np.repeat(plate_codes, k - 1)
     if n_plates >= MIN_RANDOM_PLATES:

@@ -1,8 +1,9 @@
 """Are the channel maps of one image even different? Spearman correlation between channel maps."""
+
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from itertools import combinations
-from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -12,24 +13,24 @@ from tqdm.auto import tqdm
 _CHUNK_ELEMENTS = 8_000_000  # pixels x channels x images ranked at once
 
 
-def channel_map_correlations(attributions: np.ndarray, absolute: bool = True) -> np.ndarray:
+def channel_map_correlations(maps: np.ndarray, transform: str = "absolute") -> np.ndarray:
     """Spearman correlation between every pair of channel maps of every image.
 
     Parameters
     ----------
-    attributions : ndarray (N, C, H, W)
-    absolute : correlate ``|a|`` (where the attribution is large, whatever its sign; what masks
-        and thresholds see) instead of the signed maps.
+    maps : ndarray (N, C, H, W)
+    transform : ``"absolute"`` (default): correlate ``|a|`` (where the attribution is large,
+        whatever its sign; what masks and thresholds see); ``"signed"``: the maps as they are.
 
     Returns
     -------
     ndarray (N, C, C): Pearson correlation of the within-map ranks (ties get average ranks, as
     ``scipy.stats.spearmanr``). NaN for a pair involving a constant map.
     """
-    a = np.asarray(attributions)
+    a = np.asarray(maps)
     n, c = a.shape[:2]
     flat = a.reshape(n, c, -1).astype(np.float64)
-    if absolute:
+    if transform == "absolute":
         flat = np.abs(flat)
     ranks = sps.rankdata(flat, axis=-1)
     ranks -= ranks.mean(axis=-1, keepdims=True)
@@ -41,7 +42,9 @@ def channel_map_correlations(attributions: np.ndarray, absolute: bool = True) ->
     return np.clip(rho, -1.0, 1.0)
 
 
-def _similarity_one(a: np.ndarray, channels: list[str], method: str, absolute: bool, per_image: bool, progress: bool, sample_ids) -> pd.DataFrame:
+def _similarity_one(
+    a: np.ndarray, channels: list[str], method: str, transform: str, per_image: bool, progress: bool, samples
+) -> pd.DataFrame:
     a = np.asarray(a)
     if a.ndim != 4:
         raise ValueError(f"attributions for {method!r} must have shape (N, C, H, W); got {a.shape}")
@@ -55,9 +58,9 @@ def _similarity_one(a: np.ndarray, channels: list[str], method: str, absolute: b
     per = max(1, _CHUNK_ELEMENTS // max(1, a[0].size))
     rho = np.empty((n, c, c))
     for start in tqdm(range(0, n, per), desc=f"map similarity {method}", disable=not progress):
-        rho[start : start + per] = channel_map_correlations(a[start : start + per], absolute=absolute)
+        rho[start : start + per] = channel_map_correlations(a[start : start + per], transform=transform)
     pairs = list(combinations(range(c), 2))
-    ids = np.arange(n) if sample_ids is None else np.asarray(sample_ids)
+    ids = np.arange(n) if samples is None else np.asarray(samples)
     if per_image:
         return pd.DataFrame(
             {
@@ -88,12 +91,12 @@ def _similarity_one(a: np.ndarray, channels: list[str], method: str, absolute: b
 
 
 def map_similarity(
-    attributions: np.ndarray | Mapping[str, np.ndarray],
+    maps: np.ndarray | Mapping[str, np.ndarray],
     channels: Sequence[str],
     method: str | None = None,
-    absolute: bool = True,
+    transform: str = "absolute",
     per_image: bool = False,
-    sample_ids: Sequence | None = None,
+    samples: Sequence | None = None,
     progress: bool = False,
 ) -> pd.DataFrame:
     """How similar are the channel maps within an image? Spearman correlation per channel pair.
@@ -105,12 +108,12 @@ def map_similarity(
 
     Parameters
     ----------
-    attributions : ndarray (N, C, H, W) or dict method -> ndarray (N, C, H, W)
+    maps : ndarray (N, C, H, W) or dict method -> ndarray (N, C, H, W)
     channels : channel names, length C.
     method : name for an array input (default ``"attribution"``).
-    absolute : compare ``|a|`` (default) rather than signed maps.
+    transform : ``"absolute"`` (default: compare ``|a|``) or ``"signed"`` (the maps as they are).
     per_image : return the per-image correlations instead of the summary.
-    sample_ids : ids for the ``sample`` column of per-image output (default 0..N-1).
+    samples : ids for the ``sample`` column of per-image output (default 0..N-1).
     progress : show a progress bar.
 
     Returns
@@ -121,15 +124,17 @@ def map_similarity(
     ``sample``, ``channel_a``, ``channel_b``, ``rho``.
     """
     channels = [str(c) for c in channels]
-    if isinstance(attributions, Mapping):
+    if transform not in ("absolute", "signed"):
+        raise ValueError(f"transform must be 'absolute' or 'signed'; got {transform!r}")
+    if isinstance(maps, Mapping):
         if method is not None:
             raise ValueError("pass `method` only with a single array; a dict's keys name the methods")
-        if not attributions:
-            raise ValueError("no attributions given (empty dict)")
-        items = list(attributions.items())
+        if not maps:
+            raise ValueError("no attribution maps given (empty dict)")
+        items = list(maps.items())
     else:
-        items = [(method or "attribution", attributions)]
+        items = [(method or "attribution", maps)]
     return pd.concat(
-        [_similarity_one(a, channels, str(name), absolute, per_image, progress, sample_ids) for name, a in items],
+        [_similarity_one(a, channels, str(name), transform, per_image, progress, samples) for name, a in items],
         ignore_index=True,
     )

@@ -1,8 +1,9 @@
 """Synthetic channel-mass tables with plate/well structure, for calibration and power studies."""
+
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -79,7 +80,7 @@ def simulate_channel_mass(
     plate_names = [f"P{j + 1}" for j in range(p)]
     well_names = [f"W{j + 1:02d}" for j in range(w)]
     class_names = ["control", "treated"]
-    transitions = ["control->treated", "treated->control"]
+    transitions = ["control → treated", "treated → control"]
 
     def categorical(codes: np.ndarray, names: list[str]) -> pd.Categorical:
         # categoricals: a million-row simulation stays fast to build and to group
@@ -112,6 +113,7 @@ def simulate_channel_mass(
 
 def rejection_rate(
     n_sims: int = 200,
+    *,
     alpha: float = 0.05,
     seed: int = 0,
     tests: Sequence[str] = (),
@@ -162,3 +164,75 @@ def rejection_rate(
             }
         )
     return pd.DataFrame(rows)
+
+
+GENERATORS = ("lognormal", "t3", "dirichlet")
+
+
+def simulate_unit_means(
+    generator: str = "lognormal",
+    shares: Sequence[float] = (0.2, 0.2, 0.2, 0.2, 0.2),
+    n_units: int = 6,
+    replicates: int = 1000,
+    images_per_unit: int = 8,
+    unit_sd: float = 1.0,
+    image_sd: float = 0.3,
+    noisy: float = 1.0,
+    n_plates: int = 1,
+    plate_sd: float = 0.0,
+    concentration: float = 15.0,
+    image_concentration: float = 200.0,
+    seed: int | np.random.Generator = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Unit-mean shares of many simulated studies at once (vectorised), for calibration studies.
+
+    Images are nested in units (wells), units in plates. ``generator``:
+
+    ``"lognormal"``
+        ``log m = log shares + plate_sd u[plate] + unit_sd v[unit] + image_sd e[image]``
+        (standard normal u, v, e per channel), shares = closure of m.
+    ``"t3"``
+        the same with Student t (3 df, scaled to unit variance) plate and unit effects: heavy tails.
+    ``"dirichlet"``
+        unit composition ~ Dirichlet(concentration x shares) (plate effect: the plate's own
+        Dirichlet draw as the centre), image shares ~ Dirichlet(image_concentration x unit composition).
+
+    ``noisy`` multiplies the unit-level sd of the first two channels (lognormal, t3): the
+    "tied pair is noisier" case. Units are split evenly over ``n_plates`` plates.
+
+    Returns
+    -------
+    (values, plates): values (replicates, n_units, C) unit-mean shares; plates (n_units,) plate codes.
+    """
+    if generator not in GENERATORS:
+        raise ValueError(f"generator must be one of {GENERATORS}; got {generator!r}")
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    p = np.asarray(shares, dtype=float)
+    p = p / p.sum()
+    c = p.size
+    r, n, i = int(replicates), int(n_units), int(images_per_unit)
+    plates = np.arange(n) * n_plates // n
+    if generator == "dirichlet":
+        centre = np.broadcast_to(p, (r, n_plates, c))
+        if plate_sd > 0:
+            centre = rng.gamma(concentration / plate_sd**2 * p, size=(r, n_plates, c))
+            centre = centre / centre.sum(-1, keepdims=True)
+        unit = rng.gamma(concentration * centre[:, plates, :])
+        unit = unit / unit.sum(-1, keepdims=True)
+        img = rng.gamma(image_concentration * unit[:, :, None, :] + 1e-3, size=(r, n, i, c))
+        return (img / img.sum(-1, keepdims=True)).mean(axis=2), plates
+    sd = np.full(c, unit_sd)
+    sd[:2] *= noisy
+
+    def draw(shape):
+        z = rng.standard_normal(shape) if generator == "lognormal" else rng.standard_t(3, size=shape) / np.sqrt(3.0)
+        return z
+
+    log_m = (
+        np.log(p)
+        + plate_sd * draw((r, n_plates, 1, c))[:, plates]
+        + sd * draw((r, n, 1, c))
+        + image_sd * rng.standard_normal((r, n, i, c))
+    )
+    m = np.exp(log_m - log_m.max(-1, keepdims=True))
+    return (m / m.sum(-1, keepdims=True)).mean(axis=2), plates

@@ -14,6 +14,7 @@ Config: :class:`StatsConfig` (``[stats]``). Whole set only (tests pool the units
 Samples with NaN shares (an all-zero map) are dropped with a count and a warning, exactly as
 :func:`chanstat.stats.test_channels` would refuse them. Never imports torch.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -26,9 +27,16 @@ from pydantic import Field
 from chanstat.config import Section
 from chanstat.stage import Stage
 from chanstat.stats.against_zero import test_against_zero
+from chanstat.stats.best import COLUMNS as BEST_COLUMNS
+from chanstat.stats.best import best_channel, default_primary
 from chanstat.stats.bootstrap import channel_share_ci
-from chanstat.stats.channel_tests import DEFAULT_TESTS, PRIMARY_TEST, TESTS, test_channels
-from chanstat.stats.design import drop_incomplete
+from chanstat.stats.channel_tests import (
+    DEFAULT_TESTS,
+    PRIMARY_TEST,
+    TESTS,
+    test_channels,
+)
+from chanstat.stats.design import DEFAULT_PADJUST, N_BOOT, drop_incomplete
 from chanstat.stats.mass import COUNTERFACTUAL_CLASS, channel_mass
 from chanstat.stats.similarity import map_similarity
 from chanstat.stats.strategies import compare_strategies
@@ -39,17 +47,37 @@ class StatsConfig(Section):
 
     positive_only: bool = Field(False, description="Mass of max(a, 0) instead of |a|.")
     unit: Literal["auto", "well", "plate", "image"] = Field(
-        "auto", description='"auto": plates when there are enough of them, else wells (with a warning when several plates).')
+        "auto",
+        description='"auto": plates when there are enough of them, else wells (with a warning when several plates).',
+    )
     tests: list[str] = Field(default_factory=lambda: list(DEFAULT_TESTS), description=f"Any of {sorted(TESTS)}.")
     primary: str = Field(PRIMARY_TEST, description="The test whose answer leads.")
     breakdown: str | None = Field("transition", description='Also per class transition ("" for none).')
     alpha: float = Field(0.05, gt=0, lt=1)
     ci: float = Field(0.95, gt=0, lt=1, description="Interval coverage.")
-    padjust: str = Field("holm", description="p-value adjustment across channels / pairs.")
-    n_boot: int = Field(2000, ge=0, description="Bootstrap draws where a bootstrap is used.")
-    methods: list[str] | None = Field(None, description="Restrict to these methods (default: every channel-resolved one).")
+    padjust: str = Field(DEFAULT_PADJUST, description="p-value adjustment across channels / pairs.")
+    n_boot: int = Field(N_BOOT, ge=0, description="Bootstrap draws where a bootstrap is used.")
+    methods: list[str] | None = Field(
+        None, description="Restrict to these methods (default: every channel-resolved one)."
+    )
     pseudo_replicates: bool | None = Field(
-        None, description="Units are spatial blocks of one field, not independent replicates (default: from the data stage).")
+        None,
+        description="Units are spatial blocks of one field, not independent replicates (default: from the data stage).",
+    )
+    primary_method: str | None = Field(
+        None,
+        description="The one method whose best-channel answer is primary (default: the first discriminative "
+        "method, d_*); every other method is exploratory.",
+    )
+    best_error: Literal["naming", "mcb"] = Field(
+        "naming",
+        description='Error the best-channel set controls: "naming" (naming a channel that is not the largest) '
+        'or "mcb" (Hsu: the set misses a best channel).',
+    )
+    best_variance: Literal["pooled", "pair", "max"] = Field(
+        "pooled",
+        description="Variance of the log-ratio comparisons: pooled over channel pairs, per pair, or the larger.",
+    )
 
     def model_post_init(self, _context) -> None:
         unknown = [t for t in self.tests if t not in TESTS]
@@ -62,7 +90,7 @@ class StatsConfig(Section):
 def _meta(dataset) -> pd.DataFrame:
     meta = dataset.meta.reset_index(drop=True).copy()
     classes = [str(c) for c in dataset.classes]
-    cf = dataset.counterfactual_labels
+    cf = dataset.counterfactual_target
     if cf is not None and COUNTERFACTUAL_CLASS not in meta.columns:
         meta[COUNTERFACTUAL_CLASS] = [classes[int(i)] for i in cf.tolist()]
     meta.insert(0, "sample", np.arange(len(meta)))
@@ -93,55 +121,153 @@ def whole_set(ctx, outputs) -> tuple[dict, dict]:
         raise RuntimeError(f"[stats] no channel-resolved attribution maps (N, C, H, W) among {sorted(maps)}")
     meta = _meta(dataset)
     pseudo = _pseudo_replicates(ctx, section)
-    common = dict(unit=section["unit"], breakdown=section["breakdown"] or None, ci=section["ci"], pseudo_replicates=pseudo)
+    common = dict(
+        unit=section["unit"], breakdown=section["breakdown"] or None, ci=section["ci"], pseudo_replicates=pseudo
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        mass = channel_mass(resolved, channels, meta, positive_only=section["positive_only"])
+        mass = channel_mass(resolved, channels, meta, transform="positive" if section["positive_only"] else "absolute")
         testable, n_dropped = drop_incomplete(mass, "share", "sample", ("method",), who="[stats]")
-        tests = test_channels(testable, tests=section["tests"], primary=section["primary"], alpha=section["alpha"],
-                              padjust=section["padjust"], n_boot=section["n_boot"], seed=ctx.seed, **common)
+        tests = test_channels(
+            testable,
+            tests=section["tests"],
+            primary=section["primary"],
+            alpha=section["alpha"],
+            padjust=section["padjust"],
+            n_boot=section["n_boot"],
+            seed=ctx.seed,
+            **common,
+        )
         shares = channel_share_ci(testable, alpha=section["alpha"], n_boot=section["n_boot"], seed=ctx.seed, **common)
-        similarity = map_similarity(resolved, channels, sample_ids=meta["sample"].to_numpy(), progress=ctx.progress)
-        outputs = {"channel_mass": mass, "channel_tests": tests, "channel_share_ci": shares, "map_similarity": similarity}
+        similarity = map_similarity(resolved, channels, samples=meta["sample"].to_numpy(), progress=ctx.progress)
+        outputs = {
+            "channel_mass": mass,
+            "channel_tests": tests,
+            "channel_share_ci": shares,
+            "map_similarity": similarity,
+        }
         scores = ctx.get("dac_scores")
         if scores is not None and len(scores):
             keys = [c for c in ("Metadata_Plate", "Metadata_Well") if c not in scores.columns]
             outputs["strategy_comparison"] = compare_strategies(
-                scores.merge(meta[["sample", *keys]], on="sample", how="left"), unit=section["unit"], padjust=section["padjust"],
-                ci=section["ci"])
+                scores.merge(meta[["sample", *keys]], on="sample", how="left"),
+                unit=section["unit"],
+                padjust=section["padjust"],
+                ci=section["ci"],
+            )
         shapley = ctx.get("channel_shapley")
         if shapley is not None and len(shapley):
             outputs["shapley_tests"] = shapley_tests(shapley, meta, section, seed=ctx.seed, pseudo_replicates=pseudo)
+    outputs["best_channel"] = best_channel_tables(
+        outputs["channel_mass"], meta, section, pseudo, ctx.get("dac_scores"), ctx.get("channel_shapley")
+    )
     outputs["answer"] = answer_table(outputs)
     primary = tests[tests["primary"]]
     info = {
         "primary_test": section["primary"],
         "unit": str(primary["unit"].iloc[0]) if len(primary) else None,
         "pseudo_replicates": pseudo,
-        "dominant_channel": {str(r.method) + ("" if pd.isna(r.transition) or r.transition == "all" else f" [{r.transition}]"):
-                             str(r.dominant_channel) for r in primary.itertuples(index=False)},
+        "dominant_channel": {_label(r): str(r.dominant_channel) for r in primary.itertuples(index=False)},
         "samples_without_mass": int(n_dropped),
         "design_warnings": sorted({str(w) for w in tests.get("warning", pd.Series(dtype=object)).dropna() if str(w)}),
-        "warnings": sorted({str(w.message)[:200] for w in caught if not issubclass(w.category, DeprecationWarning)})[:10],
+        "warnings": sorted({str(w.message)[:200] for w in caught if not issubclass(w.category, DeprecationWarning)})[
+            :10
+        ],
     }
     return outputs, info
 
 
-def shapley_tests(shapley: pd.DataFrame, meta: pd.DataFrame, section: dict, seed: int, pseudo_replicates: bool) -> pd.DataFrame:
+def _label(row) -> str:
+    """``method [transition]`` of a test row (a row without a breakdown has no transition)."""
+    transition = getattr(row, "transition", None)
+    pooled = transition is None or pd.isna(transition) or transition == "all"
+    return str(row.method) + ("" if pooled else f" [{transition}]")
+
+
+def _with_meta(table: pd.DataFrame, meta: pd.DataFrame) -> pd.DataFrame:
+    return table.drop(columns=[c for c in table.columns if c.startswith("Metadata_")]).merge(
+        meta, on="sample", how="left"
+    )
+
+
+def best_channel_tables(
+    mass: pd.DataFrame,
+    meta: pd.DataFrame,
+    section: dict,
+    pseudo: bool,
+    dac_scores: pd.DataFrame | None,
+    shapley: pd.DataFrame | None,
+) -> pd.DataFrame:
+    """The ``best_channel`` table: shares per method, then Shapley values and single-channel DAC when present."""
+    testable, _ = drop_incomplete(mass, "share", "sample", ("method",), who="[stats] best_channel")
+    methods = [str(m) for m in pd.unique(testable["method"])]
+    primary = section.get("primary_method") or default_primary(methods)
+    if methods and primary not in methods:
+        raise ValueError(f"[stats] primary_method {primary!r} has no channel-resolved maps; methods: {methods}")
+    common = dict(
+        unit=section["unit"],
+        breakdown=section["breakdown"] or None,
+        alpha=section["alpha"],
+        padjust=section["padjust"],
+        pseudo_replicates=pseudo,
+        primary_method=primary,
+        error=section.get("best_error", "naming"),
+        variance=section.get("best_variance", "pooled"),
+    )
+    frames = [best_channel(testable, value="share", **common)]
+    if shapley is not None and len(shapley):
+        frames.append(
+            best_channel(
+                _with_meta(shapley, meta).assign(method="shapley"), value="shapley", quantity="shapley", **common
+            )
+        )
+    if dac_scores is not None and len(dac_scores) and "channel" in dac_scores:
+        single = dac_scores[
+            (dac_scores.get("strategy", "single_channel") == "single_channel")
+            & dac_scores["channel"].notna()
+            & (dac_scores["channel"].astype(str) != "all")
+        ]
+        if len(single):
+            single = _with_meta(single.drop(columns=[c for c in ("strategy",) if c in single]), meta)
+            try:
+                frames.append(best_channel(single, value="dac", quantity="dac", **common))
+            except (ValueError, KeyError) as exc:
+                warnings.warn(f"[stats] best_channel on single-channel DAC skipped: {exc}", stacklevel=2)
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(BEST_COLUMNS))
+
+
+def shapley_tests(
+    shapley: pd.DataFrame, meta: pd.DataFrame, section: dict, seed: int, pseudo_replicates: bool
+) -> pd.DataFrame:
     """Channel Shapley values per channel against zero, and which channel dominates their total."""
-    table = shapley.drop(columns=[c for c in shapley.columns if c.startswith("Metadata_")]).merge(meta, on="sample", how="left")
-    table = table.assign(method="shapley")
-    common = dict(unit=section["unit"], breakdown=section["breakdown"] or None, ci=section["ci"],
-                  pseudo_replicates=pseudo_replicates)
-    zero = test_against_zero(table, value="shapley", padjust=section["padjust"], **common).assign(source="shapley", test="against_zero")
-    dominance = test_channels(table, value="shapley", tests=["dominance"], primary="dominance", alpha=section["alpha"],
-                              padjust=section["padjust"], n_boot=section["n_boot"], seed=seed, **common)
+    table = _with_meta(shapley, meta).assign(method="shapley")
+    common = dict(
+        unit=section["unit"],
+        breakdown=section["breakdown"] or None,
+        ci=section["ci"],
+        pseudo_replicates=pseudo_replicates,
+    )
+    zero = test_against_zero(table, value="shapley", padjust=section["padjust"], **common).assign(
+        source="shapley", test="against_zero"
+    )
+    dominance = test_channels(
+        table,
+        value="shapley",
+        tests=["dominance"],
+        primary="dominance",
+        alpha=section["alpha"],
+        padjust=section["padjust"],
+        n_boot=section["n_boot"],
+        seed=seed,
+        **common,
+    )
     dominance = dominance.assign(source="shapley", channel=dominance["channel_a"])
     return pd.concat([zero, dominance], ignore_index=True)
 
 
 FAMILIES = {
-    "gradient": ("ig", "dl", "saliency", "ixg"),
+    "gradients": ("ig", "dl", "saliency", "ixg"),
     "cam": ("gradcam", "ggcam", "pixelcam", "pixelcam_grad"),
     "discriminative": ("d_ig", "d_dl", "d_ixg", "d_gradcam", "d_ggcam"),
     "baseline": ("residual", "random"),
@@ -167,16 +293,41 @@ def answer_table(outputs: dict, dac_scores: pd.DataFrame | None = None) -> pd.Da
             primary = primary[primary["transition"].astype(str) == "all"]
         for r in primary.itertuples(index=False):
             method = "channel_shapley" if source == "Shapley value" else str(r.method)
-            family = "model (Shapley)" if source == "Shapley value" else next(
-                (f for f, members in FAMILIES.items() if r.method in members), "other")
-            rows.append({
-                "family": family, "method": method, "source": source, "quantity": quantity,
-                "dominant_channel": str(r.dominant_channel), "estimate": float(r.dominant_share),
-                "ci_low": float(r.dominant_ci_low), "ci_high": float(r.dominant_ci_high), "p_value": float(r.p_value),
-                "unit": str(r.unit), "n_units": int(r.n_units), "note": str(getattr(r, "warning", "") or ""),
-            })
-    columns = ["family", "method", "source", "quantity", "dominant_channel", "estimate", "ci_low", "ci_high", "p_value",
-               "unit", "n_units", "note"]
+            family = (
+                "model (Shapley)"
+                if source == "Shapley value"
+                else next((f for f, members in FAMILIES.items() if r.method in members), "other")
+            )
+            rows.append(
+                {
+                    "family": family,
+                    "method": method,
+                    "source": source,
+                    "quantity": quantity,
+                    "dominant_channel": str(r.dominant_channel),
+                    "estimate": float(r.dominant_value),
+                    "ci_low": float(r.dominant_ci_low),
+                    "ci_high": float(r.dominant_ci_high),
+                    "p_value": float(r.p_value),
+                    "unit": str(r.unit),
+                    "n_units": int(r.n_units),
+                    "note": str(getattr(r, "warning", "") or ""),
+                }
+            )
+    columns = [
+        "family",
+        "method",
+        "source",
+        "quantity",
+        "dominant_channel",
+        "estimate",
+        "ci_low",
+        "ci_high",
+        "p_value",
+        "unit",
+        "n_units",
+        "note",
+    ]
     table = pd.DataFrame(rows, columns=columns)
     named = table.loc[table["dominant_channel"] != "none", "dominant_channel"]
     majority = named.mode().iloc[0] if len(named) else "none"
@@ -190,7 +341,15 @@ STAGE = Stage(
     name="stats",
     config=StatsConfig,
     reads=("dataset", "attributions", "dac_scores", "channel_shapley"),
-    writes=("channel_mass", "channel_tests", "channel_share_ci", "map_similarity", "strategy_comparison", "shapley_tests",
-            "answer"),
+    writes=(
+        "channel_mass",
+        "channel_tests",
+        "channel_share_ci",
+        "map_similarity",
+        "strategy_comparison",
+        "shapley_tests",
+        "best_channel",
+        "answer",
+    ),
     whole_set=whole_set,
 )

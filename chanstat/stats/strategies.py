@@ -1,14 +1,22 @@
 """Paired comparison of DAC scores between mask strategies and between attribution methods."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from itertools import combinations
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
 from chanstat.stats.design import (
-    PLATE_COLUMN, WELL_COLUMNS, as_tuple, drop_missing_units, require_columns, resolve_unit, unit_columns,
+    DEFAULT_PADJUST,
+    PLATE_COLUMN,
+    WELL_COLUMNS,
+    as_tuple,
+    drop_missing_units,
+    require_columns,
+    resolve_unit,
+    unit_columns,
 )
 from chanstat.stats.dominance import t_interval
 from chanstat.stats.inference import wilcoxon_paired
@@ -42,7 +50,7 @@ COLUMNS = (
 
 
 def compare_strategies(
-    dac_scores: pd.DataFrame,
+    table: pd.DataFrame,
     value: str = "dac",
     sample: str = "sample",
     method: str = "method",
@@ -51,7 +59,8 @@ def compare_strategies(
     well: Sequence[str] = WELL_COLUMNS,
     plate: str | None = PLATE_COLUMN,
     unit: str = "auto",
-    padjust: str = "holm",
+    *,
+    padjust: str = DEFAULT_PADJUST,
     ci: float = 0.95,
     pseudo_replicates: bool = False,
 ) -> pd.DataFrame:
@@ -71,7 +80,7 @@ def compare_strategies(
 
     Parameters
     ----------
-    dac_scores : DataFrame with columns ``sample``, ``method``, ``strategy``, ``channel``,
+    table : DataFrame with columns ``sample``, ``method``, ``strategy``, ``channel``,
         ``dac`` (one row each), plus the well columns unless ``unit="image"``.
     value, sample, method, strategy, channel : column names.
     well, plate, unit : unit of replication, as in :func:`chanstat.stats.test_channels`.
@@ -105,25 +114,25 @@ def compare_strategies(
     ``note``
         e.g. fewer than 2 pairs.
     """
-    if not isinstance(dac_scores, pd.DataFrame):
-        raise TypeError(f"compare_strategies: expected a DataFrame; got {type(dac_scores).__name__}")
-    if dac_scores.empty:
+    if not isinstance(table, pd.DataFrame):
+        raise TypeError(f"compare_strategies: expected a DataFrame; got {type(table).__name__}")
+    if table.empty:
         raise ValueError("compare_strategies: the table is empty")
-    require_columns(dac_scores, [value, sample, method, strategy, channel], "compare_strategies")
+    require_columns(table, [value, sample, method, strategy, channel], "compare_strategies")
     check_padjust(padjust)
-    vals = pd.to_numeric(dac_scores[value], errors="coerce").to_numpy(float, na_value=np.nan)
+    vals = pd.to_numeric(table[value], errors="coerce").to_numpy(float, na_value=np.nan)
     if not np.isfinite(vals).all():
         raise ValueError(f"compare_strategies: column {value!r} holds {int((~np.isfinite(vals)).sum())} NaN/inf values")
     well = as_tuple(well)
-    unit, unit_warning = resolve_unit(dac_scores, unit, well, plate, "compare_strategies")
+    unit, unit_warning = resolve_unit(table, unit, well, plate, "compare_strategies")
     ucols = list(unit_columns(unit, well, plate)) or [sample]
-    dac_scores, _ = drop_missing_units(dac_scores, ucols, "compare_strategies")
+    table, _ = drop_missing_units(table, ucols, "compare_strategies")
     keys = [method, strategy, channel]
-    dup = dac_scores.duplicated(keys + [sample])
+    dup = table.duplicated(keys + [sample])
     if dup.any():
-        first = dac_scores.loc[dup, keys + [sample]].iloc[0].to_dict()
+        first = table.loc[dup, keys + [sample]].iloc[0].to_dict()
         raise ValueError(f"compare_strategies: more than one score for {first}")
-    unit_means = dac_scores.groupby(keys + ucols, sort=False, observed=True, dropna=False)[value].mean().reset_index()
+    unit_means = table.groupby(keys + ucols, sort=False, observed=True, dropna=False)[value].mean().reset_index()
     unit_means["_unit"] = unit_means[ucols].astype(str).agg("/".join, axis=1)
     rows = []
     families = (("strategy", strategy, [method, channel]), ("method", method, [strategy, channel]))
@@ -151,21 +160,38 @@ def compare_strategies(
                     "note": "",
                 }
                 if n < 2:
-                    row.update(mean_a=np.nan, mean_b=np.nan, estimate=np.nan, ci_low=np.nan, ci_high=np.nan,
-                               statistic=np.nan, p_value=np.nan, effect_size=np.nan,
-                               note=f"only {n} paired {unit}(s); no test")
+                    row.update(
+                        mean_a=np.nan,
+                        mean_b=np.nan,
+                        estimate=np.nan,
+                        ci_low=np.nan,
+                        ci_high=np.nan,
+                        statistic=np.nan,
+                        p_value=np.nan,
+                        effect_size=np.nan,
+                        note=f"only {n} paired {unit}(s); no test",
+                    )
                 else:
                     xa, xb = pair[a].to_numpy(float), pair[b].to_numpy(float)
                     res = wilcoxon_paired(xa, xb)
                     diff = (xa - xb)[:, None]
-                    _, low, high = t_interval(diff, ci)
-                    row.update(mean_a=xa.mean(), mean_b=xb.mean(), estimate=float(diff.mean()),
-                               ci_low=float(low[0]), ci_high=float(high[0]), statistic=res.statistic,
-                               p_value=res.p, effect_size=res.effect_size)
+                    _, low, high = t_interval(diff, ci=ci)
+                    row.update(
+                        mean_a=xa.mean(),
+                        mean_b=xb.mean(),
+                        estimate=float(diff.mean()),
+                        ci_low=float(low[0]),
+                        ci_high=float(high[0]),
+                        statistic=res.statistic,
+                        p_value=res.p,
+                        effect_size=res.effect_size,
+                    )
                 family_rows.append(row)
             p_family = np.array([r["p_value"] for r in family_rows], dtype=float)
             p_adj = adjust(p_family, padjust)
-            scope = f"{padjust} over {int(np.isfinite(p_family).sum())} {label} pairs ({', '.join(map(str, fixed_values))})"
+            scope = (
+                f"{padjust} over {int(np.isfinite(p_family).sum())} {label} pairs ({', '.join(map(str, fixed_values))})"
+            )
             for r, q in zip(family_rows, p_adj):
                 r["p_adj"] = q
                 r["p_adj_method"] = padjust

@@ -44,6 +44,7 @@ trained together as independent parameter sets, :func:`per_image_pixelcam`), so 
 the paper is one head trained on a whole set, passed as ``head=``. The registry's ``layer=``
 is the CAM layer; a trained head always reads its own feature layer (``head.layer_name``).
 """
+
 from chanstat.attribution.pixelcam.head import (
     PixelCAMHead,
     default_feature_layer,
@@ -57,7 +58,15 @@ from chanstat.attribution.pixelcam.per_image import per_image_pixelcam
 from chanstat.attribution.pixelcam.train import train_pixelcam
 
 __all__ = [
-    "PixelCAMHead", "train_pixelcam", "pixelcam_maps", "per_image_pixelcam", "gradcam_pseudo_source",
-    "pseudo_label_regions", "default_feature_layer", "layer_features", "layer_and_name", "pixelcam",
+    "PixelCAMHead",
+    "train_pixelcam",
+    "pixelcam_maps",
+    "per_image_pixelcam",
+    "gradcam_pseudo_source",
+    "pseudo_label_regions",
+    "default_feature_layer",
+    "layer_features",
+    "layer_and_name",
+    "pixelcam",
     "pixelcam_grad",
 ]

@@ -1,4 +1,5 @@
 """The PixelCAM head and the classifier features it reads (layers, feature capture, maps)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -28,8 +29,9 @@ class PixelCAMHead(nn.Module):
     ``forward(features (N, K, h, w)) -> logits (N, 2, h, w)``, class 0 background, 1 foreground.
     """
 
-    def __init__(self, in_features: int, hidden: int = 0, layer_name: str | None = None,
-                 cam_layer_name: str | None = None) -> None:
+    def __init__(
+        self, in_features: int, hidden: int = 0, layer_name: str | None = None, cam_layer_name: str | None = None
+    ) -> None:
         super().__init__()
         if in_features < 1 or hidden < 0:
             raise ValueError(f"need in_features >= 1 and hidden >= 0; got {in_features}, {hidden}")
@@ -37,6 +39,7 @@ class PixelCAMHead(nn.Module):
         self.hidden = int(hidden)
         self.layer_name = layer_name
         self.cam_layer_name = cam_layer_name
+        self.net: nn.Module
         if hidden:
             self.net = nn.Sequential(nn.Conv2d(in_features, hidden, 1), nn.ReLU(), nn.Conv2d(hidden, 2, 1))
         else:
@@ -50,16 +53,18 @@ class PixelCAMHead(nn.Module):
         return self.net(features)
 
 
-
-
 def _conv_names(model: nn.Module) -> list[str]:
-    return [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    from chanstat.models.adapter import unwrap
+
+    return [name for name, m in unwrap(model).named_modules() if isinstance(m, nn.Conv2d)]
 
 
 def layer_and_name(model: nn.Module, layer) -> tuple[nn.Module, str]:
     """(module, dotted name) of ``layer``, resolved as every attribution method resolves it."""
+    from chanstat.models.adapter import unwrap
+
     module = resolve_layer(model, layer)
-    return module, next(name for name, m in model.named_modules() if m is module)
+    return module, next(name for name, m in unwrap(model).named_modules() if m is module)
 
 
 @contextlib.contextmanager
@@ -67,6 +72,7 @@ def _capture(layers: dict[str, nn.Module]) -> Iterator[dict]:
     store: dict = {}
     handles = []
     for name, layer in layers.items():
+
         def hook(_module, _inputs, output, name=name):
             store[name] = output
 
@@ -103,12 +109,15 @@ def default_feature_layer(model: nn.Module, example: torch.Tensor, cam_layer: nn
     modules.setdefault(cam_name, model.get_submodule(cam_name))
     with torch.no_grad(), _capture(modules) as store:
         model(example.to(model_dtype(model)))
-    size = {name: int(np.prod(out.shape[-2:])) for name, out in store.items() if isinstance(out, torch.Tensor) and out.ndim == 4}
+    size = {
+        name: int(np.prod(out.shape[-2:]))
+        for name, out in store.items()
+        if isinstance(out, torch.Tensor) and out.ndim == 4
+    }
     if cam_name not in size:
         return cam_name
     finer = [name for name in convs if size.get(name, 0) > size[cam_name]]
     return finer[-1] if finer else cam_name
-
 
 
 def _logits_at(logits: torch.Tensor, pixels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -142,6 +151,8 @@ def pixelcam_maps(model: nn.Module, head: PixelCAMHead, images, batch_size: int 
     x = as_images(images, "images")
     device = model_device(model)
     with evaluating(model, grad=True):  # every module's train/eval flag comes back
-        out = [_foreground(model, head, layer, x[s : s + batch_size].to(device)).cpu() for s in range(0, x.shape[0], batch_size)]
+        out = [
+            _foreground(model, head, layer, x[s : s + batch_size].to(device)).cpu()
+            for s in range(0, x.shape[0], batch_size)
+        ]
     return torch.cat(out)
-

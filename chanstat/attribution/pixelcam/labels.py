@@ -1,4 +1,5 @@
 """CAM pseudo-labels for PixelCAM: Grad-CAM of the label class and the regions pixels are drawn from."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -8,8 +9,9 @@ from torch import nn
 from chanstat.tensors import model_device, model_dtype
 
 
-def gradcam_pseudo_source(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, layer: nn.Module,
-                          batch_size: int = 32) -> torch.Tensor:
+def gradcam_pseudo_source(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, layer: nn.Module, batch_size: int = 32
+) -> torch.Tensor:
     """Grad-CAM (ReLU) of each image's label class at ``layer``, upsampled: (N, 1, H, W), CPU."""
     from chanstat.attribution.cam import layer_gradcam, upsample
 
@@ -23,7 +25,9 @@ def gradcam_pseudo_source(model: nn.Module, images: torch.Tensor, labels: torch.
     return torch.cat(out)
 
 
-def pseudo_label_regions(cam: torch.Tensor, foreground_fraction: float, background_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+def pseudo_label_regions(
+    cam: torch.Tensor, foreground_fraction: float, background_fraction: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Boolean (N, H*W) regions to sample foreground / background pseudo-labels from.
 
     Foreground: pixels at or above the ``ceil(foreground_fraction * H * W)``-th highest CAM
@@ -55,8 +59,11 @@ def _pseudo_labels(model, x, y, cam, cam_module, foreground_fraction, background
     if cam is None:
         cam_t = gradcam_pseudo_source(model, x, y, cam_module)
     else:
-        cam_t = cam.detach().float().cpu() if isinstance(cam, torch.Tensor) else torch.as_tensor(np.asarray(cam), dtype=torch.float32)
+        cam_t = (
+            cam.detach().float().cpu()
+            if isinstance(cam, torch.Tensor)
+            else torch.as_tensor(np.asarray(cam), dtype=torch.float32)
+        )
         if tuple(cam_t.shape) != (n, 1, h, w):
             raise ValueError(f"cam must have shape {(n, 1, h, w)}; got {tuple(cam_t.shape)}")
     return pseudo_label_regions(cam_t, foreground_fraction, background_fraction)
-

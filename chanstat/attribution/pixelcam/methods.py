@@ -1,4 +1,5 @@
 """The registry methods ``pixelcam`` and ``pixelcam_grad``."""
+
 from __future__ import annotations
 
 import torch
@@ -8,8 +9,16 @@ from chanstat.attribution.pixelcam.per_image import per_image_pixelcam
 from chanstat.attribution.registry import AttributionBatch, MethodSpec, register
 
 
-def pixelcam(model, batch: AttributionBatch, *, head: PixelCAMHead | None = None, steps: int = 50,
-             seed: int = 0, hidden: int = 0, lr: float = 1e-2) -> torch.Tensor:
+def pixelcam(
+    model,
+    batch: AttributionBatch,
+    *,
+    head: PixelCAMHead | None = None,
+    steps: int = 50,
+    seed: int = 0,
+    hidden: int = 0,
+    lr: float = 1e-2,
+) -> torch.Tensor:
     """PixelCAM foreground probability, (n, 1, H, W): localises, does not resolve channels.
 
     Options: ``head`` (a :class:`PixelCAMHead` from :func:`train_pixelcam`, used for every
@@ -21,8 +30,9 @@ def pixelcam(model, batch: AttributionBatch, *, head: PixelCAMHead | None = None
     if head is None:
         if batch.target is None:
             raise ValueError("pixelcam without head= fits a head per image and needs target= (image classes)")
-        return per_image_pixelcam(model, batch.images, batch.target, cam_layer=batch.layer, steps=steps,
-                                  seed=seed, hidden=hidden, lr=lr)
+        return per_image_pixelcam(
+            model, batch.images, batch.target, cam_layer=batch.layer, steps=steps, seed=seed, hidden=hidden, lr=lr
+        )
     if not isinstance(head, PixelCAMHead):
         raise TypeError(f"head must be a PixelCAMHead (from train_pixelcam); got {type(head).__name__}")
     if head.layer_name is None:
@@ -32,12 +42,21 @@ def pixelcam(model, batch: AttributionBatch, *, head: PixelCAMHead | None = None
         return _foreground(model, head, layer, batch.images)
 
 
-def pixelcam_grad(model, batch: AttributionBatch, *, head: PixelCAMHead | None = None, steps: int = 50,
-                  seed: int = 0, hidden: int = 0, lr: float = 1e-2) -> torch.Tensor:
+def pixelcam_grad(
+    model,
+    batch: AttributionBatch,
+    *,
+    head: PixelCAMHead | None = None,
+    steps: int = 50,
+    seed: int = 0,
+    hidden: int = 0,
+    lr: float = 1e-2,
+) -> torch.Tensor:
     """PixelCAM map x |d f_target / d x| per channel, (n, C, H, W): the channel-resolved variant.
 
     Options as for :func:`pixelcam`.
     """
+    assert batch.target is not None  # a method that explains "real" always gets the targets
     fg = pixelcam(model, batch, head=head, steps=steps, seed=seed, hidden=hidden, lr=lr)
     x = batch.images.detach().clone().requires_grad_(True)
     with torch.enable_grad():
@@ -48,11 +67,25 @@ def pixelcam_grad(model, batch: AttributionBatch, *, head: PixelCAMHead | None =
 
 
 for _spec in (
-    MethodSpec("pixelcam", "pixelcam", False, False, False,
-               "PixelCAM foreground probability (1x1-conv head on CAM pseudo-labels; one map per image)",
-               pixelcam, uses_layer=True),
-    MethodSpec("pixelcam_grad", "pixelcam", True, False, False,
-               "PixelCAM map x |input gradient| per channel (channel-resolved PixelCAM)", pixelcam_grad,
-               uses_layer=True),
+    MethodSpec(
+        "pixelcam",
+        "pixelcam",
+        False,
+        False,
+        False,
+        "PixelCAM foreground probability (1x1-conv head on CAM pseudo-labels; one map per image)",
+        pixelcam,
+        uses_layer=True,
+    ),
+    MethodSpec(
+        "pixelcam_grad",
+        "pixelcam",
+        True,
+        False,
+        False,
+        "PixelCAM map x |input gradient| per channel (channel-resolved PixelCAM)",
+        pixelcam_grad,
+        uses_layer=True,
+    ),
 ):
     register(_spec)

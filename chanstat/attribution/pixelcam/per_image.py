@@ -1,11 +1,18 @@
 """PixelCAM without a trained head: one head per image, so a map depends only on its image."""
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from chanstat.attribution.pixelcam.head import PixelCAMHead, _logits_at, default_feature_layer, layer_and_name, layer_features
+from chanstat.attribution.pixelcam.head import (
+    PixelCAMHead,
+    _logits_at,
+    default_feature_layer,
+    layer_and_name,
+    layer_features,
+)
 from chanstat.attribution.pixelcam.labels import _pseudo_labels
 from chanstat.tensors import as_images, as_target, evaluating, model_device
 
@@ -54,6 +61,7 @@ def per_image_pixelcam(
     # stacked copies of the template's 1x1 convolutions: (n, out, in) weights, (n, out) biases
     params = []
     for conv in (m for m in template.modules() if isinstance(m, nn.Conv2d)):
+        assert conv.bias is not None  # PixelCAMHead's convolutions all have a bias
         params.append(conv.weight.detach()[:, :, 0, 0].to(device).expand(n, -1, -1).clone().requires_grad_(True))
         params.append(conv.bias.detach().to(device).expand(n, -1).clone().requires_grad_(True))
 
@@ -75,8 +83,12 @@ def per_image_pixelcam(
     fg_cpu, bg_cpu = fg_region.float().cpu(), bg_region.float().cpu()
     for i in rows:
         g = torch.Generator().manual_seed(int(seed))
-        draws[i, :, :n_foreground] = torch.multinomial(fg_cpu[i], steps * n_foreground, replacement=True, generator=g).view(steps, -1)
-        draws[i, :, n_foreground:] = torch.multinomial(bg_cpu[i], steps * n_background, replacement=True, generator=g).view(steps, -1)
+        draws[i, :, :n_foreground] = torch.multinomial(
+            fg_cpu[i], steps * n_foreground, replacement=True, generator=g
+        ).view(steps, -1)
+        draws[i, :, n_foreground:] = torch.multinomial(
+            bg_cpu[i], steps * n_background, replacement=True, generator=g
+        ).view(steps, -1)
     draws = draws.to(device)
     target = torch.cat([torch.ones(n_foreground), torch.zeros(n_background)]).long().to(device)
     for step in range(steps if rows else 0):
@@ -91,4 +103,3 @@ def per_image_pixelcam(
         upsampled = F.interpolate(logits_of(feats), size=(h, w), mode="bilinear", align_corners=False)
         maps = torch.softmax(upsampled, dim=1)[:, 1:2]
     return torch.where(usable.view(n, 1, 1, 1), maps, torch.zeros_like(maps))
-

@@ -1,4 +1,5 @@
 """One PixelCAM head trained on a whole set (the PixelCAM of the paper)."""
+
 from __future__ import annotations
 
 import torch
@@ -6,7 +7,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from chanstat.attribution.pixelcam.head import PixelCAMHead, _logits_at, default_feature_layer, layer_and_name, layer_features
+from chanstat.attribution.pixelcam.head import (
+    PixelCAMHead,
+    _logits_at,
+    default_feature_layer,
+    layer_and_name,
+    layer_features,
+)
 from chanstat.attribution.pixelcam.labels import _pseudo_labels
 from chanstat.tensors import as_images, as_target, evaluating, model_device
 
@@ -69,7 +76,11 @@ def train_pixelcam(
     device = model_device(model)
     cam_module, cam_name = layer_and_name(model, cam_layer)
     with evaluating(model, grad=True):  # every module's train/eval flag comes back
-        name = layer_and_name(model, layer)[1] if layer is not None else default_feature_layer(model, x[:1].to(device), cam_module)
+        name = (
+            layer_and_name(model, layer)[1]
+            if layer is not None
+            else default_feature_layer(model, x[:1].to(device), cam_module)
+        )
         module = model.get_submodule(name)
         fg_region, bg_region = _pseudo_labels(model, x, y, cam, cam_module, foreground_fraction, background_fraction)
         usable = torch.nonzero(fg_region.any(dim=1) & bg_region.any(dim=1)).flatten()
@@ -78,15 +89,18 @@ def train_pixelcam(
         cached = None
         with torch.no_grad():
             if cache_features and not joint:
-                cached = torch.cat([layer_features(model, module, x[s : s + 64].to(device))[0] for s in range(0, n, 64)])
+                cached = torch.cat(
+                    [layer_features(model, module, x[s : s + 64].to(device))[0] for s in range(0, n, 64)]
+                )
                 feats = cached[:1]
             else:
                 feats, _ = layer_features(model, module, x[:1].to(device))
         gen = torch.Generator().manual_seed(int(seed))
         with torch.random.fork_rng(devices=[]):  # seeded head initialisation, global RNG untouched
             torch.manual_seed(int(seed))
-            head = PixelCAMHead(feats.shape[1], hidden=hidden, layer_name=name,
-                                cam_layer_name=None if cam is not None else cam_name).to(device)
+            head = PixelCAMHead(
+                feats.shape[1], hidden=hidden, layer_name=name, cam_layer_name=None if cam is not None else cam_name
+            ).to(device)
         params = [{"params": head.parameters(), "lr": lr}]
         frozen = {p: p.requires_grad for p in model.parameters()}
         if joint:
@@ -129,4 +143,3 @@ def train_pixelcam(
             for p, flag in frozen.items():
                 p.requires_grad_(flag)
     return head.eval()
-

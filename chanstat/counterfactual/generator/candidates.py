@@ -7,6 +7,7 @@ t)``). A candidate is *accepted* when the classifier assigns it to ``t`` (argmax
 ``mean |x' - x|`` is kept. When no candidate is accepted the one with the highest
 ``p(t | x')`` is kept (and the image counts as not flipped in the quality table).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -17,8 +18,14 @@ from tqdm.auto import tqdm
 from chanstat.counterfactual.generator.networks import ConversionNetwork
 from chanstat.tensors import class_probabilities
 
-CANDIDATE_COLUMNS = ("n_candidates", "n_accepted", "candidate", "candidate_index", "candidate_change",
-                     "candidate_p_target")
+CANDIDATE_COLUMNS = (
+    "n_candidates",
+    "n_accepted",
+    "candidate",
+    "candidate_index",
+    "candidate_change",
+    "candidate_p_target",
+)
 """Per-sample columns :func:`select_counterfactuals` adds to the quality table:
 ``n_candidates`` (tried), ``n_accepted`` (assigned to the target with enough confidence),
 ``candidate`` (``"latent"`` / ``"reference"``), ``candidate_index`` (which latent draw,
@@ -133,8 +140,14 @@ def select_counterfactuals(
         p_best[start:stop] = best_p.double().cpu().numpy()
         bar.update(b)
     bar.close()
-    table = pd.DataFrame({
-        "n_candidates": details["n_candidates"], "n_accepted": details["n_accepted"], "candidate": kind,
-        "candidate_index": details["candidate_index"], "candidate_change": change, "candidate_p_target": p_best,
-    })
+    table = pd.DataFrame(
+        {
+            "n_candidates": details["n_candidates"],
+            "n_accepted": details["n_accepted"],
+            "candidate": kind,
+            "candidate_index": details["candidate_index"],
+            "candidate_change": change,
+            "candidate_p_target": p_best,
+        }
+    )
     return out, table[list(CANDIDATE_COLUMNS)]

@@ -10,9 +10,14 @@ the mapping network or the style encoder), ``x' = G(x, s)``.
 - style diversity: ``E |G(x, s1) - G(x, s2)|``, *maximised* (its weight decays to 0);
 - cycle consistency: ``E |G(x', E(x, y)) - x|``;
 - classifier (optional, frozen classifier f): ``CE(f(x'), t)``;
-- identity / sparsity: ``E |x' - x| / std`` per channel (standardised units): the price of a
-  change, so the network prefers the smallest change that does the job.
+- identity: ``E |x' - x| / std`` per channel (standardised units): the price of a
+  change, so the network prefers the smallest change that does the job;
+- channel sparsity (group lasso): ``E_n sum_c sqrt(mean_pixels((x' - x)_c / std_c)^2)``, the
+  sum over channels of each channel's RMS change: a channel costs as soon as it changes at
+  all, so the network changes as few channels as it can (its weight is set by
+  :class:`~chanstat.counterfactual.generator.monitor.SparsityWeight`).
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
@@ -90,3 +95,11 @@ def classifier_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     if logits.ndim == 2 and logits.shape[1] == 1:  # single-logit model: sigmoid for class 1
         return F.binary_cross_entropy_with_logits(logits[:, 0], target.float())
     return F.cross_entropy(logits, target)
+
+
+def channel_sparsity_loss(
+    fake: torch.Tensor, images: torch.Tensor, std: torch.Tensor, eps: float = 1e-12
+) -> torch.Tensor:
+    """Group norm of the change over channels: mean over images of ``sum_c RMS_c((x' - x) / std)``."""
+    delta = (fake.float() - images.float()) / std
+    return (delta.pow(2).mean(dim=(2, 3)) + eps).sqrt().sum(1).mean()

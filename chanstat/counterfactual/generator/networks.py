@@ -20,6 +20,7 @@ network), so channels of different brightness are changed on the same footing. I
 height or width is not a multiple of ``2 ** len(widths)`` are padded (edge values) and
 cropped back.
 """
+
 from __future__ import annotations
 
 import math
@@ -199,17 +200,30 @@ class ConversionNetwork(nn.Module):
     by :meth:`set_data_statistics`), adds the generator's residual and clamps to the data range.
     """
 
-    def __init__(self, in_channels: int, n_classes: int, widths: Sequence[int] = (16, 32), style_dim: int = 16,
-                 latent_dim: int = 8, n_bottleneck: int = 2, mapping_width: int = 64,
-                 channels: Sequence[str] | None = None, classes: Sequence[str] | None = None):
+    def __init__(
+        self,
+        in_channels: int,
+        n_classes: int,
+        widths: Sequence[int] = (16, 32),
+        style_dim: int = 16,
+        latent_dim: int = 8,
+        n_bottleneck: int = 2,
+        mapping_width: int = 64,
+        channels: Sequence[str] | None = None,
+        classes: Sequence[str] | None = None,
+    ):
         super().__init__()
         if in_channels < 1 or n_classes < 2:
             raise ValueError(f"need in_channels >= 1 and n_classes >= 2; got {in_channels}, {n_classes}")
         if not widths or any(int(w) < 1 for w in widths):
             raise ValueError(f"widths must be a non-empty list of positive ints; got {list(widths)}")
         self.config = dict(
-            in_channels=int(in_channels), n_classes=int(n_classes), widths=[int(w) for w in widths],
-            style_dim=int(style_dim), latent_dim=int(latent_dim), n_bottleneck=int(n_bottleneck),
+            in_channels=int(in_channels),
+            n_classes=int(n_classes),
+            widths=[int(w) for w in widths],
+            style_dim=int(style_dim),
+            latent_dim=int(latent_dim),
+            n_bottleneck=int(n_bottleneck),
             mapping_width=int(mapping_width),
             channels=None if channels is None else [str(c) for c in channels],
             classes=None if classes is None else [str(k) for k in classes],

@@ -7,7 +7,16 @@ discriminator update (adversarial + R1) and one update of generator, mapping net
 style encoder (see :mod:`~chanstat.counterfactual.generator.losses`). All randomness (batches,
 targets, references, latents, augmentation) comes from one seeded ``torch.Generator``
 whose state is checkpointed, so a resumed run continues exactly where it stopped (on the CPU).
+
+Self-checking (with a classifier): a class-stratified share of the images is held out of
+training; every ``check_every`` steps their conversions are measured (flip rate, change
+concentration, realism gap: :mod:`~chanstat.counterfactual.generator.monitor`), the best
+network so far is kept, and training stops when the checks plateau (or at ``steps``, or after
+``time_budget`` seconds). The network returned is the best checked one. A channel-sparsity
+penalty (group norm of the change per channel) with a weight chosen from the flip rate makes
+the conversion change as few channels as it can.
 """
+
 from __future__ import annotations
 
 import os
@@ -22,17 +31,35 @@ import torch
 from tqdm.auto import tqdm
 
 import chanstat.counterfactual.generator.losses as L
+import chanstat.counterfactual.generator.monitor as M
+from chanstat.counterfactual.generator.defaults import training_profile
 from chanstat.counterfactual.generator.networks import ConversionNetwork
-from chanstat.runtime import seed_everything
+from chanstat.runtime import available_cores, seed_everything
 from chanstat.tensors import device_of
 
 LOG_COLUMNS = (
-    "step", "d_real", "d_fake", "r1", "adversarial", "style", "diversity", "cycle", "classifier", "identity",
-    "generator_total", "discriminator_total", "batch_flip_rate", "seconds",
-)
+    "step",
+    "d_real",
+    "d_fake",
+    "r1",
+    "adversarial",
+    "style",
+    "diversity",
+    "cycle",
+    "classifier",
+    "identity",
+    "sparsity",
+    "sparsity_weight",
+    "generator_total",
+    "discriminator_total",
+    "batch_flip_rate",
+    "seconds",
+) + M.CHECK_COLUMNS
 """Columns of :attr:`GeneratorTraining.log` (one row per logged step; losses are batch means,
+``sparsity`` the channel group norm and ``sparsity_weight`` its current weight,
 ``batch_flip_rate`` the share of the batch's ``x'`` the classifier assigns to the target, NaN
-without a classifier, ``seconds`` the training time so far)."""
+without a classifier, ``seconds`` the training time so far; ``check_*`` the held-out check of
+that step, NaN on rows without one)."""
 
 CHECKPOINT_NAME = "generator_checkpoint.pt"
 
@@ -48,6 +75,8 @@ class GeneratorTraining:
     steps : int, steps trained in total (including resumed ones).
     seconds : float, wall time of training (including resumed runs).
     settings : dict, JSON-serialisable training settings (loss weights, lr, seed, ...).
+    quality : dict, the held-out quality of the returned (best) network, the step it comes
+        from, why training stopped and what good values look like (empty without checks).
     """
 
     network: ConversionNetwork
@@ -55,11 +84,14 @@ class GeneratorTraining:
     steps: int
     seconds: float
     settings: dict = field(default_factory=dict)
+    quality: dict = field(default_factory=dict)
 
 
 def _autocast(device: torch.device, mixed_precision: bool | str):
     """bf16 autocast on CUDA (no loss scaling needed); off on the CPU, where it is slower."""
-    use = device.type == "cuda" and (mixed_precision is True or (mixed_precision == "auto" and torch.cuda.is_bf16_supported()))
+    use = device.type == "cuda" and (
+        mixed_precision is True or (mixed_precision == "auto" and torch.cuda.is_bf16_supported())
+    )
     return torch.autocast("cuda", dtype=torch.bfloat16) if use else nullcontext()
 
 
@@ -112,8 +144,8 @@ def train_generator(
     *,
     network: ConversionNetwork | None = None,
     architecture: dict | None = None,
-    steps: int = 2000,
-    batch_size: int = 16,
+    steps: int | None = None,
+    batch_size: int | None = None,
     lr: float = 1e-3,
     mapping_lr: float | None = None,
     betas: tuple[float, float] = (0.0, 0.99),
@@ -127,6 +159,15 @@ def train_generator(
     log_every: int = 10,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    sparsity: float | str = "auto",
+    held_out: float = 0.15,
+    check_every: int | None = None,
+    patience: int | None = None,
+    min_steps: int | None = None,
+    flip_target: float = 0.9,
+    time_budget: float | None = None,
+    r1_every: int | None = None,
+    threads: int | None = None,
     **loss_weights: float,
 ) -> GeneratorTraining:
     """Train a conversion network on ``dataset`` (optionally guided by a frozen classifier).
@@ -134,56 +175,86 @@ def train_generator(
     Parameters
     ----------
     dataset : ImageSet with N images (C, H, W) of at least two classes.
-    model : frozen classifier (logits out) for the classifier loss; None trains without it
-        (set ``classifier=0`` to train without it even when given).
+    model : frozen classifier (logits out) for the classifier loss and the held-out checks;
+        None trains without either (set ``classifier=0`` to train without the loss).
     network : a :class:`ConversionNetwork` to continue training; default a new one built from
-        ``architecture`` (keyword arguments of :class:`ConversionNetwork`, e.g. ``widths``).
-    steps : total training steps (a resumed run trains up to this many).
-    batch_size : images per step.
+        ``architecture`` (keyword arguments of :class:`ConversionNetwork`, e.g. ``widths``;
+        missing keys come from the device's profile, :mod:`~chanstat.counterfactual.generator.defaults`).
+    steps : the most training steps (a resumed run trains up to this many); None: the
+        device's profile (CPU 1500, CUDA 20000). The stopping rule usually ends training earlier.
+    batch_size : images per step; None: the device's profile (CPU 8, CUDA 16).
     lr : Adam learning rate of generator, style encoder and discriminator.
     mapping_lr : learning rate of the mapping network (default ``lr / 10``; StarGAN v2 uses
         a hundredth).
     betas : Adam betas (StarGAN v2: (0, 0.99)).
-    seed : seeds the network initialisation and every random draw of training.
+    seed : seeds the network initialisation, the held-out split and every random draw.
     device : ``"auto"``, ``"cpu"``, ``"cuda"``...; None: the classifier's device (CPU without).
     augment : random flips / transposition of the real images.
     mixed_precision : ``"auto"`` (bf16 autocast on CUDA when supported), True or False; the
         R1 penalty always runs in float32.
-    checkpoint_dir : where ``generator_checkpoint.pt`` (networks, optimisers, random state and
-        the log) is written every ``checkpoint_every`` steps and at the end.
+    checkpoint_dir : where ``generator_checkpoint.pt`` (networks, optimisers, random state,
+        the best network so far and the log) is written every ``checkpoint_every`` steps and at the end.
     resume : continue from ``checkpoint_dir``'s checkpoint when there is one.
     log_every : steps between rows of the training log (and progress-bar updates).
-    progress : tqdm bar with the current losses.
-    log : callable receiving one-line messages (resume, checkpoints).
+    progress : tqdm bar with the current losses and the last held-out check (``flip``,
+        ``conc`` = concentration, ``gap`` = realism gap, ``λ`` = sparsity weight).
+    log : callable receiving one-line messages (resume, checkpoints, stop).
+    sparsity : weight of the channel-sparsity penalty (group norm of the change per channel);
+        ``"auto"`` (default) chooses it from the data: it grows while the training batches
+        flip above ``flip_target + 0.05`` and shrinks below (the largest weight that keeps the
+        flip rate); a number fixes it; 0 switches it off. Without a classifier ``"auto"`` is off.
+    held_out : share of every class held out of training for the checks (at most 64 images;
+        0 or no classifier: no checks, no early stop, the last network is returned).
+    check_every, patience, min_steps : a held-out check every ``check_every`` steps; stop when
+        the best check score has not risen by 0.01 in ``patience`` checks, not before
+        ``min_steps``. None: the device's profile (CPU 25 / 4 / 100, CUDA 250 / 6 / 1000).
+    flip_target : held-out flip rate of a usable generator (checkpoint score, sparsity schedule).
+    time_budget : stop after this many seconds of training (None: no limit).
+    r1_every : the R1 penalty every this many steps, scaled up to match (lazy regularisation);
+        None: the device's profile (CPU 4, CUDA 1).
+    threads : torch CPU threads while training on the CPU (restored afterwards); None: torch's
+        current setting, lowered to the idle cores (:func:`chanstat.runtime.available_cores`). More threads than idle cores makes the
+        small networks' steps many times slower on a shared machine.
     **loss_weights : weights of :class:`~chanstat.counterfactual.generator.losses.LossWeights`
         (``adversarial``, ``r1``, ``style``, ``diversity``, ``cycle``, ``classifier``,
-        ``identity``).
+        ``identity``); missing ones: the profile's (CPU: no diversity, no cycle) or the class defaults.
 
     Returns
     -------
     GeneratorTraining
     """
-    weights = L.LossWeights.from_options(loss_weights)
-    if steps < 0 or batch_size < 1 or checkpoint_every < 1 or log_every < 1:
+    dev = device_of(device, model)
+    profile = training_profile(dev)
+    weights = L.LossWeights.from_options({**profile["loss"], **loss_weights})
+    steps = profile["steps"] if steps is None else steps
+    batch_size = profile["batch_size"] if batch_size is None else batch_size
+    check_every = profile["check_every"] if check_every is None else check_every
+    patience = profile["patience"] if patience is None else patience
+    min_steps = profile["min_steps"] if min_steps is None else min_steps
+    r1_every = profile["r1_every"] if r1_every is None else r1_every
+    if steps < 0 or min(batch_size, checkpoint_every, log_every, check_every, r1_every) < 1 or patience < 0:
         raise ValueError(
-            f"steps must be >= 0 and batch_size, checkpoint_every, log_every >= 1; got {steps}, {batch_size}, "
-            f"{checkpoint_every}, {log_every}"
+            f"steps, patience must be >= 0 and batch_size, checkpoint_every, log_every, check_every, r1_every >= 1; "
+            f"got {steps}, {patience}, {batch_size}, {checkpoint_every}, {log_every}, {check_every}, {r1_every}"
         )
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs a checkpoint_dir")
     say = log or (lambda message: None)
     images, labels = dataset.images, dataset.labels
     n_classes = len(dataset.classes)
-    pools = _class_pools(labels, n_classes)
-    empty = [dataset.classes[k] for k, pool in enumerate(pools) if pool.numel() == 0]
+    empty = [dataset.classes[k] for k, pool in enumerate(_class_pools(labels, n_classes)) if pool.numel() == 0]
     if n_classes < 2 or empty:
         raise ValueError(f"the generator needs images of every class; none of {empty} in the data set")
-    dev = device_of(device, model)
     seed_everything(seed)
     if network is None:
         torch.manual_seed(seed)
-        network = ConversionNetwork(len(dataset.channels), n_classes, channels=dataset.channels,
-                                    classes=dataset.classes, **(architecture or {}))
+        network = ConversionNetwork(
+            len(dataset.channels),
+            n_classes,
+            channels=dataset.channels,
+            classes=dataset.classes,
+            **{**profile["architecture"], **(architecture or {})},
+        )
         network.set_data_statistics(images)
     elif network.config["in_channels"] != images.shape[1] or network.n_classes != n_classes:
         raise ValueError(
@@ -191,16 +262,31 @@ def train_generator(
             f"has {images.shape[1]} and {n_classes}"
         )
     network.to(dev)
-    classifier, flags = _frozen(model if weights.classifier > 0 else None, dev)
+    classifier, flags = _frozen(model if weights.classifier > 0 or held_out > 0 else None, dev)
+    checking = classifier is not None and held_out > 0
+    train_rows, held_rows = M.split_held_out(labels, held_out if checking else 0.0, seed)
+    if checking and held_rows.numel() == 0:
+        checking = False
+    sparse = M.SparsityWeight.from_option(
+        sparsity if (classifier is not None or sparsity != "auto") else 0.0, flip_target
+    )
+    train_labels = labels[train_rows]
+    pools = _class_pools(train_labels, n_classes)
+    if any(pool.numel() == 0 for pool in pools):
+        raise ValueError("after holding out images for the checks a class has no training image; lower held_out")
     gen_params = list(network.generator.parameters()) + list(network.style_encoder.parameters())
     opt_g = torch.optim.Adam(
-        [{"params": gen_params, "lr": lr},
-         {"params": network.mapping.parameters(), "lr": lr / 10 if mapping_lr is None else mapping_lr}],
+        [
+            {"params": gen_params, "lr": lr},
+            {"params": network.mapping.parameters(), "lr": lr / 10 if mapping_lr is None else mapping_lr},
+        ],
         betas=betas,
     )
     opt_d = torch.optim.Adam(network.discriminator.parameters(), lr=lr, betas=betas)
     rng = torch.Generator().manual_seed(seed)
     rows: list[dict] = []
+    best: dict = {"score": float("-inf"), "state": None, "row": None}
+    stop: str | None = None
     start_step, seconds_before = 0, 0.0
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
     if resume and ckpt_path is not None and ckpt_path.exists():
@@ -211,39 +297,111 @@ def train_generator(
         rng.set_state(state["rng"])
         rows = [dict(r) for r in state["log"]]
         start_step, seconds_before = int(state["step"]), float(state["seconds"])
+        best = dict(state.get("best") or best)
+        stop = state.get("stop")
+        if state.get("sparsity"):
+            sparse.load(state["sparsity"])
         say(f"generator: resumed from {ckpt_path} at step {start_step}")
-    settings = dict(steps=int(steps), batch_size=int(batch_size), lr=float(lr), mapping_lr=mapping_lr, betas=list(betas),
-                    seed=int(seed), augment=bool(augment), device=str(dev), loss_weights=weights.as_dict(),
-                    architecture={k: v for k, v in network.config.items() if k not in ("channels", "classes")},
-                    classifier=classifier is not None)
+    settings = dict(
+        steps=int(steps),
+        batch_size=int(batch_size),
+        lr=float(lr),
+        mapping_lr=mapping_lr,
+        betas=list(betas),
+        seed=int(seed),
+        augment=bool(augment),
+        device=str(dev),
+        profile=profile["profile"],
+        loss_weights=weights.as_dict(),
+        sparsity=sparsity,
+        held_out=float(held_out) if checking else 0.0,
+        n_held_out=int(held_rows.numel()),
+        check_every=int(check_every),
+        patience=int(patience),
+        min_steps=int(min_steps),
+        flip_target=float(flip_target),
+        time_budget=time_budget,
+        r1_every=int(r1_every),
+        architecture={k: v for k, v in network.config.items() if k not in ("channels", "classes")},
+        classifier=classifier is not None,
+    )
 
     def save_checkpoint(step: int, seconds: float) -> None:
         if ckpt_path is None:
             return
         ckpt_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = ckpt_path.with_name(ckpt_path.name + ".tmp")
-        torch.save({"step": step, "seconds": seconds, "network": network.state_dict(), "opt_g": opt_g.state_dict(),
-                    "opt_d": opt_d.state_dict(), "rng": rng.get_state(), "log": rows}, tmp)
+        torch.save(
+            {
+                "step": step,
+                "seconds": seconds,
+                "network": network.state_dict(),
+                "opt_g": opt_g.state_dict(),
+                "opt_d": opt_d.state_dict(),
+                "rng": rng.get_state(),
+                "log": rows,
+                "best": best,
+                "stop": stop,
+                "sparsity": sparse.state(),
+            },
+            tmp,
+        )
         os.replace(tmp, ckpt_path)  # a crash mid-write leaves the previous checkpoint intact
 
     std = network.input_std
-    images_on_device = images.to(dev, torch.float32)  # one copy, so a step moves no images between devices
+    train_images = images[train_rows].to(dev, torch.float32)  # one copy, so a step moves no images between devices
+    held_images, held_labels = images[held_rows], labels[held_rows]
+    reference_rows = train_rows[torch.randperm(train_rows.numel(), generator=torch.Generator().manual_seed(seed))[:256]]
+
     def autocast():
         return _autocast(dev, mixed_precision)
 
+    def run_check(step: int) -> dict:
+        quality = M.held_out_quality(
+            network,
+            classifier,
+            held_images,
+            held_labels,
+            images[reference_rows],
+            labels[reference_rows],
+            channels=list(dataset.channels),
+            seed=seed + step,
+        )
+        score = M.checkpoint_score(quality["flip_rate"], quality["concentration"], quality["realism_gap"], flip_target)
+        out = {
+            f"check_{k}": quality[k]
+            for k in ("flip_rate", "concentration", "top_channel", "realism_gap", "mean_change")
+        }
+        out["check_score"] = score
+        if score > best["score"]:
+            best.update(
+                score=score,
+                row={**out, "step": step, "change_share": quality["change_share"]},
+                state={k: v.detach().cpu().clone() for k, v in network.state_dict().items()},
+            )
+        return out
+
+    threads_before = torch.get_num_threads()
+    if dev.type == "cpu":
+        torch.set_num_threads(int(threads) if threads else max(1, min(threads_before, available_cores())))
     network.train()
     t0 = time.perf_counter()
     bar = tqdm(total=steps, initial=min(start_step, steps), desc="train generator", disable=not progress)
+    step = start_step
     try:
         for step in range(start_step + 1, steps + 1):
-            idx = torch.randint(0, images.shape[0], (batch_size,), generator=rng)
+            if stop is not None:
+                step -= 1
+                break
+            idx = train_rows[torch.randint(0, train_rows.numel(), (batch_size,), generator=rng)]
             y = labels[idx]
             shift = torch.randint(1, n_classes, (batch_size,), generator=rng)
             t = (y + shift) % n_classes
             ref1, ref2 = _sample_from_pools(pools, t, rng), _sample_from_pools(pools, t, rng)
             z1 = torch.randn(batch_size, network.latent_dim, generator=rng)
             z2 = torch.randn(batch_size, network.latent_dim, generator=rng)
-            batch = images_on_device[torch.cat([idx, ref1, ref2]).to(dev)]
+            batch_rows = torch.cat([torch.searchsorted(train_rows, idx), ref1, ref2])
+            batch = train_images[batch_rows.to(dev)]
             if augment:
                 batch = _augment(batch, rng)
             x, x_ref1, x_ref2 = batch.split(batch_size)
@@ -256,15 +414,16 @@ def train_generator(
                 return network.style_from_latent(z1, t), network.style_from_latent(z2, t)
 
             # discriminator: real images of their class vs converted images of the target class
-            x_real = x.detach().requires_grad_(True)
+            with_r1 = weights.r1 > 0 and step % r1_every == 0
+            x_real = x.detach().requires_grad_(with_r1)
             d_real_logits = network.discriminate(x_real, y)  # float32: the R1 gradient needs it
             d_real = L.adversarial_loss(d_real_logits, real=True)
-            r1 = L.r1_penalty(d_real_logits, x_real) if weights.r1 > 0 else torch.zeros((), device=dev)
+            r1 = L.r1_penalty(d_real_logits, x_real) if with_r1 else torch.zeros((), device=dev)
             with torch.no_grad(), autocast():
                 fake = network.translate(x, styles()[0])
             with autocast():
                 d_fake = L.adversarial_loss(network.discriminate(fake.float(), t), real=False)
-            d_total = d_real + d_fake + weights.r1 * r1
+            d_total = d_real + d_fake + weights.r1 * r1_every * r1
             opt_d.zero_grad(set_to_none=True)
             d_total.backward()
             opt_d.step()
@@ -285,40 +444,116 @@ def train_generator(
                 else:
                     cycle = torch.zeros((), device=dev)
                 identity = L.identity_loss(fake, x, std)
-                if classifier is not None:
+                group = L.channel_sparsity_loss(fake, x, std)
+                if classifier is not None and weights.classifier > 0:
                     logits = classifier(fake)
                     cls = L.classifier_loss(logits, t)
-                    flip_rate = float((logits.detach().argmax(1) == t).float().mean()) if logits.shape[1] > 1 else float(
-                        ((logits.detach()[:, 0] > 0).long() == t).float().mean())
+                    flip_rate = (
+                        float((logits.detach().argmax(1) == t).float().mean())
+                        if logits.shape[1] > 1
+                        else float(((logits.detach()[:, 0] > 0).long() == t).float().mean())
+                    )
                 else:
                     cls, flip_rate = torch.zeros((), device=dev), float("nan")
-            g_total = (weights.adversarial * adversarial + weights.style * style - diversity_weight * diversity
-                       + weights.cycle * cycle + weights.classifier * cls + weights.identity * identity)
+            sparsity_weight = sparse.value
+            g_total = (
+                weights.adversarial * adversarial
+                + weights.style * style
+                - diversity_weight * diversity
+                + weights.cycle * cycle
+                + weights.classifier * cls
+                + weights.identity * identity
+                + sparsity_weight * group
+            )
             opt_g.zero_grad(set_to_none=True)
             g_total.backward()
             opt_g.step()
+            sparse.update(flip_rate)
 
-            if step % log_every == 0 or step == steps:
-                row = dict(step=step, d_real=d_real.item(), d_fake=d_fake.item(), r1=r1.item(),
-                           adversarial=adversarial.item(), style=style.item(), diversity=diversity.item(),
-                           cycle=cycle.item(), classifier=cls.item() if classifier is not None else float("nan"),
-                           identity=identity.item(), generator_total=g_total.item(),
-                           discriminator_total=d_total.item(), batch_flip_rate=flip_rate,
-                           seconds=seconds_before + time.perf_counter() - t0)
+            out_of_time = time_budget is not None and seconds_before + time.perf_counter() - t0 >= time_budget
+            check = checking and (step % check_every == 0 or step == steps or out_of_time)
+            if step % log_every == 0 or step == steps or check:
+                row = dict(
+                    step=step,
+                    d_real=d_real.item(),
+                    d_fake=d_fake.item(),
+                    r1=r1.item(),
+                    adversarial=adversarial.item(),
+                    style=style.item(),
+                    diversity=diversity.item(),
+                    cycle=cycle.item(),
+                    classifier=cls.item() if classifier is not None else float("nan"),
+                    identity=identity.item(),
+                    sparsity=group.item(),
+                    sparsity_weight=sparsity_weight,
+                    generator_total=g_total.item(),
+                    discriminator_total=d_total.item(),
+                    batch_flip_rate=flip_rate,
+                    seconds=seconds_before + time.perf_counter() - t0,
+                )
+                row.update({k: float("nan") for k in M.CHECK_COLUMNS}, check_top_channel=None)
+                if check:
+                    row.update(run_check(step))
+                    if step >= min_steps:
+                        checks = pd.DataFrame(rows + [row])
+                        stop = M.stop_reason(checks, patience=patience)
+                        weights_at_checks = checks.loc[checks["check_score"].notna(), "sparsity_weight"]
+                        if stop and sparse.auto and not M.weight_settled(weights_at_checks, patience):
+                            stop = None  # the data-chosen sparsity weight is still moving
                 rows.append(row)
-                bar.set_postfix(adv=f"{row['adversarial']:.2f}", cls=f"{row['classifier']:.2f}",
-                                id=f"{row['identity']:.3f}", cyc=f"{row['cycle']:.3f}", flip=f"{flip_rate:.2f}")
+                last = next((r for r in reversed(rows) if r["check_top_channel"] is not None), None)
+                postfix = dict(
+                    cls=f"{row['classifier']:.2f}",
+                    id=f"{row['identity']:.3f}",
+                    batch_flip=f"{flip_rate:.2f}",
+                    λ=f"{sparsity_weight:.3g}",
+                )
+                if last is not None:
+                    postfix.update(
+                        flip=f"{last['check_flip_rate']:.2f}",
+                        conc=f"{last['check_concentration']:.2f}",
+                        gap=f"{last['check_realism_gap']:.2f}",
+                    )
+                bar.set_postfix(postfix)
             bar.update(1)
+            elapsed = seconds_before + time.perf_counter() - t0
+            if stop is None and out_of_time:
+                stop = f"time budget of {time_budget} s spent"
+            if stop is not None:
+                say(f"generator: stopped at step {step} ({stop})")
+                break
             if step % checkpoint_every == 0 and step < steps:
-                save_checkpoint(step, seconds_before + time.perf_counter() - t0)
+                save_checkpoint(step, elapsed)
                 say(f"generator: checkpoint at step {step} in {ckpt_path}")
         seconds = seconds_before + time.perf_counter() - t0
-        save_checkpoint(max(steps, start_step), seconds)
+        trained = max(step, start_step)
+        save_checkpoint(trained, seconds)
     finally:
         bar.close()
+        torch.set_num_threads(threads_before)
         for p, flag in flags:
             p.requires_grad_(flag)
+    quality: dict = {}
+    if best["state"] is not None:
+        network.load_state_dict(best["state"])
+        chosen = best["row"]
+        quality = {
+            "held_out_flip_rate": chosen["check_flip_rate"],
+            "held_out_concentration": chosen["check_concentration"],
+            "held_out_top_channel": chosen["check_top_channel"],
+            "held_out_realism_gap": chosen["check_realism_gap"],
+            "held_out_mean_change": chosen["check_mean_change"],
+            "held_out_change_share": chosen["change_share"],
+            "best_step": int(chosen["step"]),
+            "stopped_at": int(trained),
+            "stop_reason": stop or ("maximum steps reached" if trained >= steps else "interrupted"),
+            "usable": bool(chosen["check_flip_rate"] >= flip_target),
+            "n_held_out": int(held_rows.numel()),
+            "sparsity_weight": float(sparse.value),
+            "good_values": dict(M.GOOD_VALUES),
+        }
     network.eval()
     log_table = pd.DataFrame(rows, columns=list(LOG_COLUMNS))
-    return GeneratorTraining(network=network, log=log_table, steps=max(steps, start_step), seconds=seconds,
-                             settings=settings)
+    return GeneratorTraining(
+        network=network, log=log_table, steps=trained, seconds=seconds, settings=settings, quality=quality
+    )

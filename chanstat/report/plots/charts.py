@@ -1,4 +1,5 @@
 """Charts: curves, distributions, bars and intervals (tidy tables in, a matplotlib Figure out)."""
+
 from __future__ import annotations
 
 import math
@@ -11,9 +12,11 @@ from matplotlib.figure import Figure
 
 from chanstat.report.plots.style import channel_colours, facet_grid, styled
 
+
 # ---- curves -------------------------------------------------------------------------------
-def mean_curve(curves: pd.DataFrame, x: str = "mask_size", y: str = "score", by: str = "sample",
-               grid: np.ndarray | None = None) -> pd.DataFrame:
+def mean_curve(
+    curves: pd.DataFrame, x: str = "mask_size", y: str = "score", by: str = "sample", grid: np.ndarray | None = None
+) -> pd.DataFrame:
     """Mean (and standard error) of per-sample curves on a common x grid.
 
     Each sample's curve is sorted by ``x`` and linearly interpolated onto ``grid`` (default 101
@@ -61,8 +64,14 @@ def curve_facets(
             colour = palette[label]
             ax.plot(curve["x"], curve["mean"], color=colour, lw=1.6, label=label)
             if curve["sem"].notna().any():
-                ax.fill_between(curve["x"], curve["mean"] - curve["sem"], curve["mean"] + curve["sem"],
-                                color=colour, alpha=0.12, lw=0)
+                ax.fill_between(
+                    curve["x"],
+                    curve["mean"] - curve["sem"],
+                    curve["mean"] + curve["sem"],
+                    color=colour,
+                    alpha=0.12,
+                    lw=0,
+                )
         ax.axhline(0, color="#888888", lw=0.6, ls=":")
         ax.set_title(title)
         ax.set_xlim(0, 1) if xlabel.startswith("mask size") else None
@@ -70,8 +79,9 @@ def curve_facets(
         if k % axes.shape[1] == 0:
             ax.set_ylabel(ylabel)
     handles = [matplotlib.lines.Line2D([], [], color=palette[label], lw=2, label=label) for label in labels]
-    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(labels), 7), frameon=False,
-               title=legend_title)
+    fig.legend(
+        handles=handles, loc="outside lower center", ncols=min(len(labels), 7), frameon=False, title=legend_title
+    )
     return fig
 
 
@@ -95,8 +105,9 @@ def training_curves(history: pd.DataFrame) -> Figure:
 
 
 @styled
-def line_facets(df: pd.DataFrame, x: str, y: str, hue: str | None, facet: str, ylabel: str | None = None,
-                ncols: int = 4) -> Figure:
+def line_facets(
+    df: pd.DataFrame, x: str, y: str, hue: str | None, facet: str, ylabel: str | None = None, ncols: int = 4
+) -> Figure:
     """Lines of ``y`` against ``x`` (one per ``hue`` value), a panel per ``facet`` value, shared y axis."""
     facets = list(pd.unique(df[facet]))
     fig, axes = facet_grid(len(facets), ncols, 2.9, 2.4, sharex=True, sharey=True)
@@ -113,9 +124,17 @@ def line_facets(df: pd.DataFrame, x: str, y: str, hue: str | None, facet: str, y
         if k % axes.shape[1] == 0:
             ax.set_ylabel(ylabel or y)
     if hue:
-        handles = [matplotlib.lines.Line2D([], [], color=cycle[j % len(cycle)], marker="o", ms=3.5,
-                                           label=f"{hue} = {h:g}" if isinstance(h, (int, float, np.number)) else f"{hue} = {h}")
-                   for j, h in enumerate(hues)]
+        handles = [
+            matplotlib.lines.Line2D(
+                [],
+                [],
+                color=cycle[j % len(cycle)],
+                marker="o",
+                ms=3.5,
+                label=f"{hue} = {h:g}" if isinstance(h, (int, float, np.number)) else f"{hue} = {h}",
+            )
+            for j, h in enumerate(hues)
+        ]
         fig.legend(handles=handles, loc="outside lower center", ncols=min(len(hues), 6), frameon=False)
     return fig
 
@@ -153,11 +172,25 @@ def share_boxes(
                 if vals.size:
                     data.append(vals)
                     pos.append(x)
-                    ax.scatter(x + rng.uniform(-width * 0.3, width * 0.3, vals.size), vals, s=9,
-                               color=palette[j % len(palette)], alpha=0.55, lw=0, zorder=3)
+                    ax.scatter(
+                        x + rng.uniform(-width * 0.3, width * 0.3, vals.size),
+                        vals,
+                        s=9,
+                        color=palette[j % len(palette)],
+                        alpha=0.55,
+                        lw=0,
+                        zorder=3,
+                    )
             if data:
-                bp = ax.boxplot(data, positions=pos, widths=width * 0.8, patch_artist=True, showfliers=False,
-                                medianprops=dict(color="black", lw=1.2), manage_ticks=False)
+                bp = ax.boxplot(
+                    data,
+                    positions=pos,
+                    widths=width * 0.8,
+                    patch_artist=True,
+                    showfliers=False,
+                    medianprops=dict(color="black", lw=1.2),
+                    manage_ticks=False,
+                )
                 for patch in bp["boxes"]:
                     patch.set_facecolor(palette[j % len(palette)])
                     patch.set_alpha(0.3)
@@ -172,15 +205,26 @@ def share_boxes(
         if value == "share":
             ax.axhline(1 / max(len(channels), 1), color="#888888", lw=0.7, ls=":")
     if hues != [None]:
-        handles = [matplotlib.patches.Patch(color=palette[j % len(palette)], alpha=0.6, label=str(h))
-                   for j, h in enumerate(hues)]
+        handles = [
+            matplotlib.patches.Patch(color=palette[j % len(palette)], alpha=0.6, label=str(h))
+            for j, h in enumerate(hues)
+        ]
         fig.legend(handles=handles, loc="outside lower center", ncols=min(len(hues), 4), frameon=False, title=hue)
     return fig
 
 
 @styled
-def interval_plot(df: pd.DataFrame, estimate: str, low: str, high: str, label: str, group: str | None,
-                  colours: Mapping[str, str] | None = None, xlabel: str = "estimate", ref: float | None = None) -> Figure:
+def interval_plot(
+    df: pd.DataFrame,
+    estimate: str,
+    low: str,
+    high: str,
+    label: str,
+    group: str | None,
+    colours: Mapping[str, str] | None = None,
+    xlabel: str = "estimate",
+    ref: float | None = None,
+) -> Figure:
     """Point estimates with intervals (a forest plot): one row per ``label``, panel per ``group``."""
     groups = list(pd.unique(df[group])) if group and group in df else [None]
     n_rows = max(len(df[df[group] == g]) if g is not None else len(df) for g in groups)
@@ -203,9 +247,17 @@ def interval_plot(df: pd.DataFrame, estimate: str, low: str, high: str, label: s
 
 
 @styled
-def estimate_intervals(df: pd.DataFrame, label: str, estimate: str, low: str | None, high: str | None,
-                       facet: str | None = None, xlabel: str = "", ref: float | None = 0.0,
-                       annotate: str | None = None) -> Figure:
+def estimate_intervals(
+    df: pd.DataFrame,
+    label: str,
+    estimate: str,
+    low: str | None,
+    high: str | None,
+    facet: str | None = None,
+    xlabel: str = "",
+    ref: float | None = 0.0,
+    annotate: str | None = None,
+) -> Figure:
     """Horizontal estimates with intervals, one row per ``label``, a panel per ``facet`` value."""
     facets = list(pd.unique(df[facet])) if facet and facet in df else [None]
     n_rows = max(len(df if f is None else df[df[facet] == f]) for f in facets)
@@ -222,8 +274,16 @@ def estimate_intervals(df: pd.DataFrame, label: str, estimate: str, low: str | N
         ax.plot(est, ys, "o", color="#1f3b73", ms=5)
         if annotate and annotate in sub:
             for y, x, txt in zip(ys, est, sub[annotate]):
-                ax.annotate(str(txt), (x, y), xytext=(0, 5), textcoords="offset points", fontsize=7, ha="center",
-                            va="bottom", color="#333333")
+                ax.annotate(
+                    str(txt),
+                    (x, y),
+                    xytext=(0, 5),
+                    textcoords="offset points",
+                    fontsize=7,
+                    ha="center",
+                    va="bottom",
+                    color="#333333",
+                )
         ax.set_yticks(ys)
         ax.set_yticklabels([str(v) for v in sub[label]])
         ax.set_ylim(-0.7, len(sub) - 0.3)
@@ -236,9 +296,18 @@ def estimate_intervals(df: pd.DataFrame, label: str, estimate: str, low: str | N
 
 # ---- bars ---------------------------------------------------------------------------------
 @styled
-def grouped_bars(df: pd.DataFrame, x: str, y: str, hue: str | None = None, ylabel: str | None = None,
-                 colours: Mapping[str, str] | None = None, ref: float | None = None, title: str = "",
-                 err_low: str | None = None, err_high: str | None = None) -> Figure:
+def grouped_bars(
+    df: pd.DataFrame,
+    x: str,
+    y: str,
+    hue: str | None = None,
+    ylabel: str | None = None,
+    colours: Mapping[str, str] | None = None,
+    ref: float | None = None,
+    title: str = "",
+    err_low: str | None = None,
+    err_high: str | None = None,
+) -> Figure:
     """Bars of ``y`` by ``x`` (and ``hue``), optional interval whiskers."""
     xs = [str(v) for v in pd.unique(df[x])]
     hues = [str(v) for v in pd.unique(df[hue])] if hue and hue in df else [None]
@@ -260,9 +329,16 @@ def grouped_bars(df: pd.DataFrame, x: str, y: str, hue: str | None = None, ylabe
         bar_colours = colour if colour else [(colours or {}).get(v, cycle[0]) for v in xs]
         ax.bar(pos, vals, width=width * 0.92, color=bar_colours, label=h)
         if lows and len(lows) == len(vals):
-            v = np.asarray(vals)
-            ax.errorbar(pos, v, yerr=[v - np.asarray(lows), np.asarray(highs) - v], fmt="none", ecolor="black", lw=0.8,
-                        capsize=2)
+            val_arr = np.asarray(vals)
+            ax.errorbar(
+                pos,
+                val_arr,
+                yerr=[val_arr - np.asarray(lows), np.asarray(highs) - val_arr],
+                fmt="none",
+                ecolor="black",
+                lw=0.8,
+                capsize=2,
+            )
     ax.set_xticks(range(len(xs)))
     ax.set_xticklabels(xs, rotation=25 if len(xs) > 4 else 0, ha="right" if len(xs) > 4 else "center")
     if ref is not None:
@@ -275,8 +351,12 @@ def grouped_bars(df: pd.DataFrame, x: str, y: str, hue: str | None = None, ylabe
 
 
 @styled
-def channel_bars(df: pd.DataFrame, channels_col: str, panels: Sequence[tuple[str, str, float | None, bool]],
-                 annotate: str | None = None) -> Figure:
+def channel_bars(
+    df: pd.DataFrame,
+    channels_col: str,
+    panels: Sequence[tuple[str, str, float | None, bool]],
+    annotate: str | None = None,
+) -> Figure:
     """Bars per channel; ``panels`` = (column, axis label, reference line, log scale)."""
     names = [str(c) for c in df[channels_col]]
     colours = channel_colours(names)
@@ -290,14 +370,22 @@ def channel_bars(df: pd.DataFrame, channels_col: str, panels: Sequence[tuple[str
         top = max(top, ref or 0.0)
         cap = top * (4.0 if log else 1.25)
         shown = np.where(infinite, cap, np.where(np.isfinite(vals), vals, np.nan if log else 0.0))
-        bars = ax.bar(range(len(names)), np.nan_to_num(shown, nan=0.0) if not log else shown,
-                      color=[colours[n] for n in names])
+        bars = ax.bar(
+            range(len(names)), np.nan_to_num(shown, nan=0.0) if not log else shown, color=[colours[n] for n in names]
+        )
         for b, inf in zip(bars, infinite):
             if inf:
                 b.set_hatch("///")
                 b.set_edgecolor("white")
-                ax.annotate("∞", (b.get_x() + b.get_width() / 2, b.get_height()), ha="center", va="bottom",
-                            fontsize=9, xytext=(0, 10 if (annotate and ax is axes[0]) else 1), textcoords="offset points")
+                ax.annotate(
+                    "∞",
+                    (b.get_x() + b.get_width() / 2, b.get_height()),
+                    ha="center",
+                    va="bottom",
+                    fontsize=9,
+                    xytext=(0, 10 if (annotate and ax is axes[0]) else 1),
+                    textcoords="offset points",
+                )
         if log:
             ax.set_yscale("log")
             ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
@@ -311,22 +399,37 @@ def channel_bars(df: pd.DataFrame, channels_col: str, panels: Sequence[tuple[str
         if annotate and annotate in df and ax is axes[0]:
             for b, txt in zip(bars, df[annotate]):
                 if np.isfinite(b.get_height()):
-                    ax.annotate(str(txt), (b.get_x() + b.get_width() / 2, b.get_height()), ha="center", va="bottom",
-                                fontsize=7, xytext=(0, 2), textcoords="offset points")
+                    ax.annotate(
+                        str(txt),
+                        (b.get_x() + b.get_width() / 2, b.get_height()),
+                        ha="center",
+                        va="bottom",
+                        fontsize=7,
+                        xytext=(0, 2),
+                        textcoords="offset points",
+                    )
             ax.margins(y=0.15)
     return fig
 
 
 @styled
-def metric_panels(df: pd.DataFrame, metrics: Sequence[str], label: str, hue: str | None,
-                  colours: Mapping[str, str] | None = None, order: Sequence[str] | None = None,
-                  ncols: int = 3) -> Figure:
+def metric_panels(
+    df: pd.DataFrame,
+    metrics: Sequence[str],
+    label: str,
+    hue: str | None,
+    colours: Mapping[str, str] | None = None,
+    order: Sequence[str] | None = None,
+    ncols: int = 3,
+) -> Figure:
     """Horizontal bars: a panel per metric, a row per ``label`` value, a bar per ``hue`` value."""
     labels = list(order) if order else [str(v) for v in pd.unique(df[label])]
-    hues = [str(v) for v in pd.unique(df[hue])] if hue else [None]
+    hues: list[str | None] = [str(v) for v in pd.unique(df[hue])] if hue else [None]
     if colours and hue:
-        hues = [h for h in colours if h in hues] + [h for h in hues if h not in colours]
+        known: list[str | None] = [h for h in colours if h in hues]
+        hues = known + [h for h in hues if h not in colours]
     cycle = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+
     def values(h, metric):
         part = df if h is None else df[df[hue].astype(str) == h]
         return part.set_index(part[label].astype(str))[metric].reindex(labels).to_numpy(dtype=float)
@@ -334,8 +437,9 @@ def metric_panels(df: pd.DataFrame, metrics: Sequence[str], label: str, hue: str
     # per panel, only the hue values that have a number for that metric get a bar slot
     present = {m: [h for h in hues if np.isfinite(values(h, m)).any()] for m in metrics}
     slots = max(len(v) for v in present.values()) if present else 1
-    fig, axes = facet_grid(len(metrics), ncols, 3.0, (0.16 + 0.08 * slots) * len(labels) + 0.9,
-                            sharex=False, sharey=True)
+    fig, axes = facet_grid(
+        len(metrics), ncols, 3.0, (0.16 + 0.08 * slots) * len(labels) + 0.9, sharex=False, sharey=True
+    )
     for k, metric in enumerate(metrics):
         ax = axes.flat[k]
         shown = present[metric] or [None]
@@ -349,8 +453,10 @@ def metric_panels(df: pd.DataFrame, metrics: Sequence[str], label: str, hue: str
         ax.set_yticklabels(labels)
         ax.set_title(metric)
     if hue:
-        used = [h for h in hues if any(h in v for v in present.values())]
-        handles = [matplotlib.patches.Patch(color=(colours or {}).get(h, cycle[hues.index(h) % len(cycle)]), label=h)
-                   for h in used]
+        used = [h for h in hues if h is not None and any(h in v for v in present.values())]  # hue given: all str
+        handles = [
+            matplotlib.patches.Patch(color=(colours or {}).get(h, cycle[hues.index(h) % len(cycle)]), label=h)
+            for h in used
+        ]
         fig.legend(handles=handles, loc="outside lower center", ncols=min(len(used), 6), frameon=False, title=hue)
     return fig

@@ -3,6 +3,7 @@
 Figures are built with :class:`matplotlib.figure.Figure` directly (not through pyplot), so they
 are never shown twice by a notebook's inline backend and never leak between tests.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -13,6 +14,10 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from chanstat.report.plots.style import channel_cmap, channel_colours, styled
+
+#: Figure attribute read by ``chanstat.report.display``: the margins are final, no tight-bbox pass.
+_FIXED_LAYOUT = "chanstat_fixed_layout"
+
 
 def map_scale(maps: np.ndarray, signed: bool | None = None, quantile: float = 0.995) -> dict:
     """Colour scale shared by every panel of one method: ``{"vmin", "vmax", "cmap", "signed"}``.
@@ -77,10 +82,10 @@ def panel_grid(
         for c, p in enumerate(row):
             y0, x0 = r * (h + gap), c * (w + gap)
             if p.rgb is None:
-                mosaic[y0:y0 + h, x0:x0 + w] = 0.94
+                mosaic[y0 : y0 + h, x0 : x0 + w] = 0.94
             else:
                 ph, pw = p.rgb.shape[:2]
-                mosaic[y0:y0 + ph, x0:x0 + pw] = p.rgb
+                mosaic[y0 : y0 + ph, x0 : x0 + pw] = p.rgb
     scale = panel_in / w  # inches per image pixel
     left, right, top, bottom = 1.25, (0.85 if colorbars else 0.15), (0.62 if title else 0.32), 0.08
     fig_w, fig_h = left + mos_w * scale + right, top + mos_h * scale + bottom
@@ -93,25 +98,47 @@ def panel_grid(
         for c, p in enumerate(row):
             y0, x0 = r * (h + gap), c * (w + gap)
             if p.label:
-                ax.text(x0 + pad, y0 + pad, p.label, ha="left", va="top", fontsize=7, color="white",
-                        bbox=dict(facecolor="black", alpha=0.6, pad=1.2, edgecolor="none"))
+                ax.text(
+                    x0 + pad,
+                    y0 + pad,
+                    p.label,
+                    ha="left",
+                    va="top",
+                    fontsize=7,
+                    color="white",
+                    bbox=dict(facecolor="black", alpha=0.6, pad=1.2, edgecolor="none"),
+                )
             if p.centre_text:
                 ax.text(x0 + w / 2, y0 + h / 2, p.centre_text, ha="center", va="center", fontsize=7, color="#555555")
         ax.text(-gap, r * (h + gap) + h / 2, row_labels[r], ha="right", va="center", fontsize=8)
     for c, name in enumerate(col_titles):
-        ax.text(c * (w + gap) + w / 2, -gap, name, ha="center", va="bottom", fontsize=9, fontweight="bold",
-                color=(col_colours[c] if col_colours else "black"))
+        ax.text(
+            c * (w + gap) + w / 2,
+            -gap,
+            name,
+            ha="center",
+            va="bottom",
+            fontsize=9,
+            fontweight="bold",
+            color=(col_colours[c] if col_colours else "black"),
+        )
     for r, spec in (colorbars or {}).items():
         y_top = r * (h + gap)
-        cax = fig.add_axes(((left + mos_w * scale + 0.1) / fig_w, (bottom + (mos_h - y_top - h) * scale) / fig_h,
-                            0.11 / fig_w, h * scale / fig_h))
+        cax = fig.add_axes(
+            (
+                (left + mos_w * scale + 0.1) / fig_w,
+                (bottom + (mos_h - y_top - h) * scale) / fig_h,
+                0.11 / fig_w,
+                h * scale / fig_h,
+            )
+        )
         cb = fig.colorbar(ScalarMappable(Normalize(spec["vmin"], spec["vmax"]), spec["cmap"]), cax=cax)
         cb.ax.tick_params(labelsize=7)
         cb.locator = matplotlib.ticker.MaxNLocator(3)
         cb.update_ticks()
     if title:
         fig.suptitle(title, y=1 - 0.12 / fig_h, va="top", fontsize=10)
-    fig.chanstat_fixed_layout = True  # margins are set above: no second drawing pass to trim them
+    setattr(fig, _FIXED_LAYOUT, True)  # margins are set above: no second drawing pass to trim them
     return fig
 
 
@@ -146,8 +173,12 @@ def attribution_gallery(
     for img, label in ((real, real_label), (counterfactual, counterfactual_label)):
         if img is None:
             continue
-        rows.append([Panel(_rgb(img[c], channel_cmap(colours[ch]), lo[c], max(hi[c], lo[c] + 1e-6)), ch)
-                     for c, ch in enumerate(channels)])
+        rows.append(
+            [
+                Panel(_rgb(img[c], channel_cmap(colours[ch]), lo[c], max(hi[c], lo[c] + 1e-6)), ch)
+                for c, ch in enumerate(channels)
+            ]
+        )
         labels.append(label)
     for method, a in maps.items():
         s = scales[method]
@@ -181,8 +212,10 @@ def mask_panels(masks: Mapping[str, np.ndarray], channels: Sequence[str], title:
             row = [Panel(_rgb(m[0], "gray", 0, 1), f"all  {100 * float(np.mean(m[0])):.1f}%")]
             row += [Panel(None, "", "same mask for\nevery channel" if k == 0 else "") for k in range(len(channels) - 1)]
         else:
-            row = [Panel(_rgb(m[c], channel_cmap(colours[ch]), 0, 1), f"{ch}  {100 * float(np.mean(m[c])):.1f}%")
-                   for c, ch in enumerate(channels)]
+            row = [
+                Panel(_rgb(m[c], channel_cmap(colours[ch]), 0, 1), f"{ch}  {100 * float(np.mean(m[c])):.1f}%")
+                for c, ch in enumerate(channels)
+            ]
         rows.append(row)
         labels.append(label)
     return panel_grid(rows, labels, list(channels), [colours[c] for c in channels], title=title, panel_in=1.15)

@@ -1,4 +1,5 @@
 """Matrices and labelled scatters: heatmaps, the volcano plot, rank agreement."""
+
 from __future__ import annotations
 
 import math
@@ -8,17 +9,29 @@ import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.transforms import Bbox
 
 from chanstat.report.plots.style import KNOWN_CHANNEL_COLOURS, NEUTRAL, channel_colours, channel_key, facet_grid, styled
 
 #: colour maps dark at the low end only (cell text turns white there)
 SEQUENTIAL = ("viridis", "magma", "inferno", "cividis")
 
+
 # ---- matrices -----------------------------------------------------------------------------
 @styled
-def heatmap(matrix: pd.DataFrame, title: str = "", cmap: str = "viridis", vmin=None, vmax=None,
-            colorbar_label: str = "", annotate: bool = True, fmt: str = "{:.2f}", xlabel: str = "",
-            ylabel: str = "", center: float | None = None) -> Figure:
+def heatmap(
+    matrix: pd.DataFrame,
+    title: str = "",
+    cmap: str = "viridis",
+    vmin=None,
+    vmax=None,
+    colorbar_label: str = "",
+    annotate: bool = True,
+    fmt: str = "{:.2f}",
+    xlabel: str = "",
+    ylabel: str = "",
+    center: float | None = None,
+) -> Figure:
     """A labelled heatmap of a matrix (rows x columns), values written in the cells."""
     values = matrix.to_numpy(dtype=float)
     n_r, n_c = values.shape
@@ -44,8 +57,9 @@ def heatmap(matrix: pd.DataFrame, title: str = "", cmap: str = "viridis", vmin=N
                     rel = (v - lo) / (hi - lo) if hi > lo else 0.5
                     # diverging maps are dark at both ends, sequential ones at the low end
                     dark = rel < 0.55 if cmap in SEQUENTIAL else abs(rel - 0.5) > 0.33
-                    ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=7,
-                            color="white" if dark else "black")
+                    ax.text(
+                        j, i, fmt.format(v), ha="center", va="center", fontsize=7, color="white" if dark else "black"
+                    )
                 else:
                     ax.text(j, i, "n/a", ha="center", va="center", fontsize=6.5, color="#777777")
     cb = fig.colorbar(im, ax=ax, shrink=0.85)
@@ -57,8 +71,16 @@ def heatmap(matrix: pd.DataFrame, title: str = "", cmap: str = "viridis", vmin=N
 
 
 @styled
-def heatmap_facets(matrices: Mapping[str, pd.DataFrame], vmin: float, vmax: float, cmap: str = "RdBu_r",
-                   colorbar_label: str = "", fmt: str = "{:.2f}", ncols: int = 4, rows_are_channels: bool = True) -> Figure:
+def heatmap_facets(
+    matrices: Mapping[str, pd.DataFrame],
+    vmin: float,
+    vmax: float,
+    cmap: str = "RdBu_r",
+    colorbar_label: str = "",
+    fmt: str = "{:.2f}",
+    ncols: int = 4,
+    rows_are_channels: bool = True,
+) -> Figure:
     """Several same-shaped heatmaps (panel title -> matrix) on one colour scale.
 
     Column labels (and row labels when ``rows_are_channels``) that name a stain get its colour.
@@ -90,8 +112,15 @@ def heatmap_facets(matrices: Mapping[str, pd.DataFrame], vmin: float, vmax: floa
                         rel = (values[i, j] - vmin) / (vmax - vmin) if vmax > vmin else 0.5
                         # diverging maps are dark at both ends, sequential ones at the low end
                         dark = rel < 0.55 if cmap in SEQUENTIAL else abs(rel - 0.5) > 0.33
-                        ax.text(j, i, fmt.format(values[i, j]), ha="center", va="center", fontsize=6.5,
-                                color="white" if dark else "black")
+                        ax.text(
+                            j,
+                            i,
+                            fmt.format(values[i, j]),
+                            ha="center",
+                            va="center",
+                            fontsize=6.5,
+                            color="white" if dark else "black",
+                        )
                     else:
                         ax.text(j, i, "n/a", ha="center", va="center", fontsize=6, color="#777777")
     if im is not None:
@@ -102,8 +131,17 @@ def heatmap_facets(matrices: Mapping[str, pd.DataFrame], vmin: float, vmax: floa
 
 # ---- CellProfiler -------------------------------------------------------------------------
 @styled
-def volcano(df: pd.DataFrame, effect: str, p: str, q: str | None, channel: str | None,
-            channels: Sequence[str], alpha: float = 0.05, label_top: int = 6, name: str | None = "feature") -> Figure:
+def volcano(
+    df: pd.DataFrame,
+    effect: str,
+    p: str,
+    q: str | None,
+    channel: str | None,
+    channels: Sequence[str],
+    alpha: float = 0.05,
+    label_top: int = 6,
+    name: str | None = "feature",
+) -> Figure:
     """Effect size against -log10 p, coloured by the feature's channel; q < ``alpha`` filled."""
     fig = Figure(figsize=(7.2, 4.4), layout="constrained")
     ax = fig.subplots()
@@ -116,19 +154,37 @@ def volcano(df: pd.DataFrame, effect: str, p: str, q: str | None, channel: str |
     colours = channel_colours(order)
     groups = [(c, d[d[channel] == c]) for c in order] if order else [(None, d)]
     for c, g in groups:
-        colour = colours[c] if c in channels else {"several": "#555555", "none": "#b5b5b5"}.get(str(c), NEUTRAL)
+        colour = (
+            colours[c]
+            if c is not None and c in channels
+            else {"several": "#555555", "none": "#b5b5b5"}.get(str(c), NEUTRAL)
+        )
         ax.scatter(g.loc[~g["_sig"], effect], g.loc[~g["_sig"], "_y"], s=9, color=colour, alpha=0.25, lw=0)
-        ax.scatter(g.loc[g["_sig"], effect], g.loc[g["_sig"], "_y"], s=18, color=colour, alpha=0.9, lw=0.3,
-                   edgecolor="black", label=str(c) if c is not None else None)
+        ax.scatter(
+            g.loc[g["_sig"], effect],
+            g.loc[g["_sig"], "_y"],
+            s=18,
+            color=colour,
+            alpha=0.9,
+            lw=0.3,
+            edgecolor="black",
+            label=str(c) if c is not None else None,
+        )
     if q and q in d and sig.any():
         ax.axhline(float(d.loc[sig, "_y"].min()), color="#888888", lw=0.7, ls="--")
-        ax.text(ax.get_xlim()[0], float(d.loc[sig, "_y"].min()), f" q < {alpha}", va="bottom", fontsize=7,
-                color="#555555")
+        ax.text(
+            ax.get_xlim()[0], float(d.loc[sig, "_y"].min()), f" q < {alpha}", va="bottom", fontsize=7, color="#555555"
+        )
     ax.axvline(0, color="#888888", lw=0.6, ls=":")
     if name and name in d and label_top:
         top = d[d["_sig"]].nlargest(label_top, "_y")
-        _place_labels(fig, ax, top[effect].to_numpy(dtype=float), top["_y"].to_numpy(dtype=float),
-                      [_short(str(v)) for v in top[name]])
+        _place_labels(
+            fig,
+            ax,
+            top[effect].to_numpy(dtype=float),
+            top["_y"].to_numpy(dtype=float),
+            [_short(str(v)) for v in top[name]],
+        )
     ax.set_xlabel(f"effect size ({effect})")
     ax.set_ylabel(f"−log10 {p}")
     if order:
@@ -149,13 +205,28 @@ def _place_labels(fig, ax, xs, ys, texts, fontsize: float = 6) -> None:
     renderer = canvas.get_renderer()
     x_mid = float(np.mean(ax.get_xlim()))
     axes_box = ax.get_window_extent(renderer)
-    placed = []
+    placed: list[Bbox] = []
     for x, y, text in zip(xs, ys, texts):
         inward = -1 if x > x_mid else 1
-        for dx, dy in ((4 * inward, 3), (4 * inward, -9), (4 * inward, 10), (4 * inward, -16), (-4 * inward, 3),
-                       (-4 * inward, -9), (4 * inward, 17), (4 * inward, -23)):
-            ann = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=fontsize,
-                              color="#333333", ha="left" if dx > 0 else "right")
+        for dx, dy in (
+            (4 * inward, 3),
+            (4 * inward, -9),
+            (4 * inward, 10),
+            (4 * inward, -16),
+            (-4 * inward, 3),
+            (-4 * inward, -9),
+            (4 * inward, 17),
+            (4 * inward, -23),
+        ):
+            ann = ax.annotate(
+                text,
+                (x, y),
+                xytext=(dx, dy),
+                textcoords="offset points",
+                fontsize=fontsize,
+                color="#333333",
+                ha="left" if dx > 0 else "right",
+            )
             box = ann.get_window_extent(renderer)
             inside = box.x0 >= axes_box.x0 and box.x1 <= axes_box.x1 and box.y0 >= axes_box.y0 and box.y1 <= axes_box.y1
             if inside and not any(box.overlaps(other) for other in placed):
@@ -169,8 +240,16 @@ def _short(name: str, n: int = 34) -> str:
 
 
 @styled
-def rank_agreement(ranks: pd.DataFrame, x: str, y: str, channels: Sequence[str], facet: str = "method",
-                   xlabel: str = "", ylabel: str = "", ncols: int = 4) -> Figure:
+def rank_agreement(
+    ranks: pd.DataFrame,
+    x: str,
+    y: str,
+    channels: Sequence[str],
+    facet: str = "method",
+    xlabel: str = "",
+    ylabel: str = "",
+    ncols: int = 4,
+) -> Figure:
     """Channel ranks on two scales (e.g. CellProfiler vs attribution), a panel per ``facet``."""
     facets = list(pd.unique(ranks[facet])) if facet in ranks else [None]
     fig, axes = facet_grid(len(facets), ncols, 2.6, 2.6, sharex=True, sharey=True)
@@ -183,8 +262,14 @@ def rank_agreement(ranks: pd.DataFrame, x: str, y: str, channels: Sequence[str],
         for _, row in sub.iterrows():
             ch = str(row["channel"])
             ax.scatter(row[x], row[y], s=40, color=colours.get(ch, NEUTRAL), edgecolor="black", lw=0.4, zorder=3)
-            ax.annotate(ch, (row[x], row[y]), xytext=(4, 3), textcoords="offset points", fontsize=7,
-                        color=colours.get(ch, "#333333"))
+            ax.annotate(
+                ch,
+                (row[x], row[y]),
+                xytext=(4, 3),
+                textcoords="offset points",
+                fontsize=7,
+                color=colours.get(ch, "#333333"),
+            )
         ticks = np.arange(1, int(math.ceil(top)) + 1)
         ax.set_xticks(ticks)
         ax.set_yticks(ticks)

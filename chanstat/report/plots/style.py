@@ -4,6 +4,7 @@ Channel colours follow the usual Cell Painting pseudo-colours (DNA blue, ER gree
 AGP red, Mito magenta); unknown channels get distinct colours from a qualitative palette.
 Mathtext is off (``text.parse_math``), so a ``$`` in a channel or class name is drawn as is.
 """
+
 from __future__ import annotations
 
 import functools

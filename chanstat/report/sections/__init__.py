@@ -4,7 +4,9 @@ A section that lacks its files shows a "stage not run" note naming them; a secti
 on an unexpected file shows an error note instead of stopping the report (the error is also
 kept in :data:`ERRORS`, so tests can insist on none).
 """
-from chanstat.report.sections.answer import answer
+
+from chanstat.report.sections.activity import activity
+from chanstat.report.sections.answer import answer, explanation_gallery, explanations_page, plate_layout
 from chanstat.report.sections.attribution import attribution_galleries
 from chanstat.report.sections.base import ERRORS
 from chanstat.report.sections.cellprofiler import channel_enrichment, compartment_channel, concordance, cp_differential
@@ -16,12 +18,39 @@ from chanstat.report.sections.metrics import localisation
 from chanstat.report.sections.overview import overview
 from chanstat.report.sections.provenance import provenance
 from chanstat.report.sections.stats import (
-    channel_share_ci, channel_shares, channel_tests, map_similarity, strategy_comparison,
+    channel_share_ci,
+    channel_shares,
+    channel_tests,
+    map_similarity,
+    strategy_comparison,
 )
 
 __all__ = [
-    "ERRORS", "answer", "attribution_galleries", "channel_enrichment", "channel_shapley", "channel_share_ci",
-    "channel_shares", "channel_tests", "compartment_channel", "concordance", "counterfactual_quality",
-    "cp_differential", "dac_curves", "data_and_model", "localisation", "map_similarity", "model_training",
-    "optimal_masks", "overview", "provenance", "single_channel_curves", "smoothing_sweep", "strategy_comparison",
+    "ERRORS",
+    "activity",
+    "answer",
+    "attribution_galleries",
+    "channel_enrichment",
+    "channel_shapley",
+    "channel_share_ci",
+    "channel_shares",
+    "channel_tests",
+    "compartment_channel",
+    "concordance",
+    "counterfactual_quality",
+    "cp_differential",
+    "dac_curves",
+    "data_and_model",
+    "explanation_gallery",
+    "explanations_page",
+    "localisation",
+    "map_similarity",
+    "model_training",
+    "optimal_masks",
+    "overview",
+    "plate_layout",
+    "provenance",
+    "single_channel_curves",
+    "smoothing_sweep",
+    "strategy_comparison",
 ]

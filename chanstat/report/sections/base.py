@@ -5,6 +5,7 @@ Sections read tables through :class:`chanstat.rundir.RunDirectory` (validated ag
 when the table has it (:func:`declared` tells whether the schema knows a column at all, so a
 section can pick up columns another stage adds later without guessing names).
 """
+
 from __future__ import annotations
 
 import functools
@@ -79,7 +80,9 @@ def drop_empty(df: pd.DataFrame) -> pd.DataFrame:
         col = df[c]
         if col.isna().all():
             continue
-        if (col.dtype == object or pd.api.types.is_string_dtype(col)) and (col.fillna("").astype(str).str.strip() == "").all():
+        if (col.dtype == object or pd.api.types.is_string_dtype(col)) and (
+            col.fillna("").astype(str).str.strip() == ""
+        ).all():
             continue
         keep.append(c)
     return df[keep]

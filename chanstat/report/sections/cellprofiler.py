@@ -1,5 +1,6 @@
 """Sections of "CellProfiler features": differential features, channel enrichment, compartment x
 channel (beside the attribution per compartment), and the concordance of the two sides."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -8,7 +9,13 @@ import pandas as pd
 from chanstat.report.display import format_value, missing_note, note, show_figure, show_markdown, show_table
 from chanstat.report.plots import charts, matrices
 from chanstat.report.sections.base import (
-    describe_constant, drop_empty, has_column, ordered, require, section, split_constant,
+    describe_constant,
+    drop_empty,
+    has_column,
+    ordered,
+    require,
+    section,
+    split_constant,
 )
 from chanstat.report.text import Markdown, code, md
 from chanstat.rundir import RunDirectory
@@ -40,26 +47,75 @@ def cp_differential(run: RunDirectory, top: int = 20) -> None:
     if len(tested) and all(has_column(tested, "cp_differential", c) for c in ("case", "control")):
         level = md(", per {}", tested["level"].iloc[0]) if has_column(tested, "cp_differential", "level") else md("")
         contrast = md(" ({} vs {}{})", tested["case"].iloc[0], tested["control"].iloc[0], level)
-    show_markdown(md("{} features tested{}; {} significant{}.", len(tested), contrast, n_sig,
-                     md("; {} not tested (constant or missing)", untested) if untested else md("")))
+    show_markdown(
+        md(
+            "{} features tested{}; {} significant{}.",
+            len(tested),
+            contrast,
+            n_sig,
+            md("; {} not tested (constant or missing)", untested) if untested else md(""),
+        )
+    )
     if len(tested):
-        show_figure(matrices.volcano(tested, "effect_size", "p_value", "q_value", "_channel", run.channels,
-                                     alpha=ALPHA, name="feature"))
-    keep = ["feature", "compartment", "category", "channels", "n_case", "n_control", "statistic", "p_value", "q_value",
-            "effect_size", "ci_low", "ci_high", "significant"]
+        show_figure(
+            matrices.volcano(
+                tested, "effect_size", "p_value", "q_value", "_channel", run.channels, alpha=ALPHA, name="feature"
+            )
+        )
+    keep = [
+        "feature",
+        "compartment",
+        "category",
+        "channels",
+        "n_case",
+        "n_control",
+        "statistic",
+        "p_value",
+        "q_value",
+        "effect_size",
+        "ci_low",
+        "ci_high",
+        "significant",
+    ]
     scope = ""
     if has_column(tested, "cp_differential", "multiplicity_scope") and tested["multiplicity_scope"].nunique() == 1:
         scope = f"; q_value: {tested['multiplicity_scope'].iloc[0]}"
     elif has_column(tested, "cp_differential", "multiplicity_scope"):
         keep.append("multiplicity_scope")
-    show_table(tested.sort_values("q_value")[keep], caption=f"Most significant features (top {top} by q_value{scope})",
-               max_rows=top)
+    show_table(
+        tested.sort_values("q_value")[keep],
+        caption=f"Most significant features (top {top} by q_value{scope})",
+        max_rows=top,
+    )
 
 
-DESCRIPTIVE = ("channel", "n_features", "n_significant", "fraction_significant", "n_up", "n_down", "odds_ratio",
-               "mean_abs_effect", "median_abs_effect")
-COMPETITIVE = ("channel", "statistic", "score_inside", "score_outside", "p_value", "p_adj", "enriched", "n_features",
-               "n_features_competitive", "statistic_name", "p_adj_method", "multiplicity_scope", "n_perm", "n_units")
+DESCRIPTIVE = (
+    "channel",
+    "n_features",
+    "n_significant",
+    "fraction_significant",
+    "n_up",
+    "n_down",
+    "odds_ratio",
+    "mean_abs_effect",
+    "median_abs_effect",
+)
+COMPETITIVE = (
+    "channel",
+    "statistic",
+    "score_inside",
+    "score_outside",
+    "p_value",
+    "p_adj",
+    "enriched",
+    "n_features",
+    "n_features_competitive",
+    "statistic_name",
+    "p_adj_method",
+    "multiplicity_scope",
+    "n_perm",
+    "n_units",
+)
 
 
 def competitive(enr: pd.DataFrame) -> pd.DataFrame | None:
@@ -94,7 +150,7 @@ def channel_enrichment(run: RunDirectory) -> None:
         d["fraction_significant"] = d["n_significant"] / d["n_features"].where(d["n_features"] > 0)
     d["_count"] = [f"{int(a)}/{int(b)}" for a, b in zip(d["n_significant"], d["n_features"])]
     test = competitive(d)
-    panels = []
+    panels: list[tuple[str, str, float | None, bool]] = []
     annotate = "_count"
     if test is not None:
         d["_competitive"] = test["statistic"].to_numpy()
@@ -106,22 +162,38 @@ def channel_enrichment(run: RunDirectory) -> None:
         panels.append(("odds_ratio", "odds ratio (description, no p-value)", 1.0, True))
     show_figure(charts.channel_bars(d, "channel", panels, annotate=annotate))
     if test is None:
-        note(md("No competitive enrichment test in this run (cellprofiler {} = 0?): the counts below describe which "
-                "channels' features differ; they are not a test (features are correlated).", code("n_perm")),
-             kind="info")
+        note(
+            md(
+                "No competitive enrichment test in this run (cellprofiler {} = 0?): the counts below describe which "
+                "channels' features differ; they are not a test (features are correlated).",
+                code("n_perm"),
+            ),
+            kind="info",
+        )
     else:
-        table, constant = split_constant(test, ("statistic_name", "p_adj_method", "multiplicity_scope", "n_perm",
-                                                "n_units"))
+        table, constant = split_constant(
+            test, ("statistic_name", "p_adj_method", "multiplicity_scope", "n_perm", "n_units")
+        )
         fixed = describe_constant(constant)
         enriched = test.loc[test["enriched"], "channel"].astype(str).tolist()
-        show_markdown(md("Competitive enrichment test (case/control labels of whole wells permuted, so the null keeps "
-                         "the correlation between features): {}.",
-                         md("enriched: {}", ", ".join(enriched)) if enriched else Markdown("no channel is enriched")))
-        show_table(drop_empty(table), caption="Channel enrichment test: competitive, p_adj over channels"
-                   + (f" ({fixed})" if fixed else ""), max_rows=None)
-    show_table(drop_empty(d[[c for c in DESCRIPTIVE if c in d]]),
-               caption="Channel enrichment, description: significant features per channel and odds ratios "
-               "(no p-values: a Fisher test would treat correlated features as independent)", max_rows=None)
+        show_markdown(
+            md(
+                "Competitive enrichment test (case/control labels of whole wells permuted, so the null keeps "
+                "the correlation between features): {}.",
+                md("enriched: {}", ", ".join(enriched)) if enriched else Markdown("no channel is enriched"),
+            )
+        )
+        show_table(
+            drop_empty(table),
+            caption="Channel enrichment test: competitive, p_adj over channels" + (f" ({fixed})" if fixed else ""),
+            max_rows=None,
+        )
+    show_table(
+        drop_empty(d[[c for c in DESCRIPTIVE if c in d]]),
+        caption="Channel enrichment, description: significant features per channel and odds ratios "
+        "(no p-values: a Fisher test would treat correlated features as independent)",
+        max_rows=None,
+    )
 
 
 @section
@@ -134,29 +206,57 @@ def compartment_channel(run: RunDirectory) -> None:
         mass = run.table("compartment_mass")
         by_method = has_column(mass, "compartment_mass", "method")  # the entry's declared row order starts with it
         mats = {}
-        for method, part in (mass.groupby("method", sort=False) if by_method else [("attribution", mass)]):
+        for method, part in mass.groupby("method", sort=False) if by_method else [("attribution", mass)]:
             mat = part.pivot_table(index="compartment", columns="channel", values="share", aggfunc="mean", sort=False)
             mats[f"attribution: {method}"] = mat.reindex(columns=ordered(mat.columns, chans))
         top = max(float(np.nanmax(m.to_numpy(dtype=float))) for m in mats.values())
-        show_figure(matrices.heatmap_facets(mats, vmin=0.0, vmax=top, cmap="magma",
-                                            colorbar_label="mean share of attribution mass", rows_are_channels=False))
+        show_figure(
+            matrices.heatmap_facets(
+                mats,
+                vmin=0.0,
+                vmax=top,
+                cmap="magma",
+                colorbar_label="mean share of attribution mass",
+                rows_are_channels=False,
+            )
+        )
     else:
         missing_note(["compartment_mass.parquet"], stage="decompose", what="no attribution per compartment")
     if not require(run, "compartment_channel"):
         return
     cc = run.table("compartment_channel")
     cc = cc.assign(fraction_significant=cc["n_significant"] / cc["n_features"].where(cc["n_features"] > 0))
-    mat = cc.pivot_table(index="compartment", columns="channel", values="fraction_significant", aggfunc="mean",
-                         sort=False)
+    mat = cc.pivot_table(
+        index="compartment", columns="channel", values="fraction_significant", aggfunc="mean", sort=False
+    )
     mat = mat.reindex(columns=ordered(mat.columns, chans))
     mat.columns = [str(c) for c in mat.columns]
-    show_figure(matrices.heatmap(mat, title="CellProfiler: fraction of features significant", cmap="magma",
-                                 colorbar_label="n_significant / n_features", xlabel="channel", ylabel="compartment"))
+    show_figure(
+        matrices.heatmap(
+            mat,
+            title="CellProfiler: fraction of features significant",
+            cmap="magma",
+            colorbar_label="n_significant / n_features",
+            xlabel="channel",
+            ylabel="compartment",
+        )
+    )
     show_table(cc, caption="Compartment × channel (CellProfiler features)", max_rows=60)
 
 
-CONCORDANCE = ("method", "statistic", "estimate", "ci_low", "ci_high", "p_value", "min_p_value", "critical_estimate",
-               "grain", "resampled", "n_boot")
+CONCORDANCE = (
+    "method",
+    "statistic",
+    "estimate",
+    "ci_low",
+    "ci_high",
+    "p_value",
+    "min_p_value",
+    "critical_estimate",
+    "grain",
+    "resampled",
+    "n_boot",
+)
 
 
 @section
@@ -172,23 +272,43 @@ def concordance(run: RunDirectory) -> None:
             note(md("**What these ranks can show:** {}", text), kind="info")
     d = con.assign(_p=[f"p = {format_value(v)}" for v in con["p_value"]])
     interval = all(has_column(d, "concordance", c) for c in ("ci_low", "ci_high"))
-    show_figure(charts.estimate_intervals(d, "method", "estimate", "ci_low" if interval else None,
-                                          "ci_high" if interval else None,
-                                          facet="statistic" if d["statistic"].nunique() > 1 else None,
-                                          xlabel="rank agreement (attribution shares vs CellProfiler)", annotate="_p"))
+    show_figure(
+        charts.estimate_intervals(
+            d,
+            "method",
+            "estimate",
+            "ci_low" if interval else None,
+            "ci_high" if interval else None,
+            facet="statistic" if d["statistic"].nunique() > 1 else None,
+            xlabel="rank agreement (attribution shares vs CellProfiler)",
+            annotate="_p",
+        )
+    )
     cols = [c for c in CONCORDANCE if has_column(con, "concordance", c)]
     table, constant = split_constant(con[cols], ("grain", "resampled", "n_boot", "min_p_value"))
     fixed = describe_constant(constant)
-    show_table(drop_empty(table), caption="Concordance of attribution and CellProfiler channel rankings"
-               + (f" ({fixed})" if fixed else ""), max_rows=60)
+    show_table(
+        drop_empty(table),
+        caption="Concordance of attribution and CellProfiler channel rankings" + (f" ({fixed})" if fixed else ""),
+        max_rows=60,
+    )
     if run.has("concordance_ranks"):
         ranks = run.table("concordance_ranks")
         if all(has_column(ranks, "concordance_ranks", c) for c in ("attribution_rank", "feature_rank")):
-            show_figure(matrices.rank_agreement(ranks, "feature_rank", "attribution_rank",
-                                                ordered(ranks["channel"], run.channels),
-                                                xlabel="CellProfiler rank", ylabel="attribution rank"))
-            show_markdown("Rank 1 = the channel with the largest attribution share (y) or CellProfiler enrichment "
-                          "score (x). Points on the dashed line: both rank the channel alike.")
+            show_figure(
+                matrices.rank_agreement(
+                    ranks,
+                    "feature_rank",
+                    "attribution_rank",
+                    ordered(ranks["channel"], run.channels),
+                    xlabel="CellProfiler rank",
+                    ylabel="attribution rank",
+                )
+            )
+            show_markdown(
+                "Rank 1 = the channel with the largest attribution share (y) or CellProfiler enrichment "
+                "score (x). Points on the dashed line: both rank the channel alike."
+            )
 
 
 def cellprofiler_channel(run: RunDirectory) -> str | None:

@@ -1,4 +1,5 @@
 """Section "Counterfactuals": where each counterfactual changed the image and whether it flips the class."""
+
 from __future__ import annotations
 
 import pandas as pd
@@ -21,6 +22,7 @@ def counterfactual_quality(run: RunDirectory) -> None:
     if run.has("counterfactual_summary"):
         summary = run.table("counterfactual_summary")
     elif require(run, "counterfactual_quality"):
+        assert quality is not None  # require() found the table
         g = quality.groupby(["provider", "channel"], sort=False)
         summary = g[list(_MEANS)].mean().rename(columns={"flipped": "flip_rate", "success": "success_rate"})
         summary.insert(0, "n_samples", g["sample"].nunique())
@@ -32,11 +34,43 @@ def counterfactual_quality(run: RunDirectory) -> None:
     d["channel"] = d["channel"].astype(str)
     hue = "provider" if d["provider"].nunique() > 1 else None
     chans = ordered(d["channel"], run.channels)
-    show_figure(charts.grouped_bars(d, "channel", "change_share", hue=hue, ylabel="share of |x − x′|",
-                                    colours=style.channel_colours(chans), ref=1 / max(len(chans), 1),
-                                    title="Where the counterfactuals change the image"))
+    show_figure(
+        charts.grouped_bars(
+            d,
+            "channel",
+            "change_share",
+            hue=hue,
+            ylabel="share of |x − x′|",
+            colours=style.channel_colours(chans),
+            ref=1 / max(len(chans), 1),
+            title="Where the counterfactuals change the image",
+        )
+    )
     if quality is not None:
         _candidates(quality)
+    _generator_quality(run)
+
+
+def _generator_quality(run: RunDirectory) -> None:
+    """The learned generator's held-out quality (provenance ``generator_quality``) next to good values."""
+    info = ((run.provenance or {}).get("stages") or {}).get("counterfactual") or {}
+    quality = info.get("generator_quality") if isinstance(info, dict) else None
+    if not isinstance(quality, dict) or not quality:
+        return
+    good = quality.get("good_values") or {}
+    rows = [
+        {"measure": name, "held-out value": quality.get(f"held_out_{name}"), "good": good.get(name, "")}
+        for name in ("flip_rate", "concentration", "realism_gap")
+    ]
+    show_table(
+        pd.DataFrame(rows),
+        caption=(
+            f"Generator quality on {quality.get('n_held_out')} held-out images (checkpoint of step {quality.get('best_step')}, "
+            f"stopped at {quality.get('stopped_at')}: {quality.get('stop_reason')}; top channel "
+            f"{quality.get('held_out_top_channel')})"
+        ),
+        max_rows=None,
+    )
 
 
 def _candidates(quality: pd.DataFrame) -> None:
@@ -49,14 +83,24 @@ def _candidates(quality: pd.DataFrame) -> None:
             row.update({"mean candidates": g["n_candidates"].mean(), "fewest candidates": g["n_candidates"].min()})
         if has_column(g, "counterfactual_quality", "candidate"):
             used = g["candidate"].dropna().astype(str)
-            row.update({"distinct counterfactuals": used.nunique(),
-                        "most reuses of one": int(used.value_counts().max()) if len(used) else 0})
+            row.update(
+                {
+                    "distinct counterfactuals": used.nunique(),
+                    "most reuses of one": int(used.value_counts().max()) if len(used) else 0,
+                }
+            )
         rows.append(row)
     table = pd.DataFrame(rows)
     if len(table.columns) > 3:
         show_table(table, caption="Counterfactual candidates per provider", max_rows=None)
         if "distinct counterfactuals" in table and (table["distinct counterfactuals"] < table["images"]).any():
             worst = table.loc[(table["images"] - table["distinct counterfactuals"]).idxmax()]
-            show_markdown(md("Provider {} reuses counterfactuals: {} images share {} distinct ones, so those images "
-                             "are not independent comparisons.", worst["provider"], int(worst["images"]),
-                             int(worst["distinct counterfactuals"])))
+            show_markdown(
+                md(
+                    "Provider {} reuses counterfactuals: {} images share {} distinct ones, so those images "
+                    "are not independent comparisons.",
+                    worst["provider"],
+                    int(worst["images"]),
+                    int(worst["distinct counterfactuals"]),
+                )
+            )

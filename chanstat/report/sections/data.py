@@ -1,11 +1,12 @@
 """Sections "Data and model" and "Classifier training"."""
+
 from __future__ import annotations
 
 import pandas as pd
 
 from chanstat.report.display import format_value, missing_note, show_figure, show_table
 from chanstat.report.plots import charts
-from chanstat.report.sections.base import section, require
+from chanstat.report.sections.base import require, section
 from chanstat.rundir import RunDirectory
 
 #: metadata columns (Cell Painting names, ``Metadata_`` extras of ``meta``) used for the counts
@@ -43,8 +44,13 @@ def model_training(run: RunDirectory) -> None:
     facts = {k: last[k] for k in ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy")}
     facts["best val_accuracy"] = float(hist["val_accuracy"].max())
     for k, v in (model_info if isinstance(model_info, dict) else {}).items():
-        if k not in ("status", "wall_s", "fingerprint", "outputs") and isinstance(v, (int, float, str, bool)) \
-                and k not in facts:
+        if (
+            k not in ("status", "wall_s", "fingerprint", "outputs")
+            and isinstance(v, (int, float, str, bool))
+            and k not in facts
+        ):
             facts[k] = v
-    show_table(pd.DataFrame({"quantity": list(facts), "value": [format_value(v) for v in facts.values()]}),
-               caption="Classifier (last epoch; the stage's own record)")
+    show_table(
+        pd.DataFrame({"quantity": list(facts), "value": [format_value(v) for v in facts.values()]}),
+        caption="Classifier (last epoch; the stage's own record)",
+    )

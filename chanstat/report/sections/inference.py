@@ -1,20 +1,25 @@
 """What the answer, test and Shapley sections share about the statistics tables: the role of each
 test, the primary dominance rows with their plate x channel heterogeneity test and warnings, the
 pseudo-replicate label, and the rule that descriptive rows (``mixedlm``) never show a p-value."""
+
 from __future__ import annotations
 
 import pandas as pd
 
 from chanstat.report.display import format_value, note
 from chanstat.report.sections.base import POOLED, is_true
-from chanstat.report.text import Markdown, code, md
+from chanstat.report.text import Markdown, code, md, p_text
 from chanstat.rundir import RunDirectory
 
 NO_CHANNEL = "none"
 ALPHA = 0.05
 #: role of a test's rows when the table has no ``role`` column (as :mod:`chanstat.stats` assigns them)
-ROLES = {"dominance": "primary", "dominance_pair": "component", "plate_x_channel": "heterogeneity",
-         "mixedlm": "descriptive"}
+ROLES = {
+    "dominance": "primary",
+    "dominance_pair": "component",
+    "plate_x_channel": "heterogeneity",
+    "mixedlm": "descriptive",
+}
 #: tests whose rows are estimates only: their p-value columns are never shown
 DESCRIPTIVE_TESTS = ("mixedlm",)
 P_COLUMNS = ("p_value", "p_adj", "q_value")
@@ -78,7 +83,9 @@ def pseudo_replicates(run: RunDirectory) -> str | None:
     """
     record = ((run.provenance.get("stages") or {}).get("data") or {}).get("pseudo_replicates")
     if not record:
-        record = any_pseudo(*(run.table(n) for n in ("channel_tests", "channel_share_ci", "shapley_tests") if run.has(n)))
+        record = any_pseudo(
+            *(run.table(n) for n in ("channel_tests", "channel_share_ci", "shapley_tests") if run.has(n))
+        )
     if not record:
         return None
     if isinstance(record, dict):
@@ -91,10 +98,15 @@ def pseudo_replicate_note(run: RunDirectory) -> None:
     detail = pseudo_replicates(run)
     if detail is None:
         return
-    note(md("**Pseudo-replicates.** The units these tests and intervals resample are spatial blocks of one "
+    note(
+        md(
+            "**Pseudo-replicates.** The units these tests and intervals resample are spatial blocks of one "
             "field of view, not independent wells or plates{}. They describe variation within this field; they do "
             "not say the result would repeat in another well, plate or experiment.",
-            md(" ({})", detail) if detail else Markdown("")), kind="info")
+            md(" ({})", detail) if detail else Markdown(""),
+        ),
+        kind="info",
+    )
 
 
 def primary_rows(tests: pd.DataFrame) -> pd.DataFrame:
@@ -127,14 +139,17 @@ def show_warnings(df: pd.DataFrame, where: str) -> None:
 
 
 def interval_text(estimate, low, high, what: str, simultaneous: bool) -> Markdown:
-    """"; its share is 0.48 (simultaneous interval 0.41 to 0.56)" (empty without an estimate)."""
+    """ "; its share is 0.48 (simultaneous interval 0.41 to 0.56)" (empty without an estimate)."""
     if pd.isna(estimate):
         return Markdown("")
     text = md("; its {} is {}", what, format_value(estimate))
     if pd.notna(low) and pd.notna(high):
         if simultaneous:
-            text = text + md(" (simultaneous interval {} to {}, valid although the channel was picked from the data)",
-                             format_value(low), format_value(high))
+            text = text + md(
+                " (simultaneous interval {} to {}, valid although the channel was picked from the data)",
+                format_value(low),
+                format_value(high),
+            )
         else:
             text = text + md(" (interval {} to {})", format_value(low), format_value(high))
     return text
@@ -146,15 +161,25 @@ def heterogeneity_text(row: pd.Series | None) -> Markdown:
         return Markdown("")
     if pd.isna(row.get("p_value")):
         detail = row.get("note")
-        return md(" Plate × channel heterogeneity: not tested{}.",
-                  md(" ({})", detail) if isinstance(detail, str) and detail.strip() else Markdown(""))
+        return md(
+            " Plate × channel heterogeneity: not tested{}.",
+            md(" ({})", detail) if isinstance(detail, str) and detail.strip() else Markdown(""),
+        )
     verdict = "the composition differs between plates" if row["p_value"] < ALPHA else "no evidence that plates differ"
-    return md(" Plate × channel heterogeneity ({}): p = {}, {}.", code(row["test"]), format_value(row["p_value"]),
-              Markdown(verdict))
+    return md(
+        " Plate × channel heterogeneity ({}): {}, {}.", code(row["test"]), p_text(row["p_value"]), Markdown(verdict)
+    )
 
 
-def dominance_line(head: Markdown, row: pd.Series, quantity: str, heterogeneity: pd.Series | None,
-                   test_name: str = "dominance", warning: bool = True, simultaneous: bool = True) -> Markdown:
+def dominance_line(
+    head: Markdown,
+    row: pd.Series,
+    quantity: str,
+    heterogeneity: pd.Series | None,
+    test_name: str = "dominance",
+    warning: bool = True,
+    simultaneous: bool = True,
+) -> Markdown:
     """One answer line from a primary dominance row: the channel or "no channel dominates" (never a
     channel name then), its simultaneous interval, the test's p-value, the unit, heterogeneity, and
     the row's ``warning`` (unless ``warning=False``: the caller shows it once for every line);
@@ -162,12 +187,19 @@ def dominance_line(head: Markdown, row: pd.Series, quantity: str, heterogeneity:
     channel = row.get("dominant_channel")
     if names_channel(channel):
         text = head + md("channel **{}** carries the difference", channel)
-        text = text + interval_text(row.get("dominant_share"), row.get("dominant_ci_low"), row.get("dominant_ci_high"),
-                                    quantity, simultaneous=simultaneous)
+        text = text + interval_text(
+            row.get("dominant_share"),
+            row.get("dominant_ci_low"),
+            row.get("dominant_ci_high"),
+            quantity,
+            simultaneous=simultaneous,
+        )
     else:
-        text = head + md("no channel dominates: no channel's {} exceeds every other channel's with confidence", quantity)
+        text = head + md(
+            "no channel dominates: no channel's {} exceeds every other channel's with confidence", quantity
+        )
     if pd.notna(row.get("p_value")):
-        text = text + md(" ({} test, p = {})", Markdown(test_name), format_value(row["p_value"]))
+        text = text + md(" ({} test, {})", Markdown(test_name), p_text(row["p_value"]))
     if isinstance(row.get("unit"), str):
         pseudo = bool(row.get("pseudo_replicates")) if pd.notna(row.get("pseudo_replicates", None)) else False
         text = text + md("; unit: {}{}", row["unit"], md(" ({})", PSEUDO_LABEL) if pseudo else Markdown(""))

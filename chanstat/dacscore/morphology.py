@@ -18,6 +18,7 @@ Conventions (the same as ``scipy.ndimage.binary_dilation`` / ``binary_erosion``)
 The Gaussian uses mirrored borders (``d c b | a b c d | c b a``; scipy ``mode="mirror"``,
 OpenCV ``BORDER_REFLECT_101``), so a full mask stays exactly full.
 """
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -137,6 +138,7 @@ def _flat_filter(image: torch.Tensor, runs: list[tuple[int, int, int]], take_max
     for dy, lo, hi in runs:
         rows = horizontal[(lo, hi)][..., reach + dy : reach + dy + height, :]
         out = rows.clone() if out is None else reduce(out, rows, out=out)
+    assert out is not None  # runs is non-empty: max() over it above would have raised
     return out
 
 

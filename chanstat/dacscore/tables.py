@@ -1,4 +1,5 @@
 """From per-strategy curve arrays to the tidy tables of `DacResult`; optimal and minimal steps."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -6,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from chanstat.dac.result import curve_area
+from chanstat.dacscore.result import curve_area
 
 
 def optimal_steps(mask_size: np.ndarray, score: np.ndarray, evaluated: np.ndarray | None = None) -> np.ndarray:
@@ -111,7 +112,9 @@ def strategy_tables(part: StrategyCurves, kept: np.ndarray, target: np.ndarray) 
     minimal = step_table(first_flip)
     minimal.insert(3, "flipped", (first_flip >= 0).reshape(-1))
     return {
-        "curves": curves, "scores": scores, "optimal": step_table(optimal_steps(mask_size, score, evaluated)),
+        "curves": curves,
+        "scores": scores,
+        "optimal": step_table(optimal_steps(mask_size, score, evaluated)),
         "minimal": minimal,
     }
 

@@ -29,6 +29,7 @@ nothing beyond the coarse grid. A bump that starts and ends inside one coarse in
 the same score is not seen; DAC curves (score rising with the pasted share of the real image)
 rarely have one.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -154,8 +155,15 @@ class AdaptivePlan:
     -> ... until ``requests()`` returns nothing; then ``scores()``.
     """
 
-    def __init__(self, mask_size: np.ndarray, counts: np.ndarray, known: np.ndarray, tolerance: float,
-                 coarse: int = COARSE_INTERVALS, coarse_steps: int | None = None):
+    def __init__(
+        self,
+        mask_size: np.ndarray,
+        counts: np.ndarray,
+        known: np.ndarray,
+        tolerance: float,
+        coarse: int = COARSE_INTERVALS,
+        coarse_steps: int | None = None,
+    ):
         self.n_steps = mask_size.shape[1]
         self.tolerance = float(tolerance)
         first, self.source = distinct_steps(counts)
@@ -181,7 +189,8 @@ class AdaptivePlan:
 
     def requests(self) -> tuple[np.ndarray, np.ndarray]:
         """``(curve, step)`` pairs to score next (empty arrays when every curve is done)."""
-        curve_ids, steps = [], []
+        curve_ids: list[int] = []
+        steps: list[int] = []
         for m, curve in enumerate(self.curves):
             picks = self._coarse_picks(curve) if not self._started else curve.splits(self.tolerance)
             curve_ids.extend([m] * len(picks))
@@ -195,7 +204,9 @@ class AdaptivePlan:
 
     def update(self, curve_ids: np.ndarray, steps: np.ndarray, score: np.ndarray) -> None:
         """Record the scores of the requested ``(curve, step)`` pairs."""
-        for m, step, value in zip(np.asarray(curve_ids).tolist(), np.asarray(steps).tolist(), np.asarray(score).tolist()):
+        for m, step, value in zip(
+            np.asarray(curve_ids).tolist(), np.asarray(steps).tolist(), np.asarray(score).tolist()
+        ):
             curve = self.curves[m]
             p = int(np.searchsorted(curve.steps, step))
             curve.y[p] = value

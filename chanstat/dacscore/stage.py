@@ -14,6 +14,7 @@ Discriminative methods are those whose registry entry says ``needs_counterfactua
 ``|x - x'|`` is scored. The pairs are a class-balanced subset (``max_samples``) chosen once
 over the whole set; scoring them is per image, so ``[compute]`` can shard it.
 """
+
 from __future__ import annotations
 
 import logging
@@ -23,9 +24,9 @@ import pandas as pd
 from pydantic import Field, field_validator
 
 from chanstat.config import Section
-from chanstat.dac.engine import dac, smoothing_sweep
-from chanstat.dac.masks import STRATEGIES, check_strategies
-from chanstat.dac.result import summarise_dac
+from chanstat.dacscore.engine import dac, smoothing_sweep
+from chanstat.dacscore.masks import STRATEGIES, check_strategies
+from chanstat.dacscore.result import summarise_dac
 from chanstat.stage import Arrays, Stage, balanced_subset
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,9 @@ class DacConfig(Section):
 
     strategies: list[str] = Field(default_factory=lambda: list(ALL_STRATEGIES), description=f"Any of {ALL_STRATEGIES}.")
     methods: list[str] | None = Field(None, description="Default: every discriminative map of the run.")
-    steps: int = Field(200, ge=1, description="Threshold intervals of the value/rank grid (curves have steps + 1 points).")
+    steps: int = Field(
+        200, ge=1, description="Threshold intervals of the value/rank grid (curves have steps + 1 points)."
+    )
     schedule: str = Field("adaptive", description='"adaptive" (few forward passes), "value" or "rank".')
     tolerance: float = Field(0.0025, gt=0, le=0.1, description="Adaptive schedule: largest DAC area error per curve.")
     closing: int = Field(10, ge=0, description="Closing element size in pixels (0 = off).")
@@ -103,8 +106,10 @@ def _methods(section: dict, available: list[str]) -> list[str]:
 
 
 def _options(section: dict) -> dict:
-    return {k: section[k] for k in ("steps", "schedule", "tolerance", "closing", "closing_shape", "sigma", "batch_size",
-                                    "filter_pairs")}
+    return {
+        k: section[k]
+        for k in ("steps", "schedule", "tolerance", "closing", "closing_shape", "sigma", "batch_size", "filter_pairs")
+    }
 
 
 def _usable(strategies: list[str], maps: np.ndarray, n_channels: int) -> list[str]:
@@ -115,20 +120,34 @@ def per_image(ctx, part) -> dict:
     section = ctx.section("dac")
     dataset = part.dataset
     if dataset.counterfactuals is None:
-        raise RuntimeError("the dac stage needs counterfactual images; the data set has none (add a [counterfactual] stage)")
+        raise RuntimeError(
+            "the dac stage needs counterfactual images; the data set has none (add a [counterfactual] stage)"
+        )
     all_maps = _maps(part)
     methods = _methods(section, list(all_maps))
     channels = list(dataset.channels)
     options = _options(section)
-    inputs = dict(counterfactuals=dataset.counterfactuals, counterfactual_target=dataset.counterfactual_labels,
-                  channels=channels)
-    curves, scores, masks, attrs, samples, dropped = [], [], {}, {}, None, None
+    inputs = dict(
+        counterfactuals=dataset.counterfactuals, counterfactual_target=dataset.counterfactual_target, channels=channels
+    )
+    curves: list[pd.DataFrame] = []
+    scores: list[pd.DataFrame] = []
+    masks, attrs, samples, dropped = {}, {}, None, None
     for method in methods:
         usable = _usable(section["strategies"], all_maps[method], len(channels))
         if not usable:
             continue
-        result = dac(ctx.model, dataset.images, dataset.labels, all_maps[method], strategy=usable,
-                     return_masks=section["store_masks"], progress=ctx.progress, **inputs, **options)
+        result = dac(
+            ctx.model,
+            dataset.images,
+            dataset.labels,
+            all_maps[method],
+            strategy=usable,
+            return_masks=section["store_masks"],
+            progress=ctx.progress,
+            **inputs,
+            **options,
+        )
         for table, out in ((result.curves, curves), (result.scores, scores)):
             table = table.assign(sample=part.rows[table["sample"].to_numpy()])
             table.insert(1, "method", method)
@@ -140,12 +159,23 @@ def per_image(ctx, part) -> dict:
             for strategy, m in result.optimal_masks.items():
                 key = f"{method}.{strategy}"
                 masks[key] = m
-                attrs[key] = {"method": method, "strategy": strategy, "kind": "optimal",
-                              "channels": ["all"] if STRATEGIES[strategy].combine_channels else channels}
-    outputs: dict = {"dac_curves": pd.concat(curves, ignore_index=True), "dac_scores": pd.concat(scores, ignore_index=True)}
+                attrs[key] = {
+                    "method": method,
+                    "strategy": strategy,
+                    "kind": "optimal",
+                    "channels": ["all"] if STRATEGIES[strategy].combine_channels else channels,
+                }
+    outputs: dict = {
+        "dac_curves": pd.concat(curves, ignore_index=True),
+        "dac_scores": pd.concat(scores, ignore_index=True),
+    }
     if masks:
-        outputs["dac_masks"] = Arrays(masks, attrs=attrs, samples=samples,
-                                      group_attrs={"channels": channels, "settings": {k: v for k, v in options.items() if v is not None}})
+        outputs["dac_masks"] = Arrays(
+            masks,
+            attrs=attrs,
+            samples=samples,
+            group_attrs={"channels": channels, "settings": {k: v for k, v in options.items() if v is not None}},
+        )
     if dropped is not None and len(dropped):
         outputs["dac_dropped"] = dropped
     sweep = section.get("sweep")
@@ -169,10 +199,21 @@ def _sweep(ctx, sweep, methods, all_maps, part, inputs, options) -> pd.DataFrame
         if not usable:
             continue
         table = smoothing_sweep(
-            ctx.model, part.dataset.images, part.dataset.labels, all_maps[method], closings=sweep["closings"],
-            sigmas=sweep["sigmas"], strategy=usable, steps=sweep.get("steps") or options["steps"],
-            schedule=options["schedule"], tolerance=options["tolerance"], closing_shape=options["closing_shape"],
-            batch_size=options["batch_size"], filter_pairs=options["filter_pairs"], progress=ctx.progress, **inputs,
+            ctx.model,
+            part.dataset.images,
+            part.dataset.labels,
+            all_maps[method],
+            closings=sweep["closings"],
+            sigmas=sweep["sigmas"],
+            strategy=usable,
+            steps=sweep.get("steps") or options["steps"],
+            schedule=options["schedule"],
+            tolerance=options["tolerance"],
+            closing_shape=options["closing_shape"],
+            batch_size=options["batch_size"],
+            filter_pairs=options["filter_pairs"],
+            progress=ctx.progress,
+            **inputs,
         )
         table = table.assign(sample=part.rows[table["sample"].to_numpy()])
         table.insert(0, "method", method)

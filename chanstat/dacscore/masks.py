@@ -26,8 +26,9 @@ thresholded at the same level of its own normalised map, with the rank schedule 
 quantile (the same fraction of its pixels).
 
 `build_layout` turns maps into a `MaskLayout`: closed rank maps plus per-step cut-offs, from
-which any step's mask is one comparison (see `chanstat.dac.thresholds` for why).
+which any step's mask is one comparison (see `chanstat.dacscore.thresholds` for why).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -36,8 +37,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from chanstat.dac.morphology import GaussianBlur, grey_closing
-from chanstat.dac.thresholds import element_ranks, selection_counts
+from chanstat.dacscore.morphology import GaussianBlur, grey_closing
+from chanstat.dacscore.thresholds import element_ranks, selection_counts
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,9 @@ def register_strategy(strategy: MaskStrategy, overwrite: bool = False) -> MaskSt
     if strategy.name in STRATEGIES and not overwrite:
         raise ValueError(f"a mask strategy named {strategy.name!r} is already registered")
     if strategy.combine_channels and (strategy.rank_jointly or strategy.curve_per_plane):
-        raise ValueError("a strategy that combines channels has a single plane: rank_jointly/curve_per_plane make no sense")
+        raise ValueError(
+            "a strategy that combines channels has a single plane: rank_jointly/curve_per_plane make no sense"
+        )
     STRATEGIES[strategy.name] = strategy
     return strategy
 
@@ -237,6 +240,7 @@ class MaskLayout:
         """
         for first, last, sample, curve in items.runs():
             if self.strategy.curve_per_plane:
+                assert self.curve_channels is not None  # set exactly when curve_per_plane
                 channel = self.curve_channels[curve]
                 out[first:last] = counterfactual[sample]
                 out[first:last, channel].addcmul_(weights[first:last, 0], difference[sample, channel])

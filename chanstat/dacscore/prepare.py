@@ -1,4 +1,5 @@
 """Checked inputs of `dac`: settings, images, maps, targets, pair filtering and baselines."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,11 +9,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from chanstat.dac.masks import MaskStrategy
-from chanstat.dac.morphology import SHAPES
-from chanstat.dac.result import DROPPED_COLUMNS
-from chanstat.dac.scoring import Baseline, ModelInput, batch_probabilities, default_batch_size, input_memory_format
-from chanstat.dac.thresholds import SCHEDULES, check_steps, check_tolerance
+from chanstat.dacscore.masks import MaskStrategy
+from chanstat.dacscore.morphology import SHAPES
+from chanstat.dacscore.result import DROPPED_COLUMNS
+from chanstat.dacscore.scoring import Baseline, ModelInput, batch_probabilities, default_batch_size, input_memory_format
+from chanstat.dacscore.thresholds import SCHEDULES, check_steps, check_tolerance
 from chanstat.tensors import as_images, as_target, channel_names, model_device, model_dtype
 
 
@@ -82,8 +83,16 @@ def _drop_table(drop, target, pred_real, cf_target, pred_cf, reasons) -> pd.Data
 
 
 def prepare(
-    model: torch.nn.Module, images: Any, target: Any, maps: Any, counterfactuals: Any, counterfactual_target: Any,
-    channels: Sequence[str] | None, strategies: list[MaskStrategy], batch_size: int | None, filter_pairs: bool,
+    model: torch.nn.Module,
+    images: Any,
+    target: Any,
+    maps: Any,
+    counterfactuals: Any,
+    counterfactual_target: Any,
+    channels: Sequence[str] | None,
+    strategies: list[MaskStrategy],
+    batch_size: int | None,
+    filter_pairs: bool,
 ) -> Prepared:
     """Check the inputs, score the real images and counterfactuals, and filter the pairs."""
     images = as_images(images, "images").cpu()
@@ -121,7 +130,9 @@ def prepare(
     if n and int(target.max()) >= n_classes:
         raise ValueError(f"target holds class {int(target.max())} but the model has {n_classes} classes")
     if cf_target is not None and n and int(cf_target.max()) >= n_classes:
-        raise ValueError(f"counterfactual_target holds class {int(cf_target.max())} but the model has {n_classes} classes")
+        raise ValueError(
+            f"counterfactual_target holds class {int(cf_target.max())} but the model has {n_classes} classes"
+        )
 
     pred_real = p_real.argmax(1).cpu()
     pred_cf = p_cf.argmax(1).cpu()
@@ -132,11 +143,19 @@ def prepare(
         cf_ok = (pred_cf == cf_target).numpy() if cf_target is not None else (pred_cf != target).numpy()
         keep = real_ok & cf_ok
         reasons = np.where(
-            ~real_ok & ~cf_ok, "real and counterfactual misclassified",
+            ~real_ok & ~cf_ok,
+            "real and counterfactual misclassified",
             np.where(~real_ok, "real misclassified", np.where(~cf_ok, "counterfactual misclassified", "")),
         )
     dropped = _drop_table(np.flatnonzero(~keep), target, pred_real, cf_target, pred_cf, reasons)
     kept = np.flatnonzero(keep)
+    if filter_pairs and n and not len(kept):
+        counts = pd.Series(reasons).value_counts().to_dict()
+        raise ValueError(
+            f"filter_pairs=True kept no pair of the {n}: the classifier gets no real image and its "
+            f"counterfactual both right ({counts}); check the model and the targets, or score all pairs "
+            "with filter_pairs=False"
+        )
     kept_t = torch.as_tensor(kept)
     kept_d = kept_t.to(device)
     return Prepared(

@@ -1,4 +1,5 @@
 """Row builders of :func:`chanstat.stats.test_channels`: one function per test, on a Group."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,7 +8,8 @@ from itertools import combinations
 import numpy as np
 import pandas as pd
 
-from chanstat.stats.compositional import DEFAULT_ZERO_DELTA, clr as clr_transform, closure
+from chanstat.stats.compositional import DEFAULT_ZERO_DELTA, closure
+from chanstat.stats.compositional import clr as clr_transform
 from chanstat.stats.design import Group, describe_keys
 from chanstat.stats.dominance import dominance, hotelling_ilr, plate_heterogeneity
 from chanstat.stats.inference import friedman, paired_t, rm_anova, wilcoxon_paired
@@ -75,7 +77,7 @@ def _dominance_rows(group: Group, options: Options) -> list[dict]:
         f"pair {names[k]} > {names[worst]}"
     )
     if options.pairwise == "sign_flip" and n < 6:
-        note += f"; with {n} units a sign-flip p-value cannot fall below {min(1.0, 2 / 2 ** n):.3g}"
+        note += f"; with {n} units a sign-flip p-value cannot fall below {min(1.0, 2 / 2**n):.3g}"
     rows = [
         _row(
             "dominance",
@@ -91,6 +93,8 @@ def _dominance_rows(group: Group, options: Options) -> list[dict]:
         )
     ]
     for j in others:
+        if j == worst:  # the hardest pair is the dominance row itself: one row per test
+            continue
         rows.append(
             _row(
                 "dominance_pair",
@@ -141,8 +145,14 @@ def _plate_rows(group: Group, options: Options) -> list[dict]:
     if n_plates < 2:
         return [_row("plate_x_channel", note="one plate: no plate x channel heterogeneity to test")]
     try:
-        res = plate_heterogeneity(group.values, plates, n_perm=options.n_perm, seed=options.seed, delta=options.delta,
-                                  compositional=options.compositional)
+        res = plate_heterogeneity(
+            group.values,
+            plates,
+            n_perm=options.n_perm,
+            seed=options.seed,
+            delta=options.delta,
+            compositional=options.compositional,
+        )
     except ValueError:
         res = plate_heterogeneity(group.values, plates, n_perm=options.n_perm, seed=options.seed, compositional=False)
     return [
@@ -197,7 +207,9 @@ def _unit_clr(group: Group, options: Options) -> np.ndarray:
     try:
         return clr_transform(closure(group.values), delta=options.delta)
     except ValueError as exc:
-        raise ValueError(f"CLR of group {describe_keys(group.keys)} failed: {exc} (the value must be a non-negative share or mass)") from exc
+        raise ValueError(
+            f"CLR of group {describe_keys(group.keys)} failed: {exc} (the value must be a non-negative share or mass)"
+        ) from exc
 
 
 def _rm_anova_rows(group: Group, options: Options) -> list[dict]:
@@ -215,7 +227,9 @@ def _rm_anova_rows(group: Group, options: Options) -> list[dict]:
                 note="no residual variance (the CLR profile is identical in every unit): F is undefined; no p-value",
             )
         ]
-    sphericity = "not assessable" if np.isnan(res.mauchly_p) else ("violated" if res.mauchly_p < 0.05 else "not rejected")
+    sphericity = (
+        "not assessable" if np.isnan(res.mauchly_p) else ("violated" if res.mauchly_p < 0.05 else "not rejected")
+    )
     return [
         _row(
             "rm_anova",
@@ -240,9 +254,15 @@ def _pairwise_rows(group: Group, options: Options, kind: str) -> list[dict]:
         return [{**short[0], "contrast": "pairs"}]
     data = group.values if kind == "wilcoxon" else _unit_clr(group, options)
     n_pairs = len(group.channels) * (len(group.channels) - 1) // 2
-    floor = min(1.0, n_pairs * 2 / 2 ** group.n_units)
-    reach = (f"; with {group.n_units} units the smallest Holm-adjusted p over {n_pairs} pairs is {floor:.3g}"
-             + (": no pair can reach 0.05" if floor >= 0.05 else "")) if kind == "wilcoxon" else ""
+    floor = min(1.0, n_pairs * 2 / 2**group.n_units)
+    reach = (
+        (
+            f"; with {group.n_units} units the smallest Holm-adjusted p over {n_pairs} pairs is {floor:.3g}"
+            + (": no pair can reach 0.05" if floor >= 0.05 else "")
+        )
+        if kind == "wilcoxon"
+        else ""
+    )
     rows = []
     for i, j in combinations(range(len(group.channels)), 2):
         a, b = group.channels[i], group.channels[j]
@@ -259,7 +279,9 @@ def _pairwise_rows(group: Group, options: Options, kind: str) -> list[dict]:
                 effect_size=res.effect_size,
                 effect_size_name="rank_biserial" if kind == "wilcoxon" else "cohen_dz",
                 estimate=float(np.mean(group.values[:, i] - group.values[:, j])),
-                note=reach.lstrip("; ") if kind == "wilcoxon" else "on CLR of unit-mean shares (log-ratio of the two channels); estimate is the share difference",
+                note=reach.lstrip("; ")
+                if kind == "wilcoxon"
+                else "on CLR of unit-mean shares (log-ratio of the two channels); estimate is the share difference",
             )
         )
     return rows

@@ -1,5 +1,8 @@
 """DAC (Discriminative Attribution from Counterfactuals) with channel-resolved masks.
 
+The verb is :func:`chanstat.dac` (``chanstat.dacscore.dac``); this subpackage, named for what
+it computes, is where it lives, so ``chanstat.dac`` is only ever the function.
+
 ``dac(model, images, target, maps, counterfactuals=..., strategy=...)`` builds the masks of
 every threshold on the model's device (one grey-level closing per map, one blur per mask),
 pastes the real image into its counterfactual through them, scores the hybrids of every
@@ -14,10 +17,8 @@ layouts), `scoring` (batched hybrid scoring across strategies), `prepare` (input
 baselines), `tables` (tidy tables, optimal / minimal steps), `engine` (`dac`,
 `smoothing_sweep`), `stage` (the pipeline stage).
 
-Imports are lazy: ``chanstat.dac.result`` loads without torch.
+Imports are lazy: ``chanstat.dacscore.result`` loads without torch.
 """
-import sys
-import types
 
 from chanstat._exports import lazy
 
@@ -43,14 +44,3 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 __getattr__, __dir__ = lazy(__name__, _EXPORTS)
-
-
-class _Verb(types.ModuleType):
-    """``chanstat.dac(...)`` is the verb: the name is also this subpackage, which importing any
-    ``chanstat.dac.*`` module binds to ``chanstat.dac``, so the package itself must be callable."""
-
-    def __call__(self, *args, **kwargs):
-        return self.dac(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _Verb

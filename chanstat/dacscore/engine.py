@@ -10,6 +10,7 @@ masks of every strategy are built once, and each round of requested steps -- all
 the fixed schedules, the next bisections for the adaptive one -- is scored in shared forward
 passes across samples, strategies and channels.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,15 +22,16 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from chanstat.dac.adaptive import make_plan
-from chanstat.dac.masks import MaskStrategy, build_layout, check_strategies
-from chanstat.dac.morphology import GaussianBlur, structuring_element
-from chanstat.dac.prepare import Prepared, Settings, check_settings, prepare
-from chanstat.dac.result import CURVE_COLUMNS, MINIMAL_COLUMNS, SCORE_COLUMNS, STEP_COLUMNS, DacResult
-from chanstat.dac.scoring import Chunk, inert_curves, known_scores, samples_per_chunk, score_requests
-from chanstat.dac.tables import StrategyCurves, concat_tables, minimal_steps, optimal_steps, strategy_tables
-from chanstat.dac.thresholds import rank_fractions, value_thresholds
-from chanstat.tensors import ALL, evaluating
+from chanstat.dacscore.adaptive import make_plan
+from chanstat.dacscore.masks import MaskStrategy, build_layout, check_strategies
+from chanstat.dacscore.morphology import GaussianBlur, structuring_element
+from chanstat.dacscore.prepare import Prepared, Settings, check_settings, prepare
+from chanstat.dacscore.result import CURVE_COLUMNS, MINIMAL_COLUMNS, SCORE_COLUMNS, STEP_COLUMNS, DacResult
+from chanstat.dacscore.scoring import Chunk, inert_curves, known_scores, samples_per_chunk, score_requests
+from chanstat.dacscore.tables import StrategyCurves, concat_tables, minimal_steps, optimal_steps, strategy_tables
+from chanstat.dacscore.thresholds import rank_fractions, value_thresholds
+from chanstat.models.adapter import as_model
+from chanstat.tensors import ALL, check_device, evaluating
 
 #: default largest DAC error of an adaptive curve against the fixed value grid it samples
 DEFAULT_TOLERANCE = 0.0025
@@ -42,8 +44,9 @@ def _chunk_size(strategies: list[MaskStrategy], shape: tuple[int, ...]) -> int:
     return samples_per_chunk(c * h * w, math.ceil(planes))
 
 
-def _evaluate(model, prep: Prepared, strategies: list[MaskStrategy], settings: Settings, return_masks: bool,
-              progress: bool) -> list[StrategyCurves]:
+def _evaluate(
+    model, prep: Prepared, strategies: list[MaskStrategy], settings: Settings, return_masks: bool, progress: bool
+) -> list[StrategyCurves]:
     """Curves of every strategy, a chunk of samples at a time."""
     n, c, h, w = prep.counterfactual.shape
     device = prep.feed.device
@@ -58,8 +61,9 @@ def _evaluate(model, prep: Prepared, strategies: list[MaskStrategy], settings: S
     for start in range(0, n, chunk_size):
         part = slice(start, start + chunk_size)
         on_device = lambda t: t[part].to(device)  # noqa: E731
-        chunk = Chunk(on_device(prep.counterfactual), on_device(prep.difference), on_device(prep.target),
-                      prep.baseline[part])
+        chunk = Chunk(
+            on_device(prep.counterfactual), on_device(prep.difference), on_device(prep.target), prep.baseline[part]
+        )
         magnitudes = on_device(prep.magnitudes)
         layouts = [build_layout(s, magnitudes, settings.schedule, settings.steps, element) for s in strategies]
         del magnitudes
@@ -73,8 +77,15 @@ def _evaluate(model, prep: Prepared, strategies: list[MaskStrategy], settings: S
                 layout, inert_curves(layout, chunk.difference), real_gain, p_real.argmax(1), p_cf.argmax(1)
             )
             flat = (-1, layout.counts.shape[-1])
-            plans.append(make_plan(settings.schedule, (layout.counts / layout.mask_elements).reshape(flat),
-                                   layout.counts.reshape(flat), known.reshape(flat), settings.tolerance))
+            plans.append(
+                make_plan(
+                    settings.schedule,
+                    (layout.counts / layout.mask_elements).reshape(flat),
+                    layout.counts.reshape(flat),
+                    known.reshape(flat),
+                    settings.tolerance,
+                )
+            )
             predictions.append(known_prediction.reshape(flat))
         while True:
             asked = [plan.requests() for plan in plans]
@@ -106,15 +117,24 @@ def _evaluate(model, prep: Prepared, strategies: list[MaskStrategy], settings: S
     return parts
 
 
-def _result(prep: Prepared, strategies, parts: list[StrategyCurves], settings: dict, return_masks: bool,
-            shape: tuple[int, ...], started: float) -> DacResult:
+def _result(
+    prep: Prepared,
+    strategies,
+    parts: list[StrategyCurves],
+    settings: dict,
+    return_masks: bool,
+    shape: tuple[int, ...],
+    started: float,
+) -> DacResult:
     c, h, w = shape
     tables = [strategy_tables(p, prep.kept, prep.target.numpy()) for p in parts]
     stats = {}
     for p in parts:
         n_curves = len(prep.kept) * len(p.channel_names)
         stats[p.name] = {
-            "curves": int(n_curves), "hybrids": int(n_curves * len(p.thresholds)), "forward_passes": int(p.forward_passes),
+            "curves": int(n_curves),
+            "hybrids": int(n_curves * len(p.thresholds)),
+            "forward_passes": int(p.forward_passes),
             "forward_passes_per_curve": round(p.forward_passes / n_curves, 3) if n_curves else 0.0,
         }
     masks: dict[str, dict[str, np.ndarray]] = {"optimal_masks": {}, "minimal_masks": {}}
@@ -157,6 +177,7 @@ def dac(
     filter_pairs: bool = False,
     return_masks: bool = False,
     progress: bool = False,
+    device=None,
 ) -> DacResult:
     """DAC curves and scores for real images, their counterfactuals and attribution maps.
 
@@ -181,14 +202,14 @@ def dac(
         Channel names for the ``channel`` column of ``single_channel`` ("ch0", ... by default).
     strategy : str or list of str
         ``"aggregate"`` (published behaviour), ``"joint"``, ``"per_channel"``,
-        ``"single_channel"`` (see `chanstat.dac.masks`), or several; their hybrids share
+        ``"single_channel"`` (see `chanstat.dacscore.masks`), or several; their hybrids share
         forward passes.
     schedule : {"adaptive", "value", "rank"}
         ``"value"``: every step of ``steps + 1`` evenly spaced thresholds on the normalised
         map; ``"rank"``: mask sizes by element rank (finer at small masks, ties broken by
         element order); ``"adaptive"``: the value grid's steps, of which only a coarse grid
         and bisections where the score jumps go through the model, the rest interpolated in
-        mask size (`chanstat.dac.adaptive`).
+        mask size (`chanstat.dacscore.adaptive`).
     steps : int >= 2
         Threshold intervals; curves have ``steps + 1`` points (201 as in the DAC paper).
     tolerance : float > 0
@@ -212,12 +233,15 @@ def dac(
         Also fill ``result.optimal_masks`` / ``minimal_masks`` (empty dicts otherwise).
     progress : bool
         Show a progress bar of the hybrids scored.
+    device : str or torch.device, optional
+        Where the hybrids are scored: the model's device (default); given, it must be the
+        model's (a one-line error otherwise).
 
     Returns
     -------
     DacResult
         Tidy ``curves`` (with ``evaluated``), ``scores``, ``optimal``, ``minimal`` and
-        ``dropped`` tables (see `chanstat.dac.result.DacResult`).
+        ``dropped`` tables (see `chanstat.dacscore.result.DacResult`).
 
     Notes
     -----
@@ -231,15 +255,33 @@ def dac(
     started = time.perf_counter()
     strategies = check_strategies(strategy)
     checked = check_settings(schedule, steps, tolerance, closing, closing_shape, sigma, batch_size)
+    model = as_model(model)
+    check_device(model, device)
     with evaluating(model):
-        prep = prepare(model, images, target, maps, counterfactuals, counterfactual_target, channels, strategies,
-                       batch_size, filter_pairs)
+        prep = prepare(
+            model,
+            images,
+            target,
+            maps,
+            counterfactuals,
+            counterfactual_target,
+            channels,
+            strategies,
+            batch_size,
+            filter_pairs,
+        )
         parts = _evaluate(model, prep, strategies, checked, return_masks, progress)
     settings = dict(
-        strategy=[s.name for s in strategies], schedule=checked.schedule, steps=checked.steps,
-        tolerance=checked.tolerance if checked.schedule == "adaptive" else None, closing=checked.closing,
-        closing_shape=checked.closing_shape, sigma=checked.sigma, batch_size=prep.batch_size,
-        filter_pairs=bool(filter_pairs), dtype=str(prep.feed.dtype).replace("torch.", ""),
+        strategy=[s.name for s in strategies],
+        schedule=checked.schedule,
+        steps=checked.steps,
+        tolerance=checked.tolerance if checked.schedule == "adaptive" else None,
+        closing=checked.closing,
+        closing_shape=checked.closing_shape,
+        sigma=checked.sigma,
+        batch_size=prep.batch_size,
+        filter_pairs=bool(filter_pairs),
+        dtype=str(prep.feed.dtype).replace("torch.", ""),
         memory_format="channels_last" if prep.feed.memory_format == torch.channels_last else "contiguous",
     )
     return _result(prep, strategies, parts, settings, return_masks, tuple(prep.counterfactual.shape[1:]), started)
@@ -279,11 +321,24 @@ def smoothing_sweep(
     closings, sigmas = list(closings), list(sigmas)
     if not closings or not sigmas:
         raise ValueError("closings and sigmas must each hold at least one setting")
-    grid = [check_settings(schedule, steps, tolerance, c, closing_shape, s, batch_size) for c in closings for s in sigmas]
+    grid = [
+        check_settings(schedule, steps, tolerance, c, closing_shape, s, batch_size) for c in closings for s in sigmas
+    ]
     frames = []
+    model = as_model(model)
     with evaluating(model):
-        prep = prepare(model, images, target, maps, counterfactuals, counterfactual_target, channels, strategies,
-                       batch_size, filter_pairs)
+        prep = prepare(
+            model,
+            images,
+            target,
+            maps,
+            counterfactuals,
+            counterfactual_target,
+            channels,
+            strategies,
+            batch_size,
+            filter_pairs,
+        )
         for checked in grid:
             parts = _evaluate(model, prep, strategies, checked, False, progress)
             scores = concat_tables(

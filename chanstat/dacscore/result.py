@@ -5,6 +5,7 @@ channel that the pipeline stage, the run comparison and ``DacResult.summary`` al
 `curve_area` is the DAC of a curve (trapezoid under the score interpolated onto a common
 mask-size grid).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -20,7 +21,12 @@ SCORE_COLUMNS = ["sample", "strategy", "channel", "dac"]
 STEP_COLUMNS = ["sample", "strategy", "channel", "step", "threshold", "mask_size", "score"]
 MINIMAL_COLUMNS = STEP_COLUMNS[:3] + ["flipped"] + STEP_COLUMNS[3:]
 DROPPED_COLUMNS = [
-    "sample", "real_target", "real_prediction", "counterfactual_target", "counterfactual_prediction", "reason",
+    "sample",
+    "real_target",
+    "real_prediction",
+    "counterfactual_target",
+    "counterfactual_prediction",
+    "reason",
 ]
 SUMMARY_COLUMNS = ["strategy", "channel", "dac", "dac_sd", "n"]
 

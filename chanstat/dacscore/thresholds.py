@@ -17,7 +17,7 @@ Two schedules:
   number of elements and equal values never make a mask jump.
 
 - ``"adaptive"``: the value schedule's thresholds, but only some steps go through the model --
-  a coarse grid in mask size, then bisection where the score jumps (see `chanstat.dac.adaptive`);
+  a coarse grid in mask size, then bisection where the score jumps (see `chanstat.dacscore.adaptive`);
   the other steps' scores are interpolated in mask size.
 
 All reduce to one representation: a strict *rank map* (every element's position in the
@@ -25,6 +25,7 @@ group's ascending order, ties broken by index) and, per step, how many top-ranke
 selected. A selection of the top ``n`` is ``rank >= P - n``; thresholding a rank map commutes
 with flat grey-level closing, so one closing of the rank map serves every step.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -59,7 +60,9 @@ def value_thresholds(steps: int) -> np.ndarray:
     return 1.0 - np.arange(steps + 1, dtype=np.float64) / steps
 
 
-def rank_fractions(steps: int, head_steps: float = RANK_HEAD_STEPS, head_density: float = RANK_HEAD_DENSITY) -> np.ndarray:
+def rank_fractions(
+    steps: int, head_steps: float = RANK_HEAD_STEPS, head_density: float = RANK_HEAD_DENSITY
+) -> np.ndarray:
     """Mask fractions ``q_k`` of the rank schedule, shape (steps + 1,), from 0 to 1.
 
     ``q`` is piecewise linear in ``k / steps``: over the first ``head_steps`` share of the

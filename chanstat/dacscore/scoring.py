@@ -7,7 +7,7 @@ model's class probabilities (softmax, or sigmoid for a single-logit model:
 
 Work is skipped wherever the answer is known:
 
-- steps whose closed mask equals the previous step's share its result (`chanstat.dac.adaptive`);
+- steps whose closed mask equals the previous step's share its result (`chanstat.dacscore.adaptive`);
 - empty masks score 0 and full masks (of strategies that paste every channel) score the real
   image, with no forward pass;
 - curves whose channels are identical in ``x`` and ``x'`` paste nothing and score 0;
@@ -17,6 +17,7 @@ The remaining hybrids -- of every sample, strategy and channel of a chunk -- go 
 model together in batches of ``batch_size`` (`score_requests`), built directly in the input
 layout the model runs fastest on (`input_memory_format`) and cast to the model's dtype.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,8 +26,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from chanstat.dac.masks import Items, MaskLayout
-from chanstat.dac.morphology import GaussianBlur
+from chanstat.dacscore.masks import Items, MaskLayout
+from chanstat.dacscore.morphology import GaussianBlur
 from chanstat.tensors import class_probabilities
 
 #: input elements per chunk of samples whose masks are built at once (bounds device memory)
@@ -77,13 +78,19 @@ class ModelInput:
         return class_probabilities(model(batch))
 
 
-def batch_probabilities(model: torch.nn.Module, images: torch.Tensor, batch_size: int, feed: ModelInput) -> torch.Tensor:
+def batch_probabilities(
+    model: torch.nn.Module, images: torch.Tensor, batch_size: int, feed: ModelInput
+) -> torch.Tensor:
     """Class probabilities of ``images`` (N, C, H, W) in batches moved to the model, shape (N, n_classes)."""
-    out = [feed(model, images[start : start + batch_size].to(feed.device)) for start in range(0, len(images), batch_size)]
+    out = [
+        feed(model, images[start : start + batch_size].to(feed.device)) for start in range(0, len(images), batch_size)
+    ]
     return torch.cat(out) if out else torch.zeros((0, 0), device=feed.device)
 
 
-def input_memory_format(model: torch.nn.Module, images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.memory_format:
+def input_memory_format(
+    model: torch.nn.Module, images: torch.Tensor, dtype: torch.dtype = torch.float32
+) -> torch.memory_format:
     """The layout hybrids are built in: ``channels_last`` where it is safe and pays.
 
     On the CPU, oneDNN convolutions run several times faster on channels-last input (about
@@ -115,11 +122,18 @@ def inert_curves(layout: MaskLayout, difference: torch.Tensor) -> np.ndarray:
     n = difference.shape[0]
     if layout.strategy.curve_per_plane:
         return (difference.abs().amax(dim=(2, 3)) == 0).cpu().numpy()  # (N, C) = (N, K)
-    return np.broadcast_to((difference.abs().reshape(n, -1).amax(dim=1) == 0).cpu().numpy()[:, None], (n, layout.n_curves)).copy()
+    return np.broadcast_to(
+        (difference.abs().reshape(n, -1).amax(dim=1) == 0).cpu().numpy()[:, None], (n, layout.n_curves)
+    ).copy()
 
 
-def known_scores(layout: MaskLayout, inert: np.ndarray, real_gain: np.ndarray, real_prediction: np.ndarray,
-                 counterfactual_prediction: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def known_scores(
+    layout: MaskLayout,
+    inert: np.ndarray,
+    real_gain: np.ndarray,
+    real_prediction: np.ndarray,
+    counterfactual_prediction: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
     """Scores and predictions known without a forward pass, shape (N, K, S); NaN / -1 elsewhere.
 
     Empty masks and inert curves: 0 and the counterfactual's prediction; full masks of
@@ -171,7 +185,11 @@ def score_requests(
     -------
     list of (score, prediction) per layout, aligned with its requests.
     """
-    which = np.concatenate([np.full(len(r[0]), i, dtype=np.int64) for i, r in enumerate(requests)]) if requests else np.zeros(0, np.int64)
+    which = (
+        np.concatenate([np.full(len(r[0]), i, dtype=np.int64) for i, r in enumerate(requests)])
+        if requests
+        else np.zeros(0, np.int64)
+    )
     sample = np.concatenate([r[0] for r in requests]) if requests else np.zeros(0, np.int64)
     curve = np.concatenate([r[1] for r in requests]) if requests else np.zeros(0, np.int64)
     step = np.concatenate([r[2] for r in requests]) if requests else np.zeros(0, np.int64)
@@ -183,8 +201,9 @@ def score_requests(
     image_shape = tuple(chunk.counterfactual.shape[1:])
     for start in range(0, len(order), batch_size):
         picked = order[start : start + batch_size]
-        batch = torch.empty((len(picked), *image_shape), dtype=torch.float32, device=device,
-                            memory_format=feed.memory_format)
+        batch = torch.empty(
+            (len(picked), *image_shape), dtype=torch.float32, device=device, memory_format=feed.memory_format
+        )
         bounds = np.r_[0, np.flatnonzero(np.diff(which[picked])) + 1, len(picked)]
         for first, last in zip(bounds[:-1], bounds[1:]):
             rows = picked[first:last]

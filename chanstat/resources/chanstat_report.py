@@ -1,0 +1,1 @@
+../../reports/chanstat_report.py
