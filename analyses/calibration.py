@@ -522,7 +522,7 @@ def issue24_study(n_sims: int, seed: int = 0, n_boot: int = 500, link_sims: int 
             add("test_against_zero, right-skewed unit means (null)", label, n, "robust (max of t, sign-flip, bootstrap-t)",
                 np.maximum(np.maximum(p_t, p_f), p_b) < ALPHA, "<= .07")
     # per-cell link: table-wide false discovery under the null (15 families), random map vs size features
-    from chanstat.decompose.percell import attribution_feature_link
+    from chanstat.cellprofiler.percell import attribution_feature_link
 
     any_null, size_hits = [], []
     for _ in range(link_sims):

@@ -43,9 +43,9 @@ class RunSection(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = "run"
-    seed: int = Field(0, ge=0, description="Seed of every random choice (training, subsets, noise maps).")
-    device: str = Field("auto", description='"auto" (CUDA when available), "cpu", "cuda" or "cuda:N".')
-    torch_threads: int | None = Field(None, ge=1, description="CPU threads torch may use.")
+    seed: int = Field(default=0, ge=0, description="Seed of every random choice (training, subsets, noise maps).")
+    device: str = Field(default="auto", description='"auto" (CUDA when available), "cpu", "cuda" or "cuda:N".')
+    torch_threads: int | None = Field(default=None, ge=1, description="CPU threads torch may use.")
 
     @field_validator("device")
     @classmethod
@@ -237,15 +237,15 @@ def validate_config(raw: Mapping, stages, quick: bool = False, source: str = "co
     Returns the validated config as a plain dict (absent optional sections stay absent).
     Raises :class:`ConfigError` with every problem on one line.
     """
-    raw = copy.deepcopy(dict(raw))
-    quick_part = raw.pop("quick", {})
+    merged: dict = copy.deepcopy(dict(raw))
+    quick_part = merged.pop("quick", {})
     if not isinstance(quick_part, Mapping):
         raise ConfigError(f"{source}: [quick] must be a table")
     if quick:
-        raw = deep_merge(raw, quick_part)
+        merged = deep_merge(merged, quick_part)
     model = root_model(stages)
     try:
-        validated = model.model_validate(raw)
+        validated = model.model_validate(merged)
     except ValidationError as exc:
         raise ConfigError(format_errors(exc, model, source)) from None
     return validated.model_dump(exclude_none=False, exclude_unset=False, exclude={k for k, v in validated if v is None})

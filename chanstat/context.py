@@ -209,6 +209,7 @@ class PartTask:
         inputs = {name: run.read(name, rows) for name in stage.part_inputs if run.has(name)}
         part = Part(rows=rows, dataset=run.dataset(rows), inputs=inputs)
         seed_everything(self.seed)
+        assert stage.per_image is not None  # only stages with a per_image part run in shards (pipeline._per_image)
         outputs = stage.per_image(ctx, part)
         stage.check_outputs(outputs)
         staging = RunDirectory(out_dir, create=True)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Mapping, cast
 
 from chanstat.config import ConfigError
 
@@ -54,6 +54,7 @@ def check(
             config_dir=config_dir,
         )
         data_stage = next(s for s in pipeline.stages() if s.name == "data")
+        assert data_stage.whole_set is not None  # the data stage is a whole_set stage
         outputs, _ = data_stage.whole_set(ctx, {})
         dataset = outputs["dataset"]
         ctx.results["dataset"] = dataset
@@ -163,7 +164,7 @@ def _provider(ctx, cfg: dict, dataset) -> str:
     """The chosen provider's requirements, and its quality table on two images against the schema."""
     from chanstat.counterfactual import PROVIDERS
     from chanstat.counterfactual.stage import provider_options
-    from chanstat.schema import SCHEMA
+    from chanstat.schema import SCHEMA, TableSpec
 
     section = cfg["counterfactual"]
     name = section["provider"]
@@ -193,7 +194,7 @@ def _provider(ctx, cfg: dict, dataset) -> str:
         raise ConfigError(f"[counterfactual.{name}] {_first_line(exc)}") from None
     rows = range(len(subset))
     for table in ("counterfactual_quality", "counterfactual_summary"):
-        SCHEMA[table].validate(getattr(result, table.removeprefix("counterfactual_")))
+        cast(TableSpec, SCHEMA[table]).validate(getattr(result, table.removeprefix("counterfactual_")))
     return f"counterfactual provider {name!r}: {len(rows)} images, quality and summary tables match the schema"
 
 

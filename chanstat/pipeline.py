@@ -275,6 +275,7 @@ def _run_stages(cfg, rundir: RunDirectory, config_dir, device, quick, only, prog
             for other, earlier in provenance["stages"].items():  # an entry rewritten here (the data set)
                 sums = earlier.get("checksums") if other != stage.name else None
                 for name in set(sums or ()) & set(record["checksums"]):
+                    assert sums is not None  # the loop is empty when sums is None
                     sums[name] = record["checksums"][name]
         fingerprints[stage.name] = fp
         for name in stage.writes:
@@ -302,7 +303,7 @@ def _execute(stage: Stage, ctx: RunContext, fp: str, provenance: dict, log) -> d
             ctx.run.write(name, value)
             ctx.results[name] = value
     except BaseException as exc:
-        record = {
+        record: dict[str, Any] = {
             "status": "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
             "fingerprint": None,
             "error": f"{type(exc).__name__}: {exc}",

@@ -487,8 +487,8 @@ class RunDirectory:
             return self.arrays(spec.name, rows)
         if spec.name == "dataset":
             return self.dataset(rows)
-        if spec.name in CODECS and CODECS[spec.name].read is not None:
-            return CODECS[spec.name].read(self, rows)
+        if spec.name in CODECS and (reader := CODECS[spec.name].read) is not None:
+            return reader(self, rows)
         raise TypeError(f"{spec.file} is not read through read()")
 
     def save(self, **results: Any) -> "RunDirectory":

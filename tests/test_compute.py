@@ -91,7 +91,10 @@ def assert_same_outputs(a: Path, b: Path, tables=(), groups=()) -> None:
         assert read_group_attrs(a / name) == read_group_attrs(b / name)
         for key in arrays_a:
             np.testing.assert_array_equal(arrays_a[key], arrays_b[key], err_msg=f"{name}/{key}")
-            assert attrs_a[key] == attrs_b[key]
+            # "integration" records the work done (steps, errors) over one process's images, not the maps
+            assert {k: v for k, v in attrs_a[key].items() if k != "integration"} == {
+                k: v for k, v in attrs_b[key].items() if k != "integration"
+            }
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,13 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from chanstat.decompose import (
-    LINK_COLUMNS,
-    attribution_feature_link,
-    compartment_mass,
-    labels_from_outlines,
-    match_objects,
-)
+from chanstat.cellprofiler import LINK_COLUMNS, attribution_feature_link
+from chanstat.decompose import compartment_mass, labels_from_outlines, match_objects
 
 FIELD = "pediatric_atlas_BR00143976_C03_3"
 

@@ -131,7 +131,7 @@ def test_channel_mass_errors():
     with pytest.warns(UserWarning, match="zero total attribution mass"):
         out = cs.channel_mass(zero, ["A", "B", "C"], _meta(4))
     assert out.loc[out["sample"] == 1, "share"].isna().all()
-    with pytest.warns(UserWarning, match="dropped 1 sample"):
+    with pytest.warns(UserWarning, match="dropped 1 image"):
         cs.test_channels(out, unit="image")
 
 
@@ -360,7 +360,7 @@ def test_bad_input_errors(table):
         cs.test_channels(table[table["channel"] == "DNA"])
     nan = table.copy()
     nan.loc[3, "share"] = np.nan
-    with pytest.warns(UserWarning, match="dropped 1 sample"):
+    with pytest.warns(UserWarning, match="dropped 1 image"):
         cs.test_channels(nan)
     with pytest.raises(ValueError, match="empty"):
         cs.test_channels(table.iloc[:0])

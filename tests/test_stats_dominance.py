@@ -125,7 +125,7 @@ def test_nan_shares_and_missing_wells_are_dropped_with_counts():
     bad.loc[bad["sample"] == 0, "share"] = np.nan
     kept, n = _quiet(cs.drop_incomplete, bad)
     assert n == 1 and len(kept) == len(table) - 5
-    with pytest.warns(UserWarning, match="dropped 1 sample"):
+    with pytest.warns(UserWarning, match="dropped 1 image"):
         cs.test_channels(bad, breakdown=None)
     missing = table.copy()
     missing["Metadata_Well"] = missing["Metadata_Well"].astype(object)

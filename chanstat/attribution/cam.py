@@ -45,7 +45,7 @@ def gradcam(
     return upsample(cam, x.shape[-2:], interpolate_mode)
 
 
-def guided_backprop(model, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def guided_backprop(model, inputs: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
     """Guided backpropagation (ReLU gradients clipped at zero), (n, C, H, W)."""
     return GuidedBackprop(model).attribute(inputs, target=target)
 

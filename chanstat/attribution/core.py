@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import warnings
+from typing import overload
 
 import numpy as np
 import torch
@@ -322,6 +323,16 @@ def _run_method(spec: MethodSpec, model, batch: AttributionBatch, options: dict,
             ) from exc
 
 
+@overload
+def _chunk(
+    t: torch.Tensor, start: int, stop: int, device: torch.device, dtype: torch.dtype | None = None
+) -> torch.Tensor: ...
+@overload
+def _chunk(t: None, start: int, stop: int, device: torch.device, dtype: torch.dtype | None = None) -> None: ...
+@overload
+def _chunk(
+    t: torch.Tensor | None, start: int, stop: int, device: torch.device, dtype: torch.dtype | None = None
+) -> torch.Tensor | None: ...
 def _chunk(
     t: torch.Tensor | None, start: int, stop: int, device: torch.device, dtype: torch.dtype | None = None
 ) -> torch.Tensor | None:

@@ -33,6 +33,8 @@ def d_ig(
 ) -> torch.Tensor:
     """IG of the counterfactual class along the straight path from ``x`` to ``x'``; ``n_steps="auto"``
     picks per sample the fewest Gauss-Legendre steps within the completeness ``tolerance`` (see ``ig``)."""
+    assert batch.counterfactuals is not None  # attribute() requires counterfactuals= for the d_* methods
+    assert batch.counterfactual_target is not None  # attribute() requires counterfactual_target= for d_* methods
     return integrated_gradients(
         model,
         batch.counterfactuals,
@@ -50,6 +52,8 @@ def d_ig(
 def d_dl(model, batch: AttributionBatch, *, tolerance: float = DEFAULT_TOLERANCE) -> torch.Tensor:
     """DeepLift of the counterfactual class on ``x'`` with reference ``x``; warns when the maps miss
     ``f(x') - f(x)`` by more than ``tolerance`` (relative)."""
+    assert batch.counterfactuals is not None  # attribute() requires counterfactuals= for the d_* methods
+    assert batch.counterfactual_target is not None  # attribute() requires counterfactual_target= for d_* methods
     return deeplift_checked(
         model, batch.counterfactuals, batch.images, batch.counterfactual_target, tolerance=tolerance, name="d_dl"
     )
@@ -57,6 +61,7 @@ def d_dl(model, batch: AttributionBatch, *, tolerance: float = DEFAULT_TOLERANCE
 
 def d_ixg(model, batch: AttributionBatch) -> torch.Tensor:
     """|gradient of f_{y'} at x' times (x - x')|."""
+    assert batch.counterfactuals is not None  # attribute() requires counterfactuals= for the d_* methods
     grad = Saliency(model).attribute(batch.counterfactuals, target=batch.counterfactual_target, abs=False)
     return (grad * (batch.images - batch.counterfactuals)).abs()
 
@@ -64,6 +69,7 @@ def d_ixg(model, batch: AttributionBatch) -> torch.Tensor:
 def d_gradcam_layer(model, batch: AttributionBatch) -> torch.Tensor:
     """sum_k grad_{A_k} f_{y'}(x') * (A_k(x) - A_k(x')) at the layer's resolution, (n, 1, h, w)."""
     layer = batch.layer
+    assert batch.counterfactuals is not None  # attribute() requires counterfactuals= for the d_* methods
     grad = LayerGradientXActivation(model, layer, multiply_by_inputs=False).attribute(
         batch.counterfactuals, target=batch.counterfactual_target
     )
@@ -92,6 +98,7 @@ def d_gradcam(
 def d_ggcam(model, batch: AttributionBatch, *, interpolate_mode: str = DEFAULT_INTERPOLATION) -> torch.Tensor:
     """|D-GradCAM| (upsampled) times guided backpropagation of f_{y'} at x', per channel."""
     cam = upsample(d_gradcam_layer(model, batch).abs(), batch.images.shape[-2:], interpolate_mode)
+    assert batch.counterfactuals is not None  # attribute() requires counterfactuals= for the d_* methods
     return guided_backprop(model, batch.counterfactuals, batch.counterfactual_target) * cam
 
 

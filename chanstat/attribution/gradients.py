@@ -256,6 +256,7 @@ def ig(
     ``"riemann_trapezoid"``, ...), ``steps_per_pass`` (memory knob: path points per forward pass).
     """
     x = batch.images
+    assert batch.target is not None  # attribute() requires target= for methods that explain the real class
     return integrated_gradients(
         model,
         x,
@@ -296,6 +297,7 @@ def dl(model, batch: AttributionBatch, *, baselines=None, tolerance: float = DEF
     """DeepLift (rescale rule) of ``f_target`` relative to ``baselines`` (default 0); warns when the
     maps miss the output change by more than ``tolerance`` (relative)."""
     x = batch.images
+    assert batch.target is not None  # attribute() requires target= for methods that explain the real class
     return deeplift_checked(model, x, broadcast_baseline(baselines, x), batch.target, tolerance=tolerance, name="dl")
 
 

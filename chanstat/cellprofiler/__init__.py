@@ -21,6 +21,8 @@ from __future__ import annotations
 from chanstat._exports import lazy
 
 _EXPORTS = {
+    "attribution_feature_link": "percell",
+    "LINK_COLUMNS": "percell",
     "read": "readers",
     "parse_features": "names",
     "resolve_channel": "names",

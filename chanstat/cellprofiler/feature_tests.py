@@ -186,9 +186,9 @@ def prepare(
     elif warn:
         _warn_cell_level(sub, by, cases, controls, wells, n_case, n_control)
 
-    values = np.array(units[features].to_numpy(dtype=float, na_value=np.nan), dtype=float, copy=True)
-    values[~np.isfinite(values)] = np.nan  # inf from CellProfiler divisions by zero
-    prepared = Prepared(values, is_case, list(features), units.drop(columns=features), level, cases, controls)
+    matrix = np.array(units[features].to_numpy(dtype=float, na_value=np.nan), dtype=float, copy=True)
+    matrix[~np.isfinite(matrix)] = np.nan  # inf from CellProfiler divisions by zero
+    prepared = Prepared(matrix, is_case, list(features), units.drop(columns=features), level, cases, controls)
     if normalize:
         method = "robust_z" if normalize is True else normalize
         if method != "robust_z":

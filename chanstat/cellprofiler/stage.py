@@ -134,7 +134,7 @@ def _features_from_images(ctx, cfg: dict) -> tuple[pd.DataFrame, pd.DataFrame, d
 
 
 def _link(ctx, cfg: dict, cells: pd.DataFrame | None) -> pd.DataFrame | None:
-    from chanstat.decompose.percell import attribution_feature_link
+    from chanstat.cellprofiler.percell import attribution_feature_link
 
     objects = ctx.get("object_mass")
     if objects is None or cells is None or not len(objects):

@@ -19,7 +19,7 @@ from __future__ import annotations
 import inspect
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Sequence, cast
 
 import numpy as np
 import pandas as pd
@@ -319,7 +319,7 @@ class CounterfactualProvider(ABC):
         names: list[str] = []
         for klass in cls.__mro__:
             if "__init__" in vars(klass):
-                for p in inspect.signature(klass.__init__).parameters.values():
+                for p in inspect.signature(cast(Any, klass).__init__).parameters.values():
                     if p.kind is p.KEYWORD_ONLY and p.name not in names:
                         names.append(p.name)
         return names

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -151,10 +152,12 @@ def prepare(
     kept = np.flatnonzero(keep)
     if filter_pairs and n and not len(kept):
         counts = pd.Series(reasons).value_counts().to_dict()
-        raise ValueError(
-            f"filter_pairs=True kept no pair of the {n}: the classifier gets no real image and its "
-            f"counterfactual both right ({counts}); check the model and the targets, or score all pairs "
-            "with filter_pairs=False"
+        warnings.warn(
+            f"filter_pairs=True kept no pair of the {n}: the classifier gets no real image and its counterfactual "
+            f"both right ({counts}); every table is empty (see dropped). Check the model and the targets, or score "
+            "all pairs with filter_pairs=False",
+            UserWarning,
+            stacklevel=4,
         )
     kept_t = torch.as_tensor(kept)
     kept_d = kept_t.to(device)

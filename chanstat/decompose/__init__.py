@@ -6,8 +6,8 @@
   background) and channel, and per object (keyed like CellProfiler's per-object tables).
 - :func:`labels_from_outlines`, :func:`segment_cells`, :func:`match_objects` — label images
   from CellProfiler outline images, or a built-in nuclei + cells segmentation.
-- :func:`attribution_feature_link` — which per-cell CellProfiler features go with a cell's
-  attribution mass, tested at the well level.
+- The per-cell link of this mass to CellProfiler features is
+  :func:`chanstat.cellprofiler.attribution_feature_link` (it reads CellProfiler tables).
 
 Names load on first use: only :func:`channel_shapley` imports torch.
 """
@@ -29,8 +29,6 @@ _EXPORTS = {
     "labels_from_outlines": "segmentation",
     "segment_cells": "segmentation",
     "match_objects": "segmentation",
-    "attribution_feature_link": "percell",
-    "LINK_COLUMNS": "percell",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -16,7 +16,7 @@ This module does not import torch.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -84,7 +84,7 @@ def segment_cells(
             raise ValueError(f"no cell stain among channels {names}; pass cell_channel (one of {list(CELL_STAINS)})")
     elif cell_channel not in names:
         raise ValueError(f"cell_channel {cell_channel!r} is not among channels {names}")
-    methods = {"li": threshold_li, "otsu": threshold_otsu}
+    methods: dict[str, Callable[[np.ndarray], float]] = {"li": threshold_li, "otsu": threshold_otsu}
     if threshold not in methods:
         raise ValueError(f"threshold must be one of {sorted(methods)}; got {threshold!r}")
     cut = methods[threshold]

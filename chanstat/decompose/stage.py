@@ -29,11 +29,11 @@ class SegmentConfig(Section):
     """``[decompose.segment]``: the built-in segmentation used when the data set has no objects."""
 
     nuclei_channel: str = "DNA"
-    cell_channel: str | None = Field(None, description="Default: AGP, RNA, ER or Mito, the first present.")
+    cell_channel: str | None = Field(default=None, description="Default: AGP, RNA, ER or Mito, the first present.")
     threshold: Literal["otsu", "li"] = "otsu"
-    smoothing: float = Field(1.0, ge=0)
-    min_nucleus_area: int = Field(10, ge=1)
-    min_distance: int = Field(5, ge=1)
+    smoothing: float = Field(default=1.0, ge=0)
+    min_nucleus_area: int = Field(default=10, ge=1)
+    min_distance: int = Field(default=5, ge=1)
 
 
 class DecomposeConfig(Section):

@@ -162,9 +162,9 @@ def _render_builtin(
         else:
             from chanstat.report.pdf import compile_typst, notebook_to_typst
 
-            with tempfile.TemporaryDirectory(prefix="chanstat-typst-") as tmp:
-                source = notebook_to_typst(nb, Path(tmp) / "figures", title=title, subtitle=subtitle)
-                compile_typst(source, Path(tmp), dest)
+            with tempfile.TemporaryDirectory(prefix="chanstat-typst-") as tmp_dir:
+                source = notebook_to_typst(nb, Path(tmp_dir) / "figures", title=title, subtitle=subtitle)
+                compile_typst(source, Path(tmp_dir), dest)
         written.append(dest)
     return written
 

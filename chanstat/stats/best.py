@@ -44,6 +44,7 @@ from below (the exclusion is the log-ratio test's, so these bounds hold at the t
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -440,8 +441,10 @@ def best_channel(
             scope = "population"
         het = np.nan
         if scope == "these plates" and n_plates >= 2 and group.n_units > n_plates:
+            plate_of_unit = group.unit_plate
+            assert plate_of_unit is not None  # n_plates >= 2 means group.sample_plate is set
             het = plate_heterogeneity(
-                group.values, group.unit_plate, n_perm=n_perm, seed=seed, compositional=scale == "log"
+                group.values, plate_of_unit, n_perm=n_perm, seed=seed, compositional=scale == "log"
             )["p_value"]
             notes.append(f"plate x channel test p = {het:.3g}")
         if group.n_units < 2:
@@ -504,4 +507,4 @@ def best_channel(
     return out[list(COLUMNS) + extra].reset_index(drop=True)
 
 
-best_channel.__test__ = False
+cast(Any, best_channel).__test__ = False

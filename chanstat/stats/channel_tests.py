@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -367,7 +368,7 @@ def test_channels(
     return table[lead + [c for c in COLUMNS if c not in lead]].reset_index(drop=True)
 
 
-test_channels.__test__ = False  # not a pytest test, despite the name
+cast(Any, test_channels).__test__ = False  # not a pytest test, despite the name
 
 
 def _adjust(table: pd.DataFrame, by: tuple[str, ...], breakdown: str | None, padjust: str) -> None:
@@ -385,7 +386,7 @@ def _adjust(table: pd.DataFrame, by: tuple[str, ...], breakdown: str | None, pad
     q_value = p_values.copy()
     scope = np.array(["none (intersection-union component)"] * len(table), dtype=object)
     for mask, keys, label in families:
-        family_of: dict[tuple, list[int]] = {}
+        family_of: dict[tuple, list[np.integer]] = {}
         for i, key in zip(np.flatnonzero(mask), table.loc[mask, keys].itertuples(index=False, name=None)):
             family_of.setdefault(key, []).append(i)
         for idx in family_of.values():

@@ -325,7 +325,7 @@ def build_groups(
             for level in sorted(set(level_values[present].tolist())):
                 parts.append((level, rows[present & (level_values == level)]))
         for level, part in parts:
-            part_keys = {**keys, **({breakdown: level} if use_breakdown else {})}
+            part_keys: dict = {**keys, **({breakdown: level} if use_breakdown else {})}
             groups.append(_make_group(cols, part, channels_all, unit, part_keys, who, min_channels))
     return groups
 

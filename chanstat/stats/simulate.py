@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -59,7 +60,11 @@ def simulate_channel_mass(
         raise ValueError(f"effect_channel {effect_channel!r} is not one of {channels}")
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     unequal = not np.isscalar(images_per_well)
-    i_low, i_high = (int(images_per_well[0]), int(images_per_well[1])) if unequal else (int(images_per_well),) * 2
+    if unequal:  # np.isscalar does not narrow the union
+        bounds = cast(tuple[int, int], images_per_well)
+        i_low, i_high = int(bounds[0]), int(bounds[1])
+    else:
+        i_low = i_high = int(cast(int, images_per_well))
     r, p, w, i, k = replicates, n_plates, wells_per_plate, i_high, len(channels)
     if min(r, p, w, i_low) < 1 or i_low > i_high:
         raise ValueError("replicates, n_plates, wells_per_plate and images_per_well must be >= 1 (low <= high)")

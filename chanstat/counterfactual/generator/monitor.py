@@ -135,6 +135,7 @@ def held_out_quality(
             better = p > best_p
             best[better], best_p = candidate[better], torch.where(better, p, best_p)
             best_logits = logits if best_logits is None else torch.where(better[:, None], logits, best_logits)
+        assert best_logits is not None  # the loop above runs at least once
         kept.append(best.cpu())
         logits_kept.append(best_logits.cpu())
     converted, logits = torch.cat(kept), torch.cat(logits_kept)

@@ -118,6 +118,7 @@ class Generator(nn.Module):
         self.out_norm = nn.InstanceNorm2d(prev, affine=True)
         self.out = nn.Conv2d(prev, in_channels, 1)
         nn.init.zeros_(self.out.weight)  # untrained generator = identity (no change)
+        assert self.out.bias is not None  # Conv2d has a bias by default
         nn.init.zeros_(self.out.bias)
         self.multiple = 2 ** len(widths)
 
@@ -200,6 +201,11 @@ class ConversionNetwork(nn.Module):
     by :meth:`set_data_statistics`), adds the generator's residual and clamps to the data range.
     """
 
+    # buffers (register_buffer in __init__); declared so their type is Tensor, not Tensor | Module
+    input_mean: torch.Tensor
+    input_std: torch.Tensor
+    data_range: torch.Tensor
+
     def __init__(
         self,
         in_channels: int,
@@ -217,7 +223,7 @@ class ConversionNetwork(nn.Module):
             raise ValueError(f"need in_channels >= 1 and n_classes >= 2; got {in_channels}, {n_classes}")
         if not widths or any(int(w) < 1 for w in widths):
             raise ValueError(f"widths must be a non-empty list of positive ints; got {list(widths)}")
-        self.config = dict(
+        self.config: dict[str, Any] = dict(
             in_channels=int(in_channels),
             n_classes=int(n_classes),
             widths=[int(w) for w in widths],

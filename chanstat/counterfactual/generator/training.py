@@ -24,7 +24,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import pandas as pd
 import torch
@@ -473,7 +473,7 @@ def train_generator(
             out_of_time = time_budget is not None and seconds_before + time.perf_counter() - t0 >= time_budget
             check = checking and (step % check_every == 0 or step == steps or out_of_time)
             if step % log_every == 0 or step == steps or check:
-                row = dict(
+                row: dict[str, Any] = dict(
                     step=step,
                     d_real=d_real.item(),
                     d_fake=d_fake.item(),
