@@ -69,7 +69,6 @@ def test_installed_package_renders_a_run_from_an_empty_folder(installed, quick_r
     assert "<html" in (run / "report.html").read_text(errors="replace").lower()
 
 
-@pytest.mark.slow
 def test_installed_wheel_runs_the_quick_demo_from_an_empty_folder(installed):
     _, _, empty, _ = installed
     result = _run(installed, "-m", "chanstat", "demo", "--quick", "--out", "demo", timeout=3000)
