@@ -451,22 +451,23 @@ def test_stage_replaces_counterfactuals_and_reports_quality():
 
 
 def _fake_run(path, provider, dominant, dac_by_channel):
-    from chanstat.io import write_json, write_table
+    from chanstat.io import write_json
+    from chanstat.rundir import RunDirectory
 
-    path.mkdir()
+    run = RunDirectory(path, create=True)  # written through the run directory: every table is schema-valid
     write_json({"stages": {"data": {"planted_channel": "Mito"}, "counterfactual": {"provider": provider}}},
-               path / "provenance.json")
-    write_table(pd.DataFrame({
-        "method": ["d_ig", "d_ig", "d_ig"], "transition": ["all", "all", "control->treated"],
-        "test": ["friedman_f", "wilcoxon", "friedman_f"], "primary": [True, False, False],
+               run.file("provenance"))
+    run.write_table("channel_tests", pd.DataFrame({
+        "method": ["d_ig", "d_ig", "d_ig"], "transition": ["all", "all", "control → treated"],
+        "test": ["friedman_f", "wilcoxon", "friedman_f"], "contrast": "channels", "statistic": 1.0, "p_value": 0.01, "unit": "well", "n_units": 4, "n_samples": 8, "primary": [True, False, False],
         "dominant_channel": [dominant, "DNA", "DNA"],
-    }), path / "channel_tests.parquet")
+    }))
     rows = []
     for sample in range(4):
         for ch, value in dac_by_channel.items():
             rows.append(dict(sample=sample, method="d_ig", strategy="single_channel", channel=ch, dac=value + 0.01 * sample))
         rows.append(dict(sample=sample, method="d_ig", strategy="aggregate", channel=None, dac=0.5))
-    write_table(pd.DataFrame(rows), path / "dac_scores.parquet")
+    run.write_table("dac_scores", pd.DataFrame(rows))
 
 
 def test_compare_runs_dominant_agreement_and_dac_difference(tmp_path):
@@ -519,3 +520,14 @@ def test_from_files_scales_raw_files_with_the_data_sets_plate_limits(tmp_path):
     s.meta.attrs["scaling"] = {"method": "image"}
     with pytest.raises(CounterfactualFileError, match="needs images read with per-plate scaling"):
         generate_counterfactuals(s, "from_files", path=tmp_path / "cf.npy", scale="dataset")
+
+
+def test_compare_runs_reads_only_run_directories(tmp_path):
+    from chanstat.counterfactual.compare import compare_runs
+    from chanstat.rundir import NotARunDirectory
+
+    _fake_run(tmp_path / "oracle", "oracle", "Mito", {"Mito": 0.8, "ER": 0.1})
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "my_notes.txt").write_text("not a run")
+    with pytest.raises(NotARunDirectory, match="not a chanstat run directory"):
+        compare_runs(tmp_path / "oracle", tmp_path / "notes")

@@ -312,22 +312,24 @@ def test_generator_study_meets_the_done_criteria(phenotype, channel, size, steps
 
 
 def _fake_run(path, provider, dominant, dac_by_channel, change_share, shapley=None):
-    from chanstat.io import write_json, write_table
+    from chanstat.io import write_json
+    from chanstat.rundir import RunDirectory
 
-    path.mkdir()
+    run = RunDirectory(path, create=True)  # written through the run directory: every table is schema-valid
     write_json({"stages": {"data": {"planted_channel": "Mito"}, "counterfactual": {"provider": provider}}},
-               path / "provenance.json")
-    write_table(pd.DataFrame({"method": ["d_ig"], "transition": ["all"], "primary": [True],
-                              "dominant_channel": [dominant]}), path / "channel_tests.parquet")
+               run.file("provenance"))
+    run.write_table("channel_tests", pd.DataFrame({"method": ["d_ig"], "transition": ["all"], "test": ["dominance"],
+                                                   "contrast": "channels", "statistic": 1.0, "p_value": 0.01, "unit": "well", "n_units": 4, "n_samples": 8,
+                                                   "primary": [True], "dominant_channel": [dominant]}))
     rows = [dict(sample=s, method="d_ig", strategy="single_channel", channel=ch, dac=v)
             for s in range(3) for ch, v in dac_by_channel.items()]
     rows += [dict(sample=s, method="d_ig", strategy="aggregate", channel=None, dac=0.4) for s in range(3)]
-    write_table(pd.DataFrame(rows), path / "dac_scores.parquet")
-    write_table(pd.DataFrame({"provider": provider, "channel": list(change_share), "n_samples": 3,
-                              "mean_abs_diff": 0.1, "change_share": list(change_share.values()), "flip_rate": 0.9,
-                              "success_rate": 0.9}), path / "counterfactual_summary.parquet")
+    run.write_table("dac_scores", pd.DataFrame(rows))
+    run.write_table("counterfactual_summary", pd.DataFrame({
+        "provider": provider, "channel": list(change_share), "n_samples": 3, "mean_abs_diff": 0.1,
+        "change_share": list(change_share.values()), "flip_rate": 0.9, "success_rate": 0.9}))
     if shapley is not None:
-        write_table(pd.DataFrame(shapley, columns=["sample", "channel", "shapley"]), path / "channel_shapley.parquet")
+        run.write_table("channel_shapley", pd.DataFrame(shapley, columns=["sample", "channel", "shapley"]))
 
 
 def test_compare_counterfactual_runs_one_table(tmp_path):

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from chanstat.io import read_json, read_table
+from chanstat.rundir import RunDirectory
 
 DOMINANT_COLUMNS = ("method", "evidence", "reference_dominant", "other_dominant", "agree", "planted_channel")
 DAC_COLUMNS = (
@@ -61,24 +61,23 @@ class RunComparison:
     summary: dict
 
 
-def _table(run: Path, name: str) -> pd.DataFrame | None:
-    path = run / name
-    return read_table(path) if path.exists() else None
+def _open(run: str | os.PathLike | RunDirectory) -> RunDirectory:
+    """The run directory (refused, in one line, unless chanstat made it)."""
+    return run if isinstance(run, RunDirectory) else RunDirectory(run)
 
 
-def _planted_channel(run: Path) -> str | None:
-    path = run / "provenance.json"
-    if not path.exists():
-        return None
-    stages = read_json(path).get("stages", {})
-    return stages.get("data", {}).get("planted_channel")
+def _table(run: RunDirectory, name: str) -> pd.DataFrame | None:
+    """Table ``name`` (schema name or file name) of ``run``, validated; None when the run lacks it."""
+    name = name.removesuffix(".parquet")
+    return run.table(name) if run.has(name) else None
 
 
-def _provider(run: Path) -> str | None:
-    path = run / "provenance.json"
-    if not path.exists():
-        return None
-    return read_json(path).get("stages", {}).get("counterfactual", {}).get("provider")
+def _planted_channel(run: RunDirectory) -> str | None:
+    return run.provenance.get("stages", {}).get("data", {}).get("planted_channel")
+
+
+def _provider(run: RunDirectory) -> str | None:
+    return run.provenance.get("stages", {}).get("counterfactual", {}).get("provider")
 
 
 def dominant_by_mass(tests: pd.DataFrame | None) -> pd.Series:
@@ -124,18 +123,15 @@ def mean_dac(scores: pd.DataFrame | None) -> pd.DataFrame:
 
 def compare_runs(reference: str | os.PathLike, other: str | os.PathLike) -> RunComparison:
     """Compare the channel conclusions of two run directories (see :class:`RunComparison`)."""
-    reference, other = Path(reference), Path(other)
-    for run in (reference, other):
-        if not run.is_dir():
-            raise FileNotFoundError(f"run directory not found: {run}")
-    planted = _planted_channel(reference) or _planted_channel(other)
+    ref_run, other_run = _open(reference), _open(other)
+    planted = _planted_channel(ref_run) or _planted_channel(other_run)
 
     rows = []
     for evidence, fn, name in (
         ("attribution_mass", dominant_by_mass, "channel_tests.parquet"),
         ("single_channel_dac", dominant_by_dac, "dac_scores.parquet"),
     ):
-        ref, oth = fn(_table(reference, name)), fn(_table(other, name))
+        ref, oth = fn(_table(ref_run, name)), fn(_table(other_run, name))
         for method in [m for m in ref.index if m in oth.index]:
             rows.append(
                 dict(
@@ -149,23 +145,26 @@ def compare_runs(reference: str | os.PathLike, other: str | os.PathLike) -> RunC
             )
     dominant = pd.DataFrame(rows, columns=list(DOMINANT_COLUMNS))
 
-    ref_dac, oth_dac = mean_dac(_table(reference, "dac_scores.parquet")), mean_dac(_table(other, "dac_scores.parquet"))
+    ref_dac, oth_dac = (
+        mean_dac(_table(ref_run, "dac_scores.parquet")),
+        mean_dac(_table(other_run, "dac_scores.parquet")),
+    )
     dac = ref_dac.merge(oth_dac, on=["method", "strategy", "channel"], suffixes=("_reference", "_other"), how="inner")
     dac["dac_difference"] = dac["dac_other"] - dac["dac_reference"]
     dac = dac.rename(columns={"n_reference": "n_reference", "n_other": "n_other"})[list(DAC_COLUMNS)]
 
     quality = []
-    for label, run in (("reference", reference), ("other", other)):
+    for label, run in (("reference", ref_run), ("other", other_run)):
         table = _table(run, "counterfactual_summary.parquet")
         if table is not None:
             quality.append(table.assign(run=label))
     quality_df = pd.concat(quality, ignore_index=True) if quality else pd.DataFrame()
 
     summary = {
-        "reference": str(reference),
-        "other": str(other),
-        "reference_provider": _provider(reference),
-        "other_provider": _provider(other),
+        "reference": str(ref_run.path),
+        "other": str(other_run.path),
+        "reference_provider": _provider(ref_run),
+        "other_provider": _provider(other_run),
         "planted_channel": planted,
         "dominant_agreement": float(dominant["agree"].mean()) if len(dominant) else None,
         "mean_abs_dac_difference": float(np.abs(dac["dac_difference"]).mean()) if len(dac) else None,
@@ -198,14 +197,14 @@ class CounterfactualComparison:
     methods : DataFrame, columns :data:`METHOD_COLUMNS`
         One row per (run, attribution method): dominant channel by attribution mass and by
         single-channel DAC, mean aggregate DAC, single-channel DAC of the planted channel in
-        this run and in the reference run and their difference, and whether both dominant
-        channels equal the reference run's.
+        this run and in the ref_run run and their difference, and whether both dominant
+        channels equal the ref_run run's.
     channels : DataFrame, columns :data:`CHANNEL_COLUMNS`
         One row per (run, channel): mean share of the counterfactual change, flip rate, mean
         Shapley share (``|phi_k| / sum_j |phi_j|`` per image, averaged; NaN when the run has no
         ``channel_shapley.parquet``) and single-channel DAC averaged over methods.
     summary : dict
-        Per run: provider, planted channel, dominant-channel agreement with the reference.
+        Per run: provider, planted channel, dominant-channel agreement with the ref_run.
     """
 
     methods: pd.DataFrame
@@ -239,13 +238,10 @@ def compare_counterfactual_runs(runs, reference: str | None = None) -> Counterfa
     CounterfactualComparison
     """
     if not isinstance(runs, dict):
-        runs = {Path(r).name: r for r in runs}
-    runs = {str(k): Path(v) for k, v in runs.items()}
+        runs = {Path(getattr(r, "path", r)).name: r for r in runs}
     if not runs:
         raise ValueError("no run directories to compare")
-    for label, run in runs.items():
-        if not run.is_dir():
-            raise FileNotFoundError(f"run directory not found for {label!r}: {run}")
+    runs = {str(k): _open(v) for k, v in runs.items()}
     providers = {label: _provider(run) for label, run in runs.items()}
     if reference is None:
         oracles = [label for label, p in providers.items() if p == "oracle"]
@@ -329,7 +325,7 @@ def compare_counterfactual_runs(runs, reference: str | None = None) -> Counterfa
         "planted_channel": planted,
         "runs": {
             label: dict(
-                path=str(run),
+                path=str(run.path),
                 provider=providers[label],
                 agreement=_mean_or_none(methods_df.loc[methods_df["run"] == label, "agree_with_reference"]),
             )
