@@ -278,11 +278,9 @@ def test_channels(
     check_padjust(padjust)
     check_n_boot(n_boot)
     rng = np.random.default_rng(seed)
-    if not 0 < alpha < 1:
-        raise ValueError(f"alpha must lie in (0, 1); got {alpha}")
-    by = as_tuple(by)
-    check_level(ci, "ci", "test_channels")
     check_level(alpha, "alpha", "test_channels")
+    check_level(ci, "ci", "test_channels")
+    by = as_tuple(by)
     if isinstance(table, pd.DataFrame) and value in table.columns and sample in table.columns:
         table, _ = drop_incomplete(table, value, sample, [c for c in by if c in table.columns], who="test_channels")
     _, unit_warning = (
