@@ -32,6 +32,8 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
+from chanstat.tensors import model_device, model_dtype
+
 #: How a model's raw output is reduced to its class scores: a tuple/list index, a dict key,
 #: or a callable taking the raw output.
 OutputSelector = int | str | Callable[[Any], torch.Tensor] | None
@@ -46,13 +48,6 @@ class ModelAdapterError(ValueError):
 
 def _is_scripted(module: nn.Module) -> bool:
     return isinstance(module, (torch.jit.ScriptModule, torch.jit.RecursiveScriptModule))
-
-
-def _first_floating(module: nn.Module) -> torch.Tensor | None:
-    for tensor in list(module.parameters()) + list(module.buffers()):
-        if tensor.is_floating_point():
-            return tensor
-    return None
 
 
 class ModelAdapter(nn.Module):
@@ -94,13 +89,11 @@ class ModelAdapter(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        tensor = _first_floating(self.model)
-        return tensor.dtype if tensor is not None else torch.float32
+        return model_dtype(self.model)
 
     @property
     def device(self) -> torch.device:
-        tensor = next(iter(list(self.model.parameters()) + list(self.model.buffers())), None)
-        return tensor.device if tensor is not None else torch.device("cpu")
+        return model_device(self.model)
 
     @property
     def in_channels(self) -> int | None:
