@@ -1,5 +1,6 @@
 """Attribution engine: closed forms, channel locality, batch independence, aggregation,
 normalisation, bad input, the synthetic Mito effect, and the pipeline stage."""
+
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -45,10 +46,14 @@ def channel_k_model(k: int, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(
         ReadChannel(k),
-        nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(1, 6, 3, padding=1),
+        nn.ReLU(),
         nn.MaxPool2d(2),
-        nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2),
+        nn.Conv2d(6, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 2),
     ).eval()
 
 
@@ -75,15 +80,34 @@ FAST = {"ig": {"n_steps": 8}, "d_ig": {"n_steps": 8}}
 # registry
 # ---------------------------------------------------------------------------------------------
 def test_registry_lists_every_issue_method_with_its_properties():
-    expected = {"ig", "dl", "saliency", "ixg", "gradcam", "ggcam",
-                "d_ig", "d_dl", "d_ixg", "d_gradcam", "d_ggcam", "residual", "random"}
+    expected = {
+        "ig",
+        "dl",
+        "saliency",
+        "ixg",
+        "gradcam",
+        "ggcam",
+        "d_ig",
+        "d_dl",
+        "d_ixg",
+        "d_gradcam",
+        "d_ggcam",
+        "residual",
+        "random",
+    }
     assert expected <= set(METHODS)
     for name, spec in METHODS.items():
         assert spec.name == name and spec.description and callable(spec.fn)
     assert not METHODS["gradcam"].resolves_channels and not METHODS["d_gradcam"].resolves_channels
     assert all(METHODS[m].resolves_channels for m in expected - {"gradcam", "d_gradcam"})
     assert {m for m in expected if METHODS[m].needs_counterfactual} == {
-        "d_ig", "d_dl", "d_ixg", "d_gradcam", "d_ggcam", "residual"}
+        "d_ig",
+        "d_dl",
+        "d_ixg",
+        "d_gradcam",
+        "d_ggcam",
+        "residual",
+    }
     assert METHODS["ig"].signed and METHODS["d_ig"].signed and not METHODS["residual"].signed
 
 
@@ -139,8 +163,13 @@ def test_d_dl_completeness_on_relu_network():
     # no max pooling: Captum's DeepLift max-pool rule does not sum exactly to the output change
     torch.manual_seed(0)
     model = nn.Sequential(
-        nn.Conv2d(C, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 8, 3, stride=2, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2),
+        nn.Conv2d(C, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(6, 8, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 2),
     ).eval()
     x, xc = images(4, 4), images(4, 5)
     y, yc = torch.tensor([0, 1, 0, 1]), torch.tensor([1, 0, 1, 0])
@@ -252,9 +281,12 @@ def test_aggregation_shapes_and_values():
     full = call(model, "ixg", x, xc, y, yc)
     assert full.shape == (3, C, H, W)
     expected = {
-        "mean": full.mean(1, keepdim=True), "sum": full.sum(1, keepdim=True),
-        "max": full.max(1, keepdim=True).values, "abs_mean": full.abs().mean(1, keepdim=True),
-        "abs_sum": full.abs().sum(1, keepdim=True), "abs_max": full.abs().max(1, keepdim=True).values,
+        "mean": full.mean(1, keepdim=True),
+        "sum": full.sum(1, keepdim=True),
+        "max": full.max(1, keepdim=True).values,
+        "abs_mean": full.abs().mean(1, keepdim=True),
+        "abs_sum": full.abs().sum(1, keepdim=True),
+        "abs_max": full.abs().max(1, keepdim=True).values,
     }
     assert set(expected) == set(AGGREGATIONS)
     for how, value in expected.items():
@@ -359,8 +391,15 @@ def test_bad_input_gives_clear_errors():
 # ---------------------------------------------------------------------------------------------
 def test_d_ig_puts_largest_share_on_mito(tiny_synthetic, trained_model):
     ds = tiny_synthetic
-    maps = attribute(trained_model, ds.images, ds.labels, "d_ig", counterfactuals=ds.counterfactuals,
-                     counterfactual_target=ds.counterfactual_target, n_steps=8)
+    maps = attribute(
+        trained_model,
+        ds.images,
+        ds.labels,
+        "d_ig",
+        counterfactuals=ds.counterfactuals,
+        counterfactual_target=ds.counterfactual_target,
+        n_steps=8,
+    )
     mass = maps.abs().sum(dim=(2, 3))
     share = mass / mass.sum(dim=1, keepdim=True).clamp_min(1e-30)
     top = share.argmax(dim=1)
@@ -381,8 +420,11 @@ def test_stage_writes_maps_with_attributes(tiny_synthetic, trained_model):
     from chanstat.attribution import stage
 
     ds = tiny_synthetic.subset(np.arange(6))
-    ctx = _context(ds, trained_model, {"methods": ["ig", "gradcam", "d_ig", "random"],
-                                       "options": {"ig": {"n_steps": 4}, "d_ig": {"n_steps": 4}}})
+    ctx = _context(
+        ds,
+        trained_model,
+        {"methods": ["ig", "gradcam", "d_ig", "random"], "options": {"ig": {"n_steps": 4}, "d_ig": {"n_steps": 4}}},
+    )
     outputs = stage.per_image(ctx, SimpleNamespace(dataset=ds))
     maps = outputs["attributions"]
     _, info = stage.whole_set(ctx, outputs)
@@ -393,9 +435,47 @@ def test_stage_writes_maps_with_attributes(tiny_synthetic, trained_model):
     assert attrs["ig"]["channels"] == list(ds.channels) and attrs["gradcam"]["channels"] == ["all"]
     assert attrs["d_ig"]["target"] == "counterfactual" and attrs["ig"]["target"] == "real"
     assert attrs["d_ig"]["signed"] is True and attrs["gradcam"]["resolves_channels"] is False
-    expected = attribute(trained_model, ds.images, ds.labels, "d_ig", counterfactuals=ds.counterfactuals,
-                         counterfactual_target=ds.counterfactual_target, n_steps=4)
+    expected = attribute(
+        trained_model,
+        ds.images,
+        ds.labels,
+        "d_ig",
+        counterfactuals=ds.counterfactuals,
+        counterfactual_target=ds.counterfactual_target,
+        n_steps=4,
+    )
     np.testing.assert_allclose(maps.arrays["d_ig"], expected.numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_stage_shares_the_gradient_at_the_image_across_methods(tiny_synthetic, trained_model):
+    from chanstat.attribution import stage
+
+    ds = tiny_synthetic.subset(np.arange(4))
+    methods = ["ig", "saliency", "ixg", "d_ig", "d_ixg"]
+    ctx = _context(ds, trained_model, {"methods": methods, "batch_size": 3})
+    seen = []
+    handle = trained_model.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[0]))
+    try:
+        maps = stage.per_image(ctx, SimpleNamespace(dataset=ds))["attributions"]
+        in_stage = sum(seen)
+        seen.clear()
+        for name in methods:
+            alone = attribute(
+                trained_model,
+                ds.images,
+                ds.labels,
+                name,
+                counterfactuals=ds.counterfactuals,
+                counterfactual_target=ds.counterfactual_target,
+                batch_size=3,
+            )
+            np.testing.assert_allclose(maps.arrays[name], alone.numpy(), rtol=1e-4, atol=1e-6)
+    finally:
+        handle.remove()
+    # saliency, ixg and d_ixg take the gradient ig / d_ig computed at the image: 3 x 4 images fewer
+    assert sum(seen) - in_stage == 3 * len(ds)
+    assert maps.attrs["ig"]["integration"]["rule"] == "adaptive_trapezoid"
+    assert maps.attrs["ig"]["integration"]["batch_error"] <= 0.01
 
 
 def test_stage_skips_counterfactual_methods_without_counterfactuals(tiny_synthetic, trained_model):
@@ -493,9 +573,15 @@ def test_deeplift_treats_functional_relu_as_a_nonlinearity():
 
 def _state(model: nn.Module) -> list:
     return [
-        (name, m.training, len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks),
-         sorted(k for k in vars(m) if not k.startswith("_")),
-         [(p.dtype, p.requires_grad) for p in m.parameters(recurse=False)])
+        (
+            name,
+            m.training,
+            len(m._forward_hooks),
+            len(m._forward_pre_hooks),
+            len(m._backward_hooks),
+            sorted(k for k in vars(m) if not k.startswith("_")),
+            [(p.dtype, p.requires_grad) for p in m.parameters(recurse=False)],
+        )
         for name, m in model.named_modules()
     ]
 
@@ -529,10 +615,18 @@ def test_model_state_restored_after_an_error_inside_deeplift():
     assert model.training and not model.layer1[1].training
 
 
-@pytest.mark.parametrize("dtype, method", [
-    (torch.float16, "saliency"), (torch.float16, "dl"), (torch.float16, "d_dl"), (torch.float16, "pixelcam_grad"),
-    (torch.bfloat16, "saliency"), (torch.float64, "saliency"), (torch.float64, "d_dl"),
-])
+@pytest.mark.parametrize(
+    "dtype, method",
+    [
+        (torch.float16, "saliency"),
+        (torch.float16, "dl"),
+        (torch.float16, "d_dl"),
+        (torch.float16, "pixelcam_grad"),
+        (torch.bfloat16, "saliency"),
+        (torch.float64, "saliency"),
+        (torch.float64, "d_dl"),
+    ],
+)
 def test_model_in_another_dtype_gets_inputs_in_its_dtype(dtype, method):
     model = conv_model(seed=7)
     x, xc = images(2, 36), images(2, 39)
@@ -543,16 +637,21 @@ def test_model_in_another_dtype_gets_inputs_in_its_dtype(dtype, method):
     assert maps.dtype == torch.float32 and bool(torch.isfinite(maps).all())
     assert all(p.dtype == dtype for p in model.parameters())  # DeepLift runs in float32, then casts back
     relative_error = float((maps - expected).norm() / expected.norm())
-    assert relative_error < {torch.float64: 1e-5, torch.float16: 0.03, torch.bfloat16: 0.15}[dtype]  # bf16: 8-bit mantissa
+    assert (
+        relative_error < {torch.float64: 1e-5, torch.float16: 0.03, torch.bfloat16: 0.15}[dtype]
+    )  # bf16: 8-bit mantissa
 
 
-@pytest.mark.parametrize("option, value, message", [
-    ("n_steps", 2.7, "n_steps must be a whole number"),
-    ("n_steps", 0, "n_steps must be a whole number"),
-    ("steps_per_pass", 1.5, "steps_per_pass must be a whole number"),
-    ("baselines", float("nan"), "baselines must be a finite"),
-    ("baselines", float("inf"), "baselines must be a finite"),
-])
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("n_steps", 2.7, "n_steps must be a whole number"),
+        ("n_steps", 0, "n_steps must be a whole number"),
+        ("steps_per_pass", 1.5, "steps_per_pass must be a whole number"),
+        ("baselines", float("nan"), "baselines must be a finite"),
+        ("baselines", float("inf"), "baselines must be a finite"),
+    ],
+)
 def test_invalid_method_options_are_errors_not_rounded(option, value, message):
     model = linear_model()
     with pytest.raises(ValueError, match=message):

@@ -3,6 +3,7 @@
 The reference (``reference_dac`` below) is the straightforward loop: one mask at a time,
 scipy binary closing and Gaussian per mask, one forward pass per mask at batch size one.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -62,8 +63,19 @@ def select(values: np.ndarray, schedule: str, steps: int, k: int) -> np.ndarray:
     return chosen.reshape(values.shape)
 
 
-def reference_dac(model, real, counterfactual, attributions, target, strategy, steps, schedule="value",
-                  closing=10, closing_shape="ellipse", sigma=2.0):
+def reference_dac(
+    model,
+    real,
+    counterfactual,
+    attributions,
+    target,
+    strategy,
+    steps,
+    schedule="value",
+    closing=10,
+    closing_shape="ellipse",
+    sigma=2.0,
+):
     """``mask_size`` and ``score`` arrays of shape (N, K, steps + 1)."""
     real = torch.as_tensor(real, dtype=torch.float32)
     counterfactual = torch.as_tensor(counterfactual, dtype=torch.float32)
@@ -93,7 +105,7 @@ def reference_dac(model, real, counterfactual, attributions, target, strategy, s
                     hybrid = xc.clone()
                     for plane, closed_plane in zip(curve, closed):
                         weight = torch.as_tensor(blur_reference(closed_plane, sigma), dtype=torch.float32)
-                        for ch in (range(c) if strategy == "aggregate" else [plane]):
+                        for ch in range(c) if strategy == "aggregate" else [plane]:
                             hybrid[0, ch] = weight * x[0, ch] + (1 - weight) * xc[0, ch]
                     curve_sizes.append(closed.sum() / closed.size)
                     curve_scores.append(torch.softmax(model(hybrid), 1)[0, y].item() - p_cf)
@@ -107,8 +119,10 @@ def reference_dac(model, real, counterfactual, attributions, target, strategy, s
 def as_arrays(curves: pd.DataFrame, strategy: str, n_steps: int):
     part = curves[curves["strategy"] == strategy]
     n_samples = part["sample"].nunique()
-    return (part["mask_size"].to_numpy().reshape(n_samples, -1, n_steps),
-            part["score"].to_numpy().reshape(n_samples, -1, n_steps))
+    return (
+        part["mask_size"].to_numpy().reshape(n_samples, -1, n_steps),
+        part["score"].to_numpy().reshape(n_samples, -1, n_steps),
+    )
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -237,16 +251,34 @@ def test_ranks_break_ties_by_position_and_rank_counts_never_jump():
 @pytest.mark.parametrize("strategy", ALL_STRATEGIES)
 @pytest.mark.parametrize(
     "schedule,closing,shape,sigma",
-    [("value", 10, "ellipse", 2.0), ("rank", 4, "square", 1.0), ("value", 0, "ellipse", 0.0), ("rank", 5, "ellipse", 0.0)],
+    [
+        ("value", 10, "ellipse", 2.0),
+        ("rank", 4, "square", 1.0),
+        ("value", 0, "ellipse", 0.0),
+        ("rank", 5, "ellipse", 0.0),
+    ],
 )
 def test_engine_matches_per_mask_reference(toy, strategy, schedule, closing, shape, sigma):
     model, real, counterfactual, maps, target = toy
     steps = 8
-    result = dac(model, real, target, maps, counterfactuals=counterfactual, strategy=strategy, steps=steps, schedule=schedule,
-                 closing=closing, closing_shape=shape, sigma=sigma, batch_size=5)
+    result = dac(
+        model,
+        real,
+        target,
+        maps,
+        counterfactuals=counterfactual,
+        strategy=strategy,
+        steps=steps,
+        schedule=schedule,
+        closing=closing,
+        closing_shape=shape,
+        sigma=sigma,
+        batch_size=5,
+    )
     size, score = as_arrays(result.curves, strategy, steps + 1)
-    ref_size, ref_score = reference_dac(model, real, counterfactual, maps, target, strategy, steps, schedule,
-                                        closing, shape, sigma)
+    ref_size, ref_score = reference_dac(
+        model, real, counterfactual, maps, target, strategy, steps, schedule, closing, shape, sigma
+    )
     np.testing.assert_array_equal(size, ref_size)
     np.testing.assert_allclose(score, ref_score, atol=2e-6)
     stats = result.stats[strategy]
@@ -256,7 +288,9 @@ def test_engine_matches_per_mask_reference(toy, strategy, schedule, closing, sha
 def test_numpy_inputs_and_channel_agnostic_maps(toy):
     model, real, counterfactual, maps, target = toy
     agnostic = maps.abs().sum(1, keepdim=True)
-    from_numpy = dac(model, real.numpy(), target.numpy(), agnostic.numpy(), counterfactuals=counterfactual.numpy(), steps=6)
+    from_numpy = dac(
+        model, real.numpy(), target.numpy(), agnostic.numpy(), counterfactuals=counterfactual.numpy(), steps=6
+    )
     from_torch = dac(model, real, target, maps, counterfactuals=counterfactual, steps=6)
     pd.testing.assert_frame_equal(from_numpy.curves, from_torch.curves, atol=1e-6)
 
@@ -267,8 +301,17 @@ def test_numpy_inputs_and_channel_agnostic_maps(toy):
 def test_curves_monotone_from_empty_to_full(toy):
     model, real, counterfactual, maps, target = toy
     for schedule in ("value", "rank"):
-        result = dac(model, real, target, maps, counterfactuals=counterfactual, strategy=ALL_STRATEGIES, steps=10, schedule=schedule,
-                     channels=["a", "b", "c"])
+        result = dac(
+            model,
+            real,
+            target,
+            maps,
+            counterfactuals=counterfactual,
+            strategy=ALL_STRATEGIES,
+            steps=10,
+            schedule=schedule,
+            channels=["a", "b", "c"],
+        )
         curves = result.curves
         assert set(curves["strategy"]) == set(ALL_STRATEGIES)
         assert set(curves.loc[curves["strategy"] == "single_channel", "channel"]) == {"a", "b", "c"}
@@ -306,8 +349,12 @@ def test_dac_is_area_under_interpolated_curve(toy):
 
 def test_samples_are_independent_of_their_batch(toy):
     model, real, counterfactual, maps, target = toy
-    together = dac(model, real, target, maps, counterfactuals=counterfactual, strategy=ALL_STRATEGIES, steps=6, batch_size=7)
-    alone = dac(model, real[1:2], target[1:2], maps[1:2], counterfactuals=counterfactual[1:2], strategy=ALL_STRATEGIES, steps=6)
+    together = dac(
+        model, real, target, maps, counterfactuals=counterfactual, strategy=ALL_STRATEGIES, steps=6, batch_size=7
+    )
+    alone = dac(
+        model, real[1:2], target[1:2], maps[1:2], counterfactuals=counterfactual[1:2], strategy=ALL_STRATEGIES, steps=6
+    )
     mine = together.scores[together.scores["sample"] == 1].reset_index(drop=True)
     np.testing.assert_allclose(mine["dac"], alone.scores["dac"], atol=1e-6)
 
@@ -318,13 +365,43 @@ def test_residual_of_single_channel_change_scores_zero_elsewhere(toy):
     counterfactual = real.clone()
     counterfactual[:, 2] = torch.rand(3, 14, 17, generator=torch.Generator().manual_seed(5))
     residual = (real - counterfactual).abs()
-    result = dac(model, real, target, residual, counterfactuals=counterfactual, strategy="single_channel", steps=10,
-                 channels=["DNA", "ER", "Mito"])
+    result = dac(
+        model,
+        real,
+        target,
+        residual,
+        counterfactuals=counterfactual,
+        strategy="single_channel",
+        steps=10,
+        channels=["DNA", "ER", "Mito"],
+    )
     scores = result.scores.set_index(["sample", "channel"])["dac"]
     assert np.all(scores.xs("DNA", level="channel") == 0) and np.all(scores.xs("ER", level="channel") == 0)
     assert scores.xs("Mito", level="channel").abs().max() > 1e-4
     # channels without residual need one forward pass each (the full mask), not one per step
     assert result.stats["single_channel"]["forward_passes"] <= 3 * (2 + 11)
+
+
+def test_full_single_channel_mask_is_the_channel_coalition(toy):
+    """The last step of a single-channel curve pastes the whole channel: its score is the model
+    on x' with channel k taken from x, whether it comes from memory (an earlier call) or not."""
+    from chanstat.dacscore.coalitions import forget
+
+    model, real, counterfactual, maps, target = toy
+    forget(model)
+    first = dac(model, real, target, maps, counterfactuals=counterfactual, strategy="single_channel", steps=10)
+    second = dac(model, real, target, maps, counterfactuals=counterfactual, strategy="single_channel", steps=10)
+    pd.testing.assert_frame_equal(first.curves, second.curves, atol=1e-6)
+    assert second.stats["single_channel"]["forward_passes"] < first.stats["single_channel"]["forward_passes"]
+    last = first.curves[first.curves["step"] == 10].sort_values(["sample", "channel"])
+    with torch.no_grad():
+        p_cf = torch.softmax(model(counterfactual), 1)[torch.arange(3), target]
+        for k in range(real.shape[1]):
+            hybrid = counterfactual.clone()
+            hybrid[:, k] = real[:, k]
+            expected = (torch.softmax(model(hybrid), 1)[torch.arange(3), target] - p_cf).numpy()
+            got = last[last["channel"] == last["channel"].unique()[k]]["score"].to_numpy()
+            np.testing.assert_allclose(got, expected, atol=1e-6)
 
 
 def test_training_mode_restored(toy):
@@ -356,8 +433,19 @@ def test_optimal_and_minimal_masks():
     counterfactual = torch.zeros(2, 2, h, w)  # class 0
     maps = torch.rand(2, 2, h, w, generator=torch.Generator().manual_seed(0))
     target = torch.tensor([1, 1])
-    result = dac(ChannelMeanNet(), real, target, maps, counterfactuals=counterfactual, strategy=["aggregate", "single_channel"],
-                 steps=20, schedule="value", closing=0, sigma=0, return_masks=True)
+    result = dac(
+        ChannelMeanNet(),
+        real,
+        target,
+        maps,
+        counterfactuals=counterfactual,
+        strategy=["aggregate", "single_channel"],
+        steps=20,
+        schedule="value",
+        closing=0,
+        sigma=0,
+        return_masks=True,
+    )
     agg = result.curves[result.curves["strategy"] == "aggregate"]
     for sample, part in agg.groupby("sample"):
         part = part.sort_values("step")
@@ -385,8 +473,16 @@ def test_filter_pairs_reports_dropped():
     counterfactual = torch.stack([torch.zeros(2, h, w), torch.ones(2, h, w), torch.ones(2, h, w)])
     target = torch.tensor([1, 1, 1])  # sample 1's real image looks like class 0, sample 2's counterfactual like 1
     maps = torch.rand(3, 2, h, w, generator=torch.Generator().manual_seed(0))
-    result = dac(ChannelMeanNet(), real, target, maps, counterfactuals=counterfactual, steps=4, filter_pairs=True,
-                 counterfactual_target=torch.tensor([0, 0, 0]))
+    result = dac(
+        ChannelMeanNet(),
+        real,
+        target,
+        maps,
+        counterfactuals=counterfactual,
+        steps=4,
+        filter_pairs=True,
+        counterfactual_target=torch.tensor([0, 0, 0]),
+    )
     assert result.samples.tolist() == [0]
     assert set(result.scores["sample"]) == {0}
     dropped = result.dropped.set_index("sample")
@@ -398,11 +494,22 @@ def test_filter_pairs_reports_dropped():
 
 def test_smoothing_sweep(toy):
     model, real, counterfactual, maps, target = toy
-    table = smoothing_sweep(model, real, target, maps, counterfactuals=counterfactual, closings=(0, 4), sigmas=(0, 1.5),
-                            strategy=["aggregate", "per_channel"], steps=6)
+    table = smoothing_sweep(
+        model,
+        real,
+        target,
+        maps,
+        counterfactuals=counterfactual,
+        closings=(0, 4),
+        sigmas=(0, 1.5),
+        strategy=["aggregate", "per_channel"],
+        steps=6,
+    )
     assert list(table.columns) == ["closing", "sigma", "sample", "strategy", "channel", "dac"]
     assert len(table) == 2 * 2 * 2 * 3
-    direct = dac(model, real, target, maps, counterfactuals=counterfactual, strategy="per_channel", steps=6, closing=4, sigma=1.5)
+    direct = dac(
+        model, real, target, maps, counterfactuals=counterfactual, strategy="per_channel", steps=6, closing=4, sigma=1.5
+    )
     part = table[(table["closing"] == 4) & (table["sigma"] == 1.5) & (table["strategy"] == "per_channel")]
     np.testing.assert_allclose(part["dac"].to_numpy(), direct.scores["dac"].to_numpy(), atol=1e-6)
 
@@ -453,9 +560,13 @@ def test_chunked_samples_give_the_same_result(toy, monkeypatch):
     import chanstat.dacscore.engine as engine
 
     model, real, counterfactual, maps, target = toy
-    whole = dac(model, real, target, maps, counterfactuals=counterfactual, strategy=ALL_STRATEGIES, steps=6, return_masks=True)
+    whole = dac(
+        model, real, target, maps, counterfactuals=counterfactual, strategy=ALL_STRATEGIES, steps=6, return_masks=True
+    )
     monkeypatch.setattr(engine, "samples_per_chunk", lambda *a: 1)  # one sample per chunk
-    chunked = dac(model, real, target, maps, counterfactuals=counterfactual, strategy=ALL_STRATEGIES, steps=6, return_masks=True)
+    chunked = dac(
+        model, real, target, maps, counterfactuals=counterfactual, strategy=ALL_STRATEGIES, steps=6, return_masks=True
+    )
     pd.testing.assert_frame_equal(whole.curves, chunked.curves, atol=1e-6)
     for name in ALL_STRATEGIES:
         np.testing.assert_allclose(whole.optimal_masks[name], chunked.optimal_masks[name], atol=1e-6)
@@ -464,8 +575,17 @@ def test_chunked_samples_give_the_same_result(toy, monkeypatch):
 
 def test_every_pair_dropped_gives_empty_tables():
     real = torch.zeros(2, 2, 8, 8)  # class 0 for the model, but labelled 1
-    result = dac(ChannelMeanNet(), real, torch.tensor([1, 1]), torch.rand(2, 2, 8, 8), counterfactuals=torch.ones(2, 2, 8, 8),
-                 strategy=ALL_STRATEGIES, steps=4, filter_pairs=True, return_masks=True)
+    result = dac(
+        ChannelMeanNet(),
+        real,
+        torch.tensor([1, 1]),
+        torch.rand(2, 2, 8, 8),
+        counterfactuals=torch.ones(2, 2, 8, 8),
+        strategy=ALL_STRATEGIES,
+        steps=4,
+        filter_pairs=True,
+        return_masks=True,
+    )
     assert len(result.dropped) == 2 and len(result.curves) == 0 and len(result.scores) == 0
     assert result.optimal_masks["aggregate"].shape == (0, 1, 8, 8)
 
@@ -580,7 +700,9 @@ def test_adaptive_reproduces_the_value_grid_on_the_synthetic_set(synthetic_pairs
     adaptive = dac(model, real, labels, maps, schedule="adaptive", tolerance=tolerance, **common)
     by_strategy = adaptive.scores["strategy"]
     per_curve = (adaptive.scores["dac"] - value.scores["dac"]).abs().groupby(by_strategy).max()
-    of_means = (adaptive.scores.groupby("strategy")["dac"].mean() - value.scores.groupby("strategy")["dac"].mean()).abs()
+    of_means = (
+        adaptive.scores.groupby("strategy")["dac"].mean() - value.scores.groupby("strategy")["dac"].mean()
+    ).abs()
     worst, bound = {"oracle": (per_curve, tolerance), "nearest": (of_means, 0.01)}[pairing]
     assert set(worst.index) == set(ALL_STRATEGIES) and (worst <= bound).all(), worst
     most_passes = {"oracle": 24, "nearest": 40}[pairing]  # noisy curves take more bisections
@@ -602,12 +724,33 @@ def test_adaptive_reproduces_the_value_grid_on_the_synthetic_set(synthetic_pairs
 def test_cross_curve_batches_equal_per_curve_evaluation(toy, schedule):
     """Hybrids of all samples, strategies and channels in shared batches score as one at a time."""
     model, real, counterfactual, maps, target = toy
-    together = dac(model, real, target, maps, counterfactuals=counterfactual, strategy=ALL_STRATEGIES, steps=30,
-                   schedule=schedule, batch_size=7)
+    together = dac(
+        model,
+        real,
+        target,
+        maps,
+        counterfactuals=counterfactual,
+        strategy=ALL_STRATEGIES,
+        steps=30,
+        schedule=schedule,
+        batch_size=7,
+    )
     alone = pd.concat(
-        [dac(model, real[i : i + 1], target[i : i + 1], maps[i : i + 1], counterfactuals=counterfactual[i : i + 1],
-             strategy=s, steps=30, schedule=schedule, batch_size=1).curves.assign(sample=i)
-         for s in ALL_STRATEGIES for i in range(3)],
+        [
+            dac(
+                model,
+                real[i : i + 1],
+                target[i : i + 1],
+                maps[i : i + 1],
+                counterfactuals=counterfactual[i : i + 1],
+                strategy=s,
+                steps=30,
+                schedule=schedule,
+                batch_size=1,
+            ).curves.assign(sample=i)
+            for s in ALL_STRATEGIES
+            for i in range(3)
+        ],
         ignore_index=True,
     )
     key = ["strategy", "sample", "channel", "step"]
@@ -680,18 +823,24 @@ def test_result_module_needs_no_torch():
     import subprocess
     import sys
 
-    code = ("import sys; from chanstat.dacscore.result import DacResult, summarise_dac; "
-            "assert 'torch' not in sys.modules, 'torch was imported'")
+    code = (
+        "import sys; from chanstat.dacscore.result import DacResult, summarise_dac; "
+        "assert 'torch' not in sys.modules, 'torch was imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_summarise_dac():
     from chanstat.dacscore.result import summarise_dac
 
-    scores = pd.DataFrame({
-        "method": ["a", "a", "a", "b"], "strategy": ["joint", "joint", "single_channel", "joint"],
-        "channel": ["all", "all", "DNA", None], "dac": [0.2, 0.4, 0.1, 0.3],
-    })
+    scores = pd.DataFrame(
+        {
+            "method": ["a", "a", "a", "b"],
+            "strategy": ["joint", "joint", "single_channel", "joint"],
+            "channel": ["all", "all", "DNA", None],
+            "dac": [0.2, 0.4, 0.1, 0.3],
+        }
+    )
     out = summarise_dac(scores)
     assert list(out.columns) == ["method", "strategy", "channel", "dac", "dac_sd", "n"]
     first = out.iloc[0]

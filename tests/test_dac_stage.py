@@ -1,4 +1,5 @@
 """DAC on the synthetic screen (planted Mito phenotype) and the pipeline stage."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -25,8 +26,14 @@ def _subset(dataset, n=12):
 
 def _single_channel_means(model, dataset, maps, idx):
     result = dac(
-        model, dataset.images[idx], dataset.labels[idx], maps, counterfactuals=dataset.counterfactuals[idx],
-        channels=dataset.channels, strategy="single_channel", steps=20,
+        model,
+        dataset.images[idx],
+        dataset.labels[idx],
+        maps,
+        counterfactuals=dataset.counterfactuals[idx],
+        channels=dataset.channels,
+        strategy="single_channel",
+        steps=20,
     )
     return result.scores.groupby("channel")["dac"].mean()
 
@@ -48,17 +55,36 @@ def test_planted_channel_carries_the_decision_d_ig(tiny_synthetic, learned_model
     idx = _subset(ds)
     trained_model = learned_model
     maps = attribution.attribute(
-        trained_model, ds.images[idx], ds.labels[idx], "d_ig", counterfactuals=ds.counterfactuals[idx],
-        counterfactual_target=ds.counterfactual_target[idx], n_steps=16,
+        trained_model,
+        ds.images[idx],
+        ds.labels[idx],
+        "d_ig",
+        counterfactuals=ds.counterfactuals[idx],
+        counterfactual_target=ds.counterfactual_target[idx],
+        n_steps=16,
     )
     means = _single_channel_means(trained_model, ds, maps, idx)
     assert means.idxmax() == "Mito" and means["Mito"] > 0.02
     # and the channel-resolved strategies rank the D-IG map above a random one
-    result = dac(trained_model, ds.images[idx], ds.labels[idx], maps, counterfactuals=ds.counterfactuals[idx],
-                 strategy=["joint", "per_channel"], steps=20)
+    result = dac(
+        trained_model,
+        ds.images[idx],
+        ds.labels[idx],
+        maps,
+        counterfactuals=ds.counterfactuals[idx],
+        strategy=["joint", "per_channel"],
+        steps=20,
+    )
     noise = torch.rand(maps.shape, generator=torch.Generator().manual_seed(0))
-    random = dac(trained_model, ds.images[idx], ds.labels[idx], noise, counterfactuals=ds.counterfactuals[idx],
-                 strategy=["joint", "per_channel"], steps=20)
+    random = dac(
+        trained_model,
+        ds.images[idx],
+        ds.labels[idx],
+        noise,
+        counterfactuals=ds.counterfactuals[idx],
+        strategy=["joint", "per_channel"],
+        steps=20,
+    )
     assert (result.summary()["dac"].to_numpy() > random.summary()["dac"].to_numpy()).all()
 
 
@@ -93,7 +119,10 @@ def test_stage_writes_tables_masks_and_sweep(tmp_path, tiny_synthetic, trained_m
     residual = (ds.images - ds.counterfactuals).abs().numpy()
     config = {
         "dac": {
-            "strategies": ["aggregate", "single_channel"], "steps": 6, "max_samples": 6, "filter_pairs": True,
+            "strategies": ["aggregate", "single_channel"],
+            "steps": 6,
+            "max_samples": 6,
+            "filter_pairs": True,
             "sweep": {"closings": [0, 4], "sigmas": [0, 1.0], "methods": ["residual"]},
         }
     }
@@ -110,7 +139,16 @@ def test_stage_writes_tables_masks_and_sweep(tmp_path, tiny_synthetic, trained_m
     scores = run.table("dac_scores")
     curves = run.table("dac_curves")
     assert list(scores.columns) == ["sample", "method", "strategy", "channel", "dac"]
-    assert list(curves.columns)[:8] == ["sample", "method", "strategy", "channel", "step", "threshold", "mask_size", "score"]
+    assert list(curves.columns)[:8] == [
+        "sample",
+        "method",
+        "strategy",
+        "channel",
+        "step",
+        "threshold",
+        "mask_size",
+        "score",
+    ]
     kept = sorted(set(scores["sample"]))
     assert len(kept) == 6 - info["n_dropped"] and max(kept) < n
     assert set(scores.loc[scores["method"] == "d_gradcam", "strategy"]) == {"aggregate"}
@@ -133,11 +171,14 @@ def test_stage_errors(tmp_path, tiny_synthetic, trained_model):
     from chanstat import pipeline
 
     zeros = np.zeros(tuple(tiny_synthetic.images.shape), np.float32)
-    ctx = _stage_context(tmp_path / "a", tiny_synthetic, trained_model, {"dac": {"methods": ["d_ig"]}}, {"residual": zeros})
+    ctx = _stage_context(
+        tmp_path / "a", tiny_synthetic, trained_model, {"dac": {"methods": ["d_ig"]}}, {"residual": zeros}
+    )
     with pytest.raises(ValueError, match=r"methods \['d_ig'\] have no attribution maps"):
         pipeline.run_stage("dac", ctx)
-    ctx = _stage_context(tmp_path / "b", tiny_synthetic, trained_model, {"dac": {}},
-                         {"residual": np.zeros((3, 5, 8, 8), np.float32)})
+    ctx = _stage_context(
+        tmp_path / "b", tiny_synthetic, trained_model, {"dac": {}}, {"residual": np.zeros((3, 5, 8, 8), np.float32)}
+    )
     with pytest.raises(ValueError, match="cover 3 images"):
         pipeline.run_stage("dac", ctx)
 
@@ -152,7 +193,8 @@ def test_speed_benchmark_runs(tmp_path):
     spec = importlib.util.spec_from_file_location("dac_speed", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    out = module.main(["--quick", "--pairs", "4", "--steps", "10", "--method", "residual",
-                       "--json", str(tmp_path / "speed.json")])
+    out = module.main(
+        ["--quick", "--pairs", "4", "--steps", "10", "--method", "residual", "--json", str(tmp_path / "speed.json")]
+    )
     assert [row["strategy"] for row in out["rows"]] == ["aggregate", "joint", "per_channel", "single_channel"] * 2
     assert all(row["speedup_vs_published"] > 0 and row["speedup_vs_quac"] > 0 for row in out["rows"])

@@ -1,5 +1,6 @@
 """The decompose stage in the pipeline: Shapley values and compartment masses, their statistics and
 the per-cell link to CellProfiler features, on the synthetic set with a planted Mito phenotype."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -12,12 +13,18 @@ from chanstat.stage import Arrays
 @pytest.fixture(scope="module")
 def decomposed(tiny_synthetic, trained_model, tmp_path_factory):
     data = tiny_synthetic
-    config = {"run": {"device": "cpu"}, "decompose": {"interactions": True},
-              "stats": {"n_boot": 200, "tests": ["dominance"]}, "cellprofiler": {"n_perm": 0, "n_boot": 50}}
+    config = {
+        "run": {"device": "cpu"},
+        "decompose": {"interactions": True},
+        "stats": {"n_boot": 200, "tests": ["dominance"]},
+        "cellprofiler": {"n_perm": 0, "n_boot": 50},
+    }
     ctx = pipeline.context(config, tmp_path_factory.mktemp("decompose") / "run", dataset=data, model=trained_model)
     residual = (data.images - data.counterfactuals).abs().numpy()
-    ctx.run.write("attributions", Arrays({"residual": residual},
-                                         attrs={"residual": {"channels": list(data.channels), "method": "residual"}}))
+    ctx.run.write(
+        "attributions",
+        Arrays({"residual": residual}, attrs={"residual": {"channels": list(data.channels), "method": "residual"}}),
+    )
     infos = {name: pipeline.run_stage(name, ctx) for name in ("decompose", "stats", "cellprofiler")}
     return ctx, infos
 

@@ -1,5 +1,6 @@
 """Learned counterfactuals (chanstat.counterfactual.generator): networks, losses, training,
 checkpoints, candidate selection, the "generator" provider and the multi-run comparison."""
+
 from __future__ import annotations
 
 import math
@@ -28,10 +29,12 @@ def tiny_set(n=12, channels=("A", "B"), size=16, n_classes=2, seed=0):
     labels = np.arange(n) % n_classes
     images = rng.random((n, len(channels), size, size), dtype=np.float32) * 0.5
     images[:, 0] += 0.4 * labels[:, None, None]  # class difference in the first channel
-    meta = pd.DataFrame({"Metadata_Plate": "P1", "Metadata_Well": [f"W{i % 4}" for i in range(n)],
-                         "Metadata_Site": np.arange(n)})
-    return ImageSet(images=images, channels=list(channels), labels=labels,
-                    classes=[f"c{k}" for k in range(n_classes)], meta=meta)
+    meta = pd.DataFrame(
+        {"Metadata_Plate": "P1", "Metadata_Well": [f"W{i % 4}" for i in range(n)], "Metadata_Site": np.arange(n)}
+    )
+    return ImageSet(
+        images=images, channels=list(channels), labels=labels, classes=[f"c{k}" for k in range(n_classes)], meta=meta
+    )
 
 
 TINY = dict(widths=[4, 8], style_dim=4, latent_dim=3, n_bottleneck=1, mapping_width=8)
@@ -155,7 +158,7 @@ def test_train_generator_refuses_a_data_set_missing_a_class():
 class ShiftNetwork(ConversionNetwork):
     """Adds |style[0]| to channel 0: candidate j of image i changes it by a known amount."""
 
-    def translate(self, x, style):
+    def translate(self, x, style, target=None):
         out = x.clone()
         out[:, 0] += style[:, 0].abs()[:, None, None]
         return out
@@ -181,8 +184,18 @@ def test_selection_keeps_the_smallest_change_that_flips():
     images = torch.rand(7, 2, 4, 4) * 0.5
     target = torch.ones(7, dtype=torch.int64)
     refs, ref_labels = images.clone(), torch.tensor([1, 1, 1, 0, 0, 0, 0])
-    out, details = select_counterfactuals(net, MeanModel(), images, target, references=refs,
-                                          reference_labels=ref_labels, n_latent=8, n_reference=2, seed=4, batch_size=3)
+    out, details = select_counterfactuals(
+        net,
+        MeanModel(),
+        images,
+        target,
+        references=refs,
+        reference_labels=ref_labels,
+        n_latent=8,
+        n_reference=2,
+        seed=4,
+        batch_size=3,
+    )
     assert list(details.columns) == list(CANDIDATE_COLUMNS)
     # recompute the latent draws: the same generator, batch by batch (3, 3, 1), each batch draws
     # 8 latents then 2 reference uniforms
@@ -238,8 +251,9 @@ def test_provider_trains_saves_and_reuses_its_generator(tmp_path):
     assert set(first.artifacts) == {"generator", "generator_log"}
     assert list(first.artifacts["generator_log"].columns) == list(LOG_COLUMNS)
     first.artifacts["generator"].save(tmp_path / "generator.pt")
-    again = generate_counterfactuals(data, "generator", model=MeanModel(), generator=tmp_path / "generator.pt",
-                                     n_latent=2, n_reference=2, seed=0)
+    again = generate_counterfactuals(
+        data, "generator", model=MeanModel(), generator=tmp_path / "generator.pt", n_latent=2, n_reference=2, seed=0
+    )
     torch.testing.assert_close(again.counterfactuals, first.counterfactuals)
     assert (again.counterfactual_target != data.labels).all()
     assert len(again.artifacts["generator_log"]) == 0  # nothing trained this time
@@ -268,8 +282,9 @@ def test_generator_flips_the_classifier_by_changing_the_planted_channel():
     """Reduced default-suite study: ER intensity at 32 px, a smaller network, 200 steps of 8 images.
 
     Weaker flip threshold (0.6 instead of 0.8) than the full study (slow tests below)."""
-    data, _, result = _planted_study("er_intensity", size=32, steps=200, train_batch_size=8,
-                                     architecture={"widths": [8, 16], "style_dim": 8})
+    data, _, result = _planted_study(
+        "er_intensity", size=32, steps=200, train_batch_size=8, architecture={"widths": [8, 16], "style_dim": 8}
+    )
     share = result.summary.set_index("channel")["change_share"]
     assert result.summary["flip_rate"].iloc[0] >= 0.6
     assert share["ER"] >= 0.6
@@ -277,11 +292,14 @@ def test_generator_flips_the_classifier_by_changing_the_planted_channel():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("phenotype,channel,size,steps,identity", [
-    ("er_intensity", "ER", 32, 600, 2.0),
-    # identity 2 gave Mito 0.589 of the change (RNA 0.16, AGP 0.16) at flip 1.0; 5 gives 0.796
-    ("mito_fragmentation", "Mito", 48, 800, 5.0),
-])
+@pytest.mark.parametrize(
+    "phenotype,channel,size,steps,identity",
+    [
+        ("er_intensity", "ER", 32, 600, 2.0),
+        # identity 2 gave Mito 0.589 of the change (RNA 0.16, AGP 0.16) at flip 1.0; 5 gives 0.796
+        ("mito_fragmentation", "Mito", 48, 800, 5.0),
+    ],
+)
 def test_generator_study_meets_the_done_criteria(phenotype, channel, size, steps, identity):
     """Flip >= 80 %, >= 60 % of the change in the planted channel, DAC and d_ig name it."""
     from chanstat.attribution import attribute
@@ -289,7 +307,9 @@ def test_generator_study_meets_the_done_criteria(phenotype, channel, size, steps
 
     data, model, result = _planted_study(phenotype, size=size, steps=steps, loss={"identity": identity})
     share = result.summary.set_index("channel")["change_share"]
-    print(f"\n{phenotype}: flip rate {result.summary['flip_rate'].iloc[0]:.3f}; change share {share.round(3).to_dict()}")
+    print(
+        f"\n{phenotype}: flip rate {result.summary['flip_rate'].iloc[0]:.3f}; change share {share.round(3).to_dict()}"
+    )
     assert result.summary["flip_rate"].iloc[0] >= 0.8
     assert share[channel] >= 0.6
     per_sample = result.quality.drop_duplicates("sample")
@@ -299,11 +319,23 @@ def test_generator_study_meets_the_done_criteria(phenotype, channel, size, steps
     for method in ("d_ig", "residual"):
         maps = attribute(model, x, y, method, counterfactuals=xc, counterfactual_target=t)
         mass = maps.abs().sum(dim=(0, 2, 3))
-        scores = dac(model, x, y, maps, counterfactuals=xc, counterfactual_target=t, channels=data.channels,
-                     strategy="single_channel", schedule="value", steps=20).scores
+        scores = dac(
+            model,
+            x,
+            y,
+            maps,
+            counterfactuals=xc,
+            counterfactual_target=t,
+            channels=data.channels,
+            strategy="single_channel",
+            schedule="value",
+            steps=20,
+        ).scores
         by_channel = scores.groupby("channel")["dac"].mean()
-        print(f"  {method}: mass share {dict(zip(data.channels, (mass / mass.sum()).round(decimals=3).tolist()))}; "
-              f"single-channel DAC {by_channel.round(3).to_dict()}")
+        print(
+            f"  {method}: mass share {dict(zip(data.channels, (mass / mass.sum()).round(decimals=3).tolist()))}; "
+            f"single-channel DAC {by_channel.round(3).to_dict()}"
+        )
         assert data.channels[int(mass.argmax())] == channel
         assert by_channel.idxmax() == channel
 
@@ -316,18 +348,49 @@ def _fake_run(path, provider, dominant, dac_by_channel, change_share, shapley=No
     from chanstat.rundir import RunDirectory
 
     run = RunDirectory(path, create=True)  # written through the run directory: every table is schema-valid
-    write_json({"stages": {"data": {"planted_channel": "Mito"}, "counterfactual": {"provider": provider}}},
-               run.file("provenance"))
-    run.write_table("channel_tests", pd.DataFrame({"method": ["d_ig"], "transition": ["all"], "test": ["dominance"],
-                                                   "contrast": "channels", "statistic": 1.0, "p_value": 0.01, "unit": "well", "n_units": 4, "n_samples": 8,
-                                                   "primary": [True], "dominant_channel": [dominant]}))
-    rows = [dict(sample=s, method="d_ig", strategy="single_channel", channel=ch, dac=v)
-            for s in range(3) for ch, v in dac_by_channel.items()]
+    write_json(
+        {"stages": {"data": {"planted_channel": "Mito"}, "counterfactual": {"provider": provider}}},
+        run.file("provenance"),
+    )
+    run.write_table(
+        "channel_tests",
+        pd.DataFrame(
+            {
+                "method": ["d_ig"],
+                "transition": ["all"],
+                "test": ["dominance"],
+                "contrast": "channels",
+                "statistic": 1.0,
+                "p_value": 0.01,
+                "unit": "well",
+                "n_units": 4,
+                "n_samples": 8,
+                "primary": [True],
+                "dominant_channel": [dominant],
+            }
+        ),
+    )
+    rows = [
+        dict(sample=s, method="d_ig", strategy="single_channel", channel=ch, dac=v)
+        for s in range(3)
+        for ch, v in dac_by_channel.items()
+    ]
     rows += [dict(sample=s, method="d_ig", strategy="aggregate", channel=None, dac=0.4) for s in range(3)]
     run.write_table("dac_scores", pd.DataFrame(rows))
-    run.write_table("counterfactual_summary", pd.DataFrame({
-        "provider": provider, "channel": list(change_share), "n_samples": 3, "mean_abs_diff": 0.1,
-        "change_share": list(change_share.values()), "flip_rate": 0.9, "success_rate": 0.9}))
+    run.write_table(
+        "counterfactual_summary",
+        pd.DataFrame(
+            {
+                "provider": provider,
+                "channel": list(change_share),
+                "n_samples": 3,
+                "mean_abs_diff": 0.1,
+                "change_share": list(change_share.values()),
+                "flip_rate": 0.9,
+                "success_rate": 0.9,
+            }
+        ),
+    )
     if shapley is not None:
         run.write_table("channel_shapley", pd.DataFrame(shapley, columns=["sample", "channel", "shapley"]))
 
@@ -335,12 +398,19 @@ def _fake_run(path, provider, dominant, dac_by_channel, change_share, shapley=No
 def test_compare_counterfactual_runs_one_table(tmp_path):
     from chanstat.counterfactual.compare import CHANNEL_COLUMNS, METHOD_COLUMNS, compare_counterfactual_runs
 
-    _fake_run(tmp_path / "o", "oracle", "Mito", {"Mito": 0.8, "ER": 0.1}, {"Mito": 1.0, "ER": 0.0},
-              shapley=[(0, "Mito", 0.3), (0, "ER", -0.1), (1, "Mito", 0.5), (1, "ER", 0.0)])
+    _fake_run(
+        tmp_path / "o",
+        "oracle",
+        "Mito",
+        {"Mito": 0.8, "ER": 0.1},
+        {"Mito": 1.0, "ER": 0.0},
+        shapley=[(0, "Mito", 0.3), (0, "ER", -0.1), (1, "Mito", 0.5), (1, "ER", 0.0)],
+    )
     _fake_run(tmp_path / "g", "generator", "Mito", {"Mito": 0.7, "ER": 0.2}, {"Mito": 0.9, "ER": 0.1})
     _fake_run(tmp_path / "p", "optimise", "ER", {"Mito": 0.3, "ER": 0.4}, {"Mito": 0.5, "ER": 0.5})
-    result = compare_counterfactual_runs({"oracle": tmp_path / "o", "generator": tmp_path / "g",
-                                          "optimise": tmp_path / "p"})
+    result = compare_counterfactual_runs(
+        {"oracle": tmp_path / "o", "generator": tmp_path / "g", "optimise": tmp_path / "p"}
+    )
     assert list(result.methods.columns) == list(METHOD_COLUMNS)
     assert list(result.channels.columns) == list(CHANNEL_COLUMNS)
     rows = result.methods.set_index("run")

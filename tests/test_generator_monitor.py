@@ -1,5 +1,6 @@
 """Self-checking generator training: held-out split, checkpoint score, stopping rule, sparsity
 weight schedule, the channel-sparsity penalty and the device profiles."""
+
 from __future__ import annotations
 
 import math
@@ -17,14 +18,23 @@ def _log(rows):
     """A constructed training log: (flip, concentration, realism gap) per check."""
     out = []
     for i, (flip, conc, gap) in enumerate(rows):
-        out.append({"step": 25 * (i + 1), "check_flip_rate": flip, "check_concentration": conc,
-                    "check_realism_gap": gap, "check_score": M.checkpoint_score(flip, conc, gap, 0.9)})
+        out.append(
+            {
+                "step": 25 * (i + 1),
+                "check_flip_rate": flip,
+                "check_concentration": conc,
+                "check_realism_gap": gap,
+                "check_score": M.checkpoint_score(flip, conc, gap, 0.9),
+            }
+        )
     return pd.DataFrame(out)
 
 
 def test_every_usable_check_beats_every_unusable_one():
     assert M.checkpoint_score(0.89, 1.0, 0.0, 0.9) < M.checkpoint_score(0.9, 0.2, 5.0, 0.9)
-    assert M.checkpoint_score(0.95, 0.9, 0.2, 0.9) > M.checkpoint_score(1.0, 0.7, 0.2, 0.9)  # concentration ranks usable ones
+    assert M.checkpoint_score(0.95, 0.9, 0.2, 0.9) > M.checkpoint_score(
+        1.0, 0.7, 0.2, 0.9
+    )  # concentration ranks usable ones
     assert M.checkpoint_score(0.95, 0.8, 0.9, 0.9) < M.checkpoint_score(0.95, 0.8, 0.1, 0.9)  # then realism
     assert math.isnan(M.checkpoint_score(float("nan"), 0.5, 0.1, 0.9))
 
@@ -74,14 +84,16 @@ def test_channel_sparsity_loss_is_a_group_norm_over_channels():
     x = torch.zeros(1, 2, 2, 2)
     fake = x.clone()
     fake[0, 0, 0, 0] = 2.0  # channel 0: RMS sqrt(4 / 4) = 1; channel 1 unchanged
-    fake[0, 1] = 4.0        # channel 1: 4 / std 2 = 2 everywhere, RMS 2
+    fake[0, 1] = 4.0  # channel 1: 4 / std 2 = 2 everywhere, RMS 2
     assert float(L.channel_sparsity_loss(fake, x, std)) == pytest.approx(3.0, abs=1e-3)
     # the same squared change costs less in one channel than spread over two (sqrt(2) times more)
     one = torch.zeros(1, 2, 2, 2)
     one[0, 0] = 1.0
-    two = torch.full((1, 2, 2, 2), 0.5 ** 0.5)
+    two = torch.full((1, 2, 2, 2), 0.5**0.5)
     ones = torch.ones_like(std)
-    assert float(L.channel_sparsity_loss(two, x, ones)) == pytest.approx(2 ** 0.5 * float(L.channel_sparsity_loss(one, x, ones)), rel=1e-4)
+    assert float(L.channel_sparsity_loss(two, x, ones)) == pytest.approx(
+        2**0.5 * float(L.channel_sparsity_loss(one, x, ones)), rel=1e-4
+    )
 
 
 def test_held_out_split_is_stratified_and_bounded():

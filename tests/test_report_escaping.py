@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import re
 
+import pandas as pd
 import pytest
 from report_fake_run import Names, make_fake_run
 
@@ -116,3 +117,16 @@ def test_figures_draw_dollar_names_literally():
     fig = grouped_bars(pd.DataFrame({"channel": names, "v": [1.0, 2.0]}), "channel", "v", title="$\\sqrt{$ x")
     fig.savefig(io.BytesIO(), format="png")  # drawn outside the style context, as the report does
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == names
+
+
+def test_generator_caption_lists_the_kept_channels_escaped(capsys):
+    from chanstat.report.display import show_table
+    from chanstat.report.sections.counterfactual import _open_channels
+
+    text = _open_channels({"open_channels": {"treated": ["<b>Mito</b>"], "control": []}, "pruned_at_step": 625})
+    assert text == ". Channels it may change (pruned at step 625): to treated: <b>Mito</b>; to control: none"
+    assert _open_channels({}) == ""
+    show_table(pd.DataFrame({"a": [1]}), caption=text)
+    shown = capsys.readouterr().out
+    caption = re.search(r'<p class="chanstat-caption">(.*?)</p>', shown).group(1)
+    assert "&lt;b&gt;Mito&lt;/b&gt;" in caption and "<b>" not in caption

@@ -1,4 +1,5 @@
 """channel_shapley: efficiency, null player, Captum agreement, additive and 1-logit models, groups."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -18,8 +19,15 @@ class TinyConv(nn.Module):
     def __init__(self, reads=(0, 1, 2), n_out=2):
         super().__init__()
         self.reads = list(reads)
-        self.net = nn.Sequential(nn.Conv2d(len(self.reads), 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 6, 3, padding=1),
-                                 nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, n_out))
+        self.net = nn.Sequential(
+            nn.Conv2d(len(self.reads), 6, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(6, 6, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(6, n_out),
+        )
 
     def forward(self, x):
         return 4 * self.net(x[:, self.reads])  # scaled so the probabilities move visibly
@@ -62,7 +70,8 @@ def test_efficiency_and_tables(model, pairs):
     r = channel_shapley(model, x, y, counterfactuals=cf, channels=CHANNELS)
     assert list(r.values.columns) == ["sample", "channel", "shapley", "se", "baseline"]
     assert list(r.total.columns) == ["sample", "target", "baseline", "p_real", "p_counterfactual", "total"]
-    assert r.settings["estimator"] == "exact" and r.settings["forward_passes"] == 8 * 2**3
+    assert r.settings["estimator"] == "exact" and r.settings["coalition_values"] == 8 * 2**3
+    assert r.settings["forward_passes"] <= 8 * 2**3  # fewer where an earlier call evaluated coalitions
     with torch.no_grad():
         p_real = torch.softmax(model(x), 1).gather(1, y[:, None])[:, 0].double().numpy()
         p_cf = torch.softmax(model(cf), 1).gather(1, y[:, None])[:, 0].double().numpy()
@@ -92,7 +101,9 @@ def test_equals_captum_shapley_values(model, pairs):
     r = channel_shapley(model, x, y, counterfactuals=cf, channels=CHANNELS)
     mask = torch.arange(3).view(1, 3, 1, 1).expand(1, 3, 16, 16).contiguous()
     with torch.no_grad():
-        ref = ShapleyValues(lambda inp: torch.softmax(model(inp), 1)).attribute(x, baselines=cf, target=y, feature_mask=mask)
+        ref = ShapleyValues(lambda inp: torch.softmax(model(inp), 1)).attribute(
+            x, baselines=cf, target=y, feature_mask=mask
+        )
     np.testing.assert_allclose(_matrix(r), ref[:, :, 0, 0].double().numpy(), rtol=0, atol=1e-6)
 
 
@@ -128,17 +139,22 @@ def test_groups_are_players(model, pairs):
     from captum.attr import ShapleyValues
 
     x, cf, y = pairs
-    r = channel_shapley(model, x, y, counterfactuals=cf, channels=CHANNELS, groups={"cyto": ["ER", "Mito"]},
-                        interactions=True)
+    r = channel_shapley(
+        model, x, y, counterfactuals=cf, channels=CHANNELS, groups={"cyto": ["ER", "Mito"]}, interactions=True
+    )
     assert r.players == ["DNA", "cyto"] and r.groups["cyto"] == ["ER", "Mito"]
     mask = torch.tensor([0, 1, 1]).view(1, 3, 1, 1).expand(1, 3, 16, 16).contiguous()
     with torch.no_grad():
-        ref = ShapleyValues(lambda inp: torch.softmax(model(inp), 1)).attribute(x, baselines=cf, target=y, feature_mask=mask)
+        ref = ShapleyValues(lambda inp: torch.softmax(model(inp), 1)).attribute(
+            x, baselines=cf, target=y, feature_mask=mask
+        )
     np.testing.assert_allclose(_matrix(r), ref[:, [0, 1], 0, 0].double().numpy(), atol=1e-6)
     # two players: the interaction index is v(12) - v(1) - v(2) + v(0), computed here directly
     with torch.no_grad():
+
         def p(h):
             return torch.softmax(model(h), 1).gather(1, y[:, None])[:, 0].double().numpy()
+
         only_dna = torch.cat([x[:, :1], cf[:, 1:]], 1)
         only_cyto = torch.cat([cf[:, :1], x[:, 1:]], 1)
         direct = p(x) - p(only_dna) - p(only_cyto) + p(cf)
@@ -152,7 +168,9 @@ def test_sampled_estimator_is_within_its_standard_error(model, pairs):
     assert sampled.settings["estimator"] == "permutation"
     z = (_matrix(sampled) - _matrix(exact)) / sampled.values["se"].to_numpy().reshape(8, 3)
     assert np.abs(z).max() < 4.5
-    np.testing.assert_allclose(_matrix(sampled).sum(axis=1), exact.total["total"], atol=1e-6)  # efficiency per permutation
+    np.testing.assert_allclose(
+        _matrix(sampled).sum(axis=1), exact.total["total"], atol=1e-6
+    )  # efficiency per permutation
     with pytest.raises(ValueError, match="interactions need the exact"):
         channel_shapley(model, x, y, counterfactuals=cf, n_permutations=8, interactions=True)
 
@@ -171,8 +189,10 @@ def test_batch_size_does_not_change_values(model, pairs):
 def test_non_counterfactual_baselines_are_named(model, pairs):
     x, _, y = pairs
     with torch.no_grad():
+
         def p(h):
             return torch.softmax(model(h), 1).gather(1, y[:, None])[:, 0].double().numpy()
+
         p_zero, p_mean = p(torch.zeros_like(x)), p(x.mean(0, keepdim=True).expand_as(x))
     zero = channel_shapley(model, x, y, baseline="zero")
     mean = channel_shapley(model, x, y, baseline="mean")
@@ -200,10 +220,77 @@ def test_value_formulas_on_a_closed_form_game():
 @pytest.mark.slow
 def test_planted_channel_carries_most_of_the_total_on_the_demo(tiny_synthetic, trained_model):
     data = tiny_synthetic
-    r = channel_shapley(trained_model, data.images, data.labels, counterfactuals=data.counterfactuals,
-                        channels=data.channels, interactions=True)
+    r = channel_shapley(
+        trained_model,
+        data.images,
+        data.labels,
+        counterfactuals=data.counterfactuals,
+        channels=data.channels,
+        interactions=True,
+    )
     summary = r.summary().set_index("channel")
     planted = data.meta.attrs["planted_channel"]
     assert summary["shapley"].idxmax() == planted
     assert summary.loc[planted, "share_of_total"] > 0.5
     np.testing.assert_allclose(r.values.groupby("sample")["shapley"].sum(), r.total["total"], atol=1e-10)
+
+
+def test_coalitions_known_from_dac_or_an_earlier_call_are_reused_exactly(pairs):
+    """DAC's baselines and full single-channel masks are Shapley coalitions: after dac() the
+    Shapley call evaluates only the others, and the values are those of a fresh computation."""
+    from chanstat.dacscore import dac
+    from chanstat.dacscore.coalitions import forget
+
+    x, cf, y = pairs
+    torch.manual_seed(3)
+    model = TinyConv().eval()
+    fresh = channel_shapley(model, x, y, counterfactuals=cf, channels=CHANNELS)
+    assert fresh.settings["forward_passes"] == 8 * 2**3
+    again = channel_shapley(model, x, y, counterfactuals=cf, channels=CHANNELS)
+    assert again.settings["forward_passes"] == 0
+    pd.testing.assert_frame_equal(again.values, fresh.values)
+    forget(model)
+    dac(model, x, y, (x - cf).abs(), counterfactuals=cf, strategy="single_channel", steps=8)
+    after = channel_shapley(model, x, y, counterfactuals=cf, channels=CHANNELS)
+    assert after.settings["forward_passes"] == 8 * (2**3 - 2 - 3)  # the empty, full and single-channel sets were known
+    np.testing.assert_allclose(_matrix(after), _matrix(fresh), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(_matrix(after).sum(axis=1), after.total["total"], rtol=0, atol=1e-12)
+
+
+def test_changed_weights_are_not_served_from_memory(pairs):
+    x, cf, y = pairs
+    torch.manual_seed(4)
+    model = TinyConv().eval()
+    first = channel_shapley(model, x, y, counterfactuals=cf, channels=CHANNELS)
+    with torch.no_grad():
+        model.net[0].weight.mul_(-1.0)  # in place: same storage, new version
+    changed = channel_shapley(model, x, y, counterfactuals=cf, channels=CHANNELS)
+    assert changed.settings["forward_passes"] == 8 * 2**3
+    torch.manual_seed(4)
+    twin = TinyConv().eval()
+    with torch.no_grad():
+        twin.net[0].weight.mul_(-1.0)
+    np.testing.assert_allclose(_matrix(changed), _matrix(channel_shapley(twin, x, y, counterfactuals=cf)), atol=1e-6)
+    assert np.abs(_matrix(changed) - _matrix(first)).max() > 1e-4
+
+
+def test_channels_equal_in_image_and_baseline_are_evaluated_once(pairs):
+    """A channel identical in x and x' pastes nothing: coalitions differing only there are one
+    hybrid, and the channel's value is exactly 0 whatever the model reads."""
+    x, cf, y = pairs
+    cf = cf.clone()
+    cf[:, 1] = x[:, 1]
+    torch.manual_seed(5)
+    model = TinyConv().eval()
+    r = channel_shapley(model, x, y, counterfactuals=cf, channels=CHANNELS)
+    assert r.settings["forward_passes"] == 8 * 2**2
+    assert (r.values.loc[r.values["channel"] == "ER", "shapley"] == 0.0).all()
+    np.testing.assert_allclose(_matrix(r).sum(axis=1), r.total["total"], rtol=0, atol=1e-12)
+    from captum.attr import ShapleyValues
+
+    mask = torch.arange(3).view(1, 3, 1, 1).expand(1, 3, 16, 16).contiguous()
+    with torch.no_grad():
+        ref = ShapleyValues(lambda inp: torch.softmax(model(inp), 1)).attribute(
+            x, baselines=cf, target=y, feature_mask=mask
+        )
+    np.testing.assert_allclose(_matrix(r), ref[:, :, 0, 0].double().numpy(), rtol=0, atol=1e-6)

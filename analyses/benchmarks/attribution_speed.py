@@ -12,7 +12,9 @@ Both sides get the same device-resident batch in one chunk and the same Captum o
     python analyses/benchmarks/attribution_speed.py                 # CPU/auto, 64 images of 64x64
     python analyses/benchmarks/attribution_speed.py --device cuda --n-images 256
     python analyses/benchmarks/attribution_speed.py --quick         # seconds, for smoke tests
+    python analyses/benchmarks/attribution_speed.py --methods saliency --shared   # batching across methods
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,7 +54,7 @@ def bare_calls(model, layer, x, xc, y, yc, n_steps: int) -> dict:
     def d_gradcam_layer():
         grad = LayerGradientXActivation(model, layer, multiply_by_inputs=False).attribute(xc, target=yc)
         acts = LayerActivation(model, layer).attribute(torch.cat([x, xc]))
-        return (grad * (acts[: len(x)] - acts[len(x):])).sum(1, keepdim=True).abs()
+        return (grad * (acts[: len(x)] - acts[len(x) :])).sum(1, keepdim=True).abs()
 
     def random_noise():
         images = x.cpu().numpy()
@@ -68,15 +70,19 @@ def bare_calls(model, layer, x, xc, y, yc, n_steps: int) -> dict:
         "saliency": lambda: Saliency(model).attribute(x, target=y, abs=True),
         "ixg": lambda: InputXGradient(model).attribute(x, target=y),
         "gradcam": lambda: LayerAttribution.interpolate(
-            LayerGradCam(model, layer).attribute(x, target=y, relu_attributions=True), size, "bilinear"),
+            LayerGradCam(model, layer).attribute(x, target=y, relu_attributions=True), size, "bilinear"
+        ),
         "ggcam": lambda: GuidedGradCam(model, layer).attribute(x, target=y, interpolate_mode="bilinear"),
         "d_ig": lambda: IntegratedGradients(model).attribute(
-            xc, baselines=x, target=yc, n_steps=n_steps, internal_batch_size=ibs),
+            xc, baselines=x, target=yc, n_steps=n_steps, internal_batch_size=ibs
+        ),
         "d_dl": lambda: DeepLift(model).attribute(xc, baselines=x, target=yc),
         "d_ixg": lambda: (Saliency(model).attribute(xc, target=yc, abs=False) * (x - xc)).abs(),
         "d_gradcam": lambda: LayerAttribution.interpolate(d_gradcam_layer(), size, "bilinear"),
-        "d_ggcam": lambda: GuidedBackprop(model).attribute(xc, target=yc)
-        * LayerAttribution.interpolate(d_gradcam_layer(), size, "bilinear"),
+        "d_ggcam": lambda: (
+            GuidedBackprop(model).attribute(xc, target=yc)
+            * LayerAttribution.interpolate(d_gradcam_layer(), size, "bilinear")
+        ),
         "residual": lambda: (x - xc).abs(),
         "random": random_noise,
     }
@@ -87,6 +93,7 @@ def timed_pair(ours, bare, device: torch.device, repeats: int) -> tuple[float, f
     calls, alternating after one warm-up call each. Alternation spreads drifting machine load
     over both sides; the minimum is the least-disturbed run, which is what an overhead ratio
     should compare on a shared machine."""
+
     def once(fn):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -119,6 +126,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--methods", nargs="*", default=None, help="subset of methods (default: all registered)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
+    parser.add_argument(
+        "--shared",
+        action="store_true",
+        help="also time the methods that share the gradient at the image, with and without sharing",
+    )
     args = parser.parse_args(argv)
 
     n = args.n_images or (8 if args.quick else 64)
@@ -141,32 +153,91 @@ def main(argv: list[str] | None = None) -> list[dict]:
     bare = bare_calls(model, layer, x, xc, y, yc, n_steps)
     names = args.methods or list(METHODS)
 
-    print(f"device={device} images={n} size={size}x{size} channels={args.channels} "
-          f"ig_steps={n_steps} repeats={repeats} torch_threads={torch.get_num_threads()}")
+    print(
+        f"device={device} images={n} size={size}x{size} channels={args.channels} "
+        f"ig_steps={n_steps} repeats={repeats} torch_threads={torch.get_num_threads()}"
+    )
     print(f"{'method':<10} {'chanstat_s':>11} {'bare_s':>9} {'images/s':>10} {'ratio':>7}")
     rows = []
     for name in names:
         options = {"n_steps": n_steps} if name in ("ig", "d_ig") else {}
 
         def ours(name=name, options=options):
-            return attribute(model, x, y, name, counterfactuals=xc, counterfactual_target=yc,
-                             batch_size=n, **options)
+            return attribute(model, x, y, name, counterfactuals=xc, counterfactual_target=yc, batch_size=n, **options)
 
         t_ours, t_bare = timed_pair(ours, bare.get(name), device, repeats)
         ratio = t_ours / t_bare if name in bare else float("nan")
-        rows.append({"method": name, "chanstat_s": t_ours, "bare_s": t_bare, "images_per_s": n / t_ours,
-                     "ratio": ratio, "captum_backed": METHODS[name].uses_model})
+        rows.append(
+            {
+                "method": name,
+                "chanstat_s": t_ours,
+                "bare_s": t_bare,
+                "images_per_s": n / t_ours,
+                "ratio": ratio,
+                "captum_backed": METHODS[name].uses_model,
+            }
+        )
         print(f"{name:<10} {t_ours:>11.4f} {t_bare:>9.4f} {n / t_ours:>10.1f} {ratio:>7.3f}")
     backed = [r for r in rows if r["captum_backed"] and np.isfinite(r["ratio"])]
     if backed:
         worst = max(backed, key=lambda r: r["ratio"])
         total = sum(r["chanstat_s"] for r in backed) / sum(r["bare_s"] for r in backed)
-        print(f"Captum-backed methods: worst ratio {worst['ratio']:.3f} ({worst['method']}), "
-              f"total-time ratio {total:.3f} (target <= 1.10)")
+        print(
+            f"Captum-backed methods: worst ratio {worst['ratio']:.3f} ({worst['method']}), "
+            f"total-time ratio {total:.3f} (target <= 1.10)"
+        )
+    shared = shared_gradient_rows(model, x, xc, y, yc, device, repeats, n_steps) if args.shared else []
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"device": str(device), "n_images": n, "size": size,
-                                         "n_steps": n_steps, "rows": rows}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "device": str(device),
+                    "n_images": n,
+                    "size": size,
+                    "n_steps": n_steps,
+                    "rows": rows,
+                    "shared": shared,
+                },
+                indent=2,
+            )
+        )
+    return rows
+
+
+def shared_gradient_rows(model, x, xc, y, yc, device, repeats: int, n_steps: int) -> list[dict]:
+    """The methods that need the gradient at the explained image (ig, saliency, ixg; d_ig, d_ixg) run
+    one after the other as the attribution stage runs them, with and without
+    :func:`~chanstat.attribution.adaptive.sharing_gradients` (best of ``repeats``)."""
+    from chanstat.attribution.adaptive import sharing_gradients
+
+    groups = {
+        "saliency+ixg": (["saliency", "ixg"], {}),
+        "saliency+ixg+d_ixg (no ig)": (["saliency", "ixg", "d_ixg"], {}),
+        f"ig+saliency+ixg+d_ig+d_ixg (ig n_steps={n_steps})": (
+            ["ig", "saliency", "ixg", "d_ig", "d_ixg"],
+            {"n_steps": n_steps},
+        ),
+        "ig+saliency+ixg+d_ig+d_ixg (ig auto)": (["ig", "saliency", "ixg", "d_ig", "d_ixg"], {"n_steps": "auto"}),
+    }
+    rows = []
+    print(f"{'methods run together':<48} {'separate_s':>10} {'shared_s':>9} {'saved':>6}")
+    for label, (names, ig_options) in groups.items():
+
+        def run(names=names, ig_options=ig_options):
+            for name in names:
+                options = ig_options if name in ("ig", "d_ig") else {}
+                attribute(model, x, y, name, counterfactuals=xc, counterfactual_target=yc, batch_size=len(x), **options)
+
+        def run_shared(run=run):
+            with sharing_gradients():
+                run()
+
+        t_shared, t_separate = timed_pair(run_shared, run, device, repeats)
+        rows.append(
+            {"methods": label, "separate_s": t_separate, "shared_s": t_shared, "saved": 1 - t_shared / t_separate}
+        )
+        print(f"{label:<48} {t_separate:>10.4f} {t_shared:>9.4f} {1 - t_shared / t_separate:>6.1%}")
     return rows
 
 

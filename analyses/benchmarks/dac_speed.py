@@ -27,6 +27,7 @@ Usage::
     python analyses/benchmarks/dac_speed.py --device cuda --pairs 128
     python analyses/benchmarks/dac_speed.py --quick         # a smoke run
 """
+
 from __future__ import annotations
 
 import argparse
@@ -78,8 +79,10 @@ def curve_hybrids(real, counterfactual, maps, strategy, steps, closing=10, sigma
                 for p in curve:
                     mask = normalised[p] > t if k < steps else np.ones(normalised[p].shape, bool)
                     closed = ndi.binary_erosion(ndi.binary_dilation(mask, element), element, border_value=1)
-                    weight = torch.from_numpy(ndi.gaussian_filter(closed.astype(np.float32), sigma, mode="mirror", truncate=2.5))
-                    for ch in (range(c) if strategy == "aggregate" else [p]):
+                    weight = torch.from_numpy(
+                        ndi.gaussian_filter(closed.astype(np.float32), sigma, mode="mirror", truncate=2.5)
+                    )
+                    for ch in range(c) if strategy == "aggregate" else [p]:
                         hybrid[ch] = weight * real[i, ch] + (1 - weight) * counterfactual[i, ch]
                 hybrids.append(hybrid)
             yield i, hybrids
@@ -116,7 +119,9 @@ def quac_loop(model, real, counterfactual, maps, target, strategy, steps) -> int
 # --------------------------------------------------------------------------- set-up
 
 
-def nearest_other(images: torch.Tensor, labels: torch.Tensor, pool: torch.Tensor, pool_labels: torch.Tensor) -> np.ndarray:
+def nearest_other(
+    images: torch.Tensor, labels: torch.Tensor, pool: torch.Tensor, pool_labels: torch.Tensor
+) -> np.ndarray:
     """Index into ``pool`` of the nearest (L2) image of another class, per image."""
     distance = torch.cdist(images.flatten(1), pool.flatten(1))
     distance[labels[:, None] == pool_labels[None, :]] = float("inf")
@@ -152,13 +157,23 @@ def make_inputs(args, device):
             from chanstat.attribution import attribute
 
             options = {"n_steps": 32} if args.method == "d_ig" else {}
-            maps = attribute(model, real, labels, args.method, counterfactuals=cf, counterfactual_target=cf_labels,
-                             **options).float().cpu()
+            maps = (
+                attribute(
+                    model, real, labels, args.method, counterfactuals=cf, counterfactual_target=cf_labels, **options
+                )
+                .float()
+                .cpu()
+            )
         pairs[pairing] = (cf, maps)
     return model, real, labels, pairs
 
 
 def timed(device, fn):
+    """Seconds of ``fn()`` and its result, cold: nothing remembered from an earlier call
+    (`chanstat.dacscore.coalitions`)."""
+    from chanstat.dacscore.coalitions import forget
+
+    forget()
     synchronise(device)
     t0 = time.perf_counter()
     out = fn()
@@ -176,7 +191,9 @@ def choose_autocast(model, real, labels, cf, maps, device, steps) -> tuple[conte
         bf16 = dac(model, real, labels, maps, **kwargs).curves["score"].to_numpy()
     worst = float(np.abs(fp32 - bf16).max())
     use = worst <= 1e-3
-    print(f"bf16 autocast: largest |score difference| vs float32 = {worst:.2e} -> {'used' if use else 'not used (> 1e-3)'}")
+    print(
+        f"bf16 autocast: largest |score difference| vs float32 = {worst:.2e} -> {'used' if use else 'not used (> 1e-3)'}"
+    )
     context = torch.autocast("cuda", dtype=torch.bfloat16) if use else contextlib.nullcontext()
     return context, {"autocast": "bf16" if use else None, "bf16_max_score_difference": worst}
 
@@ -212,56 +229,101 @@ def main(argv=None) -> dict:
         model = model.to(memory_format=torch.channels_last)
     n = len(real)
     ref = min(args.reference_pairs, n)
-    print(f"device={device} threads={torch.get_num_threads()} pairs={n} steps={args.steps} image={tuple(real.shape[1:])} "
-          f"maps={args.method}; loops timed on {ref} pairs and scaled")
+    print(
+        f"device={device} threads={torch.get_num_threads()} pairs={n} steps={args.steps} image={tuple(real.shape[1:])} "
+        f"maps={args.method}; loops timed on {ref} pairs and scaled"
+    )
     first_cf, first_maps = next(iter(pairs.values()))
     autocast, precision = choose_autocast(model, real[:8], labels[:8], first_cf[:8], first_maps[:8], device, args.steps)
     options = {} if args.tolerance is None else {"tolerance": args.tolerance}
     rows = []
     with autocast:
-        dac(model, real[:2], labels[:2], first_maps[:2], counterfactuals=first_cf[:2], strategy=list(args.strategies), steps=10)
-        print(f"{'pairing':8s} {'strategy':15s} {'passes/curve':>12s} {'value grid':>10s} {'max|diff|':>9s} "
-              f"{'adaptive s':>10s} {'value s':>8s} {'published s':>11s} {'QuAC s':>8s} "
-              f"{'x published':>11s} {'x QuAC':>7s} {'x value':>7s}")
+        dac(
+            model,
+            real[:2],
+            labels[:2],
+            first_maps[:2],
+            counterfactuals=first_cf[:2],
+            strategy=list(args.strategies),
+            steps=10,
+        )
+        print(
+            f"{'pairing':8s} {'strategy':15s} {'passes/curve':>12s} {'value grid':>10s} {'max|diff|':>9s} "
+            f"{'adaptive s':>10s} {'value s':>8s} {'published s':>11s} {'QuAC s':>8s} "
+            f"{'x published':>11s} {'x QuAC':>7s} {'x value':>7s}"
+        )
         for pairing, (cf, maps) in pairs.items():
             for strategy in args.strategies:
                 common = dict(counterfactuals=cf, strategy=strategy, steps=args.steps)
-                t_a, adaptive = timed(device, lambda: dac(model, real, labels, maps, schedule="adaptive", **common, **options))
+                t_a, adaptive = timed(
+                    device, lambda: dac(model, real, labels, maps, schedule="adaptive", **common, **options)
+                )
                 t_v, value = timed(device, lambda: dac(model, real, labels, maps, schedule="value", **common))
                 diff = np.abs(adaptive.scores["dac"].to_numpy() - value.scores["dac"].to_numpy())
                 mean_diff = abs(adaptive.scores["dac"].mean() - value.scores["dac"].mean())
                 row = dict(
-                    pairing=pairing, strategy=strategy,
+                    pairing=pairing,
+                    strategy=strategy,
                     passes_per_curve=adaptive.stats[strategy]["forward_passes_per_curve"],
                     value_passes_per_curve=value.stats[strategy]["forward_passes_per_curve"],
-                    points_per_curve=args.steps + 1, max_abs_dac_difference=float(diff.max()),
-                    mean_dac_difference=float(mean_diff), adaptive_s=round(t_a, 3), value_s=round(t_v, 3),
+                    points_per_curve=args.steps + 1,
+                    max_abs_dac_difference=float(diff.max()),
+                    mean_dac_difference=float(mean_diff),
+                    adaptive_s=round(t_a, 3),
+                    value_s=round(t_v, 3),
                 )
                 if not args.skip_loops:
                     sub = (real[:ref], cf[:ref], maps[:ref], labels[:ref], strategy, args.steps)
                     t_p, _ = timed(device, lambda: published_loop(model, *sub))
                     t_q, _ = timed(device, lambda: quac_loop(model, *sub))
-                    row.update(published_s=round(t_p * n / ref, 3), quac_s=round(t_q * n / ref, 3),
-                               speedup_vs_published=round(t_p * n / ref / t_a, 1), speedup_vs_quac=round(t_q * n / ref / t_a, 1))
+                    row.update(
+                        published_s=round(t_p * n / ref, 3),
+                        quac_s=round(t_q * n / ref, 3),
+                        speedup_vs_published=round(t_p * n / ref / t_a, 1),
+                        speedup_vs_quac=round(t_q * n / ref / t_a, 1),
+                    )
                 row["speedup_vs_value_grid"] = round(t_v / t_a, 2)
                 rows.append(row)
                 ok = row["passes_per_curve"] <= TARGET_PASSES and row["max_abs_dac_difference"] <= TARGET_DIFF
-                print(f"{pairing:8s} {strategy:15s} {row['passes_per_curve']:12.1f} {row['value_passes_per_curve']:10.1f} "
-                      f"{row['max_abs_dac_difference']:9.4f} {t_a:10.2f} {t_v:8.2f} {row.get('published_s', float('nan')):11.1f} "
-                      f"{row.get('quac_s', float('nan')):8.1f} {row.get('speedup_vs_published', float('nan')):11.1f} "
-                      f"{row.get('speedup_vs_quac', float('nan')):7.1f} {row['speedup_vs_value_grid']:7.2f}"
-                      f"  {'meets' if ok else 'MISSES'} target (<= {TARGET_PASSES} passes, <= {TARGET_DIFF})")
+                print(
+                    f"{pairing:8s} {strategy:15s} {row['passes_per_curve']:12.1f} {row['value_passes_per_curve']:10.1f} "
+                    f"{row['max_abs_dac_difference']:9.4f} {t_a:10.2f} {t_v:8.2f} {row.get('published_s', float('nan')):11.1f} "
+                    f"{row.get('quac_s', float('nan')):8.1f} {row.get('speedup_vs_published', float('nan')):11.1f} "
+                    f"{row.get('speedup_vs_quac', float('nan')):7.1f} {row['speedup_vs_value_grid']:7.2f}"
+                    f"  {'meets' if ok else 'MISSES'} target (<= {TARGET_PASSES} passes, <= {TARGET_DIFF})"
+                )
         # every strategy in one call: hybrids of all strategies share forward passes
         cf, maps = first_cf, first_maps
-        together_s, together = timed(device, lambda: dac(model, real, labels, maps, counterfactuals=cf,
-                                                         strategy=list(args.strategies), steps=args.steps, **options))
+        together_s, together = timed(
+            device,
+            lambda: dac(
+                model,
+                real,
+                labels,
+                maps,
+                counterfactuals=cf,
+                strategy=list(args.strategies),
+                steps=args.steps,
+                **options,
+            ),
+        )
         separate_s = sum(r["adaptive_s"] for r in rows if r["pairing"] == next(iter(pairs)))
-    print(f"all strategies in one call: {together_s:.2f} s vs {separate_s:.2f} s one strategy at a time "
-          f"({together.stats and sum(s['forward_passes'] for s in together.stats.values())} forward passes)")
+    print(
+        f"all strategies in one call: {together_s:.2f} s vs {separate_s:.2f} s one strategy at a time "
+        f"({together.stats and sum(s['forward_passes'] for s in together.stats.values())} forward passes)"
+    )
     out = {
-        "device": str(device), "threads": torch.get_num_threads(), "pairs": n, "steps": args.steps,
-        "image": list(real.shape[1:]), "method": args.method, "reference_pairs": ref, **precision,
-        "rows": rows, "all_strategies_s": round(together_s, 3), "one_at_a_time_s": round(separate_s, 3),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "pairs": n,
+        "steps": args.steps,
+        "image": list(real.shape[1:]),
+        "method": args.method,
+        "reference_pairs": ref,
+        **precision,
+        "rows": rows,
+        "all_strategies_s": round(together_s, 3),
+        "one_at_a_time_s": round(separate_s, 3),
     }
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2, default=str))

@@ -13,8 +13,9 @@ counterfactual ``x'`` (same cell, other class ``y'``), after the DAC paper.
 from __future__ import annotations
 
 import torch
-from captum.attr import LayerActivation, LayerGradientXActivation, Saliency
+from captum.attr import LayerActivation, LayerGradientXActivation
 
+from chanstat.attribution.adaptive import MIN_STEPS, input_gradient
 from chanstat.attribution.cam import DEFAULT_INTERPOLATION, guided_backprop, upsample
 from chanstat.attribution.gradients import DEFAULT_TOLERANCE, MAX_STEPS, deeplift_checked, integrated_gradients
 from chanstat.attribution.modelstate import deeplift_model
@@ -26,13 +27,17 @@ def d_ig(
     batch: AttributionBatch,
     *,
     n_steps: int | str = "auto",
-    quadrature: str = "gausslegendre",
+    quadrature: str = "auto",
     steps_per_pass: int | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
     max_steps: int = MAX_STEPS,
+    local_bound: float | None = None,
+    refine: str = "worst",
+    min_steps: int = MIN_STEPS,
 ) -> torch.Tensor:
     """IG of the counterfactual class along the straight path from ``x`` to ``x'``; ``n_steps="auto"``
-    picks per sample the fewest Gauss-Legendre steps within the completeness ``tolerance`` (see ``ig``)."""
+    refines each sample's trapezoid grid until its completeness error is within ``tolerance``
+    (options as for ``ig``)."""
     assert batch.counterfactuals is not None  # attribute() requires counterfactuals= for the d_* methods
     assert batch.counterfactual_target is not None  # attribute() requires counterfactual_target= for d_* methods
     return integrated_gradients(
@@ -45,6 +50,9 @@ def d_ig(
         steps_per_pass,
         tolerance=tolerance,
         max_steps=max_steps,
+        local_bound=local_bound,
+        refine=refine,
+        min_steps=min_steps,
         name="d_ig",
     )
 
@@ -62,7 +70,8 @@ def d_dl(model, batch: AttributionBatch, *, tolerance: float = DEFAULT_TOLERANCE
 def d_ixg(model, batch: AttributionBatch) -> torch.Tensor:
     """|gradient of f_{y'} at x' times (x - x')|."""
     assert batch.counterfactuals is not None  # attribute() requires counterfactuals= for the d_* methods
-    grad = Saliency(model).attribute(batch.counterfactuals, target=batch.counterfactual_target, abs=False)
+    assert batch.counterfactual_target is not None  # attribute() requires counterfactual_target= for d_* methods
+    grad = input_gradient(model, batch.counterfactuals, batch.counterfactual_target)
     return (grad * (batch.images - batch.counterfactuals)).abs()
 
 

@@ -15,8 +15,9 @@ from contextvars import ContextVar
 from typing import Iterator
 
 import torch
-from captum.attr import DeepLift, InputXGradient, IntegratedGradients, Saliency
+from captum.attr import DeepLift, IntegratedGradients
 
+from chanstat.attribution.adaptive import MIN_STEPS, adaptive_integrated_gradients, input_gradient
 from chanstat.attribution.modelstate import deeplift_model
 from chanstat.attribution.registry import AttributionBatch, MethodSpec, register
 
@@ -31,6 +32,10 @@ STEP_LADDER = (8, 16)
 
 #: Most steps ``n_steps="auto"`` gives one sample's map.
 MAX_STEPS = 128
+
+#: ``quadrature=`` value of the hand-written nested adaptive trapezoid rule
+#: (:mod:`chanstat.attribution.adaptive`); the default with ``n_steps="auto"``.
+ADAPTIVE = "adaptive"
 
 _RECORDS: ContextVar[list | None] = ContextVar("chanstat_integration_records", default=None)
 
@@ -74,10 +79,21 @@ def integrated_gradients(
     *,
     tolerance: float = DEFAULT_TOLERANCE,
     max_steps: int = MAX_STEPS,
+    local_bound: float | None = None,
+    refine: str = "worst",
+    min_steps: int = MIN_STEPS,
     name: str = "ig",
 ) -> torch.Tensor:
-    """Captum IG with ``internal_batch_size = n * steps_per_pass`` and a completeness check.
+    """IG maps with their completeness errors recorded (:func:`recording_integration`).
 
+    ``method`` (the ``quadrature`` option) :data:`ADAPTIVE` (the default with ``n_steps="auto"``):
+    the nested adaptive trapezoid rule of
+    :func:`~chanstat.attribution.adaptive.adaptive_integrated_gradients`, per sample from
+    ``min_steps`` points until ``|sum(map) - (f(x) - f(b))| <= tolerance * |f(x) - f(b)|`` or
+    ``max_steps`` points; with a fixed ``n_steps``, a uniform trapezoid grid of that many points.
+
+    Any other ``method`` is Captum's (``"gausslegendre"``, the default with a fixed ``n_steps``):
+    Captum IG with ``internal_batch_size = n * steps_per_pass`` and a completeness check.
     Captum splits the path into groups of ``internal_batch_size // n`` steps; tying the
     internal batch to ``n`` makes the grouping (and so the floating-point summation order)
     the same whatever the chunk size, which keeps a sample's map batch-independent.
@@ -96,7 +112,31 @@ def integrated_gradients(
     top = positive_int(max_steps, "max_steps") if auto else positive_int(n_steps, "n_steps")
     if not (isinstance(tolerance, numbers.Real) and tolerance > 0):
         raise ValueError(f"tolerance must be a number > 0; got {tolerance!r}")
+    method = resolve_quadrature(method, auto)
+    if local_bound is not None and not (isinstance(local_bound, numbers.Real) and local_bound > 0):
+        raise ValueError(f"local_bound must be a number > 0 or None; got {local_bound!r}")
+    if refine not in ("worst", "variation", "all"):
+        raise ValueError(f"refine must be 'worst', 'variation' or 'all'; got {refine!r}")
     n = inputs.shape[0]
+    if method == ADAPTIVE:
+        if not auto and top < 2:
+            raise ValueError(f"quadrature='adaptive' with a fixed n_steps needs n_steps >= 2; got {top}")
+        out = adaptive_integrated_gradients(
+            model,
+            inputs,
+            baselines,
+            target,
+            tolerance=float(tolerance),
+            max_steps=max(top, 2),
+            per_pass=per_pass,
+            n_steps=None if auto else top,
+            bound=local_bound,
+            refine=refine,
+            min_steps=positive_int(min_steps, "min_steps"),
+        )
+        rule = "adaptive_trapezoid" if auto else "trapezoid_uniform"
+        _record(name, out["steps"], out["errors"], tolerance, rule, out["steps"], out["change"])
+        return out["maps"]
     change = output_change(model, inputs, baselines, target)
     result = torch.empty_like(inputs)
     steps_used = torch.zeros(n, dtype=torch.int64)
@@ -128,8 +168,17 @@ def integrated_gradients(
             steps_used[unfinished], errors[unfinished], previous[unfinished], tolerance, top
         )
         todo = unfinished
-    _record(name, steps_used, errors, tolerance, method, evaluated)
+    _record(name, steps_used, errors, tolerance, method, evaluated, change)
     return result
+
+
+def resolve_quadrature(quadrature: str, auto: bool) -> str:
+    """``"auto"``: :data:`ADAPTIVE` with ``n_steps="auto"``, Captum's Gauss-Legendre with a fixed count."""
+    if quadrature == "auto":
+        return ADAPTIVE if auto else "gausslegendre"
+    if not isinstance(quadrature, str):
+        raise ValueError(f"quadrature must be a string; got {quadrature!r}")
+    return quadrature
 
 
 def _next_steps(
@@ -193,6 +242,12 @@ def summarise_integration(records: list[dict]) -> dict[str, dict]:
         evaluated = torch.cat([r["evaluated"] for r in mine]).double()
         errors = torch.cat([r["errors"] for r in mine]).double()
         tolerance = float(mine[-1]["tolerance"])
+        changes = [r.get("change") for r in mine]
+        batch_error = float("nan")
+        if changes and all(c is not None for c in changes) and errors.numel():
+            change = torch.cat([c for c in changes if c is not None]).double().abs()
+            # the batch criterion: total absolute error over total output change
+            batch_error = float((errors * change.clamp_min(1e-6)).sum() / change.sum().clamp_min(1e-12))
         out[method] = {
             "images": int(steps.numel()),
             "rule": mine[-1]["rule"],
@@ -204,6 +259,7 @@ def summarise_integration(records: list[dict]) -> dict[str, dict]:
             "median_error": float(errors.median()) if errors.numel() else float("nan"),
             "max_error": float(errors.max()) if errors.numel() else float("nan"),
             "within_tolerance": float((errors <= tolerance).double().mean()) if errors.numel() else float("nan"),
+            "batch_error": batch_error,
         }
     return out
 
@@ -215,6 +271,7 @@ def _record(
     tolerance: float,
     rule: str,
     evaluated: torch.Tensor | None = None,
+    change: torch.Tensor | None = None,
 ) -> None:
     records = _RECORDS.get()
     if records is not None:
@@ -224,6 +281,7 @@ def _record(
                 "steps": steps.cpu(),
                 "errors": errors.cpu().double(),
                 "evaluated": (steps if evaluated is None else evaluated).cpu(),
+                "change": None if change is None else change.detach().cpu().double(),
                 "tolerance": float(tolerance),
                 "rule": rule,
             }
@@ -243,17 +301,27 @@ def ig(
     *,
     baselines=None,
     n_steps: int | str = "auto",
-    quadrature: str = "gausslegendre",
+    quadrature: str = "auto",
     steps_per_pass: int | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
     max_steps: int = MAX_STEPS,
+    local_bound: float | None = None,
+    refine: str = "worst",
+    min_steps: int = MIN_STEPS,
 ) -> torch.Tensor:
     """Integrated gradients of ``f_target`` from ``baselines`` (default 0) to the image.
 
-    Options: ``baselines`` (number or one image), ``n_steps`` (``"auto"``: per sample, 8, 16
-    steps, then the count its errors predict, until the completeness error is within
-    ``tolerance`` or ``max_steps`` is reached; or a fixed count), ``quadrature`` (Captum's ``method``: ``"gausslegendre"``,
-    ``"riemann_trapezoid"``, ...), ``steps_per_pass`` (memory knob: path points per forward pass).
+    Options: ``baselines`` (number or one image); ``n_steps`` (``"auto"``: steps chosen per sample
+    from the completeness error, until it is within ``tolerance`` or ``max_steps`` gradient
+    evaluations are used; or a fixed count); ``quadrature`` (``"auto"``: with ``n_steps="auto"``
+    the nested adaptive trapezoid rule, ``"adaptive"`` (:mod:`chanstat.attribution.adaptive`),
+    with a fixed count Captum's Gauss-Legendre; ``"adaptive"`` with a fixed count: a uniform
+    trapezoid grid of that many points; or any Captum ``method``, ``"gausslegendre"``,
+    ``"riemann_trapezoid"``, ..., with ``"auto"`` stepping through 8, 16, ... steps);
+    ``steps_per_pass`` (memory knob: path points per forward pass, per image); for the adaptive
+    rule ``min_steps`` (points of its first uniform grid), ``refine`` (which intervals it bisects)
+    and ``local_bound`` (also bound the sum of |local errors|), see
+    :func:`~chanstat.attribution.adaptive.adaptive_integrated_gradients`.
     """
     x = batch.images
     assert batch.target is not None  # attribute() requires target= for methods that explain the real class
@@ -267,6 +335,9 @@ def ig(
         steps_per_pass,
         tolerance=tolerance,
         max_steps=max_steps,
+        local_bound=local_bound,
+        refine=refine,
+        min_steps=min_steps,
         name="ig",
     )
 
@@ -278,8 +349,9 @@ def deeplift_checked(
     when a sample's maps miss the output change by more than ``tolerance`` (relative), e.g. for
     nonlinearities the rescale rule does not see (functional calls, products of activations)."""
     maps, delta = DeepLift(model).attribute(inputs, baselines=baselines, target=target, return_convergence_delta=True)
-    errors = completeness_error(delta, output_change(model, inputs, baselines, target))
-    _record(name, torch.zeros(inputs.shape[0], dtype=torch.int64), errors, tolerance, "deeplift")
+    change = output_change(model, inputs, baselines, target)
+    errors = completeness_error(delta, change)
+    _record(name, torch.zeros(inputs.shape[0], dtype=torch.int64), errors, tolerance, "deeplift", None, change)
     worst = float(errors.max()) if errors.numel() else 0.0
     if worst > tolerance:
         warnings.warn(
@@ -302,13 +374,17 @@ def dl(model, batch: AttributionBatch, *, baselines=None, tolerance: float = DEF
 
 
 def saliency(model, batch: AttributionBatch, *, abs: bool = True) -> torch.Tensor:  # noqa: A002 - Captum's name
-    """|d f_target / d x| (``abs=False``: the signed gradient)."""
-    return Saliency(model).attribute(batch.images, target=batch.target, abs=abs)
+    """|d f_target / d x| (``abs=False``: the signed gradient); computed once per chunk for
+    ``saliency``, ``ixg`` and the adaptive ``ig`` inside :func:`~chanstat.attribution.adaptive.sharing_gradients`."""
+    assert batch.target is not None  # attribute() requires target= for methods that explain the real class
+    grad = input_gradient(model, batch.images, batch.target)
+    return grad.abs() if abs else grad
 
 
 def ixg(model, batch: AttributionBatch) -> torch.Tensor:
-    """x * d f_target / d x."""
-    return InputXGradient(model).attribute(batch.images, target=batch.target)
+    """x * d f_target / d x (the gradient shared with ``saliency``, see there)."""
+    assert batch.target is not None  # attribute() requires target= for methods that explain the real class
+    return batch.images * input_gradient(model, batch.images, batch.target)
 
 
 for _spec in (

@@ -26,6 +26,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
+from chanstat.attribution.adaptive import sharing_gradients
 from chanstat.attribution.core import attribute
 from chanstat.attribution.gradients import recording_integration, summarise_integration
 from chanstat.attribution.pixelcam import train_pixelcam
@@ -105,33 +106,37 @@ def per_image(ctx, part) -> dict:
     dataset = part.dataset
     has_counterfactuals = dataset.counterfactuals is not None and dataset.counterfactual_target is not None
     channels = list(dataset.channels)
-    arrays, attrs = {}, {}
+    arrays: dict = {}
+    attrs: dict = {}
     whole_set_pixelcam = _whole_set_pixelcam(section)
-    for spec in _specs(ctx):
-        if spec.needs_counterfactual and not has_counterfactuals:
-            continue
-        if whole_set_pixelcam and spec.name in PIXELCAM_METHODS:
-            continue  # their head is trained on every image in whole_set
-        options = dict(section["options"].get(spec.name, {}))
-        if "seed" in inspect.signature(spec.fn).parameters and "seed" not in options:
-            options["seed"] = int(ctx.seed)
-        with recording_integration() as records:
-            maps = attribute(
-                ctx.model,
-                dataset.images,
-                dataset.labels,
-                spec.name,
-                counterfactuals=dataset.counterfactuals if spec.needs_counterfactual else None,
-                counterfactual_target=dataset.counterfactual_target if spec.explains == "counterfactual" else None,
-                layer=section.get("layer") if spec.uses_layer else None,
-                batch_size=section.get("batch_size"),
-                progress=ctx.progress,
-                **options,
-            )
-        arrays[spec.name] = maps.numpy()
-        attrs[spec.name] = _attrs(spec, channels, options)
-        if records:  # integration steps used and completeness error (ig / d_ig / DeepLift)
-            attrs[spec.name]["integration"] = summarise_integration(records).get(spec.name)
+    # saliency, ixg and the adaptive ig (d_ixg and d_ig) need the same gradient at the image: computed
+    # once per chunk (CPU copies of it are kept until the last method of this part has run)
+    with sharing_gradients():
+        for spec in _specs(ctx):
+            if spec.needs_counterfactual and not has_counterfactuals:
+                continue
+            if whole_set_pixelcam and spec.name in PIXELCAM_METHODS:
+                continue  # their head is trained on every image in whole_set
+            options = dict(section["options"].get(spec.name, {}))
+            if "seed" in inspect.signature(spec.fn).parameters and "seed" not in options:
+                options["seed"] = int(ctx.seed)
+            with recording_integration() as records:
+                maps = attribute(
+                    ctx.model,
+                    dataset.images,
+                    dataset.labels,
+                    spec.name,
+                    counterfactuals=dataset.counterfactuals if spec.needs_counterfactual else None,
+                    counterfactual_target=dataset.counterfactual_target if spec.explains == "counterfactual" else None,
+                    layer=section.get("layer") if spec.uses_layer else None,
+                    batch_size=section.get("batch_size"),
+                    progress=ctx.progress,
+                    **options,
+                )
+            arrays[spec.name] = maps.numpy()
+            attrs[spec.name] = _attrs(spec, channels, options)
+            if records:  # integration steps used and completeness error (ig / d_ig / DeepLift)
+                attrs[spec.name]["integration"] = summarise_integration(records).get(spec.name)
     group_attrs = {"channels": channels, "classes": list(dataset.classes)}
     return {"attributions": Arrays(arrays, attrs=attrs, group_attrs=group_attrs)} if arrays else {}
 

@@ -13,7 +13,8 @@ every threshold. ``smoothing_sweep`` repeats it over a grid of closing sizes and
 Modules: `result` (``DacResult``, `summarise_dac`, curve areas; no torch), `thresholds`
 (value / rank schedules, tie-free ranks), `adaptive` (which steps go through the model),
 `morphology` (flat grey-level closing, separable Gaussian), `masks` (strategy registry, mask
-layouts), `scoring` (batched hybrid scoring across strategies), `prepare` (input checks,
+layouts), `scoring` (batched hybrid scoring across strategies), `coalitions` (probabilities of
+channel coalitions, remembered and shared with channel Shapley), `prepare` (input checks,
 baselines), `tables` (tidy tables, optimal / minimal steps), `engine` (`dac`,
 `smoothing_sweep`), `stage` (the pipeline stage).
 

@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from chanstat.dacscore.adaptive import make_plan
+from chanstat.dacscore.coalitions import coalition_probabilities
 from chanstat.dacscore.masks import MaskStrategy, build_layout, check_strategies
 from chanstat.dacscore.morphology import GaussianBlur, structuring_element
 from chanstat.dacscore.prepare import Prepared, Settings, check_settings, prepare
@@ -42,6 +43,29 @@ def _chunk_size(strategies: list[MaskStrategy], shape: tuple[int, ...]) -> int:
     # closed maps of every strategy, plus the counterfactuals and differences, in image units
     planes = sum(1.0 / c if s.combine_channels else 1.0 for s in strategies) + 2
     return samples_per_chunk(c * h * w, math.ceil(planes))
+
+
+def _single_channels(
+    model, prep: Prepared, part: slice, curve_channels: list[int], n_channels: int, y: np.ndarray
+) -> tuple[tuple[np.ndarray, np.ndarray], int]:
+    """Gain and prediction of the hybrids that paste the whole of one channel, shape (n, K) each,
+    and the forward passes they took (coalitions known from an earlier call cost none)."""
+    single = np.zeros((len(curve_channels), n_channels), dtype=bool)
+    single[np.arange(len(curve_channels)), curve_channels] = True
+    probs, evaluated = coalition_probabilities(
+        model,
+        prep.real[part],
+        prep.counterfactual[part],
+        single,
+        batch_size=prep.batch_size,
+        feed=prep.feed,
+        keys=prep.keys[part],
+        memory=prep.memory,
+    )
+    rows = np.arange(len(y))
+    p = probs.numpy()
+    p_cf = prep.baseline.counterfactual[part].cpu().numpy()[rows, y]
+    return (p[rows, :, y] - p_cf[:, None], p.argmax(axis=2)), evaluated
 
 
 def _evaluate(
@@ -72,9 +96,13 @@ def _evaluate(
         p_real, p_cf = chunk.baseline.real.cpu().numpy(), chunk.baseline.counterfactual.cpu().numpy()
         real_gain = p_real[rows, y] - p_cf[rows, y]
         plans, predictions = [], []
-        for layout in layouts:
+        for layout, curves in zip(layouts, parts):
+            full = None
+            if layout.curve_channels is not None:  # a full single-channel mask is the coalition {k}
+                full, passes = _single_channels(model, prep, part, layout.curve_channels, c, y)
+                curves.forward_passes += passes
             known, known_prediction = known_scores(
-                layout, inert_curves(layout, chunk.difference), real_gain, p_real.argmax(1), p_cf.argmax(1)
+                layout, inert_curves(layout, chunk.difference), real_gain, p_real.argmax(1), p_cf.argmax(1), full
             )
             flat = (-1, layout.counts.shape[-1])
             plans.append(
@@ -250,7 +278,10 @@ def dac(
     ``C * H * W`` for ``joint`` and ``per_channel``. Every curve runs from the empty mask
     (score 0) to the full mask. One grey-level closing per map replaces a binary closing per
     threshold (they are equal for a flat element); steps whose mask repeats the previous
-    one, and empty or full masks, need no forward pass.
+    one, and empty or full masks, need no forward pass. ``p(. | x)``, ``p(. | x')`` and the
+    full mask of a ``single_channel`` curve (channel ``k`` of ``x`` pasted whole) are channel
+    coalitions: they are remembered per model and pair and shared with later calls and with
+    `chanstat.decompose.channel_shapley` (`chanstat.dacscore.coalitions`).
     """
     started = time.perf_counter()
     strategies = check_strategies(strategy)

@@ -10,10 +10,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from chanstat.dacscore.coalitions import coalition_probabilities, pair_keys, remembered
 from chanstat.dacscore.masks import MaskStrategy
 from chanstat.dacscore.morphology import SHAPES
 from chanstat.dacscore.result import DROPPED_COLUMNS
-from chanstat.dacscore.scoring import Baseline, ModelInput, batch_probabilities, default_batch_size, input_memory_format
+from chanstat.dacscore.scoring import Baseline, ModelInput, default_batch_size, input_memory_format
 from chanstat.dacscore.thresholds import SCHEDULES, check_steps, check_tolerance
 from chanstat.tensors import as_images, as_target, channel_names, model_device, model_dtype
 
@@ -58,6 +59,7 @@ class Prepared:
     """Checked inputs of the kept pairs (on the CPU) and their baseline probabilities."""
 
     kept: np.ndarray
+    real: torch.Tensor
     counterfactual: torch.Tensor
     difference: torch.Tensor
     magnitudes: torch.Tensor
@@ -67,6 +69,8 @@ class Prepared:
     channels: list[str]
     batch_size: int
     feed: ModelInput
+    keys: list[bytes]  # `pair_keys` of the kept pairs
+    memory: dict  # remembered coalition probabilities of the model (`chanstat.dacscore.coalitions`)
 
 
 def _drop_table(drop, target, pred_real, cf_target, pred_cf, reasons) -> pd.DataFrame:
@@ -125,8 +129,14 @@ def prepare(
     batch_size = int(batch_size or default_batch_size(device, c * h * w))
     # baselines in the layout and dtype the hybrids will have, so an unchanged hybrid scores exactly 0
     feed = ModelInput(device, input_memory_format(model, counterfactuals[:4].to(device), dtype), dtype)
-    p_real = batch_probabilities(model, images, batch_size, feed)
-    p_cf = batch_probabilities(model, counterfactuals, batch_size, feed)
+    # the coalitions "every channel real" (x) and "none" (x'), shared with channel_shapley
+    keys = pair_keys(images, counterfactuals)
+    memory = remembered(model, feed)
+    both = np.array([[True] * c, [False] * c])
+    probabilities, _ = coalition_probabilities(
+        model, images, counterfactuals, both, batch_size=batch_size, feed=feed, keys=keys, memory=memory
+    )
+    p_real, p_cf = probabilities[:, 0].to(device), probabilities[:, 1].to(device)
     n_classes = p_real.shape[1] if n else 0
     if n and int(target.max()) >= n_classes:
         raise ValueError(f"target holds class {int(target.max())} but the model has {n_classes} classes")
@@ -163,6 +173,7 @@ def prepare(
     kept_d = kept_t.to(device)
     return Prepared(
         kept=kept,
+        real=images[kept_t],
         counterfactual=counterfactuals[kept_t],
         difference=images[kept_t] - counterfactuals[kept_t],
         magnitudes=maps[kept_t].abs(),
@@ -172,4 +183,6 @@ def prepare(
         channels=channels,
         batch_size=batch_size,
         feed=feed,
+        keys=[keys[i] for i in kept],
+        memory=memory,
     )

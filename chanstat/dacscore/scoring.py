@@ -133,11 +133,15 @@ def known_scores(
     real_gain: np.ndarray,
     real_prediction: np.ndarray,
     counterfactual_prediction: np.ndarray,
+    full: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Scores and predictions known without a forward pass, shape (N, K, S); NaN / -1 elsewhere.
 
     Empty masks and inert curves: 0 and the counterfactual's prediction; full masks of
-    strategies that paste every channel: the real image's gain and prediction.
+    strategies that paste every channel: the real image's gain and prediction; full masks of
+    the other strategies: ``full`` = (gain, prediction) per sample and curve, shape (N, K)
+    each, when given (a full ``single_channel`` mask is the channel coalition ``{k}``,
+    `chanstat.dacscore.coalitions`).
     """
     counts = layout.counts
     score = np.full(counts.shape, np.nan)
@@ -145,10 +149,13 @@ def known_scores(
     empty = (counts == 0) | inert[..., None]
     score[empty] = 0.0
     prediction[empty] = np.broadcast_to(counterfactual_prediction[:, None, None], counts.shape)[empty]
+    is_full = (counts == layout.mask_elements) & ~inert[..., None]
     if layout.full_mask_is_real:
-        full = (counts == layout.mask_elements) & ~inert[..., None]
-        score[full] = np.broadcast_to(real_gain[:, None, None], counts.shape)[full]
-        prediction[full] = np.broadcast_to(real_prediction[:, None, None], counts.shape)[full]
+        score[is_full] = np.broadcast_to(real_gain[:, None, None], counts.shape)[is_full]
+        prediction[is_full] = np.broadcast_to(real_prediction[:, None, None], counts.shape)[is_full]
+    elif full is not None:
+        score[is_full] = np.broadcast_to(full[0][:, :, None], counts.shape)[is_full]
+        prediction[is_full] = np.broadcast_to(full[1][:, :, None], counts.shape)[is_full]
     return score, prediction
 
 

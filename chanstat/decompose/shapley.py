@@ -30,9 +30,9 @@ from chanstat.tensors import (
     as_images,
     as_target,
     channel_names,
-    class_probabilities,
     device_of,
     evaluating,
+    model_dtype,
 )
 
 #: Largest number of players valued exactly (2^10 = 1024 forward passes per image); above it the
@@ -74,7 +74,9 @@ class ChannelShapleyResult:
         Channels of each player.
     settings : dict
         ``baseline``, ``estimator`` (``"exact"`` or ``"permutation"``), ``n_permutations``,
-        ``forward_passes`` (hybrids evaluated), ``batch_size``, ``device``, ``seed``.
+        ``coalition_values`` (values used: ``N * 2^P`` exact), ``forward_passes`` (hybrids that
+        went through the model; fewer where coalitions were known, see Notes), ``batch_size``,
+        ``device``, ``seed``.
     """
 
     values: pd.DataFrame
@@ -179,40 +181,32 @@ def _baseline_images(baseline: str, images: torch.Tensor, counterfactuals, blur_
     raise ValueError(f"baseline must be one of {list(BASELINES)}; got {baseline!r}")
 
 
-def _memory_format(model, probe: torch.Tensor) -> torch.memory_format:
-    """The input layout DAC scores hybrids in (channels-last where the model gives the same
-    probabilities and it pays, i.e. on CPUs), so both cost the same per forward pass."""
-    from chanstat.dacscore.scoring import input_memory_format
+def _feed(model, probe: torch.Tensor, device: torch.device):
+    """How hybrids are fed: the model's dtype, and the input layout DAC scores hybrids in
+    (channels-last where the model gives the same probabilities and it pays, i.e. on CPUs),
+    so both cost the same per forward pass and share remembered coalitions."""
+    from chanstat.dacscore.scoring import ModelInput, input_memory_format
 
-    return input_memory_format(model, probe)
+    dtype = model_dtype(model)
+    return ModelInput(device, input_memory_format(model, probe.to(device), dtype), dtype)
 
 
-def _evaluate(model, images, base, target, masks, batch_size: int, device: torch.device, layout, bar) -> np.ndarray:
-    """``p(target | h)`` for every image and coalition, float64 array (N, K).
+def _evaluate(model, images, base, target, masks, batch_size: int, feed, memory, bar) -> tuple[np.ndarray, int]:
+    """``p(target | h)`` for every image and coalition, float64 array (N, K), and the hybrids
+    that went through the model (coalitions already known, or equal to another one because
+    a channel is identical in the image and its baseline, are not evaluated again).
 
-    ``masks`` is (K, C) (the same coalitions for every image) or (N, K, C). Hybrids are built
-    ``batch_size`` at a time; a batch may span several images.
+    ``masks`` is (K, C) (the same coalitions for every image) or (N, K, C).
     """
-    n, k = images.shape[0], masks.shape[-2]
-    shared = masks.ndim == 2
-    mask_t = torch.from_numpy(masks).to(device)
-    out = np.empty(n * k, dtype=np.float64)
-    total = n * k
-    for start in range(0, total, batch_size):
-        flat = torch.arange(start, min(start + batch_size, total))
-        img, coal = flat // k, flat % k
-        lo, hi = int(img[0]), int(img[-1]) + 1  # only the images this batch touches go to the device
-        x = images[lo:hi].to(device)[img - lo]
-        b = base[lo:hi].to(device)[img - lo]
-        m = mask_t[coal.to(device)] if shared else mask_t[img.to(device), coal.to(device)]
-        hybrid = torch.where(m[:, :, None, None], x, b)  # exact copies, no arithmetic on pixels
-        probs = class_probabilities(model(hybrid.contiguous(memory_format=layout)))
-        t = target[img].to(probs.device)
-        if int(t.max()) >= probs.shape[1]:
-            raise ValueError(f"target holds class {int(t.max())} but the model returns {probs.shape[1]} classes")
-        out[start : start + len(flat)] = probs.gather(1, t[:, None])[:, 0].double().cpu().numpy()
-        bar.update(len(flat))
-    return out.reshape(n, k)
+    from chanstat.dacscore.coalitions import coalition_probabilities
+
+    probs, evaluated = coalition_probabilities(
+        model, images, base, masks, batch_size=batch_size, feed=feed, memory=memory, bar=bar
+    )
+    if len(images) and int(target.max()) >= probs.shape[2]:
+        raise ValueError(f"target holds class {int(target.max())} but the model returns {probs.shape[2]} classes")
+    index = target.cpu()[:, None, None].expand(probs.shape[0], probs.shape[1], 1)
+    return probs.gather(2, index)[..., 0].double().numpy(), evaluated
 
 
 # --------------------------------------------------------------------------- estimators
@@ -372,11 +366,16 @@ def channel_shapley(
 
     Notes
     -----
-    Exact cost: ``N * 2^P`` forward passes (32 per image for five stains); permutation cost:
-    ``N * n_permutations * (P + 1)``. Values are exact to float rounding: ``v(all)`` is the
-    model on the real image and ``v(empty)`` on the baseline, both evaluated in the same batches
-    as the other coalitions.
+    Exact cost: at most ``N * 2^P`` forward passes (32 per image for five stains); permutation
+    cost: at most ``N * n_permutations * (P + 1)``. Coalitions already evaluated for the same
+    model, pairs and input layout -- by an earlier call, or by `chanstat.dac` (the real image,
+    the baseline and, for ``single_channel`` curves, every single channel) -- are reused, and
+    coalitions whose hybrids are identical (they differ only in channels where the image
+    equals its baseline) are evaluated once (`chanstat.dacscore.coalitions`). Values are
+    exact to float rounding and sum to ``v(all) - v(empty)``, the model on the real image
+    minus the model on the baseline.
     """
+    from chanstat.dacscore.coalitions import remembered
     from chanstat.models.adapter import as_model
 
     model = as_model(model)
@@ -413,15 +412,18 @@ def channel_shapley(
     chunk = max(1, min(n, (16 * batch_size) // n_coalitions))
     shared_masks = _channel_masks(_all_coalitions(n_players), indices, c) if exact else None
     phi, se = np.zeros((n, n_players)), np.zeros((n, n_players))
+    passes = 0
     p_real, p_base = np.zeros(n), np.zeros(n)
     inter = np.full((n, n_players, n_players), np.nan)  # filled only when interactions are asked for
     desc = "channel Shapley" if exact else "channel Shapley (sampled)"
     with evaluating(model), tqdm(total=n * n_coalitions, desc=desc, disable=not progress, unit="hybrid") as bar:
-        layout = _memory_format(model, x[:2].to(dev))
+        feed = _feed(model, x[:4], dev)
+        memory = remembered(model, feed)
         for lo in range(0, n, chunk):
             hi = min(n, lo + chunk)
             if exact:
-                v = _evaluate(model, x[lo:hi], base[lo:hi], y[lo:hi], shared_masks, batch_size, dev, layout, bar)
+                v, done = _evaluate(model, x[lo:hi], base[lo:hi], y[lo:hi], shared_masks, batch_size, feed, memory, bar)
+                passes += done
                 phi[lo:hi] = shapley_from_values(v)
                 p_real[lo:hi], p_base[lo:hi] = v[:, -1], v[:, 0]
                 if interactions:
@@ -429,7 +431,8 @@ def channel_shapley(
             else:
                 coalitions, orders = _permutation_coalitions(np.arange(lo, hi), n_players, n_perm, seed)
                 masks = _channel_masks(coalitions, indices, c)
-                v = _evaluate(model, x[lo:hi], base[lo:hi], y[lo:hi], masks, batch_size, dev, layout, bar)
+                v, done = _evaluate(model, x[lo:hi], base[lo:hi], y[lo:hi], masks, batch_size, feed, memory, bar)
+                passes += done
                 phi[lo:hi], se[lo:hi] = _permutation_estimates(v, orders)
                 p_real[lo:hi], p_base[lo:hi] = v[:, n_players], v[:, 0]  # first permutation's full and empty sets
 
@@ -478,7 +481,8 @@ def channel_shapley(
         "baseline": baseline,
         "estimator": "exact" if exact else "permutation",
         "n_permutations": None if exact else n_perm,
-        "forward_passes": int(n * n_coalitions),
+        "coalition_values": int(n * n_coalitions),
+        "forward_passes": int(passes),
         "batch_size": batch_size,
         "device": str(dev),
         "seed": seed,

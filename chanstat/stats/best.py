@@ -8,15 +8,23 @@ two channels is then the paired log-ratio ``log(share_k / share_j)``, which is u
 close to normal even where the shares themselves are bounded and skewed. Signed quantities
 (Shapley values, single-channel DAC scores) are compared on their own scale.
 
-**The variance.** ``variance="pooled"`` (default) estimates one residual variance from the
-units x channels table (two-way layout, ``(n - 1)(C - 1)`` degrees of freedom) instead of one
-variance per pair (``n - 1`` df). With 4 units that is 12 df instead of 3, which is where
-the power comes from: at true shares .45 vs .14 the set is one channel about as often as a
-one-sided test of a channel fixed in advance rejects (``analyses/calibration.py``).
-``variance="pair"`` uses each pair's own variance (robust when the channels' log-ratio
-variances differ, weaker); ``variance="max"`` the larger of the two (measured: naming rate
-.054-.073 when the tied pair is twice as noisy as the rest, where ``"pooled"`` reaches
-.12-.16).
+**The variance.** The variance of a pair's log-ratio difference is what decides calibration at
+the hardest null (two channels tied on top), and channels differ in it: a noisier tied pair
+makes a variance pooled over all channels too small for that pair (measured naming rate
+.12-.16), while many small, noisy channels (Dirichlet-like shares) make it too large for the
+pair that matters (conservative, power lost). ``variance="channel"`` (default) fits one
+variance per channel, ``v[k]``, with ``var(log share_k - log share_j) = v[k] + v[j]`` (unit
+effects hold the closure), by generalised least squares on all pair variances
+(:func:`channel_variances`, the REML fit of the heteroscedastic two-way model), and refers each
+comparison to t on its Satterthwaite degrees of freedom (``n - 1`` to ``(n - 1)(C - 1)``). The
+tied pair's variance therefore comes from the pairs that contain those channels, not from the
+others: calibrated whether the tied pair is noisier, quieter or alike
+(``analyses/calibration.py`` part f). The price, at 4-6 units, is power: five variances are
+estimated instead of one. ``variance="pooled"`` estimates one residual variance from the
+units x channels table (``(n - 1)(C - 1)`` df: more power when the channels' log-ratio
+variances are equal, anti-conservative when the contending pair is noisier than the rest).
+``variance="pair"`` uses each pair's own variance (``n - 1`` df); ``variance="max"`` the larger
+of the pair's and the pooled variance.
 
 **Which error is controlled** (``error``):
 
@@ -70,7 +78,7 @@ from chanstat.stats.padjust import adjust
 from chanstat.vocabulary import ALPHA
 
 ERRORS = ("naming", "mcb")
-VARIANCES = ("pooled", "pair", "max")
+VARIANCES = ("channel", "pooled", "pair", "max")
 #: attribution methods that use a counterfactual (the default primary method is the first of these present)
 DISCRIMINATIVE_PREFIX = "d_"
 
@@ -117,7 +125,7 @@ def _flat_floor(x: np.ndarray) -> float:
     return 1e-9 * max(scale, 1e-300)
 
 
-def _hsu(d: np.ndarray, se: np.ndarray, c: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _hsu(d: np.ndarray, se: np.ndarray, c: float | np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Hsu's constrained MCB intervals and the set, from pair differences ``d[k, j] = m_k - m_j``.
 
     Returns ``(low, high, in_set)``, each (C,). ``in_set[k]``: no channel beats k by more
@@ -125,6 +133,7 @@ def _hsu(d: np.ndarray, se: np.ndarray, c: float) -> tuple[np.ndarray, np.ndarra
     only member of the set, else ``min(0, min_{j in set, j != k} (d_kj - c se_kj))``.
     """
     n_c = d.shape[0]
+    c = np.broadcast_to(np.asarray(c, dtype=float), (n_c, n_c))
     off = ~np.eye(n_c, dtype=bool)
     upper = np.where(off, d + c * se, np.inf).min(axis=1)
     in_set = ~(upper <= 0)  # NaN (no spread information) keeps a channel in
@@ -136,9 +145,9 @@ def _hsu(d: np.ndarray, se: np.ndarray, c: float) -> tuple[np.ndarray, np.ndarra
         if len(members) == 1 and members[0] == k:
             low[k] = 0.0
         elif others:
-            low[k] = min(0.0, float(np.min(d[k, others] - c * se[k, others])))
+            low[k] = min(0.0, float(np.min(d[k, others] - c[k, others] * se[k, others])))
         else:
-            low[k] = float(np.min(np.where(off[k], d[k] - c * se[k], np.inf)))
+            low[k] = float(np.min(np.where(off[k], d[k] - c[k] * se[k], np.inf)))
     return low, high, in_set
 
 
@@ -155,6 +164,55 @@ def pooled_variance(values: np.ndarray, scale: str = "log", delta: float = DEFAU
     resid = y - y.mean(axis=1, keepdims=True) - y.mean(axis=0) + y.mean()
     df = (n - 1) * (n_c - 1)
     return float((resid**2).sum() / df), float(df)
+
+
+def channel_variances(y: np.ndarray, max_iter: int = 50) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel variances of a units x channels table and the variance (with df) of each pair difference.
+
+    Model: ``y[u, k] = a[u] + b[k] + e[u, k]`` with independent ``e[., k]`` of variance
+    ``v[k]`` (the unit effect ``a`` holds the closure, so log-ratios fit it). The pair
+    variances ``s2[k, j] = var_u(y[:, k] - y[:, j])`` estimate ``v[k] + v[j]``; ``v`` is their
+    generalised least-squares fit, iterated, with the normal-theory covariance of the pair
+    variances (``cov(s2_p, s2_q) = 2 cov(d_p, d_q)^2 / (n - 1)``), which is the REML fit of
+    the model. A channel's variance therefore borrows from every pair it is in, but a noisy
+    channel does not inflate (nor a quiet one deflate) the variance of pairs it is not in.
+
+    Returns
+    -------
+    ``(var, df)``, each (C, C): ``var[k, j] = v[k] + v[j]`` (the variance of one unit's
+    difference of k and j) and its Satterthwaite degrees of freedom (between ``n - 1`` and
+    ``(n - 1)(C - 1)``).
+    """
+    n, n_c = y.shape
+    iu = np.triu_indices(n_c, 1)
+    n_p = len(iu[0])
+    design = np.zeros((n_p, n_c))
+    design[np.arange(n_p), iu[0]] = 1.0
+    design[np.arange(n_p), iu[1]] = 1.0
+    signed = design.copy()
+    signed[np.arange(n_p), iu[1]] = -1.0
+    s2 = (y[:, iu[0]] - y[:, iu[1]]).var(axis=0, ddof=1)
+    floor = max(float(s2.min()), _flat_floor(y) ** 2) / 40
+    ridge = 1e-10 * float(s2.mean() ** 2 + 1e-300) * np.eye(n_p)
+
+    def normal_matrix(v: np.ndarray) -> np.ndarray:
+        return np.linalg.inv(2 * ((signed * v) @ signed.T) ** 2 / (n - 1) + ridge)
+
+    v = np.full(n_c, max(float(s2.mean()) / 2, floor))
+    for _ in range(max_iter):
+        w = normal_matrix(v)
+        new = np.maximum(np.linalg.solve(design.T @ w @ design, design.T @ w @ s2), floor)
+        done = bool(np.all(np.abs(new - v) <= 1e-6 * np.abs(v)))
+        v = new
+        if done:
+            break
+    cov = np.linalg.inv(design.T @ normal_matrix(v) @ design)
+    var = v[:, None] + v[None, :]
+    dg = np.diag(cov)
+    var_var = dg[:, None] + dg[None, :] + 2 * cov
+    with np.errstate(divide="ignore", invalid="ignore"):
+        df = np.clip(2 * var**2 / np.maximum(var_var, 1e-300), n - 1, (n - 1) * (n_c - 1))
+    return var, np.nan_to_num(df, nan=float(n - 1))
 
 
 def squeeze_prior(variances: np.ndarray, dfs: np.ndarray) -> tuple[float, float]:
@@ -193,7 +251,7 @@ def mcb(
     *,
     alpha: float = ALPHA,
     scale: str = "log",
-    variance: str = "pooled",
+    variance: str = "channel",
     error: str = "naming",
     delta: float = DEFAULT_ZERO_DELTA,
     prior: tuple[float, float] | None = None,
@@ -205,20 +263,21 @@ def mcb(
     values : ndarray (n_units, C), unit means (shares, or signed values).
     alpha : level; see the module docstring for the error each ``error`` controls.
     scale : ``"log"`` (log-ratios of closed compositions; values must be >= 0) or ``"raw"``.
-    variance : ``"pooled"``, ``"pair"`` or ``"max"`` (module docstring).
+    variance : ``"channel"`` (default), ``"pooled"``, ``"pair"`` or ``"max"`` (module docstring).
     error : ``"naming"`` or ``"mcb"``.
     delta : zero replacement before the log.
     prior : ``(s0^2, d0)`` from :func:`squeeze_prior` (screens: many transitions): the pooled
         variance is moderated to ``(d0 s0^2 + df s^2) / (d0 + df)`` on ``d0 + df`` degrees of
-        freedom (``d0 = inf``: ``s0^2`` itself; limma's moderated t).
+        freedom (``d0 = inf``: ``s0^2`` itself; limma's moderated t); with a prior,
+        ``variance="channel"`` uses this moderated pooled variance.
 
     Returns
     -------
     dict with ``means`` (C,) on the original scale, ``gap`` (C,) (mean minus the largest
     other mean), ``gap_low``, ``gap_high`` (share-scale Hsu intervals), ``in_set`` (C,) bool,
     ``test_gap``, ``test_low``, ``test_high`` (test scale), ``p_value`` (C,) (p of "k is the
-    largest": the largest of its pairwise p-values, intersection-union), ``df``, ``named``
-    (index or -1).
+    largest": the largest of its pairwise p-values, intersection-union), ``df`` (C,) (degrees
+    of freedom of each channel's comparison with the best of the others), ``named`` (index or -1).
     """
     if error not in ERRORS:
         raise ValueError(f"error must be one of {ERRORS}; got {error!r}")
@@ -256,14 +315,20 @@ def mcb(
     resid = y - y.mean(axis=1, keepdims=True) - ym + ym.mean()
     df_pool = (n - 1) * (n_c - 1)
     pooled = 2 * float((resid**2).sum()) / df_pool
-    if prior is not None and prior[1] > 0 and np.isfinite(prior[0]):
+    moderated = prior is not None and prior[1] > 0 and np.isfinite(prior[0])
+    if moderated and variance == "channel":
+        variance = "pooled"  # moderation across transitions acts on the pooled variance
+    if prior is not None and moderated:
         s0, d0 = prior
         if np.isinf(d0):
             pooled, df_pool = 2 * s0, 1e6
         else:
             pooled = 2 * (d0 * s0 + df_pool * pooled / 2) / (d0 + df_pool)
             df_pool = d0 + df_pool
-    if variance == "pooled":
+    df: float | np.ndarray
+    if variance == "channel" and n > 2 and n_c > 2:
+        var, df = channel_variances(y)
+    elif variance in ("pooled", "channel"):
         var, df = np.full((n_c, n_c), pooled), float(df_pool)
     elif variance == "max":
         var, df = np.maximum(pair_var, pooled), float(df_pool)
@@ -271,7 +336,7 @@ def mcb(
         var, df = pair_var, float(n - 1)
     se = np.sqrt(np.maximum(var, _flat_floor(y) ** 2) / n)
     level = alpha / 2 if error == "naming" else alpha / (n_c - 1)
-    c = float(sps.t.ppf(1 - level, df))
+    c = sps.t.ppf(1 - level, df)
     t = d / se
     low, high, in_set = _hsu(d, se, c)
     p_pair = sps.t.sf(t, df)  # one-sided "k > j"
@@ -283,6 +348,8 @@ def mcb(
     c_raw = float(sps.t.ppf(1 - alpha / (n_c - 1), n - 1))
     g_low, g_high, _ = _hsu(means[:, None] - means[None, :], se_raw, c_raw)
     test_gap = ym - np.array([np.max(ym[off[k]]) for k in range(n_c)])
+    rival = np.array([int(np.argmax(np.where(off[k], ym, -np.inf))) for k in range(n_c)])
+    df_k = np.broadcast_to(np.asarray(df, dtype=float), (n_c, n_c))[np.arange(n_c), rival]
     members = np.flatnonzero(in_set)
     out.update(
         gap_low=g_low,
@@ -292,7 +359,7 @@ def mcb(
         test_low=low,
         test_high=high,
         p_value=p_value,
-        df=df,
+        df=df_k,
         named=int(members[0]) if len(members) == 1 else -1,
     )
     return out
@@ -326,7 +393,7 @@ def best_channel(
     alpha: float = ALPHA,
     quantity: str | None = None,
     primary_method: str | None = None,
-    variance: str = "pooled",
+    variance: str = "channel",
     error: str = "naming",
     padjust: str = DEFAULT_PADJUST,
     moderate: bool = False,
@@ -403,7 +470,7 @@ def best_channel(
     methods = list(dict.fromkeys(str(g.keys.get("method", ALL)) for g in groups))
     primary = primary_method if primary_method is not None else default_primary(methods)
     priors: dict[tuple, tuple[float, float]] = {}
-    if moderate and variance == "pooled":
+    if moderate and variance in ("pooled", "channel"):
         fits: dict[tuple, list[tuple[float, float]]] = {}
         for group in groups:
             if breakdown and group.keys.get(breakdown, ALL) != ALL:
@@ -489,7 +556,7 @@ def best_channel(
                     "test_scale": "log-ratio" if scale == "log" else "raw",
                     "variance": variance,
                     "error": error,
-                    "df": float(res["df"]),
+                    "df": float(np.broadcast_to(res["df"], (len(group.channels),))[j]),
                     "plate_x_channel_p": float(het),
                     "n_plates": n_plates,
                 }

@@ -74,9 +74,10 @@ class StatsConfig(Section):
         description='Error the best-channel set controls: "naming" (naming a channel that is not the largest) '
         'or "mcb" (Hsu: the set misses a best channel).',
     )
-    best_variance: Literal["pooled", "pair", "max"] = Field(
-        "pooled",
-        description="Variance of the log-ratio comparisons: pooled over channel pairs, per pair, or the larger.",
+    best_variance: Literal["channel", "pooled", "pair", "max"] = Field(
+        "channel",
+        description="Variance of the log-ratio comparisons: one per channel (fitted to all pairs; calibrated when "
+        "channels differ in noise), pooled over channels, per pair, or the larger of pair and pooled.",
     )
 
     def model_post_init(self, _context) -> None:
@@ -212,7 +213,7 @@ def best_channel_tables(
         pseudo_replicates=pseudo,
         primary_method=primary,
         error=section.get("best_error", "naming"),
-        variance=section.get("best_variance", "pooled"),
+        variance=section.get("best_variance", "channel"),
     )
     frames = [best_channel(testable, value="share", **common)]
     if shapley is not None and len(shapley):

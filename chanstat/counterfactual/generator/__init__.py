@@ -14,7 +14,8 @@
 
 Modules: ``networks`` (generator with AdaIN, mapping network, style encoder, multi-class
 discriminator), ``losses`` (adversarial + R1, style reconstruction, diversity, cycle,
-classifier, identity, channel sparsity), ``training`` (:func:`train_generator`, checkpoints,
+classifier, identity, channel sparsity), ``gates`` (data-chosen per-(target class, channel)
+gates: the fewest changed channels that keep the held-out flip rate), ``training`` (:func:`train_generator`, checkpoints,
 resume, :func:`save_generator` / :func:`load_generator`), ``monitor`` (held-out checks,
 checkpoint score, stopping rule, data-chosen sparsity weight), ``defaults`` (CPU / CUDA
 profiles), ``candidates`` (QuAC-style selection), ``provider`` (the ``"generator"`` provider).
@@ -22,6 +23,8 @@ profiles), ``candidates`` (QuAC-style selection), ``provider`` (the ``"generator
 Good values (held-out, written to ``training.quality`` and the counterfactual stage's
 provenance as ``generator_quality``): flip rate >= 0.9; concentration (largest channel's
 share of the change) >= 0.8 when the classes differ in one channel; realism gap <= 0.5.
+``open_channels`` lists, per target class, the channels the conversion may change (the rest
+were closed because the held-out flip rate stayed >= ``flip_target`` without them).
 
 How to judge a generator: the quality table's flip rate (share of images whose kept
 candidate the classifier assigns to the target) and ``change_share`` per channel (where the

@@ -113,7 +113,7 @@ def select_counterfactuals(
                     pool = pools[k]
                     index[rows] = pool[(u[rows] * pool.numel()).long().clamp_max(pool.numel() - 1)]
                 style = network.style_from_reference(references[index].to(device, torch.float32), t)
-            candidate = network.translate(x, style).float()
+            candidate = network.translate(x, style, t).float()
             p = class_probabilities(model(candidate))
             p_t = p.gather(1, t[:, None]).squeeze(1)
             accepted = (p.argmax(1) == t) & (p_t >= confidence)

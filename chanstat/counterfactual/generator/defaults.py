@@ -1,7 +1,8 @@
 """Device-dependent defaults of generator training: small and short on the CPU, full on CUDA.
 
 The stopping rule (:mod:`~chanstat.counterfactual.generator.monitor`) decides when training
-ends; ``steps`` is only the upper bound. Every value here is a default: an option given to
+ends; ``steps`` is only the upper bound. With channel sparsity on, the checks plateau twice:
+once before the gates are pruned and once after (so at least ``2 * patience`` checks). Every value here is a default: an option given to
 :func:`~chanstat.counterfactual.generator.train_generator` (or in ``[counterfactual.generator]``)
 replaces it.
 
@@ -12,8 +13,9 @@ architecture       widths [8, 16], style 8, 1 bottleneck block  widths [16, 32, 
 steps (maximum)    1500                                        20000
 batch size         8                                           16
 check every        25 steps                                    250 steps
-patience           4 checks                                    6 checks
-min steps          100                                         1000
+patience           8 checks                                    6 checks
+min steps          1000 (real images: the change concentrates  1000
+                   in the planted channel only after ~1000)
 R1 every           4 steps (lazy regularisation)               1 step
 loss changes       diversity 0, cycle 0 (identity + sparsity   none (StarGAN v2 defaults)
                    keep the content; each saves a pass)
@@ -32,8 +34,8 @@ PROFILES: dict[str, dict] = {
         steps=1500,
         batch_size=8,
         check_every=25,
-        patience=4,
-        min_steps=100,
+        patience=8,
+        min_steps=1000,
         r1_every=4,
         loss=dict(diversity=0.0, cycle=0.0),
     ),

@@ -8,6 +8,7 @@ trained on) to their target class and measures
 - ``concentration``: the largest channel's share of ``mean |x' - x|`` (per-sample shares,
   averaged; the same definition as the quality table's ``change_share``). 1 means the change
   sits in one channel; 1 / C means it is spread evenly;
+- ``open_gates``: how many (target class, channel) gates are open (K * C: none closed);
 - ``realism_gap``: energy distance between the classifier's outputs (logits) on the
   conversions and on real images of the target class, in units of the energy distance
   between the real classes: 0 = the classifier sees the conversions like real target-class
@@ -47,6 +48,7 @@ CHECK_COLUMNS = (
     "check_top_channel",
     "check_realism_gap",
     "check_mean_change",
+    "check_open_gates",
     "check_score",
 )
 """Columns a held-out check adds to the training log (NaN / None on rows without a check)."""
@@ -110,12 +112,15 @@ def held_out_quality(
     n_latent: int = 2,
     seed: int = 0,
     batch_size: int = 64,
+    reference_logits: torch.Tensor | None = None,
 ) -> dict:
     """Flip rate, change concentration and realism gap of the held-out images' conversions.
 
     Each image goes to class ``(y + 1) mod K``; of ``n_latent`` latent styles the candidate with
     the highest target probability is kept. Returns a dict of the check's numbers (the keys of
     :data:`CHECK_COLUMNS` without ``check_``, plus ``change_share``, a dict per channel).
+    ``reference_logits``: the classifier's logits on ``references`` when already known (a
+    frozen classifier's do not change between checks).
     """
     was_training = network.training
     network.eval()
@@ -129,7 +134,7 @@ def held_out_quality(
         best, best_p, best_logits = x.clone(), torch.full((x.shape[0],), -1.0, device=device), None
         for _ in range(max(1, n_latent)):
             z = torch.randn(x.shape[0], network.latent_dim, generator=rng).to(device)
-            candidate = network.translate(x, network.style_from_latent(z, t)).float()
+            candidate = network.translate(x, network.style_from_latent(z, t), t).float()
             logits = classifier(candidate).float()
             p = _target_probability(logits, t)
             better = p > best_p
@@ -142,11 +147,10 @@ def held_out_quality(
     target = (labels.cpu() + 1) % n_classes
     flip = float((_predicted(logits) == target).float().mean())
     shares = change_shares(images.cpu(), converted).mean(0)
-    real_logits = torch.cat(
-        [
-            classifier(references[i : i + batch_size].to(device, torch.float32)).float().cpu()
-            for i in range(0, references.shape[0], batch_size)
-        ]
+    real_logits = (
+        classifier_logits(classifier, references, device=device, batch_size=batch_size)
+        if reference_logits is None
+        else reference_logits.float().cpu()
     )
     gaps = []
     for k in target.unique().tolist():
@@ -163,8 +167,20 @@ def held_out_quality(
         "top_channel": str(channels[top]),
         "realism_gap": float(np.mean(gaps)) if gaps else float("nan"),
         "mean_change": float((converted - images.cpu()).abs().mean()),
+        "open_gates": float(network.channel_gate.sum()),
         "change_share": {str(c): round(float(s), 4) for c, s in zip(channels, shares)},
     }
+
+
+@torch.no_grad()
+def classifier_logits(classifier, images: torch.Tensor, *, device, batch_size: int = 64) -> torch.Tensor:
+    """The classifier's logits (N, K) on ``images``, float32 on the CPU."""
+    return torch.cat(
+        [
+            classifier(images[i : i + batch_size].to(device, torch.float32)).float().cpu()
+            for i in range(0, images.shape[0], batch_size)
+        ]
+    )
 
 
 def _predicted(logits: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,12 @@ it works on per-channel standardised images (mean and standard deviation stored 
 network), so channels of different brightness are changed on the same footing. Images whose
 height or width is not a multiple of ``2 ** len(widths)`` are padded (edge values) and
 cropped back.
+
+A third addition makes the conversion channel-sparse: a per-(target class, channel) gate
+``g[t, c]`` in {0, 1} (buffer ``channel_gate``, all open at first) multiplies the residual,
+``x' = x + g[t] * std * G(x, s)``, so a closed channel is never changed for that target. Training
+closes the gates of channels the conversion does not need
+(:func:`~chanstat.counterfactual.generator.gates.prune_gates`).
 """
 
 from __future__ import annotations
@@ -205,6 +211,7 @@ class ConversionNetwork(nn.Module):
     input_mean: torch.Tensor
     input_std: torch.Tensor
     data_range: torch.Tensor
+    channel_gate: torch.Tensor
 
     def __init__(
         self,
@@ -241,6 +248,14 @@ class ConversionNetwork(nn.Module):
         self.register_buffer("input_mean", torch.zeros(1, in_channels, 1, 1))
         self.register_buffer("input_std", torch.ones(1, in_channels, 1, 1))
         self.register_buffer("data_range", torch.tensor([-math.inf, math.inf]))
+        self.register_buffer("channel_gate", torch.ones(n_classes, in_channels))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, *args, **kwargs):
+        # networks saved before the gates existed load with every gate open
+        key = prefix + "channel_gate"
+        if key not in state_dict:
+            state_dict[key] = torch.ones_like(self.channel_gate)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, *args, **kwargs)
 
     @property
     def latent_dim(self) -> int:
@@ -273,14 +288,42 @@ class ConversionNetwork(nn.Module):
         """Real/fake logit (N,) of images ``x`` (data units) for classes ``y``."""
         return self.discriminator(self.standardise(x), y)
 
-    def translate(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        """Images ``x`` (N, C, H, W, data units) converted to the style ``style`` (N, S), same units."""
-        residual = self.generator(self.standardise(x), style).to(x.dtype)
-        low, high = self.data_range[0], self.data_range[1]
-        return torch.clamp(x + self.input_std * residual, low, high)
+    def residual(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        """The ungated change ``std * G(x, s)`` (N, C, H, W, data units) of images ``x`` toward ``style``."""
+        return self.input_std * self.generator(self.standardise(x), style).to(x.dtype)
 
-    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        return self.translate(x, style)
+    def apply_change(
+        self,
+        x: torch.Tensor,
+        residual: torch.Tensor,
+        target: torch.Tensor | None = None,
+        gate: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``clamp(x + g[target] * residual)`` with the gates ``gate`` (K, C; default :attr:`channel_gate`);
+        ``target`` None: no gating."""
+        if target is not None:
+            gate = self.channel_gate if gate is None else gate
+            residual = residual * gate[target].to(residual.dtype)[:, :, None, None]
+        low, high = self.data_range[0], self.data_range[1]
+        return torch.clamp(x + residual, low, high)
+
+    def translate(self, x: torch.Tensor, style: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+        """Images ``x`` (N, C, H, W, data units) converted to the style ``style`` (N, S), same units.
+
+        ``target`` (N,) is the class the style belongs to: its channel gates apply (closed
+        channels stay unchanged). None applies no gate (every channel may change).
+        """
+        return self.apply_change(x, self.residual(x, style), target)
+
+    def open_channels(self) -> dict[str, list[str]]:
+        """Per target class (name), the channels (names) whose gate is open."""
+        channels = self.config["channels"] or [str(c) for c in range(self.config["in_channels"])]
+        classes = self.config["classes"] or [str(k) for k in range(self.n_classes)]
+        gate = self.channel_gate.detach().cpu()
+        return {str(k): [str(c) for c, g in zip(channels, gate[i].tolist()) if g > 0] for i, k in enumerate(classes)}
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+        return self.translate(x, style, target)
 
     def save(self, path, **extra):
         """Write the network to ``path`` (:func:`save_generator`)."""

@@ -37,7 +37,9 @@ class GeneratorCounterfactuals(CounterfactualProvider):
         :class:`ConversionNetwork` keywords such as ``widths``, ``style_dim``). ``steps``,
         ``train_batch_size`` and ``architecture`` default to the device's profile (small and
         short on the CPU, full on CUDA; ``steps`` is the maximum, the stopping rule ends earlier).
-    sparsity : channel-sparsity weight, ``"auto"`` (chosen from the flip rate), a number, or 0.
+    sparsity : channel-sparsity weight, ``"auto"`` (chosen from the flip rate), a number, or 0;
+        unless 0, training also closes the per-(target class, channel) gates of channels the
+        held-out conversions do not need (:mod:`~chanstat.counterfactual.generator.gates`).
     held_out, check_every, patience, min_steps, flip_target, time_budget : self-checking
         training (held-out share, check interval, plateau patience in checks, no stop before,
         flip rate of a usable generator, seconds of training at most); see :func:`train_generator`.

@@ -14,11 +14,15 @@ concentration, realism gap: :mod:`~chanstat.counterfactual.generator.monitor`), 
 network so far is kept, and training stops when the checks plateau (or at ``steps``, or after
 ``time_budget`` seconds). The network returned is the best checked one. A channel-sparsity
 penalty (group norm of the change per channel) with a weight chosen from the flip rate makes
-the conversion change as few channels as it can.
+the conversion change as few channels as it can. At the first plateau (or the end of training)
+the best network's unneeded (target class, channel) gates are closed
+(:mod:`~chanstat.counterfactual.generator.gates`; a converged network is pruned, not the first,
+still adversarial one that flips) and training goes on with the others to the next plateau.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from contextlib import nullcontext
@@ -30,12 +34,13 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+import chanstat.counterfactual.generator.gates as G
 import chanstat.counterfactual.generator.losses as L
 import chanstat.counterfactual.generator.monitor as M
 from chanstat.counterfactual.generator.defaults import training_profile
 from chanstat.counterfactual.generator.networks import ConversionNetwork
 from chanstat.runtime import available_cores, seed_everything
-from chanstat.tensors import device_of
+from chanstat.tensors import device_of, model_device
 
 LOG_COLUMNS = (
     "step",
@@ -126,11 +131,7 @@ def _frozen(model: torch.nn.Module | None, device: torch.device):
     """The classifier on ``device`` in eval mode with gradients off (a copy if it lives elsewhere)."""
     if model is None:
         return None, []
-    from chanstat.tensors import model_device
-
     if model_device(model) != device:
-        import copy
-
         model = copy.deepcopy(model).to(device)
     flags = [(p, p.requires_grad) for p in model.parameters()]
     for p, _ in flags:
@@ -197,17 +198,23 @@ def train_generator(
     resume : continue from ``checkpoint_dir``'s checkpoint when there is one.
     log_every : steps between rows of the training log (and progress-bar updates).
     progress : tqdm bar with the current losses and the last held-out check (``flip``,
-        ``conc`` = concentration, ``gap`` = realism gap, ``λ`` = sparsity weight).
+        ``conc`` = concentration, ``gap`` = realism gap, ``gates`` = open (class, channel) gates,
+        ``λ`` = sparsity weight).
     log : callable receiving one-line messages (resume, checkpoints, stop).
     sparsity : weight of the channel-sparsity penalty (group norm of the change per channel);
         ``"auto"`` (default) chooses it from the data: it grows while the training batches
         flip above ``flip_target + 0.05`` and shrinks below (the largest weight that keeps the
         flip rate); a number fixes it; 0 switches it off. Without a classifier ``"auto"`` is off.
+        Unless it is 0 (and with held-out checks), the channel gates are pruned too: at the first
+        plateau (or the end of training), per target class, the channels whose change the
+        held-out conversions do not need to reach ``flip_target`` are closed for good
+        (:func:`~chanstat.counterfactual.generator.gates.prune_gates`) and training continues
+        (to the next plateau) with the others.
     held_out : share of every class held out of training for the checks (at most 64 images;
         0 or no classifier: no checks, no early stop, the last network is returned).
     check_every, patience, min_steps : a held-out check every ``check_every`` steps; stop when
         the best check score has not risen by 0.01 in ``patience`` checks, not before
-        ``min_steps``. None: the device's profile (CPU 25 / 4 / 100, CUDA 250 / 6 / 1000).
+        ``min_steps``. None: the device's profile (CPU 25 / 8 / 1000, CUDA 250 / 6 / 1000).
     flip_target : held-out flip rate of a usable generator (checkpoint score, sparsity schedule).
     time_budget : stop after this many seconds of training (None: no limit).
     r1_every : the R1 penalty every this many steps, scaled up to match (lazy regularisation);
@@ -270,6 +277,7 @@ def train_generator(
     sparse = M.SparsityWeight.from_option(
         sparsity if (classifier is not None or sparsity != "auto") else 0.0, flip_target
     )
+    pruning = checking and (sparse.auto or sparse.value > 0)
     train_labels = labels[train_rows]
     pools = _class_pools(train_labels, n_classes)
     if any(pool.numel() == 0 for pool in pools):
@@ -287,6 +295,7 @@ def train_generator(
     rows: list[dict] = []
     best: dict = {"score": float("-inf"), "state": None, "row": None}
     stop: str | None = None
+    pruned_at: int | None = None  # the step whose check pruned the gates (None: not yet)
     start_step, seconds_before = 0, 0.0
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
     if resume and ckpt_path is not None and ckpt_path.exists():
@@ -299,6 +308,7 @@ def train_generator(
         start_step, seconds_before = int(state["step"]), float(state["seconds"])
         best = dict(state.get("best") or best)
         stop = state.get("stop")
+        pruned_at = state.get("pruned_at")
         if state.get("sparsity"):
             sparse.load(state["sparsity"])
         say(f"generator: resumed from {ckpt_path} at step {start_step}")
@@ -324,7 +334,17 @@ def train_generator(
         r1_every=int(r1_every),
         architecture={k: v for k, v in network.config.items() if k not in ("channels", "classes")},
         classifier=classifier is not None,
+        prune_gates=bool(pruning),
     )
+
+    def prune_best(step: int) -> bool:
+        """Load the best network so far and close its unneeded gates; whether any closed."""
+        if best["state"] is None or best["row"]["check_flip_rate"] + 1e-9 < flip_target:
+            return False  # no usable network: nothing to keep the flip rate of
+        network.load_state_dict(best["state"])
+        pruned = G.prune_gates(network, classifier, held_images, held_labels, flip_target, seed=seed + step)
+        say(f"generator: step {step}, pruned the best network (step {best['row']['step']}): open {pruned['open']}")
+        return bool(pruned["closed"])
 
     def save_checkpoint(step: int, seconds: float) -> None:
         if ckpt_path is None:
@@ -342,6 +362,7 @@ def train_generator(
                 "log": rows,
                 "best": best,
                 "stop": stop,
+                "pruned_at": pruned_at,
                 "sparsity": sparse.state(),
             },
             tmp,
@@ -356,7 +377,11 @@ def train_generator(
     def autocast():
         return _autocast(dev, mixed_precision)
 
+    reference_logits: list[torch.Tensor] = []  # the frozen classifier's logits on the references, computed once
+
     def run_check(step: int) -> dict:
+        if not reference_logits:
+            reference_logits.append(M.classifier_logits(classifier, images[reference_rows], device=dev))
         quality = M.held_out_quality(
             network,
             classifier,
@@ -366,11 +391,12 @@ def train_generator(
             labels[reference_rows],
             channels=list(dataset.channels),
             seed=seed + step,
+            reference_logits=reference_logits[0],
         )
         score = M.checkpoint_score(quality["flip_rate"], quality["concentration"], quality["realism_gap"], flip_target)
         out = {
             f"check_{k}": quality[k]
-            for k in ("flip_rate", "concentration", "top_channel", "realism_gap", "mean_change")
+            for k in ("flip_rate", "concentration", "top_channel", "realism_gap", "mean_change", "open_gates")
         }
         out["check_score"] = score
         if score > best["score"]:
@@ -420,7 +446,7 @@ def train_generator(
             d_real = L.adversarial_loss(d_real_logits, real=True)
             r1 = L.r1_penalty(d_real_logits, x_real) if with_r1 else torch.zeros((), device=dev)
             with torch.no_grad(), autocast():
-                fake = network.translate(x, styles()[0])
+                fake = network.translate(x, styles()[0], t)
             with autocast():
                 d_fake = L.adversarial_loss(network.discriminate(fake.float(), t), real=False)
             d_total = d_real + d_fake + weights.r1 * r1_every * r1
@@ -432,15 +458,15 @@ def train_generator(
             diversity_weight = weights.diversity * max(0.0, 1.0 - (step - 1) / max(1, steps))
             with autocast():
                 s1, s2 = styles()
-                fake = network.translate(x, s1)
+                fake = network.translate(x, s1, t)
                 adversarial = L.adversarial_loss(network.discriminate(fake, t), real=True)
                 style = L.style_reconstruction_loss(network.style_from_reference(fake, t), s1)
                 if diversity_weight > 0:
-                    diversity = L.diversity_term(fake, network.translate(x, s2).detach(), std)
+                    diversity = L.diversity_term(fake, network.translate(x, s2, t).detach(), std)
                 else:
                     diversity = torch.zeros((), device=dev)
                 if weights.cycle > 0:
-                    cycle = L.cycle_loss(network.translate(fake, network.style_from_reference(x, y)), x, std)
+                    cycle = L.cycle_loss(network.translate(fake, network.style_from_reference(x, y), y), x, std)
                 else:
                     cycle = torch.zeros((), device=dev)
                 identity = L.identity_loss(fake, x, std)
@@ -496,10 +522,17 @@ def train_generator(
                     row.update(run_check(step))
                     if step >= min_steps:
                         checks = pd.DataFrame(rows + [row])
+                        if pruned_at is not None:  # after pruning, a plateau of the pruned network's checks
+                            checks = checks[checks["step"] >= pruned_at]
                         stop = M.stop_reason(checks, patience=patience)
                         weights_at_checks = checks.loc[checks["check_score"].notna(), "sparsity_weight"]
-                        if stop and sparse.auto and not M.weight_settled(weights_at_checks, patience):
-                            stop = None  # the data-chosen sparsity weight is still moving
+                        # no plateau before the data-chosen penalty is in force (on real images the change
+                        # concentrates only after it arms); without gates it must also have settled
+                        settled = sparse.armed and (pruning or M.weight_settled(weights_at_checks, patience))
+                        stop = None if sparse.auto and not settled else stop
+                        if stop and pruning and pruned_at is None and prune_best(step):
+                            row.update(run_check(step))  # the pruned network's check (a candidate for the best)
+                            pruned_at, stop = step, None
                 rows.append(row)
                 last = next((r for r in reversed(rows) if r["check_top_channel"] is not None), None)
                 postfix = dict(
@@ -513,6 +546,7 @@ def train_generator(
                         flip=f"{last['check_flip_rate']:.2f}",
                         conc=f"{last['check_concentration']:.2f}",
                         gap=f"{last['check_realism_gap']:.2f}",
+                        gates=f"{last['check_open_gates']:.0f}",
                     )
                 bar.set_postfix(postfix)
             bar.update(1)
@@ -525,8 +559,12 @@ def train_generator(
             if step % checkpoint_every == 0 and step < steps:
                 save_checkpoint(step, elapsed)
                 say(f"generator: checkpoint at step {step} in {ckpt_path}")
-        seconds = seconds_before + time.perf_counter() - t0
         trained = max(step, start_step)
+        if pruning and pruned_at is None and rows and prune_best(trained):
+            # out of steps or time before a plateau: the best network, pruned, is checked once more
+            rows.append({**rows[-1], **run_check(trained)})
+            pruned_at = trained
+        seconds = seconds_before + time.perf_counter() - t0
         save_checkpoint(trained, seconds)
     finally:
         bar.close()
@@ -550,6 +588,9 @@ def train_generator(
             "usable": bool(chosen["check_flip_rate"] >= flip_target),
             "n_held_out": int(held_rows.numel()),
             "sparsity_weight": float(sparse.value),
+            "open_channels": network.open_channels(),
+            "gates_pruned": bool(pruning),
+            "pruned_at_step": pruned_at,
             "good_values": dict(M.GOOD_VALUES),
         }
     network.eval()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from chanstat.cellprofiler.enrichment import ENRICHMENT_COLUMNS
 from chanstat.report.display import format_value, missing_note, note, show_figure, show_markdown, show_table
 from chanstat.report.plots import charts, matrices
 from chanstat.report.sections.base import (
@@ -89,17 +90,7 @@ def cp_differential(run: RunDirectory, top: int = 20) -> None:
     )
 
 
-DESCRIPTIVE = (
-    "channel",
-    "n_features",
-    "n_significant",
-    "fraction_significant",
-    "n_up",
-    "n_down",
-    "odds_ratio",
-    "mean_abs_effect",
-    "median_abs_effect",
-)
+DESCRIPTIVE = ENRICHMENT_COLUMNS
 COMPETITIVE = (
     "channel",
     "statistic",

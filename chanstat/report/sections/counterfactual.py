@@ -67,10 +67,20 @@ def _generator_quality(run: RunDirectory) -> None:
         caption=(
             f"Generator quality on {quality.get('n_held_out')} held-out images (checkpoint of step {quality.get('best_step')}, "
             f"stopped at {quality.get('stopped_at')}: {quality.get('stop_reason')}; top channel "
-            f"{quality.get('held_out_top_channel')})"
+            f"{quality.get('held_out_top_channel')}){_open_channels(quality)}"
         ),
         max_rows=None,
     )
+
+
+def _open_channels(quality: dict) -> str:
+    """The channels the conversion may change per target class, after gate pruning (if it ran)."""
+    gates = quality.get("open_channels")
+    if not isinstance(gates, dict) or not gates:
+        return ""
+    kept = "; ".join(f"to {target}: {', '.join(map(str, channels)) or 'none'}" for target, channels in gates.items())
+    step = quality.get("pruned_at_step")
+    return f". Channels it may change ({'pruned at step ' + str(step) if step is not None else 'all open'}): {kept}"
 
 
 def _candidates(quality: pd.DataFrame) -> None:
