@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from chanstat.attribution.adaptive import input_gradient
 from chanstat.attribution.pixelcam.head import PixelCAMHead, _foreground, layer_and_name
 from chanstat.attribution.pixelcam.per_image import per_image_pixelcam
 from chanstat.attribution.registry import AttributionBatch, MethodSpec, register
@@ -58,12 +59,8 @@ def pixelcam_grad(
     """
     assert batch.target is not None  # a method that explains "real" always gets the targets
     fg = pixelcam(model, batch, head=head, steps=steps, seed=seed, hidden=hidden, lr=lr)
-    x = batch.images.detach().clone().requires_grad_(True)
-    with torch.enable_grad():
-        logits = model(x)
-        picked = logits.gather(1, batch.target[:, None]).sum()
-        (grad,) = torch.autograd.grad(picked, x)
-    return fg * grad.abs()
+    # the gradient saliency takes: shared with it inside sharing_gradients()
+    return fg * input_gradient(model, batch.images, batch.target).abs()
 
 
 for _spec in (
