@@ -577,7 +577,7 @@ def issue24_study(
     for gen in GENERATORS if "best" in sections else ():
         for n in (4, 6, 8, 12, 24):
             vals, _ = simulate_unit_means(gen, HARD_NULL, n_units=n, replicates=n_sims, seed=rng)
-            for variance in ("channel", "pooled"):
+            for variance in ("channel_df", "channel", "pooled"):
                 add(
                     "naming rate, hardest null (two tied on top)",
                     gen,
@@ -589,7 +589,7 @@ def issue24_study(
         if gen != "dirichlet":
             for n in (4, 6, 8, 12, 24):
                 vals, _ = simulate_unit_means(gen, HARD_NULL, n_units=n, replicates=n_sims, noisy=2.0, seed=rng)
-                for variance in ("channel", "pooled", "max"):
+                for variance in ("channel_df", "channel", "pooled", "max"):
                     add(
                         "naming rate, tied pair twice as noisy",
                         gen,
@@ -600,7 +600,7 @@ def issue24_study(
                     )
         for n in (4, 6, 12, 24):
             vals, _ = simulate_unit_means(gen, POWER_SHARES, n_units=n, replicates=n_sims, seed=rng)
-            for variance in ("channel", "pooled"):
+            for variance in ("channel_df", "channel", "pooled"):
                 add(
                     "power, shares .45 vs .14",
                     gen,

@@ -51,6 +51,7 @@ def _share_of_planted_channel(sparsity):
         diversity=0,
         identity=0,
         lr=0.01,
+        classifier_images=8,  # the whole batch: a subset's noisier gradient blurs the comparison at 80 steps
     )
     net = training.network
     target = 1 - data.labels
@@ -204,10 +205,8 @@ def test_self_checking_training_keeps_the_best_check_and_reports_it(one_thread):
     assert quality["best_step"] == int(best["step"])
     assert quality["held_out_flip_rate"] == pytest.approx(best["check_flip_rate"])
     assert set(quality["good_values"]) == {"flip_rate", "concentration", "realism_gap"}
-    assert quality["n_held_out"] == 6 and quality["stop_reason"]
-    if quality["stopped_at"] < 60:  # stopped by the rule: the last `patience` checks brought nothing better
-        assert "plateau" in quality["stop_reason"]
-        assert checks["check_score"].iloc[-3:].max() < checks["check_score"].iloc[:-3].max() + 0.01
+    # this conversion keeps improving: the rule never sees a plateau (tested where it does)
+    assert quality["n_held_out"] == 6 and quality["stop_reason"] == "maximum steps reached"
     # the returned network is the best check's: re-measuring it gives that check's numbers
     from chanstat.counterfactual.generator.monitor import split_held_out
 
@@ -279,3 +278,57 @@ def test_sparse_generator_puts_the_change_in_the_planted_channel(one_thread, phe
     )
     assert quality["held_out_flip_rate"] >= 0.9
     assert share[channel] >= 0.8
+
+
+def test_after_pruning_training_waits_half_the_patience(one_thread):
+    # the pruned network starts from the best check: its plateau is judged on max(2, patience // 2)
+    # checks, so a run whose pruned network is not beaten stops two checks (not four) after pruning
+    data = tiny_set(n=32, channels=("A", "B", "C"), size=8)
+    training = train_generator(
+        data,
+        ReadsTwoChannels(),
+        steps=400,
+        batch_size=8,
+        seed=0,
+        architecture=TINY,
+        progress=False,
+        held_out=0.25,
+        check_every=10,
+        patience=4,
+        min_steps=0,
+        log_every=10,
+        lr=0.02,
+        adversarial=0,
+        r1=0,
+        style=0,
+        cycle=0,
+        diversity=0,
+        identity=0.2,
+    )
+    quality = training.quality
+    assert quality["best_step"] == quality["pruned_at_step"]
+    assert quality["stopped_at"] == quality["pruned_at_step"] + 2 * 10
+    assert "last 2 checks" in quality["stop_reason"]
+
+
+class CountsImages(ReadsTwoChannels):
+    def __init__(self):
+        super().__init__()
+        self.batch_sizes: list[int] = []
+
+    def forward(self, x):
+        self.batch_sizes.append(x.shape[0])
+        return super().forward(x)
+
+
+def test_classifier_loss_sees_the_chosen_number_of_conversions(one_thread):
+    data = tiny_set(n=32, channels=("A", "B", "C"), size=8)
+    model = CountsImages()
+    options = dict(steps=5, batch_size=8, seed=0, architecture=TINY, progress=False, held_out=0.0)
+    training = train_generator(data, model, classifier_images=3, **options)
+    assert model.batch_sizes == [3] * 5 and training.settings["classifier_images"] == 3
+    model.batch_sizes.clear()
+    train_generator(data, model, **options, device="cpu")  # the CPU profile: 4 of each batch of 8
+    assert model.batch_sizes == [4] * 5
+    with pytest.raises(ValueError, match="classifier_images"):
+        train_generator(data, model, classifier_images=0, **options)

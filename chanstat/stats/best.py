@@ -12,19 +12,30 @@ close to normal even where the shares themselves are bounded and skewed. Signed 
 the hardest null (two channels tied on top), and channels differ in it: a noisier tied pair
 makes a variance pooled over all channels too small for that pair (measured naming rate
 .12-.16), while many small, noisy channels (Dirichlet-like shares) make it too large for the
-pair that matters (conservative, power lost). ``variance="channel"`` (default) fits one
-variance per channel, ``v[k]``, with ``var(log share_k - log share_j) = v[k] + v[j]`` (unit
-effects hold the closure), by generalised least squares on all pair variances
-(:func:`channel_variances`, the REML fit of the heteroscedastic two-way model), and refers each
-comparison to t on its Satterthwaite degrees of freedom (``n - 1`` to ``(n - 1)(C - 1)``). The
+pair that matters (conservative, power lost). ``variance="channel_df"`` (default) and
+``"channel"`` fit one variance per channel, ``v[k]``, with ``var(log share_k - log share_j) =
+v[k] + v[j]`` (unit effects hold the closure), by generalised least squares on all pair
+variances (:func:`channel_variances`, the REML fit of the heteroscedastic two-way model). The
 tied pair's variance therefore comes from the pairs that contain those channels, not from the
-others: calibrated whether the tied pair is noisier, quieter or alike
-(``analyses/calibration.py`` part f). The price, at 4-6 units, is power: five variances are
-estimated instead of one. ``variance="pooled"`` estimates one residual variance from the
-units x channels table (``(n - 1)(C - 1)`` df: more power when the channels' log-ratio
-variances are equal, anti-conservative when the contending pair is noisier than the rest).
-``variance="pair"`` uses each pair's own variance (``n - 1`` df); ``variance="max"`` the larger
-of the pair's and the pooled variance.
+others: calibrated whether the tied pair is noisier, quieter or alike. ``"channel"`` refers
+each comparison to t on its Satterthwaite degrees of freedom evaluated at the fitted variances
+(``n - 1`` to ``(n - 1)(C - 1)``); at few units these are biased low (fitted variances scatter
+more than the true ones, and scattered variances read as fewer df: median 3.6 instead of 4 at 4
+units and equal variances), which costs power. ``"channel_df"`` uses ``max(Satterthwaite,
+design_df)``, :func:`~chanstat.stats.best_variance.design_df` ``= 2 (n - 1)(C - 1) / (C + 1)``
+being the exact df of ``v[k] + v[j]`` when the channels' variances are equal (fixed by units and
+channels, not by the data; ``n - 1`` for 3 channels, ``4 (n - 1) / 3`` for 5). Measured (2000
+studies per cell, 5 channels, lognormal, t3 and Dirichlet shares): naming rate at the hardest
+null <= .052 at 4-24 units, also with the tied pair twice as noisy as the rest or half as noisy;
+power at .45 vs 4 x .1375 within .03 of the fixed-channel paired t at ``alpha / 2`` at 4, 6
+and 12 units, except Dirichlet shares at 4 units (.24 against .35: the log-ratio of small
+Dirichlet shares is skewed and noisy, and no calibrated log-ratio variance we tried recovers
+it; the share-scale paired t itself names a tied pair .06 of the time at 4 units when the pair
+is noisy). ``variance="pooled"`` estimates one residual variance from the units x channels
+table (``(n - 1)(C - 1)`` df: more power when the channels' log-ratio variances are equal,
+anti-conservative when the contending pair is noisier than the rest). ``variance="pair"`` uses
+each pair's own variance (``n - 1`` df); ``variance="max"`` the larger of the pair's and the
+pooled variance.
 
 **Which error is controlled** (``error``):
 
@@ -58,6 +69,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from chanstat.stats.best_variance import channel_variances, design_df, flat_floor
 from chanstat.stats.compositional import (
     DEFAULT_ZERO_DELTA,
     closure,
@@ -78,7 +90,9 @@ from chanstat.stats.padjust import adjust
 from chanstat.vocabulary import ALPHA
 
 ERRORS = ("naming", "mcb")
-VARIANCES = ("channel", "pooled", "pair", "max")
+VARIANCES = ("channel_df", "channel", "pooled", "pair", "max")
+#: the per-channel variance models (fitted by :func:`channel_variances`)
+CHANNEL_VARIANCES = ("channel_df", "channel")
 #: attribution methods that use a counterfactual (the default primary method is the first of these present)
 DISCRIMINATIVE_PREFIX = "d_"
 
@@ -117,12 +131,6 @@ COLUMNS = (
 MIN_PLATES = 2
 
 _QUANTITY = {"share": "share", "shapley": "shapley", "dac": "dac"}
-
-
-def _flat_floor(x: np.ndarray) -> float:
-    """Spread below this counts as none (rounding level of the values)."""
-    scale = float(np.nanmax(np.abs(x))) if x.size else 1.0
-    return 1e-9 * max(scale, 1e-300)
 
 
 def _hsu(d: np.ndarray, se: np.ndarray, c: float | np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -166,55 +174,6 @@ def pooled_variance(values: np.ndarray, scale: str = "log", delta: float = DEFAU
     return float((resid**2).sum() / df), float(df)
 
 
-def channel_variances(y: np.ndarray, max_iter: int = 50) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel variances of a units x channels table and the variance (with df) of each pair difference.
-
-    Model: ``y[u, k] = a[u] + b[k] + e[u, k]`` with independent ``e[., k]`` of variance
-    ``v[k]`` (the unit effect ``a`` holds the closure, so log-ratios fit it). The pair
-    variances ``s2[k, j] = var_u(y[:, k] - y[:, j])`` estimate ``v[k] + v[j]``; ``v`` is their
-    generalised least-squares fit, iterated, with the normal-theory covariance of the pair
-    variances (``cov(s2_p, s2_q) = 2 cov(d_p, d_q)^2 / (n - 1)``), which is the REML fit of
-    the model. A channel's variance therefore borrows from every pair it is in, but a noisy
-    channel does not inflate (nor a quiet one deflate) the variance of pairs it is not in.
-
-    Returns
-    -------
-    ``(var, df)``, each (C, C): ``var[k, j] = v[k] + v[j]`` (the variance of one unit's
-    difference of k and j) and its Satterthwaite degrees of freedom (between ``n - 1`` and
-    ``(n - 1)(C - 1)``).
-    """
-    n, n_c = y.shape
-    iu = np.triu_indices(n_c, 1)
-    n_p = len(iu[0])
-    design = np.zeros((n_p, n_c))
-    design[np.arange(n_p), iu[0]] = 1.0
-    design[np.arange(n_p), iu[1]] = 1.0
-    signed = design.copy()
-    signed[np.arange(n_p), iu[1]] = -1.0
-    s2 = (y[:, iu[0]] - y[:, iu[1]]).var(axis=0, ddof=1)
-    floor = max(float(s2.min()), _flat_floor(y) ** 2) / 40
-    ridge = 1e-10 * float(s2.mean() ** 2 + 1e-300) * np.eye(n_p)
-
-    def normal_matrix(v: np.ndarray) -> np.ndarray:
-        return np.linalg.inv(2 * ((signed * v) @ signed.T) ** 2 / (n - 1) + ridge)
-
-    v = np.full(n_c, max(float(s2.mean()) / 2, floor))
-    for _ in range(max_iter):
-        w = normal_matrix(v)
-        new = np.maximum(np.linalg.solve(design.T @ w @ design, design.T @ w @ s2), floor)
-        done = bool(np.all(np.abs(new - v) <= 1e-6 * np.abs(v)))
-        v = new
-        if done:
-            break
-    cov = np.linalg.inv(design.T @ normal_matrix(v) @ design)
-    var = v[:, None] + v[None, :]
-    dg = np.diag(cov)
-    var_var = dg[:, None] + dg[None, :] + 2 * cov
-    with np.errstate(divide="ignore", invalid="ignore"):
-        df = np.clip(2 * var**2 / np.maximum(var_var, 1e-300), n - 1, (n - 1) * (n_c - 1))
-    return var, np.nan_to_num(df, nan=float(n - 1))
-
-
 def squeeze_prior(variances: np.ndarray, dfs: np.ndarray) -> tuple[float, float]:
     """Empirical-Bayes prior ``(s0^2, d0)`` of many residual variances (Smyth 2004, limma's ``fitFDist``).
 
@@ -251,7 +210,7 @@ def mcb(
     *,
     alpha: float = ALPHA,
     scale: str = "log",
-    variance: str = "channel",
+    variance: str = "channel_df",
     error: str = "naming",
     delta: float = DEFAULT_ZERO_DELTA,
     prior: tuple[float, float] | None = None,
@@ -263,13 +222,13 @@ def mcb(
     values : ndarray (n_units, C), unit means (shares, or signed values).
     alpha : level; see the module docstring for the error each ``error`` controls.
     scale : ``"log"`` (log-ratios of closed compositions; values must be >= 0) or ``"raw"``.
-    variance : ``"channel"`` (default), ``"pooled"``, ``"pair"`` or ``"max"`` (module docstring).
+    variance : ``"channel_df"`` (default), ``"channel"``, ``"pooled"``, ``"pair"`` or ``"max"`` (module docstring).
     error : ``"naming"`` or ``"mcb"``.
     delta : zero replacement before the log.
     prior : ``(s0^2, d0)`` from :func:`squeeze_prior` (screens: many transitions): the pooled
         variance is moderated to ``(d0 s0^2 + df s^2) / (d0 + df)`` on ``d0 + df`` degrees of
         freedom (``d0 = inf``: ``s0^2`` itself; limma's moderated t); with a prior,
-        ``variance="channel"`` uses this moderated pooled variance.
+        ``variance="channel_df"`` or ``"channel"`` uses this moderated pooled variance.
 
     Returns
     -------
@@ -316,7 +275,7 @@ def mcb(
     df_pool = (n - 1) * (n_c - 1)
     pooled = 2 * float((resid**2).sum()) / df_pool
     moderated = prior is not None and prior[1] > 0 and np.isfinite(prior[0])
-    if moderated and variance == "channel":
+    if moderated and variance in CHANNEL_VARIANCES:
         variance = "pooled"  # moderation across transitions acts on the pooled variance
     if prior is not None and moderated:
         s0, d0 = prior
@@ -326,15 +285,17 @@ def mcb(
             pooled = 2 * (d0 * s0 + df_pool * pooled / 2) / (d0 + df_pool)
             df_pool = d0 + df_pool
     df: float | np.ndarray
-    if variance == "channel" and n > 2 and n_c > 2:
+    if variance in CHANNEL_VARIANCES and n > 2 and n_c > 2:
         var, df = channel_variances(y)
-    elif variance in ("pooled", "channel"):
+        if variance == "channel_df":
+            df = np.maximum(df, design_df(n, n_c))
+    elif variance in ("pooled", *CHANNEL_VARIANCES):
         var, df = np.full((n_c, n_c), pooled), float(df_pool)
     elif variance == "max":
         var, df = np.maximum(pair_var, pooled), float(df_pool)
     else:
         var, df = pair_var, float(n - 1)
-    se = np.sqrt(np.maximum(var, _flat_floor(y) ** 2) / n)
+    se = np.sqrt(np.maximum(var, flat_floor(y) ** 2) / n)
     level = alpha / 2 if error == "naming" else alpha / (n_c - 1)
     c = sps.t.ppf(1 - level, df)
     t = d / se
@@ -344,7 +305,7 @@ def mcb(
     p_value = np.minimum(1.0, scale_p * np.where(off, p_pair, -np.inf).max(axis=1))
     # share-scale simultaneous gap intervals: paired t per pair, Bonferroni over C - 1
     sd_raw = (x[:, :, None] - x[:, None, :]).std(axis=0, ddof=1)
-    se_raw = np.sqrt(np.maximum(sd_raw**2, _flat_floor(x) ** 2) / n)
+    se_raw = np.sqrt(np.maximum(sd_raw**2, flat_floor(x) ** 2) / n)
     c_raw = float(sps.t.ppf(1 - alpha / (n_c - 1), n - 1))
     g_low, g_high, _ = _hsu(means[:, None] - means[None, :], se_raw, c_raw)
     test_gap = ym - np.array([np.max(ym[off[k]]) for k in range(n_c)])
@@ -393,7 +354,7 @@ def best_channel(
     alpha: float = ALPHA,
     quantity: str | None = None,
     primary_method: str | None = None,
-    variance: str = "channel",
+    variance: str = "channel_df",
     error: str = "naming",
     padjust: str = DEFAULT_PADJUST,
     moderate: bool = False,
@@ -470,7 +431,7 @@ def best_channel(
     methods = list(dict.fromkeys(str(g.keys.get("method", ALL)) for g in groups))
     primary = primary_method if primary_method is not None else default_primary(methods)
     priors: dict[tuple, tuple[float, float]] = {}
-    if moderate and variance in ("pooled", "channel"):
+    if moderate and variance in ("pooled", *CHANNEL_VARIANCES):
         fits: dict[tuple, list[tuple[float, float]]] = {}
         for group in groups:
             if breakdown and group.keys.get(breakdown, ALL) != ALL:

@@ -74,10 +74,11 @@ class StatsConfig(Section):
         description='Error the best-channel set controls: "naming" (naming a channel that is not the largest) '
         'or "mcb" (Hsu: the set misses a best channel).',
     )
-    best_variance: Literal["channel", "pooled", "pair", "max"] = Field(
-        "channel",
+    best_variance: Literal["channel_df", "channel", "pooled", "pair", "max"] = Field(
+        "channel_df",
         description="Variance of the log-ratio comparisons: one per channel (fitted to all pairs; calibrated when "
-        "channels differ in noise), pooled over channels, per pair, or the larger of pair and pooled.",
+        "channels differ in noise) with df no lower than the equal-variance df (channel_df) or Satterthwaite df "
+        "(channel), pooled over channels, per pair, or the larger of pair and pooled.",
     )
 
     def model_post_init(self, _context) -> None:
@@ -213,7 +214,7 @@ def best_channel_tables(
         pseudo_replicates=pseudo,
         primary_method=primary,
         error=section.get("best_error", "naming"),
-        variance=section.get("best_variance", "channel"),
+        variance=section.get("best_variance", "channel_df"),
     )
     frames = [best_channel(testable, value="share", **common)]
     if shapley is not None and len(shapley):

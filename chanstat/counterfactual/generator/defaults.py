@@ -2,7 +2,7 @@
 
 The stopping rule (:mod:`~chanstat.counterfactual.generator.monitor`) decides when training
 ends; ``steps`` is only the upper bound. With channel sparsity on, the checks plateau twice:
-once before the gates are pruned and once after (so at least ``2 * patience`` checks). Every value here is a default: an option given to
+once before the gates are pruned and once after, sooner (``max(2, patience // 2)`` checks). Every value here is a default: an option given to
 :func:`~chanstat.counterfactual.generator.train_generator` (or in ``[counterfactual.generator]``)
 replaces it.
 
@@ -17,6 +17,7 @@ patience           8 checks                                    6 checks
 min steps          1000 (real images: the change concentrates  1000
                    in the planted channel only after ~1000)
 R1 every           4 steps (lazy regularisation)               1 step
+classifier loss    on 4 of the 8 conversions (random subset)    on the whole batch
 loss changes       diversity 0, cycle 0 (identity + sparsity   none (StarGAN v2 defaults)
                    keep the content; each saves a pass)
 =================  ==========================================  ==========================================
@@ -37,6 +38,7 @@ PROFILES: dict[str, dict] = {
         patience=8,
         min_steps=1000,
         r1_every=4,
+        classifier_images=4,
         loss=dict(diversity=0.0, cycle=0.0),
     ),
     "cuda": dict(
@@ -47,6 +49,7 @@ PROFILES: dict[str, dict] = {
         patience=6,
         min_steps=1000,
         r1_every=1,
+        classifier_images=None,
         loss=dict(),
     ),
 }

@@ -291,3 +291,24 @@ def weight_settled(weights, patience: int, factor: float = 1.5) -> bool:
     checks (the stopping rule waits for a data-chosen weight to settle)."""
     recent = [float(w) for w in list(weights)[-(patience + 1) :] if math.isfinite(float(w)) and float(w) > 0]
     return len(recent) < 2 or max(recent) / min(recent) < factor
+
+
+def progress_postfix(rows: list[dict]) -> dict[str, str]:
+    """What the progress bar shows: the latest training row's losses, flip rate and penalty
+    weight, and the latest held-out check (flip rate, concentration, realism gap, open gates)."""
+    row = rows[-1]
+    postfix = dict(
+        cls=f"{row['classifier']:.2f}",
+        id=f"{row['identity']:.3f}",
+        batch_flip=f"{row['batch_flip_rate']:.2f}",
+        λ=f"{row['sparsity_weight']:.3g}",
+    )
+    last = next((r for r in reversed(rows) if r["check_top_channel"] is not None), None)
+    if last is not None:
+        postfix.update(
+            flip=f"{last['check_flip_rate']:.2f}",
+            conc=f"{last['check_concentration']:.2f}",
+            gap=f"{last['check_realism_gap']:.2f}",
+            gates=f"{last['check_open_gates']:.0f}",
+        )
+    return postfix

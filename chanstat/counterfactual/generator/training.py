@@ -17,7 +17,7 @@ penalty (group norm of the change per channel) with a weight chosen from the fli
 the conversion change as few channels as it can. At the first plateau (or the end of training)
 the best network's unneeded (target class, channel) gates are closed
 (:mod:`~chanstat.counterfactual.generator.gates`; a converged network is pruned, not the first,
-still adversarial one that flips) and training goes on with the others to the next plateau.
+still adversarial one that flips) and training goes on with the others to the next (shorter) plateau.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+import chanstat.counterfactual.generator.batches as B
 import chanstat.counterfactual.generator.gates as G
 import chanstat.counterfactual.generator.losses as L
 import chanstat.counterfactual.generator.monitor as M
@@ -100,33 +101,6 @@ def _autocast(device: torch.device, mixed_precision: bool | str):
     return torch.autocast("cuda", dtype=torch.bfloat16) if use else nullcontext()
 
 
-def _augment(x: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
-    """Random flips and (square images) transposition of a whole batch."""
-    flips = torch.rand(3, generator=rng)
-    if flips[0] < 0.5:
-        x = x.flip(-1)
-    if flips[1] < 0.5:
-        x = x.flip(-2)
-    if x.shape[-1] == x.shape[-2] and flips[2] < 0.5:
-        x = x.transpose(-1, -2)
-    return x
-
-
-def _class_pools(labels: torch.Tensor, n_classes: int) -> list[torch.Tensor]:
-    return [torch.nonzero(labels == k).flatten() for k in range(n_classes)]
-
-
-def _sample_from_pools(pools: list[torch.Tensor], classes: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
-    """One random index per entry of ``classes`` from that class's pool."""
-    out = torch.empty_like(classes)
-    u = torch.rand(classes.shape[0], generator=rng)
-    for k, pool in enumerate(pools):
-        rows = classes == k
-        if bool(rows.any()):
-            out[rows] = pool[(u[rows] * pool.numel()).long().clamp_max(pool.numel() - 1)]
-    return out
-
-
 def _frozen(model: torch.nn.Module | None, device: torch.device):
     """The classifier on ``device`` in eval mode with gradients off (a copy if it lives elsewhere)."""
     if model is None:
@@ -168,6 +142,7 @@ def train_generator(
     flip_target: float = 0.9,
     time_budget: float | None = None,
     r1_every: int | None = None,
+    classifier_images: int | None = None,
     threads: int | None = None,
     **loss_weights: float,
 ) -> GeneratorTraining:
@@ -209,7 +184,7 @@ def train_generator(
         plateau (or the end of training), per target class, the channels whose change the
         held-out conversions do not need to reach ``flip_target`` are closed for good
         (:func:`~chanstat.counterfactual.generator.gates.prune_gates`) and training continues
-        (to the next plateau) with the others.
+        (to the next plateau, within ``max(2, patience // 2)`` checks) with the others.
     held_out : share of every class held out of training for the checks (at most 64 images;
         0 or no classifier: no checks, no early stop, the last network is returned).
     check_every, patience, min_steps : a held-out check every ``check_every`` steps; stop when
@@ -219,6 +194,10 @@ def train_generator(
     time_budget : stop after this many seconds of training (None: no limit).
     r1_every : the R1 penalty every this many steps, scaled up to match (lazy regularisation);
         None: the device's profile (CPU 4, CUDA 1).
+    classifier_images : how many of each batch's conversions the classifier loss sees (a random
+        subset: the batch is drawn at random; the mean over a subset has the same expected
+        gradient, at about half the classifier's cost on the CPU). None: the device's profile
+        (CPU 4, CUDA the whole batch).
     threads : torch CPU threads while training on the CPU (restored afterwards); None: torch's
         current setting, lowered to the idle cores (:func:`chanstat.runtime.available_cores`). More threads than idle cores makes the
         small networks' steps many times slower on a shared machine.
@@ -237,19 +216,25 @@ def train_generator(
     batch_size = profile["batch_size"] if batch_size is None else batch_size
     check_every = profile["check_every"] if check_every is None else check_every
     patience = profile["patience"] if patience is None else patience
+    # the pruned network starts from the best check, so its refinement needs a shorter wait
+    refine_patience = max(2, patience // 2)
     min_steps = profile["min_steps"] if min_steps is None else min_steps
     r1_every = profile["r1_every"] if r1_every is None else r1_every
-    if steps < 0 or min(batch_size, checkpoint_every, log_every, check_every, r1_every) < 1 or patience < 0:
+    if classifier_images is None:
+        classifier_images = profile["classifier_images"] or batch_size
+    counts = dict(batch_size=batch_size, checkpoint_every=checkpoint_every, log_every=log_every)
+    counts.update(check_every=check_every, r1_every=r1_every, classifier_images=classifier_images)
+    if steps < 0 or patience < 0 or min(counts.values()) < 1:
         raise ValueError(
-            f"steps, patience must be >= 0 and batch_size, checkpoint_every, log_every, check_every, r1_every >= 1; "
-            f"got {steps}, {patience}, {batch_size}, {checkpoint_every}, {log_every}, {check_every}, {r1_every}"
+            f"steps, patience must be >= 0 and {', '.join(counts)} >= 1; got {steps}, {patience}, {counts}"
         )
+    classifier_images = min(int(classifier_images), batch_size)
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs a checkpoint_dir")
     say = log or (lambda message: None)
     images, labels = dataset.images, dataset.labels
     n_classes = len(dataset.classes)
-    empty = [dataset.classes[k] for k, pool in enumerate(_class_pools(labels, n_classes)) if pool.numel() == 0]
+    empty = [dataset.classes[k] for k, pool in enumerate(B.class_pools(labels, n_classes)) if pool.numel() == 0]
     if n_classes < 2 or empty:
         raise ValueError(f"the generator needs images of every class; none of {empty} in the data set")
     seed_everything(seed)
@@ -279,7 +264,7 @@ def train_generator(
     )
     pruning = checking and (sparse.auto or sparse.value > 0)
     train_labels = labels[train_rows]
-    pools = _class_pools(train_labels, n_classes)
+    pools = B.class_pools(train_labels, n_classes)
     if any(pool.numel() == 0 for pool in pools):
         raise ValueError("after holding out images for the checks a class has no training image; lower held_out")
     gen_params = list(network.generator.parameters()) + list(network.style_encoder.parameters())
@@ -332,6 +317,7 @@ def train_generator(
         flip_target=float(flip_target),
         time_budget=time_budget,
         r1_every=int(r1_every),
+        classifier_images=classifier_images,
         architecture={k: v for k, v in network.config.items() if k not in ("channels", "classes")},
         classifier=classifier is not None,
         prune_gates=bool(pruning),
@@ -423,13 +409,13 @@ def train_generator(
             y = labels[idx]
             shift = torch.randint(1, n_classes, (batch_size,), generator=rng)
             t = (y + shift) % n_classes
-            ref1, ref2 = _sample_from_pools(pools, t, rng), _sample_from_pools(pools, t, rng)
+            ref1, ref2 = B.sample_from_pools(pools, t, rng), B.sample_from_pools(pools, t, rng)
             z1 = torch.randn(batch_size, network.latent_dim, generator=rng)
             z2 = torch.randn(batch_size, network.latent_dim, generator=rng)
             batch_rows = torch.cat([torch.searchsorted(train_rows, idx), ref1, ref2])
             batch = train_images[batch_rows.to(dev)]
             if augment:
-                batch = _augment(batch, rng)
+                batch = B.augment(batch, rng)
             x, x_ref1, x_ref2 = batch.split(batch_size)
             y, t, z1, z2 = y.to(dev), t.to(dev), z1.to(dev), z2.to(dev)
             by_reference = step % 2 == 0
@@ -439,16 +425,20 @@ def train_generator(
                     return network.style_from_reference(x_ref1, t), network.style_from_reference(x_ref2, t)
                 return network.style_from_latent(z1, t), network.style_from_latent(z2, t)
 
+            # one conversion serves both updates: the discriminator step changes no generator weight,
+            # so StarGAN v2's second translation (same style, same generator) would repeat this one
+            with autocast():
+                s1, s2 = styles()
+                fake = network.translate(x, s1, t)
+
             # discriminator: real images of their class vs converted images of the target class
             with_r1 = weights.r1 > 0 and step % r1_every == 0
             x_real = x.detach().requires_grad_(with_r1)
             d_real_logits = network.discriminate(x_real, y)  # float32: the R1 gradient needs it
             d_real = L.adversarial_loss(d_real_logits, real=True)
             r1 = L.r1_penalty(d_real_logits, x_real) if with_r1 else torch.zeros((), device=dev)
-            with torch.no_grad(), autocast():
-                fake = network.translate(x, styles()[0], t)
             with autocast():
-                d_fake = L.adversarial_loss(network.discriminate(fake.float(), t), real=False)
+                d_fake = L.adversarial_loss(network.discriminate(fake.detach().float(), t), real=False)
             d_total = d_real + d_fake + weights.r1 * r1_every * r1
             opt_d.zero_grad(set_to_none=True)
             d_total.backward()
@@ -456,9 +446,8 @@ def train_generator(
 
             # generator, mapping network and style encoder
             diversity_weight = weights.diversity * max(0.0, 1.0 - (step - 1) / max(1, steps))
+            network.discriminator.requires_grad_(False)  # its step is done: no weight gradients to compute
             with autocast():
-                s1, s2 = styles()
-                fake = network.translate(x, s1, t)
                 adversarial = L.adversarial_loss(network.discriminate(fake, t), real=True)
                 style = L.style_reconstruction_loss(network.style_from_reference(fake, t), s1)
                 if diversity_weight > 0:
@@ -472,12 +461,13 @@ def train_generator(
                 identity = L.identity_loss(fake, x, std)
                 group = L.channel_sparsity_loss(fake, x, std)
                 if classifier is not None and weights.classifier > 0:
-                    logits = classifier(fake)
-                    cls = L.classifier_loss(logits, t)
+                    seen = t[:classifier_images]
+                    logits = classifier(fake[:classifier_images])
+                    cls = L.classifier_loss(logits, seen)
                     flip_rate = (
-                        float((logits.detach().argmax(1) == t).float().mean())
+                        float((logits.detach().argmax(1) == seen).float().mean())
                         if logits.shape[1] > 1
-                        else float(((logits.detach()[:, 0] > 0).long() == t).float().mean())
+                        else float(((logits.detach()[:, 0] > 0).long() == seen).float().mean())
                     )
                 else:
                     cls, flip_rate = torch.zeros((), device=dev), float("nan")
@@ -493,6 +483,7 @@ def train_generator(
             )
             opt_g.zero_grad(set_to_none=True)
             g_total.backward()
+            network.discriminator.requires_grad_(True)
             opt_g.step()
             sparse.update(flip_rate)
 
@@ -522,9 +513,11 @@ def train_generator(
                     row.update(run_check(step))
                     if step >= min_steps:
                         checks = pd.DataFrame(rows + [row])
+                        wait = patience
                         if pruned_at is not None:  # after pruning, a plateau of the pruned network's checks
                             checks = checks[checks["step"] >= pruned_at]
-                        stop = M.stop_reason(checks, patience=patience)
+                            wait = refine_patience
+                        stop = M.stop_reason(checks, patience=wait)
                         weights_at_checks = checks.loc[checks["check_score"].notna(), "sparsity_weight"]
                         # no plateau before the data-chosen penalty is in force (on real images the change
                         # concentrates only after it arms); without gates it must also have settled
@@ -534,21 +527,7 @@ def train_generator(
                             row.update(run_check(step))  # the pruned network's check (a candidate for the best)
                             pruned_at, stop = step, None
                 rows.append(row)
-                last = next((r for r in reversed(rows) if r["check_top_channel"] is not None), None)
-                postfix = dict(
-                    cls=f"{row['classifier']:.2f}",
-                    id=f"{row['identity']:.3f}",
-                    batch_flip=f"{flip_rate:.2f}",
-                    λ=f"{sparsity_weight:.3g}",
-                )
-                if last is not None:
-                    postfix.update(
-                        flip=f"{last['check_flip_rate']:.2f}",
-                        conc=f"{last['check_concentration']:.2f}",
-                        gap=f"{last['check_realism_gap']:.2f}",
-                        gates=f"{last['check_open_gates']:.0f}",
-                    )
-                bar.set_postfix(postfix)
+                bar.set_postfix(M.progress_postfix(rows))
             bar.update(1)
             elapsed = seconds_before + time.perf_counter() - t0
             if stop is None and out_of_time:
@@ -569,6 +548,7 @@ def train_generator(
     finally:
         bar.close()
         torch.set_num_threads(threads_before)
+        network.discriminator.requires_grad_(True)
         for p, flag in flags:
             p.requires_grad_(flag)
     quality: dict = {}
