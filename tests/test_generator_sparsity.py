@@ -132,30 +132,35 @@ def test_gates_travel_with_the_network_and_old_networks_load_open(tmp_path):
     assert bool((fresh.channel_gate == 1).all())
 
 
+#: only the classifier (and identity) drive the change, so a few steps learn the conversion
+PRUNING_RUN = dict(
+    batch_size=8,
+    seed=0,
+    architecture=TINY,
+    progress=False,
+    held_out=0.25,
+    min_steps=0,
+    lr=0.02,
+    adversarial=0,
+    r1=0,
+    style=0,
+    cycle=0,
+    diversity=0,
+    identity=0.2,
+)
+
+
 def test_training_prunes_gates_and_keeps_the_flip(one_thread, tmp_path):
     data = tiny_set(n=32, channels=("A", "B", "C"), size=8)
     model = ReadsTwoChannels()
-    # only the classifier (and identity) drive the change, so a few steps learn the conversion
     options = dict(
+        PRUNING_RUN,
         steps=100,
-        batch_size=8,
-        seed=0,
-        architecture=TINY,
-        progress=False,
-        held_out=0.25,
         check_every=20,
         patience=10,
-        min_steps=0,
         log_every=20,
-        lr=0.02,
         checkpoint_dir=tmp_path,
         checkpoint_every=50,
-        adversarial=0,
-        r1=0,
-        style=0,
-        cycle=0,
-        diversity=0,
-        identity=0.2,
     )
     training = train_generator(data, model, **options)
     quality = training.quality
@@ -284,27 +289,8 @@ def test_after_pruning_training_waits_half_the_patience(one_thread):
     # the pruned network starts from the best check: its plateau is judged on max(2, patience // 2)
     # checks, so a run whose pruned network is not beaten stops two checks (not four) after pruning
     data = tiny_set(n=32, channels=("A", "B", "C"), size=8)
-    training = train_generator(
-        data,
-        ReadsTwoChannels(),
-        steps=400,
-        batch_size=8,
-        seed=0,
-        architecture=TINY,
-        progress=False,
-        held_out=0.25,
-        check_every=10,
-        patience=4,
-        min_steps=0,
-        log_every=10,
-        lr=0.02,
-        adversarial=0,
-        r1=0,
-        style=0,
-        cycle=0,
-        diversity=0,
-        identity=0.2,
-    )
+    options = dict(PRUNING_RUN, steps=400, check_every=10, patience=4, log_every=10)
+    training = train_generator(data, ReadsTwoChannels(), **options)
     quality = training.quality
     assert quality["best_step"] == quality["pruned_at_step"]
     assert quality["stopped_at"] == quality["pruned_at_step"] + 2 * 10
