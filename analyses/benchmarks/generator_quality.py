@@ -137,6 +137,8 @@ def run_variant(data, model, variant: str, args, device) -> dict:
     )
     if args.steps:
         options["steps"] = args.steps
+    if args.classifier_images is not None:  # a train_generator keyword, passed through the loss options
+        options["loss"] = dict(classifier_images=args.classifier_images)
     for name in ("patience", "min_steps"):  # the stopping rule (default: the device profile)
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
@@ -185,6 +187,9 @@ def main(argv=None) -> int:
     parser.add_argument("--time-budget", type=float, default=300.0)
     parser.add_argument("--patience", type=int, default=None, help="checks without gain before stopping")
     parser.add_argument("--min-steps", type=int, default=None, help="no stop before this step")
+    parser.add_argument(
+        "--classifier-images", type=int, default=None, help="conversions per batch the classifier loss sees"
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
