@@ -445,18 +445,22 @@ def issue16_study(n_sims: int, seed: int = 0, effect: float = 1.5) -> pd.DataFra
     return pd.DataFrame(rows)
 
 
+#: real CellProfiler profiles (LINCS plate SQ00015054, normalised, feature-selected) in ../shared
+LINCS_TABLE = (
+    Path(__file__).resolve().parents[2]
+    / "shared"
+    / "data"
+    / "lincs_SQ00015054"
+    / "SQ00015054_normalized_feature_select.csv.gz"
+)
+
+
 def enrichment_study(n_sims: int, n_perm: int, seed: int = 1) -> pd.DataFrame:
     """False-call rate of the competitive channel enrichment on real LINCS DMSO wells (split 12 v 12)."""
     from chanstat.cellprofiler import feature_columns, parse_features, read
     from chanstat.cellprofiler.enrichment import channel_incidence, competitive_test, feature_channels
 
-    path = (
-        Path(__file__).resolve().parents[2]
-        / "shared"
-        / "data"
-        / "lincs_SQ00015054"
-        / "SQ00015054_normalized_feature_select.csv.gz"
-    )
+    path = LINCS_TABLE
     lincs = read(path)
     dmso = lincs[lincs["Metadata_broad_sample"] == "DMSO"].reset_index(drop=True)
     features = feature_columns(dmso.columns)
@@ -812,13 +816,7 @@ def camera_study(n_sims: int, n_perm: int = 499, seed: int = 7) -> list[dict]:
     from chanstat.cellprofiler import feature_columns, parse_features, read
     from chanstat.cellprofiler.enrichment import channel_incidence, competitive_test, feature_channels
 
-    path = (
-        Path(__file__).resolve().parents[2]
-        / "shared"
-        / "data"
-        / "lincs_SQ00015054"
-        / "SQ00015054_normalized_feature_select.csv.gz"
-    )
+    path = LINCS_TABLE
     if not path.exists():
         return []
     lincs = read(path)

@@ -44,13 +44,6 @@ import tempfile
 import time
 from pathlib import Path
 
-PHENOTYPE_CHANNEL = {
-    "nuclear_size": "DNA",
-    "er_intensity": "ER",
-    "rna_nucleoli": "RNA",
-    "agp_intensity": "AGP",
-    "mito_fragmentation": "Mito",
-}
 RESNET_FILE = Path(__file__).resolve().parents[2] / "chanstat" / "models" / "resnet.py"
 #: the generator settings shipped before issue 26 (old ConversionNetwork and LossWeights defaults)
 BEFORE_GENERATOR = dict(
@@ -243,7 +236,9 @@ def main(argv=None) -> int:
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--worker-out", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    args.channel = PHENOTYPE_CHANNEL[args.phenotype]
+    from chanstat.data import PHENOTYPES  # the same in the tree before issue 26
+
+    args.channel = PHENOTYPES[args.phenotype].channel
     args.passthrough = [
         f"--tiles={args.tiles}",
         f"--size={args.size}",

@@ -36,13 +36,6 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-PHENOTYPE_CHANNEL = {
-    "nuclear_size": "DNA",
-    "er_intensity": "ER",
-    "rna_nucleoli": "RNA",
-    "agp_intensity": "AGP",
-    "mito_fragmentation": "Mito",
-}
 
 
 def synthetic_set(phenotype: str, size: int, n: int, seed: int):
@@ -198,15 +191,21 @@ def main(argv=None) -> int:
     parser.add_argument("--cache", default=None, help="folder for trained classifiers (reused when present)")
     parser.add_argument("--log-dir", default=None, help="folder for the training logs (CSV per variant)")
     args = parser.parse_args(argv)
+    from chanstat.data import CELL_PAINTING_CHANNELS, PHENOTYPES
     from chanstat.runtime import resolve_device, use_available_cores
+
+    # every synthetic phenotype, in the order of the channels they are planted in
+    phenotype_channel = {
+        p.name: p.channel for p in sorted(PHENOTYPES.values(), key=lambda p: CELL_PAINTING_CHANNELS.index(p.channel))
+    }
 
     threads = use_available_cores(args.threads)
     device = resolve_device(args.device)
     print(f"device {device}, {threads} torch threads; torch {torch.__version__}")
     jobs = (
-        [(p, PHENOTYPE_CHANNEL[p]) for p in PHENOTYPE_CHANNEL]
+        list(phenotype_channel.items())
         if args.all_phenotypes
-        else [(args.phenotype, args.channel or PHENOTYPE_CHANNEL.get(args.phenotype, "Mito"))]
+        else [(args.phenotype, args.channel or phenotype_channel.get(args.phenotype, "Mito"))]
     )
     if args.data == "real":
         jobs = [("real_" + (args.channel or "Mito"), args.channel or "Mito")]
