@@ -30,7 +30,7 @@ class ReadsTwoChannels(torch.nn.Module):
         return torch.stack([-s, s], dim=1)
 
 
-def _share_of_planted_channel(sparsity):
+def _share_of_planted_channel(sparsity, reweight=True):
     data = tiny_set(n=16, channels=("A", "B", "C"), size=8)
     model = ReadsTwoChannels()
     # only the classifier drives the change, so the comparison isolates the penalty
@@ -43,6 +43,7 @@ def _share_of_planted_channel(sparsity):
         architecture=TINY,
         progress=False,
         sparsity=sparsity,
+        reweight=reweight,
         held_out=0.0,
         adversarial=0,
         r1=0,
@@ -68,6 +69,33 @@ def test_sparsity_penalty_concentrates_the_change_in_the_planted_channel(one_thr
     assert float(without[1]) > 0.2
     assert float(with_penalty[0]) > float(without[0]) + 0.1
     assert float(with_penalty[1]) < float(without[1]) - 0.1
+
+
+def test_reweighting_moves_the_last_of_the_change_out_of_the_channel_it_could_leave():
+    plain = _share_of_planted_channel(0.3, reweight=False)
+    reweighted = _share_of_planted_channel(0.3)
+    # the plain group norm leaves part of the change in B, which the classifier reads at half
+    # A's weight (0.15 of it here); penalising B's small change harder moves that part into A
+    assert float(plain[1]) > 0.1
+    assert float(reweighted[1]) < 0.5 * float(plain[1])
+    assert float(reweighted[0]) > float(plain[0])
+
+
+def test_reweighting_weights_follow_each_class_s_average_change():
+    from chanstat.counterfactual.generator.losses import ChannelReweighting
+
+    balance = ChannelReweighting(n_classes=2, n_channels=3, smoothing=0.5, floor=0.05, cap=20.0)
+    targets = torch.tensor([0, 0, 1])
+    # before any update every weight is 1
+    assert torch.equal(balance.weights(targets), torch.ones(3, 3))
+    balance.update(torch.tensor([[1.0, 0.1, 0.0], [1.0, 0.1, 0.0], [0.0, 0.0, 2.0]]), targets)
+    w = balance.weights(torch.tensor([0, 1]))
+    # class 0: top channel 1 -> 1 / 1.05; 0.1 -> 1 / 0.15; 0 -> 1 / 0.05 = 20 (the cap)
+    assert torch.allclose(w[0], torch.tensor([1 / 1.05, 1 / 0.15, 20.0]))
+    assert torch.allclose(w[1], torch.tensor([20.0, 20.0, 1 / 1.05]))
+    # an exponential moving average: half the old scale plus half the new batch
+    balance.update(torch.tensor([[0.0, 0.1, 0.0]]), torch.tensor([0]))
+    assert torch.allclose(balance.scale[0], torch.tensor([0.5, 0.1, 0.0]))
 
 
 class FixedChange(ConversionNetwork):
@@ -318,3 +346,27 @@ def test_classifier_loss_sees_the_chosen_number_of_conversions(one_thread):
     assert model.batch_sizes == [4] * 5
     with pytest.raises(ValueError, match="classifier_images"):
         train_generator(data, model, classifier_images=0, **options)
+    # a count that is not a whole number is named, not compared with 1 in a bare TypeError
+    with pytest.raises(TypeError, match=r"classifier_images must be whole numbers; got \{'classifier_images': '3'\}"):
+        train_generator(data, model, classifier_images="3", **options)
+    with pytest.raises(TypeError, match="patience, min_steps"):
+        train_generator(data, model, patience=2.5, min_steps=True, **options)
+
+
+def test_provider_takes_reweight_and_classifier_images_from_the_config():
+    from chanstat.counterfactual.stage import CounterfactualConfig
+
+    section = CounterfactualConfig(provider="generator", generator={"reweight": False, "classifier_images": 8})
+    assert section.generator == {"reweight": False, "classifier_images": 8}
+    with pytest.raises(ValueError, match="has no option 'reweigh'.*did you mean 'reweight'"):
+        CounterfactualConfig(provider="generator", generator={"reweigh": False})
+    # and the provider hands them to the training
+    from chanstat.counterfactual.generator.provider import GeneratorCounterfactuals
+
+    data = tiny_set(n=16, channels=("A", "B", "C"), size=8)
+    provider = GeneratorCounterfactuals(
+        ReadsTwoChannels(), steps=3, architecture=TINY, held_out=0.0, progress=False, **section.generator
+    )
+    provider.network_for(data)
+    settings = provider.training.settings
+    assert (settings["reweight"], settings["classifier_images"]) == (False, 8)

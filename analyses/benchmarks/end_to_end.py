@@ -118,6 +118,8 @@ def workload(data, model, *, before: bool, args, device) -> dict:
         options["loss"] = dict(options["loss"], r1_every=1)  # train_generator keyword, passed through the loss dict
     else:
         options = dict(time_budget=args.time_budget)
+        if args.min_steps is not None:
+            options["min_steps"] = args.min_steps
     result = generate_counterfactuals(
         data, "generator", model=model, device=device, seed=0, n_latent=10, n_reference=10, progress=False, **options
     )
@@ -229,6 +231,7 @@ def main(argv=None) -> int:
     parser.add_argument("--old-steps", type=int, default=400, help="fixed generator steps of the run before")
     parser.add_argument("--time-budget", type=float, default=None, help="generator training seconds at most (new)")
     parser.add_argument("--threads", type=int, default=None, help="threads of the new run (default: idle cores)")
+    parser.add_argument("--min-steps", type=int, default=None, help="generator min steps of the new run (default: profile)")
     parser.add_argument("--before-tree", default=None, help="source tree of the code before issue 26")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--only", choices=("before", "new"), default=None)

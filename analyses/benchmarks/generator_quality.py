@@ -130,8 +130,8 @@ def run_variant(data, model, variant: str, args, device) -> dict:
     )
     if args.steps:
         options["steps"] = args.steps
-    if args.classifier_images is not None:  # a train_generator keyword, passed through the loss options
-        options["loss"] = dict(classifier_images=args.classifier_images)
+    if args.classifier_images is not None:
+        options["classifier_images"] = args.classifier_images
     for name in ("patience", "min_steps"):  # the stopping rule (default: the device profile)
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)

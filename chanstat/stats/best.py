@@ -26,12 +26,16 @@ design_df)``, :func:`~chanstat.stats.best_variance.design_df` ``= 2 (n - 1)(C - 
 being the exact df of ``v[k] + v[j]`` when the channels' variances are equal (fixed by units and
 channels, not by the data; ``n - 1`` for 3 channels, ``4 (n - 1) / 3`` for 5). Measured (2000
 studies per cell, 5 channels, lognormal, t3 and Dirichlet shares): naming rate at the hardest
-null <= .052 at 4-24 units, also with the tied pair twice as noisy as the rest or half as noisy;
-power at .45 vs 4 x .1375 within .03 of the fixed-channel paired t at ``alpha / 2`` at 4, 6
-and 12 units, except Dirichlet shares at 4 units (.24 against .35: the log-ratio of small
-Dirichlet shares is skewed and noisy, and no calibrated log-ratio variance we tried recovers
-it; the share-scale paired t itself names a tied pair .06 of the time at 4 units when the pair
-is noisy). ``variance="pooled"`` estimates one residual variance from the units x channels
+null <= .055 at 4-24 units (the worst cell, lognormal at 8 units, .054 +- .0025 over four seeds),
+also with the tied pair twice as noisy as the rest or half as noisy; power at .45 vs 4 x .1375
+within .03 of the fixed-channel paired t at ``alpha / 2`` at 4, 6 and 12 units, except
+Dirichlet shares at 4 units (.25 against .33: the log-ratio of small Dirichlet shares is skewed
+and noisy, and no calibrated log-ratio variance we tried recovers it). Shares themselves
+(``scale="raw"``) do not fit the additive model: the two tied top shares of a unit are
+negatively correlated (together they fill it), so ``v[k] + v[j]`` is 1.5-1.6 times too small
+for that pair and a channel is named .10-.14 of the time at the hardest null; the share-scale
+paired t with each pair's own variance is the alpha/2 reference itself and names .057-.059
+in some noisy-pair cells. ``variance="pooled"`` estimates one residual variance from the units x channels
 table (``(n - 1)(C - 1)`` df: more power when the channels' log-ratio variances are equal,
 anti-conservative when the contending pair is noisier than the rest). ``variance="pair"`` uses
 each pair's own variance (``n - 1`` df); ``variance="max"`` the larger of the pair's and the

@@ -14,7 +14,7 @@
 
 Modules: ``networks`` (generator with AdaIN, mapping network, style encoder, multi-class
 discriminator), ``losses`` (adversarial + R1, style reconstruction, diversity, cycle,
-classifier, identity, channel sparsity), ``gates`` (data-chosen per-(target class, channel)
+classifier, identity, channel sparsity and its per-class reweighting), ``gates`` (data-chosen per-(target class, channel)
 gates: the fewest changed channels that keep the held-out flip rate), ``training`` (:func:`train_generator`, checkpoints,
 resume, :func:`save_generator` / :func:`load_generator`), ``monitor`` (held-out checks,
 checkpoint score, stopping rule, data-chosen sparsity weight), ``defaults`` (CPU / CUDA

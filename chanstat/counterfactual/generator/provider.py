@@ -40,6 +40,11 @@ class GeneratorCounterfactuals(CounterfactualProvider):
     sparsity : channel-sparsity weight, ``"auto"`` (chosen from the flip rate), a number, or 0;
         unless 0, training also closes the per-(target class, channel) gates of channels the
         held-out conversions do not need (:mod:`~chanstat.counterfactual.generator.gates`).
+    reweight : penalise each target class's small per-channel changes harder than its main one
+        (iteratively reweighted group norm, :class:`~chanstat.counterfactual.generator.losses.ChannelReweighting`),
+        so the change leaves the channels the conversion can do without.
+    classifier_images : conversions per training batch the classifier loss sees (None: the
+        device's profile, CPU 4 of 8, CUDA the whole batch).
     held_out, check_every, patience, min_steps, flip_target, time_budget : self-checking
         training (held-out share, check interval, plateau patience in checks, no stop before,
         flip rate of a usable generator, seconds of training at most); see :func:`train_generator`.
@@ -76,6 +81,8 @@ class GeneratorCounterfactuals(CounterfactualProvider):
         n_reference: int = 10,
         seed: int = 0,
         sparsity: float | str = "auto",
+        reweight: bool = True,
+        classifier_images: int | None = None,
         held_out: float = 0.15,
         check_every: int | None = None,
         patience: int | None = None,
@@ -105,6 +112,8 @@ class GeneratorCounterfactuals(CounterfactualProvider):
             checkpoint_every=int(checkpoint_every),
             resume=bool(resume),
             sparsity=sparsity,
+            reweight=bool(reweight),
+            classifier_images=classifier_images,
             held_out=float(held_out),
             check_every=check_every,
             patience=patience,

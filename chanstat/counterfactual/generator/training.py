@@ -23,6 +23,7 @@ still adversarial one that flips) and training goes on with the others to the ne
 from __future__ import annotations
 
 import copy
+import numbers
 import os
 import time
 from contextlib import nullcontext
@@ -135,6 +136,7 @@ def train_generator(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
     sparsity: float | str = "auto",
+    reweight: bool = True,
     held_out: float = 0.15,
     check_every: int | None = None,
     patience: int | None = None,
@@ -185,11 +187,13 @@ def train_generator(
         held-out conversions do not need to reach ``flip_target`` are closed for good
         (:func:`~chanstat.counterfactual.generator.gates.prune_gates`) and training continues
         (to the next plateau, within ``max(2, patience // 2)`` checks) with the others.
+    reweight : weight the penalty's channels per target class by the inverse of their running RMS
+        change (:class:`~chanstat.counterfactual.generator.losses.ChannelReweighting`); with sparsity on.
     held_out : share of every class held out of training for the checks (at most 64 images;
         0 or no classifier: no checks, no early stop, the last network is returned).
     check_every, patience, min_steps : a held-out check every ``check_every`` steps; stop when
         the best check score has not risen by 0.01 in ``patience`` checks, not before
-        ``min_steps``. None: the device's profile (CPU 25 / 8 / 1000, CUDA 250 / 6 / 1000).
+        ``min_steps``. None: the device's profile (CPU 25 / 8 / 750, CUDA 250 / 6 / 1000).
     flip_target : held-out flip rate of a usable generator (checkpoint score, sparsity schedule).
     time_budget : stop after this many seconds of training (None: no limit).
     r1_every : the R1 penalty every this many steps, scaled up to match (lazy regularisation);
@@ -224,6 +228,10 @@ def train_generator(
         classifier_images = profile["classifier_images"] or batch_size
     counts = dict(batch_size=batch_size, checkpoint_every=checkpoint_every, log_every=log_every)
     counts.update(check_every=check_every, r1_every=r1_every, classifier_images=classifier_images)
+    whole = {"steps": steps, "patience": patience, "min_steps": min_steps, **counts}
+    not_whole = {k: v for k, v in whole.items() if isinstance(v, bool) or not isinstance(v, numbers.Integral)}
+    if not_whole:
+        raise TypeError(f"{', '.join(not_whole)} must be whole numbers; got {not_whole}")
     if steps < 0 or patience < 0 or min(counts.values()) < 1:
         raise ValueError(
             f"steps, patience must be >= 0 and {', '.join(counts)} >= 1; got {steps}, {patience}, {counts}"
@@ -263,6 +271,7 @@ def train_generator(
         sparsity if (classifier is not None or sparsity != "auto") else 0.0, flip_target
     )
     pruning = checking and (sparse.auto or sparse.value > 0)
+    reweighting = L.ChannelReweighting(n_classes, images.shape[1]) if reweight and sparse.value > 0 else None
     train_labels = labels[train_rows]
     pools = B.class_pools(train_labels, n_classes)
     if any(pool.numel() == 0 for pool in pools):
@@ -296,6 +305,8 @@ def train_generator(
         pruned_at = state.get("pruned_at")
         if state.get("sparsity"):
             sparse.load(state["sparsity"])
+        if reweighting is not None and state.get("reweighting"):
+            reweighting.load(state["reweighting"])
         say(f"generator: resumed from {ckpt_path} at step {start_step}")
     settings = dict(
         steps=int(steps),
@@ -309,6 +320,7 @@ def train_generator(
         profile=profile["profile"],
         loss_weights=weights.as_dict(),
         sparsity=sparsity,
+        reweight=reweighting is not None,
         held_out=float(held_out) if checking else 0.0,
         n_held_out=int(held_rows.numel()),
         check_every=int(check_every),
@@ -350,6 +362,7 @@ def train_generator(
                 "stop": stop,
                 "pruned_at": pruned_at,
                 "sparsity": sparse.state(),
+                "reweighting": reweighting.state() if reweighting is not None else None,
             },
             tmp,
         )
@@ -459,7 +472,12 @@ def train_generator(
                 else:
                     cycle = torch.zeros((), device=dev)
                 identity = L.identity_loss(fake, x, std)
-                group = L.channel_sparsity_loss(fake, x, std)
+                rms = L.channel_change_rms(fake, x, std)
+                # reweighted once the penalty is in force: before, the conversion is still learning the flip
+                weighted = rms
+                if reweighting is not None and (sparse.armed or not sparse.auto):
+                    weighted = rms * reweighting.weights(t)
+                group = weighted.sum(1).mean()
                 if classifier is not None and weights.classifier > 0:
                     seen = t[:classifier_images]
                     logits = classifier(fake[:classifier_images])
@@ -486,6 +504,8 @@ def train_generator(
             network.discriminator.requires_grad_(True)
             opt_g.step()
             sparse.update(flip_rate)
+            if reweighting is not None:
+                reweighting.update(rms, t)
 
             out_of_time = time_budget is not None and seconds_before + time.perf_counter() - t0 >= time_budget
             check = checking and (step % check_every == 0 or step == steps or out_of_time)
