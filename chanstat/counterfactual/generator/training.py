@@ -482,11 +482,7 @@ def train_generator(
                     seen = t[:classifier_images]
                     logits = classifier(fake[:classifier_images])
                     cls = L.classifier_loss(logits, seen)
-                    flip_rate = (
-                        float((logits.detach().argmax(1) == seen).float().mean())
-                        if logits.shape[1] > 1
-                        else float(((logits.detach()[:, 0] > 0).long() == seen).float().mean())
-                    )
+                    flip_rate = float((M._predicted(logits.detach()) == seen).float().mean())
                 else:
                     cls, flip_rate = torch.zeros((), device=dev), float("nan")
             sparsity_weight = sparse.value
