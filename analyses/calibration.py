@@ -543,7 +543,14 @@ def _fixed_channel(values: np.ndarray, alpha: float = ALPHA) -> bool:
     return bool((t > sps.t.ppf(1 - alpha, len(d) - 1)).all())
 
 
-SECTIONS = ("best", "intervals", "plates", "screen", "zero", "enrich", "link")
+SECTIONS = ("best", "scales", "intervals", "plates", "screen", "zero", "enrich", "link")
+#: the "scales" section: few wells, the shares' own paired t (the alpha/2 reference by construction) beside the default
+FEW_UNIT_PROCEDURES = {
+    "best_channel default (log-ratio, channel_df)": {},
+    "shares, each pair's own variance": {"scale": "raw", "variance": "pair"},
+}
+EIGHT_NULL = (0.44, 0.44) + (0.02,) * 6
+EIGHT_POWER = (0.45,) + (0.55 / 7,) * 7
 
 
 def issue24_study(
@@ -627,6 +634,30 @@ def issue24_study(
                 "same at alpha/2 (the per-direction level naming pays)",
                 [_fixed_channel(v, ALPHA / 2) for v in vals],
             )
+    for gen in GENERATORS if "scales" in sections else ():
+        cells = [
+            ("naming rate, hardest null (two tied on top)", HARD_NULL, {}, "<= .055"),
+            ("power, shares .45 vs .14", POWER_SHARES, {}, ""),
+            ("naming rate, hardest null, 8 channels", EIGHT_NULL, {}, "<= .055"),
+            ("power, .45 vs 7 x .079, 8 channels", EIGHT_POWER, {}, ""),
+        ]
+        if gen != "dirichlet":
+            cells.insert(1, ("naming rate, tied pair twice as noisy", HARD_NULL, {"noisy": 2.0}, "<= .055"))
+        for n in (3, 4, 5, 6):
+            for finding, shares, extra, target in cells:
+                vals, _ = simulate_unit_means(gen, shares, n_units=n, replicates=n_sims, seed=rng, **extra)
+                power = finding.startswith("power")
+                for procedure, kw in FEW_UNIT_PROCEDURES.items():
+                    named = np.array([mcb(v, **kw)["named"] for v in vals])
+                    add(finding, gen, n, f"{procedure} [scales]", named == 0 if power else named >= 0, target)
+                if power:
+                    add(
+                        finding,
+                        gen,
+                        n,
+                        "fixed channel at alpha/2 [scales]",
+                        [_fixed_channel(v, ALPHA / 2) for v in vals],
+                    )
     for gen in GENERATORS if "intervals" in sections else ():
         truth = simulate_unit_means(gen, POWER_SHARES, n_units=1, replicates=20000, seed=rng)[0][:, 0].mean(0)
         for n in (4, 6, 12):

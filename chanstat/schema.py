@@ -366,16 +366,6 @@ _ENTRIES: list[Entry] = [
         extra=("*",),
     ),
     _table(
-        "answer",
-        "stats",
-        "family:str method:str dominant_channel:str source:str? quantity:str? estimate:float? ci_low:float? "
-        "ci_high:float? p_value:float? unit:str? n_units:int? agrees_with_majority:bool? cellprofiler_channel:str? "
-        "agrees_with_cellprofiler:bool? note:str?",
-        "The answer first: dominant channel (or 'none') per method family with its calibrated interval.",
-        order=(),
-        extra=("*",),
-    ),
-    _table(
         "best_channel",
         "stats",
         "method:str role:str transition:str quantity:str channel:str estimate:float gap:float gap_ci_low:float "

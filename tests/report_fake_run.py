@@ -221,6 +221,7 @@ def make_fake_run(out: Path, names: Names | None = None, tables: tuple[str, ...]
                                  "effect_size": 0.9, "effect_size_name": "dz", "unit": "well", "n_units": 6}
                                 for m in methods for a, b in itertools.combinations(STRATEGIES, 2)])
     put("shapley_tests", shapley_test_rows(names, n))
+    put("best_channel", best_channel_rows(names))
     put("channel_shapley", [{"sample": s, "channel": ch, "shapley": (0.5 if c == sig else 0.02) + 0.01 * s}
                             for s in range(n) for c, ch in enumerate(chans)])
     put("channel_shapley_total", [{"sample": s, "p_real": 0.9, "p_counterfactual": 0.9 - (0.58 + 0.05 * s),
@@ -266,22 +267,8 @@ def make_fake_run(out: Path, names: Names | None = None, tables: tuple[str, ...]
                               for i, m in enumerate(methods[:2]) for r, ch in enumerate(chans[::-1], 1)])
     for name, spec in SCHEMA.items():  # every other table, from its schema entry alone
         if name in want and isinstance(spec, TableSpec) and name not in planted and name not in (
-                "answer", "verdict", "verdict_evidence"):
+                "verdict", "verdict_evidence"):
             planted[name] = generic_frame(name, names, rng=rng)
-    if "answer" in want:  # as the stats stage writes it (answer_table): the primary dominance rows, warning as note
-        common = {"unit": "well", "n_units": 6, "cellprofiler_channel": names.signal, "note": PLATE_WARNING}
-        planted["answer"] = schema_frame("answer", [
-            {**common, "family": names.families[0], "method": methods[0], "source": "attribution share",
-             "quantity": "share", "dominant_channel": names.signal, "estimate": 0.48, "ci_low": 0.41234,
-             "ci_high": 0.55678,
-             "p_value": DOMINANCE_P[0], "agrees_with_majority": True, "agrees_with_cellprofiler": True},
-            {**common, "family": names.families[1], "method": methods[1], "source": "attribution share",
-             "quantity": "share", "dominant_channel": "none", "estimate": np.nan, "ci_low": np.nan, "ci_high": np.nan,
-             "p_value": DOMINANCE_P[1], "agrees_with_majority": False, "agrees_with_cellprofiler": False},
-            {**common, "family": "model (Shapley)", "method": "channel_shapley", "source": "Shapley value",
-             "quantity": "contribution", "dominant_channel": names.signal, "estimate": 0.5, "ci_low": 0.31,
-             "ci_high": 0.69, "p_value": 0.00456, "agrees_with_majority": True,
-             "agrees_with_cellprofiler": True}], names, rng)
     run.save(**planted)
     if "verdict" in want:  # as the answer stage writes it, from the planted evidence
         from chanstat.answer import weigh_run
@@ -298,6 +285,36 @@ CONCORDANCE_NOTE = "with 5 ranks the smallest attainable p is 0.00833; p < 0.05 
 #: planted p-values of the primary dominance test: the first method names the signal channel, the second none
 DOMINANCE_P = (0.0123, 0.41)
 PLATE_P = (0.33, 0.0271)
+#: planted p-values of best_channel: the primary method's named channel, the exploratory one's leader, Shapley
+BEST_P = (0.0123, 0.41, 0.00456)
+
+
+def best_channel_rows(names: Names, scope: str = "these plates") -> list[dict]:
+    """``best_channel`` as :func:`chanstat.stats.best_channel` writes it (pooled rows): the first
+    method (primary) names the signal channel, the second (exploratory) leaves the set "signal or
+    first channel", the channel Shapley values name the signal channel; wells of 2 plates."""
+    chans, sig = names.channels, names.signal
+    one_field = scope == "one field"
+    plans = [(names.methods[0], "primary", "share", [sig], 0.48, BEST_P[0], PLATE_P[0]),
+             (names.methods[1], "exploratory", "share", [sig, chans[0]], 0.35, BEST_P[1], PLATE_P[1]),
+             ("shapley", "exploratory", "shapley", [sig], 0.5, BEST_P[2], np.nan)]
+    rows = []
+    for method, role, quantity, members, top, p, plate_p in plans:
+        estimates = {ch: (top if ch == members[0] else top - 0.05 if ch in members else 0.1) for ch in chans}
+        for ch in chans:
+            rival = max(v for c, v in estimates.items() if c != ch)
+            rows.append({"method": method, "role": role, "transition": "all", "quantity": quantity, "channel": ch,
+                         "estimate": estimates[ch], "gap": estimates[ch] - rival,
+                         "gap_ci_low": estimates[ch] - rival - 0.1, "gap_ci_high": max(estimates[ch] - rival + 0.1, 0),
+                         "in_set": ch in members, "named_channel": members[0] if len(members) == 1 else "",
+                         "set_label": " or ".join(members), "unit": "block" if one_field else "well", "n_units": 6,
+                         "scope": scope, "alpha": 0.05,
+                         "p_value": np.nan if one_field else (p if ch == members[0] else 1.0),
+                         "p_adj": np.nan if one_field else (p if ch == members[0] else 1.0),
+                         "note": "", "log_ratio_gap": 0.5, "log_ratio_ci_low": 0.1, "log_ratio_ci_high": 0.9,
+                         "test_scale": "log-ratio", "variance": "channel_df", "error": "naming", "df": 6.7,
+                         "plate_x_channel_p": np.nan if one_field else plate_p, "n_plates": 0 if one_field else 2})
+    return rows
 
 
 def channel_test_rows(names: Names, n: int) -> list[dict]:

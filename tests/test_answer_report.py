@@ -95,13 +95,14 @@ def test_p_values_below_float_range_print_as_a_bound():
     assert rows[0] == ["a", "< 1e-16", "< 1e-16", "0"] and rows[1][1] == "0.2"
 
 
-def test_dominance_line_never_prints_p_equals_zero():
-    from chanstat.report.sections.inference import dominance_line
-    from chanstat.report.text import Markdown
+def test_answer_line_never_prints_p_equals_zero():
+    from chanstat.report.sections.answer import answer_line
 
-    row = pd.Series({"dominant_channel": "Mito", "dominant_share": 0.5, "dominant_ci_low": 0.4, "dominant_ci_high": 0.6,
-                     "p_value": 0.0, "unit": "well", "n_units": 6})
-    text = str(dominance_line(Markdown("- "), row, "share", None))
+    row = pd.Series({"method": "d_ig", "quantity": "share", "role": "primary", "named_channel": "Mito",
+                     "set_label": "Mito", "estimate": 0.5, "gap": 0.3, "gap_ci_low": 0.2, "gap_ci_high": 0.4,
+                     "p_value": 0.0, "alpha": 0.05, "unit": "well", "n_units": 6, "scope": "population",
+                     "plate_x_channel_p": float("nan")})
+    text = str(answer_line(row, "integrated gradients"))
     assert "p \\< 1e\\-16" in text and "p = 0" not in text
 
 

@@ -58,8 +58,8 @@ def test_stats_test_the_shapley_values_and_the_link_runs(decomposed):
     ctx, infos = decomposed
     tests = ctx.run.table("shapley_tests")
     assert {"against_zero", "dominance"} <= set(tests["test"])
-    answer = ctx.run.table("answer")
-    assert "channel_shapley" in set(answer["method"])
+    best = ctx.run.table("best_channel")
+    assert "shapley" in set(best["quantity"])
     link = ctx.run.table("feature_link")
     assert len(link) and {"feature", "compartment", "channel", "p_value"} <= set(link.columns)
     assert infos["cellprofiler"]["feature_link_rows"] == len(link)

@@ -3,6 +3,7 @@ checkpoints, candidate selection, the "generator" provider and the multi-run com
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -246,6 +247,9 @@ def test_provider_trains_saves_and_reuses_its_generator(tmp_path):
     assert list(first.quality.columns)[: len(QUALITY_COLUMNS)] == list(QUALITY_COLUMNS)
     assert set(CANDIDATE_COLUMNS) <= set(first.quality.columns)
     assert first.info["training_steps"] == 4 and first.info["n_candidates"] == 4
+    settings = first.info["training_settings"]  # resolved settings, JSON-ready for provenance.json
+    assert (settings["batch_size"], settings["seed"], settings["reweight"]) == (4, 0, True)
+    assert settings["classifier_images"] == 4 and settings["profile"] == "cpu" and json.dumps(settings)
     assert (first.summary["mean_candidates"] == 4).all()
     assert (tmp_path / "ckpt" / "generator_checkpoint.pt").exists()
     assert set(first.artifacts) == {"generator", "generator_log"}

@@ -310,7 +310,7 @@ def test_missing_stages_get_a_note_each(partial_page):
     # what exists is still shown: the answer from channel_tests' primary rows, tables, training curves
     assert "Data set summary" in page and "Primary test per method" in page and page.count("<img") == 1
     answer = page[page.find('id="The-answer"'):page.find('id="Run-overview"')]
-    assert "carries the difference" in answer and "no channel dominates" in answer
+    assert "carries the difference" in answer  # the verdict, weighed from channel_tests
 
 
 def test_empty_run_directory_renders(tmp_path):
@@ -332,7 +332,7 @@ def test_empty_run_directory_renders(tmp_path):
     notes = [b[display.NOTE_MIME]["text"] for b in shown if display.NOTE_MIME in b]
     assert any("provenance.json" in n for n in notes)
     assert any("attributions.zarr" in n for n in notes)
-    assert any("answer.parquet" in n and "channel_tests.parquet" in n for n in notes)
+    assert any("best_channel.parquet" in n for n in notes)
     assert any("channel_shapley.parquet" in n for n in notes)
     assert not any(b[display.NOTE_MIME]["kind"] == "error" for b in shown if display.NOTE_MIME in b)
 
@@ -531,49 +531,37 @@ def test_fake_run_holds_every_schema_table(fake_run):
         assert len(run.table(name)) > 0, name  # validated against the schema on the way in and out
 
 
-def test_answer_comes_first_and_never_names_a_channel_for_none(rendered, fake_run):
+def test_answer_comes_first_then_the_set_per_method(rendered):
     page = rendered["html"]
     h2 = re.findall(r'<h2 id="([^"]+)"', page)
     assert h2[0] == "The-answer"
     answer = page[page.find('id="The-answer"'):page.find('id="Run-overview"')]
-    assert "strong evidence" in answer and "Counterfactuals:" in answer and "<img" in answer  # the verdict first
-    answer = answer[answer.find("The answer per method"):]  # then the answer per method
-    table = pd.read_parquet(fake_run / "answer.parquet")
-    items = re.findall(r"<li>(.*?)</li>", answer, re.S)
-    assert len(items) == len(table)  # the two tested methods and the Shapley row
-    for item, row in zip(items, table.itertuples()):
-        assert f"<code>{row.method}</code>" in item
-        if row.dominant_channel == "none":
-            assert "no channel dominates" in item
-            assert not any(ch in item for ch in CHANNELS)
-        else:
-            assert f"channel <strong>{row.dominant_channel}</strong> carries the difference" in item
-    ig, residual, shapley = (html_text(i) for i in items)
-    # the primary dominance row's share with its simultaneous interval, not answer.parquet's marginal one
-    assert "its share is 0.48 (simultaneous interval 0.412 to 0.557, valid although the channel was picked from " \
-           "the data) (dominance test, p = 0.0123); unit: well, 6 units." in ig
-    assert PLATE_WARNING not in ig  # the answer table's note repeats the warning shown once below
-    assert "Plate × channel heterogeneity (plate_x_channel): p = 0.33, no evidence that plates differ." in ig
-    assert "(dominance test, p = 0.41)" in residual and "p = 0.0271, the composition differs between plates" in residual
-    assert "its contribution is 0.5 (simultaneous interval 0.31 to 0.69" in shapley and "p = 0.00456" in shapley
+    assert "evidence" in answer and "Counterfactuals:" in answer and "<img" in answer  # the verdict first
+    answer = answer[answer.find("The answer per method"):]  # then the answer per method, from best_channel
+    items = [html_text(i) for i in re.findall(r"<li>(.*?)</li>", answer, re.S)]
+    assert len(items) == 3  # the two methods' shares and the Shapley values
+    named, unnamed, shapley = items
+    assert ("(d_ig, attribution share, primary): channel Mito carries the difference; its mean attribution share is "
+            "0.48, 0.38 above the largest other channel (simultaneous interval 0.28 to 0.48) (p = 0.0123 that it is "
+            "the largest); unit: well, 6 units (scope: these plates). Plate × channel test: p = 0.33, no evidence "
+            "that plates differ.") in named
+    # no channel named: the set of possibly-best channels, never a bare "none", no channel said to carry it
+    assert ("(residual, attribution share, exploratory): no single channel: the largest attribution share is in "
+            "Mito or DNA (the set of possibly-best channels at level 0.05); the other channels are excluded") in unnamed
+    assert "carries" not in unnamed and "p = 0.41" not in unnamed
+    assert "Plate × channel test: p = 0.0271, the composition differs between plates." in unnamed
+    assert "channel Mito carries the difference; its mean Shapley value is 0.5" in shapley and "p = 0.00456" in shapley
     text = html_text(answer)
-    assert f"Warning (every test above): {PLATE_WARNING}" in text
-    assert "The methods agree: 1 of 2 name Mito; the others name none. The channel Shapley values name Mito, as " \
-           "the methods do." in text
+    assert ("The methods agree: 1 of 2 name Mito; the others name no single channel. The channel Shapley values name "
+            "Mito, as the methods do.") in text
     assert "CellProfiler: the features of Mito differ more than the other channels' (competitive enrichment test), " \
            "in agreement with the methods." in text
 
 
-def test_answer_falls_back_to_the_primary_tests(partial_page):
+def test_answer_without_best_channel_is_the_verdict_alone(partial_page):
     answer = partial_page[partial_page.find('id="The-answer"'):partial_page.find('id="Run-overview"')]
     assert "Mito carries the difference: weak evidence." in html_text(answer)  # attribution alone
-    answer = answer[answer.find("The answer per method"):]
-    items = [html_text(i) for i in re.findall(r"<li>(.*?)</li>", answer, re.S)]
-    assert len(items) == 2  # one per primary (pooled) row; no Shapley values in this run
-    assert "channel Mito carries the difference; its share is 0.48 (simultaneous interval 0.412 to 0.557" in items[0]
-    assert "p = 0.0123" in items[0]
-    assert "no channel dominates" in items[1] and "Mito" not in items[1] and "p = 0.41" in items[1]
-    assert "The methods agree: 1 of 2 name <strong>Mito</strong>" in answer
+    assert "The answer per method" not in answer  # no best_channel: no per-method set to show
     assert "CellProfiler:" not in html_text(answer) and "enriched" not in answer  # CellProfiler did not run
 
 
@@ -594,7 +582,7 @@ def test_counterfactual_candidates(rendered):
 
 
 def test_pseudo_replicates_are_labelled(tmp_path):
-    from report_fake_run import channel_test_rows, schema_frame
+    from report_fake_run import best_channel_rows, channel_test_rows, schema_frame
 
     from chanstat.report.display import TABLE_MIME
     from chanstat.report.sections import answer, channel_share_ci, channel_tests
@@ -612,7 +600,9 @@ def test_pseudo_replicates_are_labelled(tmp_path):
                                             "ci_low": 0.1, "ci_high": 0.3, "unit": "block", "n_units": 9,
                                             "n_samples": 90, "pseudo_replicates": True, "warning": ""}
                                            for ch in CHANNELS], NAMES)
-    by_column = RunDirectory(tmp_path / "c", create=True).save(channel_tests=flagged, channel_share_ci=ci)
+    one_field = schema_frame("best_channel", best_channel_rows(NAMES, scope="one field"), NAMES)
+    by_column = RunDirectory(tmp_path / "c", create=True).save(channel_tests=flagged, channel_share_ci=ci,
+                                                              best_channel=one_field)
     for section in (channel_tests, channel_share_ci, answer):
         bundles = shown_by(section, by_column)
         assert any("Pseudo-replicates" in n for n in notes_of(bundles, "info")), section.__name__
@@ -622,40 +612,35 @@ def test_pseudo_replicates_are_labelled(tmp_path):
         assert "pseudo_replicates" not in shown, section.__name__  # no bare yes/no flag column
 
 
-def test_answer_from_the_answer_table_alone(tmp_path):
-    """Without channel_tests the answer table's own rows are read (the CellProfiler verdict included);
-    the Shapley bars use the against-zero rows of shapley_tests."""
-    from report_fake_run import schema_frame, shapley_test_rows
+def test_answer_per_method_from_best_channel_alone(tmp_path):
+    """Without any other table the answer per method is read from best_channel: one field of view
+    shows effect sizes without p-values; a set of every channel says no channel is excluded. The
+    Shapley bars use the against-zero rows of shapley_tests."""
+    from report_fake_run import best_channel_rows, schema_frame, shapley_test_rows
 
     from chanstat.report.markdown import markdown_to_html
     from chanstat.report.sections import ERRORS, channel_shapley
     from chanstat.report.sections.answer import method_answers as answer
     from chanstat.rundir import RunDirectory
 
-    common = {"source": "attribution share", "unit": "well", "n_units": 8, "agrees_with_majority": True, "note": ""}
-    table = schema_frame("answer", [
-        {**common, "family": "ig", "method": "d_ig", "dominant_channel": "Mito", "quantity": "contribution",
-         "estimate": 0.48, "ci_low": 0.41234, "ci_high": 0.55678, "p_value": 0.002, "cellprofiler_channel": "Mito",
-         "agrees_with_cellprofiler": True},
-        {**common, "family": "cam", "method": "gc", "dominant_channel": "none", "quantity": "share", "estimate": 0.3,
-         "ci_low": 0.1, "ci_high": 0.5, "p_value": 0.4, "cellprofiler_channel": "Mito",
-         "agrees_with_cellprofiler": False},
-        {**common, "family": "ig", "method": "d_dl", "dominant_channel": "Mito", "quantity": "share", "estimate": 0.4,
-         "ci_low": 0.3, "ci_high": 0.5, "p_value": 0.2, "cellprofiler_channel": "Mito",  # named, but p >= 0.05
-         "agrees_with_cellprofiler": True}], NAMES)
+    rows = best_channel_rows(NAMES, scope="one field")
+    rows += [{**r, "method": "random", "in_set": True, "named_channel": "", "set_label": ""}
+             for r in rows if r["method"] == NAMES.methods[1]]
     shapley = schema_frame("channel_shapley", [{"sample": s, "channel": ch, "shapley": 0.1} for s in range(3)
                                                for ch in CHANNELS], NAMES)
     tests = schema_frame("shapley_tests", shapley_test_rows(NAMES, 3), NAMES)
-    run = RunDirectory(tmp_path, create=True).save(answer=table, channel_shapley=shapley, shapley_tests=tests)
+    run = RunDirectory(tmp_path, create=True).save(best_channel=schema_frame("best_channel", rows, NAMES),
+                                                   channel_shapley=shapley, shapley_tests=tests)
     text = markdown_to_html(shown_by(answer, run)[0]["text/markdown"])
-    ig, cam, dl, shap = re.findall(r"<li>(.*?)</li>", text, re.S)
-    assert ("channel <strong>Mito</strong> carries the difference; its contribution is 0.48 (simultaneous interval "
-            "0.412 to 0.557, valid although the channel was picked from the data) (primary test, p = 0.002); unit: "
-            "well, 8 units. CellProfiler features point to Mito — they agree.") in ig
-    assert "no channel dominates" in cam and "Mito" not in cam and "carries" not in cam
-    assert "no channel dominates" in dl and "Mito" not in dl and "p = 0.2" in dl
-    assert "channel <strong>Mito</strong> carries the difference; its contribution is 0.5 (simultaneous interval " \
-           "0.31 to 0.69" in shap
+    named, unnamed, everything, shap = (html_text(i) for i in re.findall(r"<li>(.*?)</li>", text, re.S))
+    assert ("channel Mito carries the difference; its mean attribution share is 0.48, 0.38 above the largest other "
+            "channel (simultaneous interval 0.28 to 0.48); unit: block, 6 units (one field: effect sizes only, no "
+            "p-value; blocks of one field are not wells).") in named
+    assert "Mito or DNA" in unnamed and "carries" not in unnamed
+    assert "(random, attribution share, exploratory): no channel is excluded: any channel may carry the largest " \
+           "attribution share" in everything
+    assert not any("p =" in line for line in (named, unnamed, everything, shap))  # one field: no p-value
+    assert "channel Mito carries the difference; its mean Shapley value is 0.5" in shap
     errors = len(ERRORS)
     bundles = shown_by(channel_shapley, run)
     assert sum("image/png" in b for b in bundles) == 1 and len(ERRORS) == errors

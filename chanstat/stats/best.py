@@ -34,8 +34,9 @@ and noisy, and no calibrated log-ratio variance we tried recovers it). Shares th
 (``scale="raw"``) do not fit the additive model: the two tied top shares of a unit are
 negatively correlated (together they fill it), so ``v[k] + v[j]`` is 1.5-1.6 times too small
 for that pair and a channel is named .10-.14 of the time at the hardest null; the share-scale
-paired t with each pair's own variance is the alpha/2 reference itself and names .057-.059
-in some noisy-pair cells. ``variance="pooled"`` estimates one residual variance from the units x channels
+paired t with each pair's own variance is the alpha/2 reference itself (so it would close the
+Dirichlet gap: .33 at 4 units) but names a noisier tied pair .053-.067 of the time at 3-6 units
+(its share differences are bimodal: one of the pair fills the unit, then the other). ``variance="pooled"`` estimates one residual variance from the units x channels
 table (``(n - 1)(C - 1)`` df: more power when the channels' log-ratio variances are equal,
 anti-conservative when the contending pair is noisier than the rest). ``variance="pair"`` uses
 each pair's own variance (``n - 1`` df); ``variance="max"`` the larger of the pair's and the

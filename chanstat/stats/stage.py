@@ -9,7 +9,8 @@ Config: :class:`StatsConfig` (``[stats]``). Whole set only (tests pool the units
 - ``shapley_tests``: the channel Shapley values of the decompose stage tested against zero and
   for dominance (when that stage ran);
 - ``map_similarity``, ``strategy_comparison`` (when DAC ran);
-- ``answer``: the answer first, per method family (see :func:`answer_table`).
+- ``best_channel``: the confidence set for the best channel per method, quantity (shares,
+  single-channel DAC, Shapley values) and transition: the answer per method the report shows.
 
 Samples with NaN shares (an all-zero map) are dropped with a count and a warning, exactly as
 :func:`chanstat.stats.test_channels` would refuse them. Never imports torch.
@@ -51,7 +52,9 @@ class StatsConfig(Section):
         description='"auto": plates when there are enough of them, else wells (with a warning when several plates).',
     )
     tests: list[str] = Field(default_factory=lambda: list(DEFAULT_TESTS), description=f"Any of {sorted(TESTS)}.")
-    primary: str = Field(PRIMARY_TEST, description="The test whose answer leads.")
+    primary: str = Field(
+        PRIMARY_TEST, description="The primary test of channel_tests (the answer per method is best_channel's set)."
+    )
     breakdown: str | None = Field("transition", description='Also per class transition ("" for none).')
     alpha: float = Field(0.05, gt=0, lt=1)
     ci: float = Field(0.95, gt=0, lt=1, description="Interval coverage.")
@@ -163,7 +166,6 @@ def whole_set(ctx, outputs) -> tuple[dict, dict]:
     outputs["best_channel"] = best_channel_tables(
         outputs["channel_mass"], meta, section, pseudo, ctx.get("dac_scores"), ctx.get("channel_shapley")
     )
-    outputs["answer"] = answer_table(outputs)
     primary = tests[tests["primary"]]
     info = {
         "primary_test": section["primary"],
@@ -268,77 +270,6 @@ def shapley_tests(
     return pd.concat([zero, dominance], ignore_index=True)
 
 
-FAMILIES = {
-    "gradients": ("ig", "dl", "saliency", "ixg"),
-    "cam": ("gradcam", "ggcam", "pixelcam", "pixelcam_grad"),
-    "discriminative": ("d_ig", "d_dl", "d_ixg", "d_gradcam", "d_ggcam"),
-    "baseline": ("residual", "random"),
-}
-
-
-def answer_table(outputs: dict, dac_scores: pd.DataFrame | None = None) -> pd.DataFrame:
-    """The answer first: per method, its family and the dominant channel (or "none") of the primary
-    test on all images, with the channel's mean share (or mean Shapley value) and its simultaneous
-    interval (valid for a channel chosen from the data); a row for the channel Shapley values when
-    the decompose stage ran.
-
-    Columns: ``family, method, source, quantity, dominant_channel, estimate, ci_low, ci_high,
-    p_value, unit, n_units, agrees_with_majority, note``.
-    """
-    frames = [("attribution share", "share", outputs["channel_tests"])]
-    if outputs.get("shapley_tests") is not None:
-        frames.append(("Shapley value", "contribution", outputs["shapley_tests"]))
-    rows = []
-    for source, quantity, tests in frames:
-        primary = tests[tests["primary"].astype(bool) & (tests["test"] == "dominance")]
-        if "transition" in primary:
-            primary = primary[primary["transition"].astype(str) == "all"]
-        for r in primary.itertuples(index=False):
-            method = "channel_shapley" if source == "Shapley value" else str(r.method)
-            family = (
-                "model (Shapley)"
-                if source == "Shapley value"
-                else next((f for f, members in FAMILIES.items() if r.method in members), "other")
-            )
-            rows.append(
-                {
-                    "family": family,
-                    "method": method,
-                    "source": source,
-                    "quantity": quantity,
-                    "dominant_channel": str(r.dominant_channel),
-                    "estimate": float(r.dominant_value),
-                    "ci_low": float(r.dominant_ci_low),
-                    "ci_high": float(r.dominant_ci_high),
-                    "p_value": float(r.p_value),
-                    "unit": str(r.unit),
-                    "n_units": int(r.n_units),
-                    "note": str(getattr(r, "warning", "") or ""),
-                }
-            )
-    columns = [
-        "family",
-        "method",
-        "source",
-        "quantity",
-        "dominant_channel",
-        "estimate",
-        "ci_low",
-        "ci_high",
-        "p_value",
-        "unit",
-        "n_units",
-        "note",
-    ]
-    table = pd.DataFrame(rows, columns=columns)
-    named = table.loc[table["dominant_channel"] != "none", "dominant_channel"]
-    majority = named.mode().iloc[0] if len(named) else "none"
-    table["agrees_with_majority"] = table["dominant_channel"] == majority
-    for col in ("family", "method", "source", "quantity", "dominant_channel", "unit", "note"):
-        table[col] = table[col].astype(object)
-    return table
-
-
 STAGE = Stage(
     name="stats",
     config=StatsConfig,
@@ -351,7 +282,6 @@ STAGE = Stage(
         "strategy_comparison",
         "shapley_tests",
         "best_channel",
-        "answer",
     ),
     whole_set=whole_set,
 )

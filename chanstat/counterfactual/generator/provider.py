@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -180,6 +181,8 @@ class GeneratorCounterfactuals(CounterfactualProvider):
                 training_steps=self.training.steps,
                 training_seconds=round(self.training.seconds, 2),
                 training_profile=self.training.settings.get("profile"),
+                # every resolved setting (profile defaults included), as provenance.json records it
+                training_settings=json.loads(json.dumps(self.training.settings, default=str)),
             )
             if self.training.quality:
                 info["generator_quality"] = self.training.quality

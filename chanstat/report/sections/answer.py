@@ -7,43 +7,52 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from chanstat.report.display import missing_note, note, show_figure, show_heading, show_markdown, show_table
+from chanstat.report.display import (
+    format_value,
+    missing_note,
+    note,
+    show_figure,
+    show_heading,
+    show_markdown,
+    show_table,
+)
 from chanstat.report.plots import evidence as evidence_plots
 from chanstat.report.plots.evidence import PANELS, evidence_panels
-from chanstat.report.sections.base import POOLED, declared, drop_empty, is_true, ordered, require, section
+from chanstat.report.sections.base import POOLED, drop_empty, ordered, pooled_rows, require, section
 from chanstat.report.sections.cellprofiler import cellprofiler_channel
 from chanstat.report.sections.inference import (
     ALPHA,
     NO_CHANNEL,
-    companion,
-    dominance_line,
     label_pseudo,
     names_channel,
-    pooled,
-    primary_rows,
     pseudo_replicate_note,
-    warnings_of,
 )
-from chanstat.report.text import Markdown, code, md
+from chanstat.report.text import Markdown, code, md, p_text
 from chanstat.rundir import RunDirectory
 from chanstat.schema import SCHEMA
 
-SHAPLEY_METHOD = "channel_shapley"
 SUMMARY = (
     "family",
     "method",
-    "source",
-    "dominant_channel",
-    "share",
-    "ci_low",
-    "ci_high",
-    "interval",
+    "role",
+    "quantity",
+    "named_channel",
+    "set_label",
+    "estimate",
+    "gap",
+    "gap_ci_low",
+    "gap_ci_high",
     "p_value",
+    "p_adj",
     "unit",
     "n_units",
     "pseudo_replicates",
+    "scope",
     "plate_x_channel_p",
 )
+QUANTITY_WORDS = {"share": "attribution share", "shapley": "Shapley value", "dac": "single-channel DAC"}
+#: ``best_channel``'s scope for pseudo-replicate units (spatial blocks of one field)
+ONE_FIELD = "one field"
 
 
 @section
@@ -108,253 +117,131 @@ def verdict_tables(run: RunDirectory) -> tuple[pd.DataFrame | None, pd.DataFrame
 
 @section
 def method_answers(run: RunDirectory, quiet: bool = False) -> None:
-    """The answer per method. Reads the primary ``dominance`` row per method of ``channel_tests`` (``dominant_channel``,
-    ``dominant_share`` and its simultaneous interval ``dominant_ci_low`` / ``dominant_ci_high``,
-    ``p_value``, ``unit``, ``n_units``, ``pseudo_replicates``, ``warning``) beside the
-    ``plate_x_channel`` row of the same method; the ``dominance`` row of ``shapley_tests``
-    (``source == "shapley"``); ``answer`` for the families and the declared agreement columns
-    (``cellprofiler_channel``, ``agrees_with_cellprofiler``, ``note``); without ``channel_tests``,
-    the rows of ``answer`` alone. CellProfiler's side: ``channel_enrichment``'s competitive test."""
-    tests = run.table("channel_tests") if run.has("channel_tests") else None
-    table = run.table("answer") if run.has("answer") else None
-    shapley = run.table("shapley_tests") if run.has("shapley_tests") else None
-    if tests is None and table is None:
+    """The answer per method, from ``best_channel`` (the confidence set for the best channel): per
+    method its attribution shares, then the channel Shapley values and the primary method's
+    single-channel DAC scores (rows pooled over transitions, else the first transition). A line
+    names the channel when the set is that channel alone, else it gives the set of possibly-best
+    channels ("Mito or ER"), never a bare "none" while the data exclude channels; then the
+    estimate, its gap to the largest other channel with the simultaneous interval, the p-value
+    (none for one field), the unit and scope, the plate x channel test where wells of a few
+    plates are the units. Then whether the methods, the Shapley values and CellProfiler agree."""
+    if not run.has("best_channel"):
         if not quiet:
             missing_note(
-                ["answer.parquet", "channel_tests.parquet"],
-                stage="stats",
-                what="which channel carries the difference is not known yet",
+                ["best_channel.parquet"], stage="stats", what="which channel carries the difference is not known yet"
             )
         pseudo_replicate_note(run)
         return
+    rows = answer_rows(run.table("best_channel"))
+    if rows.empty:
+        note("best_channel.parquet holds no rows, so the report cannot say which channel carries the difference.")
+        return
     if quiet:
         show_heading("The answer per method")
-    known = table[[c for c in table.columns if declared("answer", c)]] if table is not None else None
-    shared = _shared_warning(tests, shapley)
-    rows = _attribution_rows(run, tests, known, per_line=shared is None)
-    shap_row = _shapley_row(shapley, known, per_line=shared is None)
-    lines = [line for line, _ in rows] + ([shap_row[0]] if shap_row else [])
-    if not lines:
-        note(
-            "Neither channel_tests.parquet nor answer.parquet holds a primary row, so the report cannot say which "
-            "channel carries the difference.",
-            kind="missing",
+    families = _families(run)
+    show_markdown(
+        Markdown("\n").join(
+            answer_line(r, families.get(str(r["method"]), str(r["method"]))) for _, r in rows.iterrows()
         )
-        return
-    show_markdown(Markdown("\n").join(lines))
-    if shared:
-        note(md("**Warning** (every test above): {}", shared), kind="info")
-    dominant = {str(r["method"]): r["dominant_channel"] for _, r in rows}
-    cp = _cellprofiler(run, known)
-    show_markdown(agreement(dominant, cp, shapley=shap_row[1]["dominant_channel"] if shap_row else None))
-    summary = pd.DataFrame([r for _, r in rows] + ([shap_row[1]] if shap_row else []))
-    summary = label_pseudo(summary[[c for c in SUMMARY if c in summary]])
+    )
+    shares = rows[rows["quantity"].astype(str) == "share"]
+    shapley = rows[rows["quantity"].astype(str) == "shapley"]
+    show_markdown(
+        agreement(
+            {str(r["method"]): _named(r) for _, r in shares.iterrows()},
+            cellprofiler_channel(run),
+            shapley=_named(shapley.iloc[0]) if len(shapley) else None,
+        )
+    )
+    summary = rows.assign(
+        family=[families.get(str(m), str(m)) for m in rows["method"]],
+        pseudo_replicates=rows["scope"].astype(str) == ONE_FIELD,
+    )
     show_table(
-        drop_empty(summary),
-        caption="The answer per method (share: the dominant channel's mean; ci_low/ci_high: its simultaneous interval)",
+        drop_empty(label_pseudo(summary[[c for c in SUMMARY if c in summary]])),
+        caption="The answer per method (estimate: the mean of the named channel, else of the largest; gap: to the "
+        "largest other channel, with its simultaneous interval; set_label: the channels that may carry the "
+        "largest value)",
         max_rows=None,
     )
-    if tests is None:
-        note(
-            md(
-                "Read from {} alone (no {} in this run): the plate × channel heterogeneity test is not shown.",
-                "answer.parquet",
-                "channel_tests.parquet",
-            ),
-            kind="info",
-        )
     pseudo_replicate_note(run)
 
 
-def _shared_warning(tests: pd.DataFrame | None, shapley: pd.DataFrame | None) -> str | None:
-    """The one warning every primary row carries (shown once below the lines), else None."""
-    rows = []
-    if tests is not None:
-        rows.append(primary_rows(tests))
-    if shapley is not None and "test" in shapley:
-        rows.append(shapley[shapley["test"].astype(str) == "dominance"])
-    texts = set()
-    for part in rows:
-        values = part["warning"] if "warning" in part else pd.Series([""] * len(part), dtype=object)
-        texts |= {v.strip() if isinstance(v, str) else "" for v in values}
-    return next(iter(texts)) if len(texts) == 1 and next(iter(texts)) else None
-
-
-def _families(run: RunDirectory, known: pd.DataFrame | None) -> dict[str, str]:
-    families = {}
-    if run.has("attributions"):
-        families = {m: str(run.array_attrs("attributions", m).get("family") or m) for m in run.method_order}
-    if known is not None:
-        families.update({str(m): str(f) for m, f in zip(known["method"], known["family"])})
-    return families
-
-
-def _answer_of(known: pd.DataFrame | None, method: str) -> pd.Series | None:
-    if known is None:
-        return None
-    hit = known[known["method"].astype(str) == method]
-    return hit.iloc[0] if len(hit) else None
-
-
-def _extras(answer_row: pd.Series | None, named: bool = True, shown: tuple[str, ...] = ()) -> Markdown:
-    """The CellProfiler verdict and note the answer table adds to a method's line (when declared);
-    a line that names no channel gets no CellProfiler channel either (the agreement line says it);
-    a note already ``shown`` (the tests' warning) is not repeated."""
-    if answer_row is None:
-        return Markdown("")
-
-    def opt(column: str):
-        return answer_row[column] if column in answer_row.index and pd.notna(answer_row[column]) else None
-
-    text = Markdown("")
-    cp, agrees = opt("cellprofiler_channel"), opt("agrees_with_cellprofiler")
-    if named and (cp is not None or agrees is not None):
-        cp_text = (
-            md("CellProfiler features point to {}", cp)
-            if cp is not None and names_channel(cp)
-            else Markdown("CellProfiler features point to no single channel")
+def answer_rows(best: pd.DataFrame) -> pd.DataFrame:
+    """One ``best_channel`` row per method and quantity: attribution shares of every method, the
+    Shapley values, and the primary method's other quantities; pooled over transitions (else the
+    first transition); the named channel's row, else the row of the largest estimate."""
+    quantity, role = best["quantity"].astype(str), best["role"].astype(str)
+    shown = best[quantity.isin(["share", "shapley"]) | (role == "primary")]
+    picked = []
+    for _, part in shown.groupby(["quantity", "method"], sort=False, observed=True):
+        part = pooled_rows(part)
+        part = part[part["transition"].astype(str) == str(part["transition"].iloc[0])]
+        named = part[part["channel"].astype(str) == str(part["named_channel"].iloc[0])]
+        estimate = part["estimate"].to_numpy(float)
+        picked.append(
+            named.iloc[0]
+            if len(named)
+            else part.iloc[int(np.nanargmax(estimate)) if np.isfinite(estimate).any() else 0]
         )
-        verdict = Markdown("") if agrees is None else md(" — {}", "they agree" if bool(agrees) else "they disagree")
-        text = text + md(" {}{}.", cp_text, verdict)
-    if opt("note") is not None and str(answer_row["note"]).strip() and str(answer_row["note"]).strip() not in shown:
-        text = text + md(" {}", answer_row["note"])
+    if not picked:
+        return best.iloc[:0]
+    out = pd.DataFrame(picked).reset_index(drop=True)
+    order = out["quantity"].astype(str).map({"share": 0, "shapley": 1}).fillna(2)
+    return out.iloc[np.argsort(order.to_numpy(), kind="stable")].reset_index(drop=True)
+
+
+def _named(row: pd.Series) -> str:
+    return str(row["named_channel"]) if names_channel(row.get("named_channel")) else NO_CHANNEL
+
+
+def answer_line(row: pd.Series, family: str) -> Markdown:
+    """One line of the answer per method (Markdown, escaped): the named channel or the set, the
+    estimate and gap interval, p, unit and scope."""
+    what = QUANTITY_WORDS.get(str(row["quantity"]), str(row["quantity"]))
+    head = md("- **{}** ({}, {}, {}): ", family, code(row["method"]), what, str(row["role"]))
+    scope = str(row.get("scope") or "")
+    if names_channel(row.get("named_channel")):
+        text = head + md(
+            "channel **{}** carries the difference; its mean {} is {}, {} above the largest other channel "
+            "(simultaneous interval {} to {})",
+            row["named_channel"],
+            what,
+            format_value(row["estimate"]),
+            format_value(row["gap"]),
+            format_value(row["gap_ci_low"]),
+            format_value(row["gap_ci_high"]),
+        )
+        if pd.notna(row.get("p_value")):
+            text = text + md(" ({} that it is the largest)", p_text(row["p_value"]))
+    elif str(row.get("set_label") or "").strip():
+        text = head + md(
+            "no single channel: the largest {} is in **{}** (the set of possibly-best channels at level {}); the "
+            "other channels are excluded",
+            what,
+            row["set_label"],
+            format_value(row["alpha"]),
+        )
+    else:
+        text = head + md("no channel is excluded: any channel may carry the largest {}", what)
+    text = text + md("; unit: {}, {} units", row["unit"], format_value(row["n_units"]))
+    if scope == ONE_FIELD:
+        text = text + Markdown(" (one field: effect sizes only, no p-value; blocks of one field are not wells)")
+    elif scope:
+        text = text + md(" (scope: {})", scope)
+    text = text + Markdown(".")
+    if pd.notna(row.get("plate_x_channel_p")):
+        p = float(row["plate_x_channel_p"])
+        verdict = "the composition differs between plates" if p < ALPHA else "no evidence that plates differ"
+        text = text + md(" Plate × channel test: {}, {}.", p_text(p), Markdown(verdict))
     return text
 
 
-def _checked(row: pd.Series) -> pd.Series:
-    """A channel is named only when the table names one and its test rejects at ALPHA."""
-    row = row.copy()
-    if names_channel(row.get("dominant_channel")) and pd.notna(row.get("p_value")) and row["p_value"] >= ALPHA:
-        row["dominant_channel"] = NO_CHANNEL
-    if not names_channel(row.get("dominant_channel")):
-        row["dominant_channel"] = NO_CHANNEL
-        for col in ("dominant_share", "dominant_ci_low", "dominant_ci_high"):
-            row[col] = float("nan")
-    return row
-
-
-def _summary(row: pd.Series, family: str, source: str, het: pd.Series | None, interval: str) -> dict:
-    return {
-        "family": family,
-        "method": str(row["method"]),
-        "source": source,
-        "dominant_channel": row["dominant_channel"],
-        "share": row.get("dominant_share"),
-        "ci_low": row.get("dominant_ci_low"),
-        "ci_high": row.get("dominant_ci_high"),
-        "interval": interval,
-        "p_value": row.get("p_value"),
-        "unit": row.get("unit"),
-        "n_units": row.get("n_units"),
-        "pseudo_replicates": bool(row.get("pseudo_replicates"))
-        if pd.notna(row.get("pseudo_replicates", None))
-        else False,
-        "plate_x_channel_p": het["p_value"] if het is not None else float("nan"),
-        "warning": row.get("warning") if isinstance(row.get("warning"), str) else "",
-    }
-
-
-def _attribution_rows(
-    run: RunDirectory, tests: pd.DataFrame | None, known: pd.DataFrame | None, per_line: bool = True
-) -> list[tuple]:
-    """(line, summary row) per method: from the primary dominance rows, else from the answer table."""
-    families = _families(run, known)
-    out = []
-    primary = pooled(primary_rows(tests)) if tests is not None else pd.DataFrame()
-    if tests is not None and primary.empty:
-        primary = primary_rows(tests)
-    if len(primary):
-        for _, raw in primary.iterrows():
-            row = _checked(raw)
-            method = str(row["method"])
-            het = companion(tests, raw, "plate_x_channel")
-            family = families.get(method, method)
-            head = md("- **{}** ({}, attribution share): ", family, code(method))
-            line = dominance_line(head, row, "share", het, test_name=md("{}", code(row["test"])), warning=per_line)
-            line = line + _extras(
-                _answer_of(known, method), names_channel(row["dominant_channel"]), tuple(warnings_of(tests))
-            )
-            out.append((line, _summary(row, family, "attribution share", het, "simultaneous")))
-        return out
-    if known is None:
-        return out
-    for _, a in known.iterrows():
-        if _is_shapley(a):
-            continue
-        row = _checked(
-            pd.Series(
-                {
-                    "method": a["method"],
-                    "dominant_channel": a["dominant_channel"],
-                    "dominant_share": a.get("estimate"),
-                    "dominant_ci_low": a.get("ci_low"),
-                    "dominant_ci_high": a.get("ci_high"),
-                    "p_value": a.get("p_value"),
-                    "unit": a.get("unit"),
-                    "n_units": a.get("n_units"),
-                }
-            )
-        )
-        head = md("- **{}** ({}, {}): ", a["family"], code(a["method"]), str(a.get("source") or "attribution share"))
-        line = dominance_line(head, row, str(a.get("quantity") or "share"), None, test_name=Markdown("primary"))
-        out.append(
-            (
-                line + _extras(a, names_channel(row["dominant_channel"])),
-                _summary(row, str(a["family"]), str(a.get("source") or ""), None, "simultaneous"),
-            )
-        )
-    return out
-
-
-def _is_shapley(a: pd.Series) -> bool:
-    return str(a["method"]) == SHAPLEY_METHOD or "shapley" in str(a.get("source") or "").lower()
-
-
-def _shapley_row(shapley: pd.DataFrame | None, known: pd.DataFrame | None, per_line: bool = True) -> tuple | None:
-    """(line, summary row) for the channel Shapley values' dominance test, when the run has one."""
-    head = md("- **{}** ({}, Shapley value): ", "model (Shapley)", code(SHAPLEY_METHOD))
-    if shapley is not None and "test" in shapley and "dominant_channel" in shapley:
-        dom = shapley[(shapley["test"].astype(str) == "dominance") & (shapley["source"].astype(str) == "shapley")]
-        if "primary" in dom:
-            dom = dom[is_true(dom["primary"])] if is_true(dom["primary"]).any() else dom
-        dom = pooled(dom) if len(pooled(dom)) else dom
-        if len(dom):
-            row = _checked(dom.iloc[0])
-            row["method"] = SHAPLEY_METHOD
-            line = dominance_line(head, row, "contribution", None, test_name=Markdown("dominance"), warning=per_line)
-            return line + _extras(
-                _answer_of(known, SHAPLEY_METHOD), names_channel(row["dominant_channel"]), tuple(warnings_of(shapley))
-            ), _summary(row, "model (Shapley)", "Shapley value", None, "simultaneous")
-    if known is not None:
-        for _, a in known.iterrows():
-            if _is_shapley(a):
-                row = _checked(
-                    pd.Series(
-                        {
-                            "method": a["method"],
-                            "dominant_channel": a["dominant_channel"],
-                            "dominant_share": a.get("estimate"),
-                            "dominant_ci_low": a.get("ci_low"),
-                            "dominant_ci_high": a.get("ci_high"),
-                            "p_value": a.get("p_value"),
-                            "unit": a.get("unit"),
-                            "n_units": a.get("n_units"),
-                        }
-                    )
-                )
-                line = dominance_line(head, row, "contribution", None, test_name=Markdown("dominance"))
-                return line + _extras(a, names_channel(row["dominant_channel"])), _summary(
-                    row, "model (Shapley)", "Shapley value", None, "simultaneous"
-                )
-    return None
-
-
-def _cellprofiler(run: RunDirectory, known: pd.DataFrame | None) -> str | None:
-    if known is not None and "cellprofiler_channel" in known:
-        named = [c for c in known["cellprofiler_channel"].dropna().astype(str).unique() if names_channel(c)]
-        if known["cellprofiler_channel"].notna().any():
-            return named[0] if len(named) == 1 else NO_CHANNEL
-    return cellprofiler_channel(run)
+def _families(run: RunDirectory) -> dict[str, str]:
+    families = {"shapley": "model (Shapley)"}
+    if run.has("attributions"):
+        families.update({m: str(run.array_attrs("attributions", m).get("family") or m) for m in run.method_order})
+    return families
 
 
 def agreement(dominant: dict[str, object], cellprofiler: str | None, shapley: str | None = None) -> Markdown:
@@ -370,10 +257,15 @@ def agreement(dominant: dict[str, object], cellprofiler: str | None, shapley: st
     if not dominant:
         text = Markdown("")
     elif not named:
-        text = md("No method names a dominant channel ({} methods).", len(dominant))
+        text = md("No method names a single channel ({} methods).", len(dominant))
     elif len(channels) == 1:
         text = (
-            md("The methods agree: {} of {} name **{}**; the others name none.", len(named), len(dominant), channels[0])
+            md(
+                "The methods agree: {} of {} name **{}**; the others name no single channel.",
+                len(named),
+                len(dominant),
+                channels[0],
+            )
             if len(named) < len(dominant)
             else md("The methods agree: all {} name **{}**.", len(named), channels[0])
         )
@@ -383,7 +275,7 @@ def agreement(dominant: dict[str, object], cellprofiler: str | None, shapley: st
         )
     if shapley is not None:
         if not names_channel(shapley):
-            text = text + Markdown(" The channel Shapley values name no dominant channel.")
+            text = text + Markdown(" The channel Shapley values name no single channel.")
         else:
             same = (
                 md(", as the methods do")

@@ -1,5 +1,5 @@
 """What the answer, test and Shapley sections share about the statistics tables: the role of each
-test, the primary dominance rows with their plate x channel heterogeneity test and warnings, the
+test, the companion row of a test (its plate x channel heterogeneity test), warnings, the
 pseudo-replicate label, and the rule that descriptive rows (``mixedlm``) never show a p-value."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pandas as pd
 
 from chanstat.report.display import format_value, note
 from chanstat.report.sections.base import POOLED, is_true
-from chanstat.report.text import Markdown, code, md, p_text
+from chanstat.report.text import Markdown, md
 from chanstat.rundir import RunDirectory
 
 NO_CHANNEL = "none"
@@ -109,11 +109,6 @@ def pseudo_replicate_note(run: RunDirectory) -> None:
     )
 
 
-def primary_rows(tests: pd.DataFrame) -> pd.DataFrame:
-    """The primary test's row per method (pooled over transitions)."""
-    return tests[is_true(tests["primary"])]
-
-
 def companion(tests: pd.DataFrame, row: pd.Series, test: str) -> pd.Series | None:
     """The ``test`` row of the same method and transition as ``row`` (None when absent)."""
     same = tests["test"].astype(str) == test
@@ -136,80 +131,6 @@ def show_warnings(df: pd.DataFrame, where: str) -> None:
     """Every distinct ``warning`` of ``df`` as a note (plain text, escaped)."""
     for text in warnings_of(df):
         note(md("**Warning ({}):** {}", where, text), kind="info")
-
-
-def interval_text(estimate, low, high, what: str, simultaneous: bool) -> Markdown:
-    """ "; its share is 0.48 (simultaneous interval 0.41 to 0.56)" (empty without an estimate)."""
-    if pd.isna(estimate):
-        return Markdown("")
-    text = md("; its {} is {}", what, format_value(estimate))
-    if pd.notna(low) and pd.notna(high):
-        if simultaneous:
-            text = text + md(
-                " (simultaneous interval {} to {}, valid although the channel was picked from the data)",
-                format_value(low),
-                format_value(high),
-            )
-        else:
-            text = text + md(" (interval {} to {})", format_value(low), format_value(high))
-    return text
-
-
-def heterogeneity_text(row: pd.Series | None) -> Markdown:
-    """The plate x channel heterogeneity test in words (empty when absent)."""
-    if row is None:
-        return Markdown("")
-    if pd.isna(row.get("p_value")):
-        detail = row.get("note")
-        return md(
-            " Plate × channel heterogeneity: not tested{}.",
-            md(" ({})", detail) if isinstance(detail, str) and detail.strip() else Markdown(""),
-        )
-    verdict = "the composition differs between plates" if row["p_value"] < ALPHA else "no evidence that plates differ"
-    return md(
-        " Plate × channel heterogeneity ({}): {}, {}.", code(row["test"]), p_text(row["p_value"]), Markdown(verdict)
-    )
-
-
-def dominance_line(
-    head: Markdown,
-    row: pd.Series,
-    quantity: str,
-    heterogeneity: pd.Series | None,
-    test_name: str = "dominance",
-    warning: bool = True,
-    simultaneous: bool = True,
-) -> Markdown:
-    """One answer line from a primary dominance row: the channel or "no channel dominates" (never a
-    channel name then), its simultaneous interval, the test's p-value, the unit, heterogeneity, and
-    the row's ``warning`` (unless ``warning=False``: the caller shows it once for every line);
-    ``simultaneous``: whether the row's interval is the simultaneous one of the dominance test."""
-    channel = row.get("dominant_channel")
-    if names_channel(channel):
-        text = head + md("channel **{}** carries the difference", channel)
-        text = text + interval_text(
-            row.get("dominant_share"),
-            row.get("dominant_ci_low"),
-            row.get("dominant_ci_high"),
-            quantity,
-            simultaneous=simultaneous,
-        )
-    else:
-        text = head + md(
-            "no channel dominates: no channel's {} exceeds every other channel's with confidence", quantity
-        )
-    if pd.notna(row.get("p_value")):
-        text = text + md(" ({} test, {})", Markdown(test_name), p_text(row["p_value"]))
-    if isinstance(row.get("unit"), str):
-        pseudo = bool(row.get("pseudo_replicates")) if pd.notna(row.get("pseudo_replicates", None)) else False
-        text = text + md("; unit: {}{}", row["unit"], md(" ({})", PSEUDO_LABEL) if pseudo else Markdown(""))
-        if pd.notna(row.get("n_units")):
-            text = text + md(", {} units", int(row["n_units"]))
-    text = text + Markdown(".") + heterogeneity_text(heterogeneity)
-    text_of_warning = row.get("warning")
-    if warning and isinstance(text_of_warning, str) and text_of_warning.strip():
-        text = text + md(" **Warning:** {}", text_of_warning.strip())
-    return text
 
 
 def pooled(df: pd.DataFrame) -> pd.DataFrame:
