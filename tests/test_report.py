@@ -552,6 +552,10 @@ def test_answer_comes_first_then_the_set_per_method(rendered):
     assert "Plate × channel test: p = 0.0271, the composition differs between plates." in unnamed
     assert "channel Mito carries the difference; its mean Shapley value is 0.5" in shapley and "p = 0.00456" in shapley
     text = html_text(answer)
+    assert ("Which error is controlled. A channel is named only when it beats every other channel (one-sided at "
+            "0.05 / 2 each), so a channel that does not carry the largest mean is named with probability at most "
+            "0.05;") in text
+    assert "Only the primary method (d_ig) carries this rate; the others are exploratory" in text
     assert ("The methods agree: 1 of 2 name Mito; the others name no single channel. The channel Shapley values name "
             "Mito, as the methods do.") in text
     assert "CellProfiler: the features of Mito differ more than the other channels' (competitive enrichment test), " \

@@ -51,6 +51,14 @@ SUMMARY = (
     "plate_x_channel_p",
 )
 QUANTITY_WORDS = {"share": "attribution share", "shapley": "Shapley value", "dac": "single-channel DAC"}
+#: what each ``best_channel`` error (``mcb(error=...)``) controls, in words
+ERROR_WORDS = {
+    "naming": "A channel is named only when it beats every other channel (one-sided at {alpha} / 2 each), so "
+    "a channel that does not carry the largest mean is named with probability at most {alpha}; the set holds the "
+    "channels that are not excluded.",
+    "mcb": "Hsu's multiple comparisons with the best: with probability at least 1 - {alpha} the set holds every "
+    "channel with the largest mean and every gap interval covers.",
+}
 #: ``best_channel``'s scope for pseudo-replicate units (spatial blocks of one field)
 ONE_FIELD = "one field"
 
@@ -144,6 +152,7 @@ def method_answers(run: RunDirectory, quiet: bool = False) -> None:
             answer_line(r, families.get(str(r["method"]), str(r["method"]))) for _, r in rows.iterrows()
         )
     )
+    show_markdown(error_text(rows))
     shares = rows[rows["quantity"].astype(str) == "share"]
     shapley = rows[rows["quantity"].astype(str) == "shapley"]
     show_markdown(
@@ -189,6 +198,23 @@ def answer_rows(best: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame(picked).reset_index(drop=True)
     order = out["quantity"].astype(str).map({"share": 0, "shapley": 1}).fillna(2)
     return out.iloc[np.argsort(order.to_numpy(), kind="stable")].reset_index(drop=True)
+
+
+def error_text(rows: pd.DataFrame) -> Markdown:
+    """Which error the sets control (``best_channel``'s ``error`` and ``alpha``), the adjustment
+    across transitions, and which method carries that rate (the primary one)."""
+    errors = [str(e) for e in dict.fromkeys(rows["error"].astype(str)) if str(e) in ERROR_WORDS]
+    alpha = format_value(float(rows["alpha"].iloc[0]))
+    primary = [str(m) for m in dict.fromkeys(rows.loc[rows["role"].astype(str) == "primary", "method"].astype(str))]
+    text = Markdown(" ").join(md(ERROR_WORDS[e], alpha=alpha) for e in errors)
+    text = text + Markdown(" ") + md("p_adj: Holm over the transitions of each method.")
+    if primary:
+        text = text + md(
+            " Only the primary method ({}) carries this rate; the others are exploratory (no adjustment across "
+            "methods).",
+            Markdown(", ").join(code(m) for m in primary),
+        )
+    return md("**Which error is controlled.** {}", text)
 
 
 def _named(row: pd.Series) -> str:
