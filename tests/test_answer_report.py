@@ -160,3 +160,12 @@ def test_evidence_figure_marks_the_set():
                        "ci_high": [0.3, 0.7, np.nan, 0.6], "in_set": [False, True, False, True]})
     fig = evidence_panels(ev, ["ER", "Mito"])
     assert [ax.get_title() for ax in fig.axes if ax.get_visible()] == ["attribution share", "single-channel DAC"]
+
+
+def test_agreement_groups_disagreeing_methods_by_channel():
+    from chanstat.report.sections.answer import agreement
+
+    text = str(agreement({"ig": "Mito", "saliency": "RNA", "dl": "Mito", "random": "none"}, "Mito", "Mito"))
+    # most-named channel first, each with its methods; a method naming no channel is counted out
+    assert text.startswith("The methods disagree (3 of 4 name a channel): **Mito** (`ig`, `dl`); **RNA** (`saliency`).")
+    assert "The channel Shapley values name **Mito**." in text

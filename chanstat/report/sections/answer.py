@@ -296,8 +296,15 @@ def agreement(dominant: dict[str, object], cellprofiler: str | None, shapley: st
             else md("The methods agree: all {} name **{}**.", len(named), channels[0])
         )
     else:
+        by_channel = {c: [m for m, named_c in named.items() if named_c == c] for c in channels}
+        ranked = sorted(by_channel.items(), key=lambda item: -len(item[1]))
         text = md(
-            "The methods disagree: {}.", Markdown("; ").join(md("{} names {}", code(m), c) for m, c in named.items())
+            "The methods disagree ({} of {} name a channel): {}.",
+            len(named),
+            len(dominant),
+            Markdown("; ").join(
+                md("**{}** ({})", c, Markdown(", ").join(code(m) for m in methods)) for c, methods in ranked
+            ),
         )
     if shapley is not None:
         if not names_channel(shapley):
