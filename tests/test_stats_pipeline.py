@@ -44,3 +44,4 @@ def test_quick_demo_writes_channel_statistics(quick_run):
     assert set(comparison["comparison"]) <= {"strategy", "method"} and len(comparison)
     stages = run.provenance["stages"]
     assert stages["stats"]["status"] == "done" and stages["stats"]["dominant_channel"]["d_ig"] == "Mito"
+    assert stages["stats"]["best_channel"]["d_ig"] == "Mito" and stages["stats"]["best_channel"]["random"] != "Mito"

@@ -172,6 +172,7 @@ def whole_set(ctx, outputs) -> tuple[dict, dict]:
         "unit": str(primary["unit"].iloc[0]) if len(primary) else None,
         "pseudo_replicates": pseudo,
         "dominant_channel": {_label(r): str(r.dominant_channel) for r in primary.itertuples(index=False)},
+        "best_channel": _best_sets(outputs["best_channel"]),
         "samples_without_mass": int(n_dropped),
         "design_warnings": sorted({str(w) for w in tests.get("warning", pd.Series(dtype=object)).dropna() if str(w)}),
         "warnings": sorted({str(w.message)[:200] for w in caught if not issubclass(w.category, DeprecationWarning)})[
@@ -179,6 +180,15 @@ def whole_set(ctx, outputs) -> tuple[dict, dict]:
         ],
     }
     return outputs, info
+
+
+def _best_sets(best: pd.DataFrame) -> dict[str, str]:
+    """``{"method [transition]": set}`` of the attribution-share rows of ``best_channel``: the named
+    channel, else the set of possibly-best channels ("Mito or ER"), "" when no channel is excluded."""
+    if best.empty:
+        return {}
+    shares = best[best["quantity"].astype(str) == "share"].drop_duplicates(["method", "transition"])
+    return {_label(r): str(r.set_label) for r in shares.itertuples(index=False)}
 
 
 def _label(row) -> str:
