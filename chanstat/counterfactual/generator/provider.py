@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -181,8 +180,8 @@ class GeneratorCounterfactuals(CounterfactualProvider):
                 training_steps=self.training.steps,
                 training_seconds=round(self.training.seconds, 2),
                 training_profile=self.training.settings.get("profile"),
-                # every resolved setting (profile defaults included), as provenance.json records it
-                training_settings=json.loads(json.dumps(self.training.settings, default=str)),
+                # every resolved setting (profile defaults included) for provenance.json
+                training_settings=dict(self.training.settings),
             )
             if self.training.quality:
                 info["generator_quality"] = self.training.quality
