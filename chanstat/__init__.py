@@ -33,6 +33,7 @@ _VERBS = {
     "channel_mass": ("chanstat.stats", "channel_mass"),
     "test_channels": ("chanstat.stats", "test_channels"),
     "channel_share_ci": ("chanstat.stats", "channel_share_ci"),
+    "best_channel": ("chanstat.stats", "best_channel"),
     "test_against_zero": ("chanstat.stats", "test_against_zero"),
     "differential": ("chanstat.cellprofiler", "differential"),
     "render": ("chanstat.report", "render"),

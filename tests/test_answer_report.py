@@ -15,7 +15,7 @@ from chanstat.rundir import RunDirectory
 
 #: what the README's Python example saves (no provenance, no config)
 PYTHON_BUILT = ("dataset", "meta", "attributions", "dac_scores", "dac_curves", "channel_mass", "channel_tests",
-                "channel_share_ci")
+                "channel_share_ci", "best_channel")
 
 
 def shown_by(section, run, *args) -> list[dict]:
@@ -72,6 +72,7 @@ def test_a_run_saved_from_python_shows_only_what_it_holds(tmp_path):
     assert "Stage not run" not in texts
     answer = shown_by(sections.answer, run)
     assert "carries the difference" in answer[0]["text/markdown"]  # the verdict, weighed at render time
+    assert any("the set of possibly-best channels" in b.get("text/markdown", "") for b in answer)  # per method
     assert sum("image/png" in b for b in shown_by(sections.explanation_gallery, run)) == 4
 
 
