@@ -644,6 +644,9 @@ def test_answer_per_method_from_best_channel_alone(tmp_path):
     assert "(random, attribution share, exploratory): no channel is excluded: any channel may carry the largest " \
            "attribution share" in everything
     assert not any("p =" in line for line in (named, unnamed, everything, shap))  # one field: no p-value
+    shown = " ".join(b.get("text/markdown", "") for b in shown_by(answer, run))
+    assert "**Which error is controlled.** None: the units are blocks of one field of view" in shown
+    assert "named with probability at most" not in shown  # no error rate claimed for one field
     assert "channel Mito carries the difference; its mean Shapley value is 0.5" in shap
     errors = len(ERRORS)
     bundles = shown_by(channel_shapley, run)

@@ -203,6 +203,11 @@ def answer_rows(best: pd.DataFrame) -> pd.DataFrame:
 def error_text(rows: pd.DataFrame) -> Markdown:
     """Which error the sets control (``best_channel``'s ``error`` and ``alpha``), the adjustment
     across transitions, and which method carries that rate (the primary one)."""
+    if (rows["scope"].astype(str) == ONE_FIELD).all():
+        return Markdown(
+            "**Which error is controlled.** None: the units are blocks of one field of view, not a sample of "
+            "wells, so the sets describe this field and no error rate is claimed."
+        )
     errors = [str(e) for e in dict.fromkeys(rows["error"].astype(str)) if str(e) in ERROR_WORDS]
     alpha = format_value(float(rows["alpha"].iloc[0]))
     primary = [str(m) for m in dict.fromkeys(rows.loc[rows["role"].astype(str) == "primary", "method"].astype(str))]
